@@ -1,0 +1,137 @@
+"""`make run`: the whole platform on one machine, stopped cleanly with Ctrl-C.
+
+Finds RabbitMQ (starting a local one if it is installed but not running), migrates every service's
+database (SQLite files under var/ unless DATABASE_URL names PostgreSQL), starts each nameko service in
+its own process, the gateway under gunicorn and the relay data plane, and prints where things are.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from services.common.config import amqp_uri, database_url  # noqa: E402
+from services.common.migrations import SERVICES_WITH_DATABASES, upgrade  # noqa: E402
+
+PYTHON = sys.executable
+GATEWAY_BIND = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
+METRICS_PORTS = {"accounts": 9101, "activities": 9102, "reporting": 9103, "classroom_relay": 9104}
+DATAPLANE_PORTS = {"media": 5004, "control": 7070, "metrics": 9105}
+
+
+def port_answers(host: str, port: int, timeout: float = 1.0) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def broker_address() -> str:
+    uri = urlparse(amqp_uri())
+    return f"amqp://{uri.hostname or '127.0.0.1'}:{uri.port or 5672}{uri.path or '/'}"
+
+
+def ensure_broker() -> None:
+    uri = urlparse(amqp_uri())
+    host, port = uri.hostname or "127.0.0.1", uri.port or 5672
+    if port_answers(host, port):
+        return
+    local = host in ("127.0.0.1", "localhost")
+    if local and shutil.which("rabbitmq-server"):
+        print(f"RabbitMQ is not answering on {host}:{port}; starting a local one (rabbitmq-server -detached)…")
+        subprocess.run(["rabbitmq-server", "-detached"], check=False)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if port_answers(host, port):
+                return
+            time.sleep(1)
+    sys.exit(
+        f"No RabbitMQ answers at {host}:{port}: install RabbitMQ (apt-get install rabbitmq-server) "
+        "or set AMQP_URI to a broker that runs."
+    )
+
+
+def dataplane_available() -> bool:
+    return (REPO / "services" / "classroom_relay" / "dataplane" / "__main__.py").exists()
+
+
+def main() -> None:
+    ensure_broker()
+    (REPO / "var").mkdir(exist_ok=True)
+    for service in SERVICES_WITH_DATABASES:
+        upgrade(service)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    commands: dict[str, list[str]] = {}
+    for service, port in METRICS_PORTS.items():
+        commands[service] = [PYTHON, "-m", "services.common.runner", service]
+        env[f"{service.upper()}_METRICS_PORT"] = str(port)
+    commands["gateway"] = [
+        str(Path(PYTHON).with_name("gunicorn")), "-c", "services/gateway/gunicorn.conf.py",
+        "--bind", GATEWAY_BIND, "services.gateway.wsgi:app",
+    ]
+    if dataplane_available():
+        commands["relay-dataplane"] = [
+            PYTHON, "-m", "services.classroom_relay.dataplane",
+            "--media-port", str(DATAPLANE_PORTS["media"]),
+            "--control-port", str(DATAPLANE_PORTS["control"]),
+            "--metrics-port", str(DATAPLANE_PORTS["metrics"]),
+        ]
+    processes: dict[str, subprocess.Popen] = {}
+    for name, command in commands.items():
+        processes[name] = subprocess.Popen(command, cwd=REPO, env=env)
+
+    print(
+        "\nlianxiao is running:\n"
+        f"  API (gateway)     http://{GATEWAY_BIND}/  (OpenAPI: /openapi.json, health: /healthz, /readyz)\n"
+        f"  gateway metrics   http://{GATEWAY_BIND}/metrics\n"
+        + "".join(f"  {name:<17} metrics http://127.0.0.1:{port}/metrics\n" for name, port in METRICS_PORTS.items())
+        + (f"  relay data plane  media udp://0.0.0.0:{DATAPLANE_PORTS['media']}, "
+           f"metrics http://127.0.0.1:{DATAPLANE_PORTS['metrics']}/metrics\n" if dataplane_available() else "")
+        + f"  databases         {database_url('{service}')}\n"
+        f"  broker            {broker_address()}\n"
+        "Try `make demo` in another terminal for a fictional bureau and a token. Ctrl-C stops everything.\n",
+        flush=True,
+    )
+
+    stopping = False
+
+    def stop(_signum: int, _frame: object) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    exit_code = 0
+    while not stopping:
+        for name, process in processes.items():
+            if process.poll() is not None:
+                print(f"{name} exited with status {process.returncode}; stopping the platform.", file=sys.stderr)
+                stopping, exit_code = True, 1
+                break
+        time.sleep(0.5)
+    for process in processes.values():
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + 15
+    for process in processes.values():
+        try:
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            process.kill()
+    print("lianxiao stopped.")
+    sys.exit(exit_code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,159 @@
+"""Marshmallow schemas: the shapes accounts accepts (over RPC and through the gateway) and returns."""
+
+from __future__ import annotations
+
+from marshmallow import RAISE, Schema, fields, validate
+
+from services.accounts.models import ACCESS_LEVELS, GROUP_KINDS, ROLES, SCHOOL_KINDS, SCOPE_KINDS
+
+NAME = validate.Length(min=1, max=200)
+CODE = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$", error="Use 1–40 letters, digits, '_', '.', '-'.")
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class BureauIn(StrictSchema):
+    code = fields.String(required=True, validate=CODE)
+    name = fields.String(required=True, validate=NAME)
+    timezone = fields.String(load_default="Asia/Shanghai", validate=validate.Length(min=1, max=64))
+
+
+class BureauOut(Schema):
+    id = fields.Integer()
+    code = fields.String()
+    name = fields.String()
+    timezone = fields.String()
+
+
+class DistrictIn(StrictSchema):
+    bureau_id = fields.Integer(required=True, strict=True)
+    name = fields.String(required=True, validate=NAME)
+    hub_school_id = fields.Integer(strict=True, allow_none=True, load_default=None)
+
+
+class DistrictOut(Schema):
+    id = fields.Integer()
+    bureau_id = fields.Integer()
+    name = fields.String()
+    hub_school_id = fields.Integer(allow_none=True)
+
+
+class SchoolIn(StrictSchema):
+    bureau_id = fields.Integer(required=True, strict=True)
+    district_id = fields.Integer(strict=True, allow_none=True, load_default=None)
+    code = fields.String(required=True, validate=CODE)
+    name = fields.String(required=True, validate=NAME)
+    kind = fields.String(load_default="ordinary", validate=validate.OneOf(SCHOOL_KINDS))
+    link_capacity_bps = fields.Integer(
+        strict=True, allow_none=True, load_default=None, validate=validate.Range(min=1_000_000, max=100_000_000_000)
+    )
+
+
+class SchoolOut(Schema):
+    id = fields.Integer()
+    bureau_id = fields.Integer()
+    district_id = fields.Integer(allow_none=True)
+    code = fields.String()
+    name = fields.String()
+    kind = fields.String()
+    link_capacity_bps = fields.Integer()
+
+
+class AllianceIn(StrictSchema):
+    bureau_id = fields.Integer(required=True, strict=True)
+    name = fields.String(required=True, validate=NAME)
+    lead_school_id = fields.Integer(required=True, strict=True)
+    member_school_ids = fields.List(fields.Integer(strict=True), load_default=list)
+
+
+class AllianceOut(Schema):
+    id = fields.Integer()
+    bureau_id = fields.Integer()
+    name = fields.String()
+    lead_school_id = fields.Integer()
+    member_school_ids = fields.List(fields.Integer())
+
+
+class TeacherIn(StrictSchema):
+    school_id = fields.Integer(required=True, strict=True)
+    staff_number = fields.String(required=True, validate=CODE)
+    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    subject = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=60))
+    grade = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=60))
+    roles = fields.List(fields.String(validate=validate.OneOf(ROLES)), load_default=lambda: ["teacher"])
+
+
+class TeacherUpdate(StrictSchema):
+    name = fields.String(validate=validate.Length(min=1, max=100))
+    subject = fields.String(allow_none=True, validate=validate.Length(max=60))
+    grade = fields.String(allow_none=True, validate=validate.Length(max=60))
+    roles = fields.List(fields.String(validate=validate.OneOf(ROLES)))
+    active = fields.Boolean()
+
+
+class TeacherOut(Schema):
+    id = fields.Integer()
+    school_id = fields.Integer()
+    staff_number = fields.String()
+    name = fields.String()
+    subject = fields.String(allow_none=True)
+    grade = fields.String(allow_none=True)
+    active = fields.Boolean()
+    roles = fields.List(fields.String())
+    group_ids = fields.List(fields.Integer())
+
+
+class GroupIn(StrictSchema):
+    bureau_id = fields.Integer(required=True, strict=True)
+    kind = fields.String(required=True, validate=validate.OneOf(GROUP_KINDS))
+    school_id = fields.Integer(strict=True, allow_none=True, load_default=None)
+    name = fields.String(required=True, validate=NAME)
+    subject = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=60))
+    grade = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=60))
+    leader_id = fields.Integer(strict=True, allow_none=True, load_default=None)
+    member_ids = fields.List(fields.Integer(strict=True), load_default=list)
+
+
+class GroupOut(Schema):
+    id = fields.Integer()
+    bureau_id = fields.Integer()
+    kind = fields.String()
+    school_id = fields.Integer(allow_none=True)
+    name = fields.String()
+    subject = fields.String(allow_none=True)
+    grade = fields.String(allow_none=True)
+    leader_id = fields.Integer(allow_none=True)
+    member_ids = fields.List(fields.Integer())
+
+
+class TokenIn(StrictSchema):
+    scope_kind = fields.String(required=True, validate=validate.OneOf(SCOPE_KINDS))
+    scope_id = fields.Integer(required=True, strict=True)
+    label = fields.String(required=True, validate=NAME)
+    access = fields.String(load_default="read", validate=validate.OneOf(ACCESS_LEVELS))
+    ttl_days = fields.Integer(load_default=90, strict=True, validate=validate.Range(min=1, max=366))
+
+
+class TokenOut(Schema):
+    id = fields.Integer()
+    prefix = fields.String()
+    label = fields.String()
+    bureau_id = fields.Integer()
+    scope_kind = fields.String()
+    scope_id = fields.Integer()
+    access = fields.String()
+    created_at = fields.DateTime()
+    expires_at = fields.DateTime()
+    revoked_at = fields.DateTime(allow_none=True)
+
+
+class IssuedTokenOut(TokenOut):
+    token = fields.String()
+
+
+class PageIn(StrictSchema):
+    limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
+    after_id = fields.Integer(load_default=0, validate=validate.Range(min=0))

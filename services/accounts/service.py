@@ -1,0 +1,128 @@
+"""The accounts service: RPC entrypoints only; the logic lives in directory, roster and tokens."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from typing import Any
+
+from nameko.rpc import rpc
+
+from services.accounts import directory, roster, tokens
+from services.accounts.exceptions import InvalidInput
+from services.accounts.models import outbox
+from services.common.db import Database
+from services.common.events import OutboxRelay
+from services.common.health import HealthRpc
+from services.common.metrics import ServiceMetrics
+from services.common.scope import Scope
+
+
+class AccountsService(HealthRpc):
+    name = "accounts"
+
+    db = Database("accounts")
+    metrics = ServiceMetrics("accounts")
+    events = OutboxRelay(outbox)
+
+    # --- organisation ---------------------------------------------------------------------------
+    @rpc
+    def get_bureau(self, scope: dict, bureau_id: int) -> dict[str, Any]:
+        return directory.get_bureau(self.db, Scope.from_dict(scope), bureau_id)
+
+    @rpc
+    def create_district(self, scope: dict, data: dict) -> dict[str, Any]:
+        with self.db.begin():
+            return directory.create_district(self.db, Scope.from_dict(scope), data)
+
+    @rpc
+    def list_districts(self, scope: dict) -> list[dict[str, Any]]:
+        return directory.list_districts(self.db, Scope.from_dict(scope))
+
+    @rpc
+    def create_school(self, scope: dict, data: dict) -> dict[str, Any]:
+        with self.db.begin():
+            return directory.create_school(self.db, Scope.from_dict(scope), data)
+
+    @rpc
+    def get_school(self, scope: dict, school_id: int) -> dict[str, Any]:
+        return directory.get_school(self.db, Scope.from_dict(scope), school_id)
+
+    @rpc
+    def list_schools(self, scope: dict) -> list[dict[str, Any]]:
+        return directory.list_schools(self.db, Scope.from_dict(scope))
+
+    @rpc
+    def create_alliance(self, scope: dict, data: dict) -> dict[str, Any]:
+        with self.db.begin():
+            return directory.create_alliance(self.db, Scope.from_dict(scope), data)
+
+    @rpc
+    def add_alliance_member(self, scope: dict, alliance_id: int, school_id: int) -> dict[str, Any]:
+        with self.db.begin():
+            return directory.add_alliance_member(self.db, Scope.from_dict(scope), alliance_id, school_id)
+
+    @rpc
+    def list_alliances(self, scope: dict) -> list[dict[str, Any]]:
+        return directory.list_alliances(self.db, Scope.from_dict(scope))
+
+    # --- people and groups ----------------------------------------------------------------------
+    @rpc
+    def create_teacher(self, scope: dict, data: dict) -> dict[str, Any]:
+        with self.db.begin():
+            return directory.create_teacher(self.db, Scope.from_dict(scope), data)
+
+    @rpc
+    def get_teacher(self, scope: dict, teacher_id: int) -> dict[str, Any]:
+        return directory.get_teacher(self.db, Scope.from_dict(scope), teacher_id)
+
+    @rpc
+    def update_teacher(self, scope: dict, teacher_id: int, data: dict) -> dict[str, Any]:
+        with self.db.begin():
+            return directory.update_teacher(self.db, Scope.from_dict(scope), teacher_id, data)
+
+    @rpc
+    def list_teachers(
+        self, scope: dict, school_id: int, limit: int = 100, after_id: int = 0, include_inactive: bool = False
+    ) -> dict[str, Any]:
+        return directory.list_teachers(
+            self.db, Scope.from_dict(scope), school_id,
+            limit=limit, after_id=after_id, include_inactive=include_inactive,
+        )
+
+    @rpc
+    def create_group(self, scope: dict, data: dict) -> dict[str, Any]:
+        with self.db.begin():
+            return directory.create_group(self.db, Scope.from_dict(scope), data)
+
+    @rpc
+    def list_groups(self, scope: dict, school_id: int | None = None) -> list[dict[str, Any]]:
+        return directory.list_groups(self.db, Scope.from_dict(scope), school_id)
+
+    @rpc
+    def import_roster(self, scope: dict, school_id: int, filename: str, content_base64: str) -> dict[str, Any]:
+        try:
+            content = base64.b64decode(content_base64, validate=True)
+        except (binascii.Error, TypeError, ValueError) as error:
+            raise InvalidInput("content_base64 is not valid base64.") from error
+        with self.db.begin():
+            return roster.import_roster(self.db, Scope.from_dict(scope), school_id, filename, content)
+
+    # --- tokens ---------------------------------------------------------------------------------
+    @rpc
+    def verify_token(self, token: str) -> dict[str, Any]:
+        return tokens.verify_token(self.db, token)
+
+    @rpc
+    def issue_token(self, scope: dict, data: dict) -> dict[str, Any]:
+        with self.db.begin():
+            return tokens.issue_token(self.db, Scope.from_dict(scope), data)
+
+    @rpc
+    def revoke_token(self, scope: dict, token_id: int) -> dict[str, Any]:
+        with self.db.begin():
+            return tokens.revoke_token(self.db, Scope.from_dict(scope), token_id)
+
+    @rpc
+    def list_tokens(self, scope: dict) -> list[dict[str, Any]]:
+        return tokens.list_tokens(self.db, Scope.from_dict(scope))

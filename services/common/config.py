@@ -1,0 +1,40 @@
+"""Configuration from the environment, in one place for every service and the gateway."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_AMQP_URI = "amqp://guest:guest@127.0.0.1:5672/"
+# Each service owns its own database; `{service}` in the URL is replaced by the service name so one
+# variable can name a database per service (e.g. postgresql://db/lianxiao_{service}).
+DEFAULT_DATABASE_URL = f"sqlite:///{REPO_ROOT / 'var' / '{service}.db'}"
+
+
+def amqp_uri() -> str:
+    return os.environ.get("AMQP_URI", DEFAULT_AMQP_URI)
+
+
+def database_url(service: str, config: dict | None = None) -> str:
+    """The database URL of one service: `<SERVICE>_DATABASE_URL`, else `DATABASE_URL` with `{service}`."""
+    config = config or {}
+    specific_key = f"{service.upper()}_DATABASE_URL"
+    url = (
+        config.get(specific_key)
+        or os.environ.get(specific_key)
+        or config.get("DATABASE_URL")
+        or os.environ.get("DATABASE_URL")
+        or DEFAULT_DATABASE_URL
+    )
+    return url.replace("{service}", service)
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
