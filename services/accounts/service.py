@@ -6,12 +6,11 @@ import base64
 import binascii
 from typing import Any
 
-from nameko.rpc import rpc
-
 from services.accounts import directory, roster, tokens
 from services.accounts.exceptions import InvalidInput
 from services.accounts.models import outbox
 from services.common.db import Database
+from services.common.entrypoints import rpc
 from services.common.events import OutboxRelay
 from services.common.health import HealthRpc
 from services.common.metrics import ServiceMetrics

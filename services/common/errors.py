@@ -7,6 +7,7 @@ gateway can map `NotFound` to 404 without parsing strings.
 
 from __future__ import annotations
 
+import json
 from typing import Any, ClassVar
 
 from nameko.exceptions import deserialize_to_instance
@@ -18,8 +19,11 @@ class LianxiaoError(Exception):
     status: ClassVar[int] = 400
     title: ClassVar[str] = "Bad request"
 
-    def __init__(self, detail: str, fields: dict[str, Any] | None = None) -> None:
-        super().__init__(detail, fields or {})
+    def __init__(self, detail: str, fields: dict[str, Any] | str | None = None) -> None:
+        # nameko stringifies every non-string argument on the way; JSON keeps numbers numbers.
+        if isinstance(fields, str):
+            fields = json.loads(fields)
+        super().__init__(detail, json.dumps(fields or {}, ensure_ascii=False, default=str))
         self.detail = detail
         self.fields: dict[str, Any] = fields or {}
 

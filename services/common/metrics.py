@@ -9,21 +9,21 @@ from __future__ import annotations
 
 import os
 import time
-import weakref
 from typing import Any
 
 from nameko.extensions import DependencyProvider
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-_registries: weakref.WeakKeyDictionary[Any, CollectorRegistry] = weakref.WeakKeyDictionary()
-
+REGISTRY_ATTRIBUTE = "lianxiao_metrics_registry"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
 def registry_for(container: Any) -> CollectorRegistry:
-    registry = _registries.get(container)
+    # Kept on the container itself (extensions hold only a weak proxy to it, which cannot be a dict key).
+    registry = getattr(container, REGISTRY_ATTRIBUTE, None)
     if registry is None:
-        registry = _registries[container] = CollectorRegistry()
+        registry = CollectorRegistry()
+        setattr(container, REGISTRY_ATTRIBUTE, registry)
     return registry
 
 
@@ -67,7 +67,8 @@ class ServiceMetrics(DependencyProvider):
         self.up.labels(self.service).set(1)
 
     def stop(self) -> None:
-        self.up.labels(self.service).set(0)
+        if hasattr(self, "up"):
+            self.up.labels(self.service).set(0)
         if self.server is not None:
             self.server.shutdown()
             self.server.server_close()
