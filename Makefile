@@ -40,7 +40,7 @@ demo: deps
 	$(PY) -m services.accounts.cli demo
 
 lint: deps
-	$(VENV)/bin/ruff check services tests bench deploy scripts examples
+	$(VENV)/bin/ruff check $(wildcard services tests bench deploy scripts examples)
 
 test: deps system-deps services-up lint
 	$(VENV)/bin/pytest -q -p no:cacheprovider

@@ -3,6 +3,7 @@
 The nameko pytest plugin no longer monkey-patches on pytest 8+, so it is done here, first.
 """
 
+# ruff: noqa: E402, I001  (eventlet must be patched before anything else is imported)
 from __future__ import annotations
 
 import services  # noqa: F401  (silences eventlet's notice before eventlet is imported)
@@ -11,15 +12,15 @@ import eventlet
 
 eventlet.monkey_patch()
 
-import os  # noqa: E402
-import uuid  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
-from typing import Any  # noqa: E402
+import os
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
 
-import pytest  # noqa: E402
-from sqlalchemy import create_engine, text  # noqa: E402
+import pytest
+from sqlalchemy import create_engine, text
 
-from services.common import migrations  # noqa: E402
+from services.common import migrations
 
 POSTGRES_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 

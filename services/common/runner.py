@@ -4,6 +4,7 @@ Used by `make run`, the Kubernetes Deployments and the tests, so every service s
 configuration from the environment (README, "Configuration"), eventlet patched first.
 """
 
+# ruff: noqa: E402  (eventlet must be patched before anything else is imported)
 from __future__ import annotations
 
 import eventlet
@@ -12,16 +13,16 @@ import services  # noqa: F401  (silences eventlet's notice before eventlet is im
 
 eventlet.monkey_patch()
 
-import argparse  # noqa: E402
-import importlib  # noqa: E402
-import logging  # noqa: E402
-import os  # noqa: E402
-import signal  # noqa: E402
-from typing import Any  # noqa: E402
+import argparse
+import importlib
+import logging
+import os
+import signal
+from typing import Any
 
-from nameko.runners import ServiceRunner  # noqa: E402
+from nameko.runners import ServiceRunner
 
-from services.common.config import amqp_uri  # noqa: E402
+from services.common.config import amqp_uri
 
 SERVICE_CLASSES = {
     "accounts": "services.accounts.service:AccountsService",

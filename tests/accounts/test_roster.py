@@ -40,7 +40,8 @@ def teacher_count(session) -> int:
 
 
 def test_xlsx_roster_creates_teachers_roles_and_groups(session, city):
-    result = roster.import_roster(session, city["admin"], city["master"]["id"], "名册.xlsx", xlsx_bytes([HEADER, *ROWS]))
+    content = xlsx_bytes([HEADER, *ROWS])
+    result = roster.import_roster(session, city["admin"], city["master"]["id"], "名册.xlsx", content)
     assert result == {"created": 3, "updated": 0, "unchanged": 0, "rows": 3, "school_id": city["master"]["id"]}
     teachers = directory.list_teachers(session, city["admin"], city["master"]["id"])["items"]
     by_number = {teacher["staff_number"]: teacher for teacher in teachers}
