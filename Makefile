@@ -52,3 +52,7 @@ clean:
 	rm -rf $(VENV) var .pytest_cache .ruff_cache
 
 -include mk/*.mk
+
+.PHONY: bench-services
+bench-services: deps services-up
+	$(PY) bench/services_idle.py
