@@ -1,8 +1,119 @@
-"""Tables owned by the classroom_relay service (its real schema arrives with its own issue)."""
+"""Tables owned by the classroom_relay service: its copy of schools' links, classrooms, sessions.
 
-from sqlalchemy import MetaData
+The relay does not read accounts' tables. A school's bureau, district and link capacity are passed in
+when its first classroom is registered (the gateway or an operator already knows them from accounts)
+and kept here, so admission control never needs a remote call while it holds its locks.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, MetaData, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from services.common.events import Outbox
 
-metadata = MetaData()
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
 outbox = Outbox("classroom_relay", metadata)
+
+MBIT = 1_000_000
+# Targets from the source document (seed 004): master school 100M, broadcasting room ≥ 25M, branch ≥ 10M.
+DEFAULT_MASTER_SCHOOL_LINK_BPS = 100 * MBIT
+DEFAULT_UPLINK_BPS = 25 * MBIT
+DEFAULT_DOWNLINK_BPS = 10 * MBIT
+DEFAULT_SOURCE_BPS = 8 * MBIT  # what the broadcasting room sends (all simulcast layers together)
+DEFAULT_RETURN_BPS = 2 * MBIT  # a branch camera back to the master room, in interactive kinds
+
+CLASSROOM_KINDS = ("broadcasting", "receiving")
+SESSION_KINDS = ("dedicated_delivery", "master_teacher", "online_research")
+SESSION_STATUSES = ("scheduled", "live", "ended")
+RECURRENCES = ("none", "daily", "weekdays", "weekly")
+ROLES = ("master", "branch")
+# planned: named for the session, nothing committed; joined: bandwidth committed; left: released.
+MEMBER_STATES = ("planned", "joined", "left")
+STREAM_STATES = ("ok", "degraded")
+
+
+class Base(DeclarativeBase):
+    metadata = metadata
+
+
+class RelaySchool(Base):
+    """The relay's copy of what it needs about a school (id as in accounts)."""
+
+    __tablename__ = "relay_schools"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    bureau_id: Mapped[int] = mapped_column(Integer, index=True)
+    district_id: Mapped[int | None] = mapped_column(Integer)
+    link_capacity_bps: Mapped[int] = mapped_column(BigInteger)
+
+
+class Classroom(Base):
+    __tablename__ = "classrooms"
+    __table_args__ = (UniqueConstraint("school_id", "name"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    school_id: Mapped[int] = mapped_column(ForeignKey("relay_schools.id"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(20))
+    uplink_capacity_bps: Mapped[int] = mapped_column(BigInteger, default=DEFAULT_UPLINK_BPS)
+    downlink_capacity_bps: Mapped[int] = mapped_column(BigInteger, default=DEFAULT_DOWNLINK_BPS)
+    # Where the room's receiving terminal listens for RTP (RTCP on port + 1), if it is fixed.
+    receive_host: Mapped[str | None] = mapped_column(String(64))
+    receive_port: Mapped[int | None] = mapped_column(Integer)
+    school: Mapped[RelaySchool] = relationship(lazy="joined")
+
+
+class LiveSession(Base):
+    """A scheduled lesson or research meeting; recurring ones go back to `scheduled` after each end."""
+
+    __tablename__ = "sessions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    kind: Mapped[str] = mapped_column(String(30))
+    title: Mapped[str] = mapped_column(String(200))
+    master_classroom_id: Mapped[int] = mapped_column(ForeignKey("classrooms.id"), index=True)
+    teacher_id: Mapped[int | None] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default="scheduled", index=True)
+    starts_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ends_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    recurrence: Mapped[str] = mapped_column(String(20), default="none")
+    recurrence_until: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    source_bps: Mapped[int] = mapped_column(BigInteger)
+    branch_bps: Mapped[int | None] = mapped_column(BigInteger)  # None: each branch's downlink capacity
+    return_bps: Mapped[int] = mapped_column(BigInteger)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # of the live occurrence
+    occurrences_held: Mapped[int] = mapped_column(Integer, default=0)
+    members: Mapped[list[SessionClassroom]] = relationship(
+        back_populates="session", lazy="selectin", order_by="SessionClassroom.classroom_id"
+    )
+
+
+class SessionClassroom(Base):
+    """A classroom in a session and the bandwidth committed for it while it is `joined`."""
+
+    __tablename__ = "session_classrooms"
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), primary_key=True)
+    classroom_id: Mapped[int] = mapped_column(ForeignKey("classrooms.id"), primary_key=True, index=True)
+    role: Mapped[str] = mapped_column(String(10))
+    teacher_id: Mapped[int | None] = mapped_column(Integer)  # master: the session's; branch: the supervisor
+    state: Mapped[str] = mapped_column(String(10), default="planned", index=True)
+    downlink_bps: Mapped[int] = mapped_column(BigInteger, default=0)  # relay → branch
+    return_bps: Mapped[int] = mapped_column(BigInteger, default=0)  # branch camera → master room
+    source_bps: Mapped[int] = mapped_column(BigInteger, default=0)  # master room → relay
+    receive_host: Mapped[str | None] = mapped_column(String(64))
+    receive_port: Mapped[int | None] = mapped_column(Integer)
+    sender_host: Mapped[str | None] = mapped_column(String(64))  # a registered encoder source address
+    sender_port: Mapped[int | None] = mapped_column(Integer)
+    sender_token: Mapped[str | None] = mapped_column(String(1024))
+    joined_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    left_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    stream_state: Mapped[str] = mapped_column(String(10), default="ok")
+    session: Mapped[LiveSession] = relationship(back_populates="members")
+    classroom: Mapped[Classroom] = relationship(lazy="joined")

@@ -1,9 +1,28 @@
-"""The classroom_relay service. For now it runs, migrates its database and answers `health`; its real
-entrypoints arrive with its own issue."""
+"""The classroom_relay control plane: RPC entrypoints only; the logic lives in sessions and admission.
 
+Every entrypoint takes the caller's scope dict first (as accounts does). Changes commit inside the
+entrypoint, then ask the data-plane link to push the new desired state. A timer compares the data
+plane's stats with each live branch and publishes `stream.degraded` / `stream.recovered`.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from nameko.timer import timer
+
+from services.classroom_relay import sessions
+from services.classroom_relay.dataplane_client import DataPlaneLink
+from services.classroom_relay.models import outbox
 from services.common.db import Database
+from services.common.entrypoints import rpc
+from services.common.events import OutboxRelay
 from services.common.health import HealthRpc
 from services.common.metrics import ServiceMetrics
+from services.common.scope import Scope
+
+HEALTH_CHECK_SECONDS = float(os.environ.get("RELAY_HEALTH_INTERVAL", "2.0"))
 
 
 class ClassroomRelayService(HealthRpc):
@@ -11,3 +30,106 @@ class ClassroomRelayService(HealthRpc):
 
     db = Database("classroom_relay")
     metrics = ServiceMetrics("classroom_relay")
+    events = OutboxRelay(outbox)
+    dataplane = DataPlaneLink("classroom_relay")
+
+    # --- classrooms -------------------------------------------------------------------------------------
+    @rpc
+    def create_classroom(self, scope: dict, data: dict) -> dict[str, Any]:
+        with self.db.begin():
+            return sessions.create_classroom(self.db, Scope.from_dict(scope), data)
+
+    @rpc
+    def get_classroom(self, scope: dict, classroom_id: int) -> dict[str, Any]:
+        return sessions.get_classroom(self.db, Scope.from_dict(scope), classroom_id)
+
+    @rpc
+    def list_classrooms(self, scope: dict, school_id: int | None = None) -> list[dict[str, Any]]:
+        return sessions.list_classrooms(self.db, Scope.from_dict(scope), school_id)
+
+    @rpc
+    def set_school_link(self, scope: dict, school_id: int, link_capacity_bps: int) -> dict[str, Any]:
+        with self.db.begin():
+            return sessions.set_school_link(self.db, Scope.from_dict(scope), school_id, link_capacity_bps)
+
+    # --- sessions ---------------------------------------------------------------------------------------
+    @rpc
+    def create_session(self, scope: dict, data: dict) -> dict[str, Any]:
+        with self.db.begin():
+            return sessions.create_session(self.db, Scope.from_dict(scope), data, self.dataplane.settings)
+
+    @rpc
+    def get_session(self, scope: dict, session_id: int) -> dict[str, Any]:
+        return sessions.get_session(self.db, Scope.from_dict(scope), session_id)
+
+    @rpc
+    def list_sessions(self, scope: dict, status: str | None = None) -> list[dict[str, Any]]:
+        return sessions.list_sessions(self.db, Scope.from_dict(scope), status)
+
+    @rpc
+    def start_session(self, scope: dict, session_id: int) -> dict[str, Any]:
+        with self.db.begin():
+            result = sessions.start_session(self.db, Scope.from_dict(scope), session_id, self.dataplane.settings)
+        self.dataplane.request_push()
+        return result
+
+    @rpc
+    def end_session(self, scope: dict, session_id: int) -> dict[str, Any]:
+        with self.db.begin():
+            result = sessions.end_session(self.db, Scope.from_dict(scope), session_id)
+        self.dataplane.request_push()
+        return result
+
+    @rpc
+    def join_branch(self, scope: dict, session_id: int, classroom_id: int, data: dict | None = None) -> dict[str, Any]:
+        with self.db.begin():
+            result = sessions.join_branch(
+                self.db, Scope.from_dict(scope), session_id, classroom_id, data, self.dataplane.settings
+            )
+        self.dataplane.request_push()
+        return result
+
+    @rpc
+    def leave_branch(self, scope: dict, session_id: int, classroom_id: int) -> dict[str, Any]:
+        with self.db.begin():
+            result = sessions.leave_branch(self.db, Scope.from_dict(scope), session_id, classroom_id)
+        self.dataplane.request_push()
+        return result
+
+    # --- getting media in and out -------------------------------------------------------------------------
+    @rpc
+    def issue_join_token(
+        self, scope: dict, session_id: int, classroom_id: int, data: dict | None = None
+    ) -> dict[str, Any]:
+        return sessions.issue_join_token(
+            self.db, Scope.from_dict(scope), session_id, classroom_id, data, self.dataplane.settings,
+            media_address=self.dataplane.media_address(),
+        )
+
+    @rpc
+    def register_sender(self, scope: dict, session_id: int, classroom_id: int, data: dict) -> dict[str, Any]:
+        with self.db.begin():
+            result = sessions.register_sender(
+                self.db, Scope.from_dict(scope), session_id, classroom_id, data, self.dataplane.settings
+            )
+        self.dataplane.request_push()
+        return result
+
+    @rpc
+    def get_branch_sdp(self, scope: dict, session_id: int, classroom_id: int) -> dict[str, str]:
+        sdp = sessions.branch_sdp(self.db, Scope.from_dict(scope), session_id, classroom_id, self.dataplane.outputs())
+        return {"content_type": "application/sdp", "sdp": sdp}
+
+    @rpc
+    def relay_status(self, scope: dict) -> dict[str, Any]:
+        Scope.from_dict(scope)  # any valid caller may see whether the relay is reachable
+        return self.dataplane.status()
+
+    # --- stream health ----------------------------------------------------------------------------------------
+    @timer(interval=HEALTH_CHECK_SECONDS)
+    def check_stream_health(self) -> None:
+        stats = self.dataplane.stats
+        if not stats:
+            return
+        with self.db.begin():
+            sessions.record_stream_health(self.db, stats, self.dataplane.settings)

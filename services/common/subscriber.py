@@ -3,7 +3,7 @@
 `cloud_event_handler(source_service, routing_keys)` declares a durable queue
 `evt-<source>--<service>.<method>` bound to the exchange `<source>.events` with each routing key, and
 calls the decorated method with `(body, attributes)` where `attributes` are the message's CloudEvents
-attributes (`id`, `type`, `time`, ...).
+attributes (`id`, `type`, `time`, ...) plus `routing_key`.
 
 - A message that can never be processed — a body that is not JSON, no event id, or a handler that
   raises `InvalidInput` — is re-published with its reason to the durable queue
@@ -139,6 +139,8 @@ class CloudEventHandler(Consumer):
 
     def handle_message(self, body: Any, message: Any) -> None:
         attributes = read_cloud_event_headers(message.headers)
+        # Not a CloudEvents attribute: the routing key the event arrived with, for handlers of several.
+        attributes["routing_key"] = (message.delivery_info or {}).get("routing_key", "")
         problem = None
         if not attributes.get("id"):
             problem = "No cloudEvents:id header: the event cannot be deduplicated."

@@ -1,0 +1,16 @@
+# Classroom relay data plane: benchmark and system dependencies.
+# Included by the top-level Makefile, which defines PY (the venv's python).
+
+.PHONY: bench-relay test-relay
+
+## Forwarding benchmark of the relay data plane (127.0.0.1 only, bounded, < 3 min).
+bench-relay:
+	$(PY) bench/relay_bench.py
+
+## ffmpeg: the real encoder/decoder of the relay's end-to-end tests.
+system-deps::
+	@command -v ffmpeg >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ffmpeg; }
+
+## The relay's tests only (unit, subprocess, ffmpeg end to end, fuzz).
+test-relay:
+	$(PY) -m pytest tests/relay -q

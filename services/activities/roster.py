@@ -1,0 +1,80 @@
+"""The teachers activities knows about, kept from accounts' `teacher.joined/changed/left` events."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from services.activities.exceptions import Forbidden, InvalidInput, UnknownTeacher
+from services.activities.models import RosterTeacher
+from services.common.scope import Scope
+
+TEACHER_EVENT_KEYS = ("teacher.joined", "teacher.changed", "teacher.left")
+
+
+def _as_int(data: dict[str, Any], name: str, *, optional: bool = False) -> int | None:
+    value = data.get(name)
+    if value is None and optional:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidInput(f"Teacher event field {name!r} must be an integer.", {name: ["Not an integer."]})
+    return value
+
+
+def _parse_time(value: Any) -> datetime:
+    if not value:
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError as error:
+        raise InvalidInput(f"Event time {value!r} is not ISO 8601.") from error
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def apply_teacher_event(session: Session, routing_key: str, body: dict[str, Any], event_time: Any = None) -> bool:
+    """Apply one accounts event; False when it is older than what is already known (out of order)."""
+    teacher_id = _as_int(body, "id")
+    values = {
+        "school_id": _as_int(body, "school_id"),
+        "district_id": _as_int(body, "district_id", optional=True),
+        "bureau_id": _as_int(body, "bureau_id"),
+        "active": routing_key != "teacher.left" and bool(body.get("active", True)),
+        "roles": json.dumps(sorted(str(role) for role in body.get("roles") or [])),
+        "group_ids": json.dumps(sorted(int(group) for group in body.get("group_ids") or [])),
+        "announced_at": _parse_time(event_time),
+    }
+    teacher = session.get(RosterTeacher, teacher_id)
+    if teacher is None:
+        session.add(RosterTeacher(id=teacher_id, **values))
+        session.flush()
+        return True
+    known = teacher.announced_at if teacher.announced_at.tzinfo else teacher.announced_at.replace(tzinfo=UTC)
+    if values["announced_at"] < known:
+        return False
+    for name, value in values.items():
+        setattr(teacher, name, value)
+    session.flush()
+    return True
+
+
+def teacher_in_scope(session: Session, scope: Scope, teacher_id: int) -> RosterTeacher:
+    teacher = session.get(RosterTeacher, teacher_id)
+    if teacher is None:
+        raise UnknownTeacher(
+            f"Teacher {teacher_id} is not known to activities (accounts has not announced them yet).",
+            {"teacher_id": ["Unknown teacher."]},
+        )
+    if not scope.covers_school(teacher.bureau_id, teacher.district_id, teacher.school_id):
+        raise Forbidden(f"Teacher {teacher_id} is outside this token's scope ({scope.describe()}).")
+    return teacher
+
+
+def roles_of(teacher: RosterTeacher) -> list[str]:
+    return list(json.loads(teacher.roles or "[]"))
+
+
+def groups_of(teacher: RosterTeacher) -> list[int]:
+    return list(json.loads(teacher.group_ids or "[]"))

@@ -1,0 +1,69 @@
+"""``python -m services.classroom_relay.dataplane --media-port 5004 --control-port 7070 --metrics-port 9464``"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+
+from .control import serve_control
+from .engine import Engine, EngineConfig
+from .metrics import serve_metrics
+
+
+def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m services.classroom_relay.dataplane", description=__doc__)
+    parser.add_argument("--media-host", default=os.environ.get("RELAY_MEDIA_HOST", "127.0.0.1"))
+    parser.add_argument("--media-port", type=int, default=int(os.environ.get("RELAY_MEDIA_PORT", "5004")))
+    parser.add_argument("--rtcp-port", type=int, default=0, help="default: media port + 1")
+    parser.add_argument("--control-port", type=int, default=int(os.environ.get("RELAY_CONTROL_PORT", "7070")))
+    parser.add_argument("--control-socket", default=None, help="Unix socket path instead of the TCP port")
+    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("RELAY_METRICS_PORT", "9464")))
+    parser.add_argument("--metrics-host", default="127.0.0.1")
+    parser.add_argument("--ring-slots", type=int, default=8192, help="packet ring / NACK cache size")
+    parser.add_argument("--no-gso", action="store_true", help="send one datagram per system call")
+    parser.add_argument("--cpu", type=int, default=None, help="pin the loop to this CPU")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    arguments = parse_arguments(argv)
+    if arguments.cpu is not None:
+        os.sched_setaffinity(0, {arguments.cpu})
+    engine = Engine(
+        EngineConfig(
+            media_host=arguments.media_host,
+            media_port=arguments.media_port,
+            rtcp_port=arguments.rtcp_port,
+            ring_slots=arguments.ring_slots,
+            use_gso=not arguments.no_gso,
+        )
+    )
+    control = serve_control(engine, port=arguments.control_port, unix_path=arguments.control_socket)
+    if arguments.metrics_port:
+        serve_metrics(engine.snapshot_locked, arguments.metrics_port, arguments.metrics_host)
+
+    def request_stop(_signal: int, _frame: object) -> None:
+        engine.stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+    media_host, media_port = engine.media_address
+    # One machine-readable line so supervisors and tests learn the bound ports (useful with port 0).
+    print(
+        f"relay-dataplane ready media={media_host}:{media_port} rtcp={engine.rtcp_address[1]} "
+        f"control={control.server_address if arguments.control_socket else control.server_address[1]} "
+        f"metrics={arguments.metrics_port} gso={int(engine.gso_enabled)}",
+        flush=True,
+    )
+    try:
+        engine.run()
+    finally:
+        control.shutdown()
+        engine.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,302 @@
+"""Control channel: line-delimited JSON over TCP on 127.0.0.1 (or a Unix socket).
+
+One request per line, one reply per line, in order. Every request is ``{"op": ..., "id": <optional,
+echoed>}`` plus fields; every reply is ``{"ok": true, "id": ..., ...}`` or ``{"ok": false, "id": ...,
+"error": <code>, "message": <text>}``. All mutating operations are idempotent "make it so" requests,
+and ``set_state`` replaces the whole desired state at once, so either side may restart at any time:
+the control plane reconnects, sees a new ``instance`` in ``hello`` and pushes its state again.
+See ``OPERATIONS`` for the operations and their fields.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import socketserver
+import threading
+from collections.abc import Callable
+from typing import Any
+
+from . import rtp
+from .engine import Engine
+
+PROTOCOL_VERSION = 1
+MAX_LINE_BYTES = 1 << 20
+
+OPERATIONS = {
+    "hello": "→ instance, protocol, media_address, rtcp_address, gso",
+    "set_secrets": "secrets: [str] (first = current; all accepted for verification)",
+    "set_session": "session, master",
+    "remove_session": "session",
+    "set_branch": "session, classroom, address: [host, port], budget_bytes_per_second, "
+    "uplink_budget_bytes_per_second?, return_address?: [host, port] → relay_address, ssrc",
+    "remove_branch": "session, classroom",
+    "register_sender": "session, classroom, token, address: [host, port]",
+    "unregister_sender": "address: [host, port]",
+    "set_state": "secrets?, sessions: [{session, master, branches: [set_branch fields], senders: [{classroom, "
+    "token, address}]}] — replaces everything",
+    "get_stats": "session? → stats",
+}
+
+
+class ControlError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def _address(value: Any, field: str) -> tuple[str, int]:
+    if not isinstance(value, list | tuple) or len(value) != 2:
+        raise ControlError("bad_request", f"{field} must be [host, port]")
+    host, port = value
+    if not isinstance(host, str) or not isinstance(port, int) or not 0 < port < 65536:
+        raise ControlError("bad_request", f"{field} must be [host, port] with 0 < port < 65536")
+    try:
+        socket.inet_aton(host)
+    except OSError as error:
+        raise ControlError("bad_request", f"{field} host must be an IPv4 address") from error
+    return host, port
+
+
+def _text(request: dict, field: str) -> str:
+    value = request.get(field)
+    if not isinstance(value, str) or not value:
+        raise ControlError("bad_request", f"{field} must be a non-empty string")
+    return value
+
+
+def _budget(request: dict, field: str, required: bool = True) -> float | None:
+    value = request.get(field)
+    if value is None and not required:
+        return None
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise ControlError("bad_request", f"{field} must be a positive number of bytes per second")
+    return float(value)
+
+
+class ControlHandler:
+    """Applies one decoded request to the engine (under its lock) and returns the reply fields."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def handle(self, request: Any) -> dict:
+        if not isinstance(request, dict):
+            return {"ok": False, "error": "bad_request", "message": "a request is a JSON object"}
+        request_id = request.get("id")
+        op = request.get("op")
+        method: Callable[[dict], dict] | None = getattr(self, f"op_{op}", None) if isinstance(op, str) else None
+        if method is None:
+            return {"ok": False, "id": request_id, "error": "unknown_op", "message": f"unknown op {op!r}"}
+        try:
+            with self.engine.lock:
+                reply = method(request)
+        except ControlError as error:
+            return {"ok": False, "id": request_id, "error": error.code, "message": str(error)}
+        except (KeyError, ValueError) as error:
+            return {"ok": False, "id": request_id, "error": "rejected", "message": str(error)}
+        return {"ok": True, "id": request_id, **reply}
+
+    def op_hello(self, request: dict) -> dict:
+        engine = self.engine
+        return {
+            "instance": engine.instance,
+            "protocol": PROTOCOL_VERSION,
+            "media_address": list(engine.media_address),
+            "rtcp_address": list(engine.rtcp_address),
+            "gso": engine.gso_enabled,
+        }
+
+    def op_set_secrets(self, request: dict) -> dict:
+        secrets = request.get("secrets")
+        if not isinstance(secrets, list) or not secrets or not all(isinstance(s, str) and s for s in secrets):
+            raise ControlError("bad_request", "secrets must be a non-empty list of strings")
+        self.engine.set_secrets([secret.encode() for secret in secrets])
+        return {}
+
+    def op_set_session(self, request: dict) -> dict:
+        self.engine.set_session(_text(request, "session"), _text(request, "master"))
+        return {}
+
+    def op_remove_session(self, request: dict) -> dict:
+        return {"removed": self.engine.remove_session(_text(request, "session"))}
+
+    def op_set_branch(self, request: dict) -> dict:
+        return_address = request.get("return_address")
+        output = self.engine.set_branch(
+            _text(request, "session"),
+            _text(request, "classroom"),
+            _address(request.get("address"), "address"),
+            _budget(request, "budget_bytes_per_second"),
+            _budget(request, "uplink_budget_bytes_per_second", required=False),
+            _address(return_address, "return_address") if return_address is not None else None,
+        )
+        return {"relay_address": list(output.relay_address), "ssrc": output.forwarder.out_ssrc}
+
+    def op_remove_branch(self, request: dict) -> dict:
+        return {"removed": self.engine.remove_branch(_text(request, "session"), _text(request, "classroom"))}
+
+    def op_register_sender(self, request: dict) -> dict:
+        reason = self.engine.register_sender(
+            _text(request, "session"),
+            _text(request, "classroom"),
+            _text(request, "token"),
+            _address(request.get("address"), "address"),
+        )
+        if reason != rtp.OK:
+            raise ControlError(rtp.DROP_REASONS[reason], "join token refused")
+        return {}
+
+    def op_unregister_sender(self, request: dict) -> dict:
+        return {"removed": self.engine.unregister_sender(_address(request.get("address"), "address"))}
+
+    def op_set_state(self, request: dict) -> dict:
+        sessions = request.get("sessions")
+        if not isinstance(sessions, list):
+            raise ControlError("bad_request", "sessions must be a list")
+        if request.get("secrets") is not None:
+            self.op_set_secrets(request)
+        wanted = {_text(entry, "session") for entry in sessions if isinstance(entry, dict)}
+        for existing in list(self.engine.sessions):
+            if existing not in wanted:
+                self.engine.remove_session(existing)
+        refused: list[dict] = []
+        for entry in sessions:
+            if not isinstance(entry, dict):
+                raise ControlError("bad_request", "each session is an object")
+            session_id = _text(entry, "session")
+            self.op_set_session(entry)
+            branches = entry.get("branches", [])
+            wanted_branches = {_text(branch, "classroom") for branch in branches}
+            for existing_branch in list(self.engine.sessions[session_id].branches):
+                if existing_branch not in wanted_branches:
+                    self.engine.remove_branch(session_id, existing_branch)
+            for branch in branches:
+                self.op_set_branch({**branch, "session": session_id})
+            for sender in entry.get("senders", []):
+                try:
+                    self.op_register_sender({**sender, "session": session_id})
+                except ControlError as error:
+                    refused.append({"session": session_id, "address": sender.get("address"), "error": error.code})
+        return {"refused_senders": refused}
+
+    def op_get_stats(self, request: dict) -> dict:
+        stats = self.engine.snapshot()
+        session = request.get("session")
+        if session is not None:
+            stats["sessions"] = {key: value for key, value in stats["sessions"].items() if key == session}
+        return {"stats": stats}
+
+
+class _LineHandler(socketserver.StreamRequestHandler):
+    server: _ControlServerMixin
+
+    def handle(self) -> None:
+        while True:
+            line = self.rfile.readline(MAX_LINE_BYTES + 1)
+            if not line:
+                return
+            if len(line) > MAX_LINE_BYTES:
+                self._reply({"ok": False, "error": "too_large", "message": "request line too long"})
+                return
+            if not line.strip():
+                continue
+            try:
+                request = json.loads(line)
+            except (ValueError, UnicodeDecodeError):
+                reply = {"ok": False, "error": "bad_json", "message": "not a JSON line"}
+            else:
+                reply = self.server.control.handle(request)
+            self._reply(reply)
+
+    def _reply(self, reply: dict) -> None:
+        self.wfile.write(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
+
+
+class _ControlServerMixin:
+    control: ControlHandler
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+class _TcpControlServer(_ControlServerMixin, socketserver.ThreadingTCPServer):
+    pass
+
+
+class _UnixControlServer(_ControlServerMixin, socketserver.ThreadingUnixStreamServer):
+    pass
+
+
+def serve_control(engine: Engine, port: int | None = None, unix_path: str | None = None) -> socketserver.BaseServer:
+    """Start the control server in a daemon thread; returns it (``server_address`` has the port)."""
+    if unix_path:
+        if os.path.exists(unix_path):
+            os.unlink(unix_path)  # a stale socket from a previous run
+        server: socketserver.BaseServer = _UnixControlServer(unix_path, _LineHandler)
+    else:
+        server = _TcpControlServer(("127.0.0.1", port or 0), _LineHandler)
+    server.control = ControlHandler(engine)
+    threading.Thread(target=server.serve_forever, name="relay-control", daemon=True).start()
+    return server
+
+
+class ControlClient:
+    """A small blocking client (usable from the nameko control plane and from tests).
+
+    Reconnects once per call when the data plane went away, so a restarted data plane is reached
+    again; the caller notices the restart by ``hello()["instance"]`` changing.
+    """
+
+    def __init__(
+        self, host: str = "127.0.0.1", port: int | None = None, unix_path: str | None = None, timeout: float = 5.0
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.unix_path = unix_path
+        self.timeout = timeout
+        self._sock: socket.socket | None = None
+        self._reader = None
+        self._next_id = 0
+
+    def _connect(self) -> None:
+        if self.unix_path:
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.settimeout(self.timeout)
+            sock.connect(self.unix_path)
+        else:
+            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
+        self._sock = sock
+        self._reader = sock.makefile("rb")
+
+    def close(self) -> None:
+        if self._reader is not None:
+            self._reader.close()
+        if self._sock is not None:
+            self._sock.close()
+        self._sock = None
+        self._reader = None
+
+    def call(self, op: str, **fields: Any) -> dict:
+        self._next_id += 1
+        line = json.dumps({"op": op, "id": self._next_id, **fields}).encode() + b"\n"
+        for attempt in (1, 2):
+            try:
+                if self._sock is None:
+                    self._connect()
+                self._sock.sendall(line)
+                reply = self._reader.readline(MAX_LINE_BYTES + 1)
+                if not reply:
+                    raise ConnectionResetError("control channel closed")
+                return json.loads(reply)
+            except OSError:
+                self.close()
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def __enter__(self) -> ControlClient:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

@@ -1,0 +1,83 @@
+"""Per-output SSRC, sequence number and timestamp rewriting.
+
+Every output (a branch receiving the master, or the master receiving a branch's camera) has its own
+outgoing SSRC. Whichever simulcast layer it follows, the receiver sees one stream: sequence numbers
+continue by one across a switch, timestamps advance by the wall-clock time that passed, and gaps
+that were already in the source (loss) stay visible so the receiver can NACK them.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+
+_SEQUENCE_TIMESTAMP_SSRC = struct.Struct("!HII")  # bytes 2..12 of the RTP header
+
+NO_LAYER = -1
+
+
+def _random_u32() -> int:
+    return int.from_bytes(os.urandom(4), "big")
+
+
+class Forwarder:
+    __slots__ = (
+        "clock_rate",
+        "last_out_sequence",
+        "last_out_time",
+        "last_out_timestamp",
+        "layer_ssrc",
+        "out_ssrc",
+        "sequence_offset",
+        "switches",
+        "timestamp_offset",
+    )
+
+    def __init__(self, out_ssrc: int | None = None, clock_rate: int = 90_000) -> None:
+        self.out_ssrc = out_ssrc if out_ssrc is not None else _random_u32()
+        self.clock_rate = clock_rate
+        self.layer_ssrc = NO_LAYER  # which incoming SSRC is being forwarded; none until a keyframe
+        self.sequence_offset = 0
+        self.timestamp_offset = 0
+        # Random starting points (RFC 3550 §5.1) so the outgoing stream reveals nothing of the source.
+        self.last_out_sequence = _random_u32() & 0xFFFF
+        self.last_out_timestamp = _random_u32()
+        self.last_out_time = -1.0
+        self.switches = 0
+
+    def switch_to(self, layer_ssrc: int, in_sequence: int, in_timestamp: int, now: float) -> None:
+        """Start forwarding ``layer_ssrc`` at this (keyframe) packet, continuing the outgoing stream."""
+        next_sequence = (self.last_out_sequence + 1) & 0xFFFF
+        if self.last_out_time < 0:
+            next_timestamp = self.last_out_timestamp
+        else:
+            elapsed_ticks = max(1, int((now - self.last_out_time) * self.clock_rate))
+            next_timestamp = (self.last_out_timestamp + elapsed_ticks) & 0xFFFFFFFF
+        self.sequence_offset = (next_sequence - in_sequence) & 0xFFFF
+        self.timestamp_offset = (next_timestamp - in_timestamp) & 0xFFFFFFFF
+        self.layer_ssrc = layer_ssrc
+        self.switches += 1
+
+    def out_sequence(self, in_sequence: int) -> int:
+        return (in_sequence + self.sequence_offset) & 0xFFFF
+
+    def out_timestamp(self, in_timestamp: int) -> int:
+        return (in_timestamp + self.timestamp_offset) & 0xFFFFFFFF
+
+    def rewrite(
+        self, buffer: bytearray | memoryview, offset: int, in_sequence: int, in_timestamp: int, now: float
+    ) -> int:
+        """Rewrite the header at ``offset`` in place for this output; return the outgoing sequence."""
+        out_sequence = (in_sequence + self.sequence_offset) & 0xFFFF
+        out_timestamp = (in_timestamp + self.timestamp_offset) & 0xFFFFFFFF
+        _SEQUENCE_TIMESTAMP_SSRC.pack_into(buffer, offset + 2, out_sequence, out_timestamp, self.out_ssrc)
+        # Only move "last" forward: a reordered older packet must not pull the switch point back.
+        if ((out_sequence - self.last_out_sequence) & 0xFFFF) < 0x8000:
+            self.last_out_sequence = out_sequence
+            self.last_out_timestamp = out_timestamp
+        self.last_out_time = now
+        return out_sequence
+
+    def rewrite_copy(self, buffer: bytearray | memoryview, offset: int, out_sequence: int, out_timestamp: int) -> None:
+        """Write already-computed outgoing values (used for retransmissions and paced packets)."""
+        _SEQUENCE_TIMESTAMP_SSRC.pack_into(buffer, offset + 2, out_sequence, out_timestamp, self.out_ssrc)

@@ -1,0 +1,206 @@
+"""Fixtures for the relay data plane tests: a real data-plane subprocess on 127.0.0.1, ports, receivers."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from services.classroom_relay.dataplane.control import ControlClient
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+READY_PATTERN = re.compile(rb"relay-dataplane ready media=([\d.]+):(\d+) rtcp=(\d+) control=(\d+)")
+SECRET = "test-secret-please-rotate"
+
+
+def free_udp_port_pair() -> int:
+    """A port p with p and p+1 both free for UDP on 127.0.0.1 (RTP + RTCP, as ffmpeg binds them)."""
+    for _ in range(200):
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+        if port % 2 or port >= 65534:
+            probe.close()
+            continue
+        companion = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            companion.bind(("127.0.0.1", port + 1))
+        except OSError:
+            continue
+        finally:
+            companion.close()
+            probe.close()
+        return port
+    raise RuntimeError("no free UDP port pair")
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class DataPlane:
+    process: subprocess.Popen
+    media_port: int
+    rtcp_port: int
+    control_port: int
+    metrics_port: int
+    control: ControlClient
+
+    def stats(self, session: str | None = None) -> dict:
+        fields = {"session": session} if session else {}
+        reply = self.control.call("get_stats", **fields)
+        assert reply["ok"], reply
+        return reply["stats"]
+
+
+def start_dataplane(*extra: str) -> DataPlane:
+    metrics_port = free_tcp_port()
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "services.classroom_relay.dataplane",
+            "--media-port",
+            "0",
+            "--control-port",
+            "0",
+            "--metrics-port",
+            str(metrics_port),
+            *extra,
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 15
+    line = b""
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if READY_PATTERN.search(line) or process.poll() is not None:
+            break
+    match = READY_PATTERN.search(line)
+    if match is None:
+        process.kill()
+        raise RuntimeError(f"data plane did not start: {line!r} {process.stderr.read()!r}")
+    _host, media_port, rtcp_port, control_port = match.groups()
+    return DataPlane(
+        process, int(media_port), int(rtcp_port), int(control_port), metrics_port, ControlClient(port=int(control_port))
+    )
+
+
+def stop_process(process: subprocess.Popen) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+
+
+@pytest.fixture
+def dataplane(request: pytest.FixtureRequest) -> Iterator[DataPlane]:
+    # Indirect parametrisation passes extra command-line flags, e.g. ["--no-gso"].
+    plane = start_dataplane(*getattr(request, "param", ()))
+    try:
+        reply = plane.control.call("set_secrets", secrets=[SECRET])
+        assert reply["ok"], reply
+        yield plane
+    finally:
+        plane.control.close()
+        stop_process(plane.process)
+        # Surface a crash of the data plane as a test failure rather than a silent pass.
+        if plane.process.stderr is not None:
+            errors = plane.process.stderr.read().decode(errors="replace")
+            assert "Traceback" not in errors, errors
+
+
+class UdpCollector:
+    """A receiving classroom made of a plain UDP socket: counts what arrives and when."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.arrivals: list[tuple[float, int]] = []
+        self.packets: list[bytes] = []
+
+    def collect(self, duration: float, keep: bool = False, max_packets: int = 200_000) -> None:
+        deadline = time.monotonic() + duration
+        buffer = bytearray(2048)
+        while len(self.arrivals) < max_packets:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            self.sock.settimeout(remaining)
+            try:
+                size = self.sock.recv_into(buffer)
+            except TimeoutError:
+                return
+            self.arrivals.append((time.monotonic(), size))
+            if keep:
+                self.packets.append(bytes(buffer[:size]))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def rtp_sender(bind_port: int = 0) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    sock.bind(("127.0.0.1", bind_port))
+    return sock
+
+
+def send_stream(
+    sock: socket.socket,
+    destination: tuple[str, int],
+    ssrc: int,
+    packets: int,
+    packets_per_second: float,
+    payload_bytes: int = 1000,
+    keyframe_every: int = 25,
+    first_sequence: int = 0,
+    packets_per_frame: int = 5,
+) -> None:
+    """A bounded synthetic H.264-looking stream: an IDR slice every ``keyframe_every`` packets."""
+    from services.classroom_relay.dataplane.rtp import build_rtp
+
+    filler = bytes(payload_bytes - 1)
+    start = time.monotonic()
+    for index in range(packets):
+        nal = b"\x65" if index % keyframe_every == 0 else b"\x41"
+        packet = build_rtp(
+            nal + filler,
+            sequence_number=first_sequence + index,
+            timestamp=(index // packets_per_frame) * 3600,
+            ssrc=ssrc,
+            marker=index % packets_per_frame == packets_per_frame - 1,
+        )
+        sock.sendto(packet, destination)
+        ahead = start + (index + 1) / packets_per_second - time.monotonic()
+        if ahead > 0.002:
+            time.sleep(ahead)
+
+
+def wait_until(condition, timeout: float = 5.0, interval: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(interval)
+    return condition()

@@ -1,0 +1,85 @@
+"""Packet ring / NACK cache and per-output header rewriting."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+
+from services.classroom_relay.dataplane import rtp
+from services.classroom_relay.dataplane.buffer import OutputHistory, PacketRing
+from services.classroom_relay.dataplane.forwarder import NO_LAYER, Forwarder
+
+
+def test_ring_reuses_slots_and_invalidates_old_references() -> None:
+    ring = PacketRing(slot_count=4, slot_bytes=64)
+    first = ring.store(b"a" * 10)
+    serial = ring.stamp(first, ssrc=1, sequence_number=5, timestamp=9, keyframe=False)
+    assert ring.holds(first, serial)
+    assert bytes(ring.view[ring.offset(first) : ring.offset(first) + 10]) == b"a" * 10
+    for _ in range(4):  # wrap around once: the slot is overwritten and stamped again
+        slot = ring.store(b"b" * 10)
+        ring.stamp(slot, 1, 6, 9, False)
+    assert not ring.holds(first, serial)
+
+
+def test_ring_truncates_oversized_store() -> None:
+    ring = PacketRing(slot_count=2, slot_bytes=16)
+    slot = ring.store(b"x" * 100)
+    assert ring.length[slot] == 16
+
+
+def test_output_history_finds_only_live_packets() -> None:
+    ring = PacketRing(slot_count=8, slot_bytes=32)
+    history = OutputHistory(size=4)
+    slot = ring.store(b"p")
+    serial = ring.stamp(slot, 1, 100, 0, False)
+    history.remember(out_sequence=500, slot=slot, serial=serial)
+    assert history.find(500, ring) == slot
+    assert history.find(501, ring) == -1
+    history.remember(504, slot, serial)  # same index (504 & 3 == 500 & 3): the older entry is gone
+    assert history.find(500, ring) == -1
+    with pytest.raises(ValueError):
+        OutputHistory(size=6)
+
+
+def header_of(buffer: bytearray) -> rtp.RtpHeader:
+    header = rtp.RtpHeader()
+    assert rtp.parse_rtp(buffer, 0, len(buffer), header) == rtp.OK
+    return header
+
+
+def test_rewrite_gives_one_continuous_stream_across_a_layer_switch() -> None:
+    forwarder = Forwarder(out_ssrc=0xABCDEF01)
+    assert forwarder.layer_ssrc == NO_LAYER
+    forwarder.switch_to(layer_ssrc=11, in_sequence=1000, in_timestamp=50_000, now=10.0)
+    seen = []
+    for index in range(3):
+        packet = bytearray(rtp.build_rtp(b"x", sequence_number=1000 + index, timestamp=50_000 + 3000 * index, ssrc=11))
+        forwarder.rewrite(packet, 0, 1000 + index, 50_000 + 3000 * index, now=10.0 + 0.04 * index)
+        seen.append(header_of(packet))
+    # Switch to a layer with unrelated numbering 0.04 s after the last packet.
+    forwarder.switch_to(layer_ssrc=22, in_sequence=7, in_timestamp=4_000_000_000, now=10.12)
+    packet = bytearray(rtp.build_rtp(b"y", sequence_number=7, timestamp=4_000_000_000, ssrc=22))
+    forwarder.rewrite(packet, 0, 7, 4_000_000_000, now=10.12)
+    seen.append(header_of(packet))
+
+    assert {header.ssrc for header in seen} == {0xABCDEF01}
+    sequences = [header.sequence_number for header in seen]
+    assert [(b - a) & 0xFFFF for a, b in itertools.pairwise(sequences)] == [1, 1, 1]
+    timestamps = [header.timestamp for header in seen]
+    assert (timestamps[1] - timestamps[0]) & 0xFFFFFFFF == 3000
+    assert (timestamps[3] - timestamps[2]) & 0xFFFFFFFF == pytest.approx(0.04 * 90_000, abs=2)
+    assert forwarder.switches == 2
+
+
+def test_source_gaps_are_preserved_and_late_packets_do_not_rewind() -> None:
+    forwarder = Forwarder(out_ssrc=1)
+    forwarder.switch_to(5, in_sequence=65534, in_timestamp=0, now=0.0)
+    buffer = bytearray(rtp.build_rtp(b"x", sequence_number=0, timestamp=0, ssrc=5))
+    first = forwarder.rewrite(buffer, 0, 65534, 0, 0.0)
+    after_gap = forwarder.rewrite(buffer, 0, 2, 0, 0.0)  # 65535, 0, 1 lost (wraps)
+    assert (after_gap - first) & 0xFFFF == 4
+    late = forwarder.rewrite(buffer, 0, 65535, 0, 0.0)
+    assert (late - first) & 0xFFFF == 1
+    assert forwarder.last_out_sequence == after_gap

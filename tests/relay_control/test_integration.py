@@ -1,0 +1,130 @@
+"""The control plane over the real RabbitMQ and PostgreSQL, driving the real data-plane process."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import random
+import socket
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from .dataplane_process import free_port, start, wait_for
+from kombu import Connection, Consumer, Queue
+from nameko.standalone.rpc import ClusterRpcProxy
+
+from services.classroom_relay.exceptions import AdmissionRefused
+from services.classroom_relay.models import MBIT
+from services.classroom_relay.service import ClassroomRelayService
+from services.common.events import event_exchange, read_cloud_event_headers
+from services.common.scope import Scope
+
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+def dataplane():
+    plane = start()
+    processes = [plane]
+    yield processes
+    for process in processes:
+        errors = process.stop()
+        assert "Traceback" not in errors, errors
+
+
+def test_sessions_reach_the_data_plane_survive_its_restart_and_publish_events(
+    runner_factory, service_config, dataplane, unique
+):
+    plane = dataplane[0]
+    bureau = random.randint(10_000, 2_000_000_000)  # the run's database is shared: invent fresh ids
+    school_base = random.randint(10_000, 2_000_000_000)
+    admin = Scope.bureau_admin(bureau).to_dict()
+    config = {**service_config, "RELAY_CONTROL_ADDRESS": f"127.0.0.1:{plane.control_port}",
+              "RELAY_JOIN_SECRETS": "integration-secret", "RELAY_STATS_INTERVAL": 0.2}
+    queue = Queue(unique("relay-subscriber-"), exchange=event_exchange("classroom_relay"), routing_key="#",
+                  durable=False, auto_delete=True)
+    received: list = []
+    with Connection(config["AMQP_URI"]) as connection:
+        queue(connection).declare()
+        runner_factory(config, ClassroomRelayService).start()
+        with ClusterRpcProxy(config, timeout=10) as rpc:
+            relay = rpc.classroom_relay
+            master = relay.create_classroom(admin, {
+                "school_id": school_base, "bureau_id": bureau, "name": "录播教室", "kind": "broadcasting",
+                "school_link_capacity_bps": 100 * MBIT, "receive_host": "127.0.0.1",
+                "receive_port": free_port(socket.SOCK_DGRAM) & ~1,
+            })
+            branches = [
+                relay.create_classroom(admin, {
+                    "school_id": school_base + index, "bureau_id": bureau, "name": f"接收教室{index}",
+                    "kind": "receiving", "school_link_capacity_bps": 50 * MBIT, "downlink_capacity_bps": 50 * MBIT,
+                    "receive_host": "127.0.0.1", "receive_port": 42000 + 2 * index,
+                })
+                for index in (1, 2, 3)
+            ]
+            now = datetime.now(UTC)
+            lesson = relay.create_session(admin, {
+                "kind": "master_teacher", "title": "五年级英语", "master_classroom_id": master["id"],
+                "teacher_id": 9001, "starts_at": now.isoformat(), "ends_at": (now + timedelta(minutes=40)).isoformat(),
+                "branch_bps": 40 * MBIT, "branch_classroom_ids": [branches[0]["id"], branches[1]["id"]],
+            })
+            started = relay.start_session(admin, lesson["id"])
+            assert started["status"] == "live"
+            key = f"session-{lesson['id']}"
+            wanted = sorted(f"classroom-{room['id']}" for room in branches[:2])
+
+            def pushed(process) -> dict | None:
+                found = process.stats()["sessions"].get(key)
+                return found if found and found["branches"] == wanted else None
+
+            state = wait_for(lambda: pushed(plane), timeout=10)
+            assert state["master"] == f"classroom-{master['id']}"
+            budgets = {output["classroom"]: output["budget_bytes_per_second"] for output in state["outputs"]}
+            assert budgets == {room: 40 * MBIT / 8 for room in wanted}
+
+            # The data plane restarts (and forgets everything): the control plane pushes its state again.
+            first_instance = plane.stats()["instance"]
+            assert "Traceback" not in plane.stop()
+            dataplane.clear()
+            restarted = start(control_port=plane.control_port)
+            dataplane.append(restarted)
+            assert restarted.stats()["instance"] != first_instance
+            wait_for(lambda: pushed(restarted), timeout=15)
+            status = wait_for(lambda: (s := relay.relay_status(admin))["connected"] and s, timeout=10)
+            assert status["media_address"] == ["127.0.0.1", restarted.media_port]
+
+            # A third 40 Mbit/s branch would take the master school past 90 % of its 100 Mbit/s.
+            with pytest.raises(AdmissionRefused) as refused:
+                relay.join_branch(admin, lesson["id"], branches[2]["id"])
+            assert refused.value.fields["capacity_bps"] == 100 * MBIT
+            assert refused.value.fields["committed_bps"] == 80 * MBIT
+            assert refused.value.fields["requested_bps"] == 40 * MBIT
+            assert "100.0 Mbit/s" in str(refused.value) and "80.0 Mbit/s" in str(refused.value)
+
+            sdp = wait_for(lambda: relay.get_branch_sdp(admin, lesson["id"], branches[0]["id"]), timeout=5)
+            assert sdp["content_type"] == "application/sdp"
+            assert "m=video 42002 RTP/AVP 96" in sdp["sdp"]
+            token = relay.issue_join_token(admin, lesson["id"], master["id"])
+            assert token["media_address"] == ["127.0.0.1", restarted.media_port]
+
+            relay.leave_branch(admin, lesson["id"], branches[1]["id"])
+            wait_for(lambda: restarted.stats()["sessions"][key]["branches"] == wanted[:1], timeout=10)
+            relay.end_session(admin, lesson["id"])
+            wait_for(lambda: key not in restarted.stats()["sessions"], timeout=10)
+
+        with Consumer(connection, [queue], callbacks=[lambda body, message: received.append(message)],
+                      accept=["json"]):
+            deadline = time.monotonic() + 10
+            while len(received) < 6 and time.monotonic() < deadline:
+                with contextlib.suppress(TimeoutError):
+                    connection.drain_events(timeout=0.5)
+    keys = [message.delivery_info["routing_key"] for message in received]
+    assert keys == ["session.started", "classroom.joined", "classroom.joined", "classroom.left", "classroom.left",
+                    "session.ended"]
+    ended = json.loads(received[-1].body)
+    assert ended["teacher_id"] == 9001 and ended["role"] == "master" and ended["ended_at"] is not None
+    left_early = json.loads(received[3].body)
+    assert left_early["classroom_id"] == branches[1]["id"] and left_early["school_id"] == school_base + 2
+    attributes = read_cloud_event_headers(received[0].headers)
+    assert attributes["type"] == "cn.lianxiao.classroom_relay.session.started"

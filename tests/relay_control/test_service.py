@@ -1,0 +1,96 @@
+"""The service's entrypoints with worker_factory: scope first, commits, pushes, typed errors."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from types import SimpleNamespace
+from unittest.mock import MagicMock
+
+import pytest
+from .conftest import lesson
+from nameko.testing.services import worker_factory
+from sqlalchemy import select
+
+from services.classroom_relay import sessions
+from services.classroom_relay.exceptions import AdmissionRefused, DataPlaneUnavailable, InvalidInput
+from services.classroom_relay.models import MBIT, outbox
+from services.classroom_relay.service import ClassroomRelayService
+
+
+def lesson_now(school: dict, branch_ids: list[int] | None = None) -> dict:
+    """A lesson in today's timetable (the service uses the real clock)."""
+    master = school["master"]["id"]
+    return lesson(at=datetime.now(UTC), master_classroom_id=master, branch_classroom_ids=branch_ids or [])
+
+
+@pytest.fixture
+def link(settings):
+    """Stands in for DataPlaneLink: settings, a push request recorder, the data plane's last stats."""
+    return SimpleNamespace(settings=settings, request_push=MagicMock(), stats=None,
+                           outputs=dict, media_address=lambda: ["127.0.0.1", 5004])
+
+
+@pytest.fixture
+def service(db, link):
+    return worker_factory(ClassroomRelayService, db=db, dataplane=link)
+
+
+def test_start_commits_and_asks_for_a_push(service, db, admin, school, link):
+    created = service.create_session(admin.to_dict(), lesson_now(school, [school["branches"][0]["id"]]))
+    link.request_push.assert_not_called()  # nothing live changed yet
+    started = service.start_session(admin.to_dict(), created["id"])
+    assert started["status"] == "live"
+    link.request_push.assert_called_once()
+    db.expire_all()
+    assert sessions.desired_state(db, link.settings)["sessions"][0]["session"] == f"session-{created['id']}"
+
+
+def test_refusal_rolls_back_and_pushes_nothing(service, db, admin, school, link):
+    rooms = [room["id"] for room in school["branches"]]
+    created = service.create_session(admin.to_dict(), lesson_now(school, rooms[:2]))
+    service.start_session(admin.to_dict(), created["id"])
+    link.request_push.reset_mock()
+    with pytest.raises(AdmissionRefused, match="school 101"):
+        service.join_branch(admin.to_dict(), created["id"], rooms[2], {"downlink_bps": 40 * MBIT})
+    link.request_push.assert_not_called()
+    db.expire_all()
+    states = [member["state"] for member in service.get_session(admin.to_dict(), created["id"])["classrooms"]]
+    assert states == ["joined", "joined", "joined"]  # master and two branches; the third was never added
+
+
+def test_missing_scope_and_bad_ids_are_invalid_input(service):
+    with pytest.raises(InvalidInput, match="scope"):
+        service.list_classrooms(None)
+    with pytest.raises(InvalidInput):
+        service.get_session({"bureau_id": 7, "kind": "bureau", "id": 7}, "one")
+
+
+def test_sdp_waits_for_the_data_plane(service, admin, school):
+    created = service.create_session(admin.to_dict(), lesson_now(school, [school["branches"][0]["id"]]))
+    service.start_session(admin.to_dict(), created["id"])
+    with pytest.raises(DataPlaneUnavailable):
+        service.get_branch_sdp(admin.to_dict(), created["id"], school["branches"][0]["id"])
+
+
+def test_join_token_names_the_relay_media_address(service, admin, school):
+    created = service.create_session(admin.to_dict(), lesson_now(school))
+    issued = service.issue_join_token(admin.to_dict(), created["id"], school["master"]["id"])
+    assert issued["media_address"] == ["127.0.0.1", 5004]
+    assert issued["classroom"] == f"classroom-{school['master']['id']}"
+
+
+def test_health_timer_publishes_degraded_from_the_latest_stats(service, db, admin, school, link):
+    branch = school["branches"][0]["id"]
+    created = service.create_session(admin.to_dict(), lesson_now(school, [branch]))
+    service.start_session(admin.to_dict(), created["id"])
+    service.check_stream_health()  # no stats yet: nothing to judge
+    master = f"classroom-{school['master']['id']}"
+    link.stats = {"sessions": {f"session-{created['id']}": {"master": master, "tracks": {}, "outputs": [
+        {"classroom": f"classroom-{branch}", "source_classroom": master, "loss_ratio": 0.12,
+         "budget_bytes_per_second": 5_000_000, "send_rate_bytes_per_second": 900_000}]}}}
+    service.check_stream_health()
+    db.expire_all()
+    rows = db.execute(select(outbox.table.c.routing_key)).scalars().all()
+    assert rows.count("stream.degraded") == 1
+    [member] = [m for m in service.get_session(admin.to_dict(), created["id"])["classrooms"] if m["role"] == "branch"]
+    assert member["stream_state"] == "degraded"
