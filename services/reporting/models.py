@@ -1,8 +1,131 @@
-"""Tables owned by the reporting service (its real schema arrives with its own issue)."""
+"""Tables owned by the reporting service: read models built from other services' events only.
 
-from sqlalchemy import MetaData
+- Roster (`rpt_schools`, `rpt_teachers`, `rpt_groups`, `rpt_alliance_members`, `rpt_districts`): who
+  exists, so teachers who did nothing are counted too. A row remembers the (time, id) of the event
+  it reflects; an older event never overwrites a newer one, so arrival order does not matter.
+- `rpt_activity_facts`: one row per activity statement (what it counted); corrections and hiding
+  flip `counted`, and a term redefinition rebuilds term counters from here.
+- `rpt_counters`: sums per (subject, id, period, activity kind), updated by adding deltas. Sums
+  commute, so out-of-order delivery within a period gives the same numbers.
+- `rpt_voided_statements`: statements hidden or corrected before they arrived (out of order).
+- `processed_events`: event ids already applied (idempotent consumers).
+- `rpt_rule_sets`: quota rule sets, one row per version.
+"""
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Date,
+    DateTime,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
 
 from services.common.events import Outbox
+from services.common.subscriber import ProcessedEvents
 
 metadata = MetaData()
 outbox = Outbox("reporting", metadata)
+processed_events = ProcessedEvents(metadata)
+
+districts = Table(
+    "rpt_districts", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("bureau_id", Integer, nullable=False),
+    Column("name", String(200), nullable=False),
+)
+
+schools = Table(
+    "rpt_schools", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("bureau_id", Integer, nullable=False, index=True),
+    Column("district_id", Integer, index=True),
+    Column("code", String(40), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("kind", String(20), nullable=False),
+)
+
+alliance_members = Table(
+    "rpt_alliance_members", metadata,
+    Column("alliance_id", Integer, primary_key=True, autoincrement=False),
+    Column("school_id", Integer, primary_key=True, autoincrement=False),
+    Column("alliance_name", String(200)),
+)
+
+groups = Table(
+    "rpt_groups", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("bureau_id", Integer, nullable=False),
+    Column("school_id", Integer, index=True),
+    Column("kind", String(20), nullable=False),
+    Column("name", String(200), nullable=False),
+    Column("subject", String(60)),
+    Column("grade", String(60)),
+)
+
+teachers = Table(
+    "rpt_teachers", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=False),
+    Column("bureau_id", Integer, nullable=False, index=True),
+    Column("district_id", Integer),
+    Column("school_id", Integer, nullable=False, index=True),
+    Column("staff_number", String(40), nullable=False),
+    Column("subject", String(60)),
+    Column("grade", String(60)),
+    Column("active", Boolean, nullable=False),
+    Column("roles", String(300), nullable=False),  # comma-separated, sorted
+    Column("group_ids", Text, nullable=False),  # comma-separated, sorted
+    Column("as_of_time", DateTime(timezone=True), nullable=False),
+    Column("as_of_event", String(64), nullable=False),
+)
+
+activity_facts = Table(
+    "rpt_activity_facts", metadata,
+    Column("event_id", String(64), primary_key=True),
+    Column("bureau_id", Integer, nullable=False),
+    Column("teacher_id", Integer, nullable=False, index=True),
+    Column("school_id", Integer, nullable=False),
+    Column("group_id", Integer),
+    Column("kind", String(60), nullable=False),
+    Column("online", Boolean, nullable=False),
+    # Hours in hundredths (activities credits two decimals): integer sums are exact in any order.
+    Column("online_centihours", Integer, nullable=False),
+    Column("offline_centihours", Integer, nullable=False),
+    Column("occurred_at", DateTime(timezone=True), nullable=False),
+    Column("local_date", Date, nullable=False),
+    Column("corrects", String(64)),
+    Column("counted", Boolean, nullable=False),
+)
+
+voided_statements = Table(
+    "rpt_voided_statements", metadata,
+    Column("statement_id", String(64), primary_key=True),
+    Column("reason", String(20), nullable=False),  # "hidden" | "corrected"
+)
+
+counters = Table(
+    "rpt_counters", metadata,
+    Column("subject", String(8), primary_key=True),  # teacher | group | school
+    Column("subject_id", Integer, primary_key=True, autoincrement=False),
+    Column("period", String(48), primary_key=True),  # M2025-03 | W2025-10 | T<term>
+    Column("kind", String(60), primary_key=True),
+    Column("count", Integer, nullable=False),
+    Column("online_count", Integer, nullable=False),
+    Column("online_centihours", Integer, nullable=False),
+    Column("offline_centihours", Integer, nullable=False),
+    Index("ix_rpt_counters_period_subject", "period", "subject"),
+)
+
+rule_sets = Table(
+    "rpt_rule_sets", metadata,
+    Column("bureau_id", Integer, primary_key=True, autoincrement=False),
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("scope_kind", String(10), nullable=False),
+    Column("scope_id", Integer, nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+)

@@ -10,6 +10,10 @@ import time
 import urllib.request
 
 import pytest
+
+from services.classroom_relay.dataplane import rtcp, rtp
+from services.classroom_relay.dataplane.admission import build_hello, issue_token
+
 from .relay_harness import (
     SECRET,
     UdpCollector,
@@ -21,9 +25,6 @@ from .relay_harness import (
     stop_process,
     wait_until,
 )
-
-from services.classroom_relay.dataplane import rtcp, rtp
-from services.classroom_relay.dataplane.admission import build_hello, issue_token
 
 MASTER_SSRC = 0x5150
 

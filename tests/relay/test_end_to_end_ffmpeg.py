@@ -9,10 +9,11 @@ import subprocess
 import time
 
 import pytest
-from .relay_harness import SECRET, free_udp_port_pair, stop_process
 
 from services.classroom_relay.dataplane.admission import build_hello, issue_token
 from services.classroom_relay.sdp import build_receiver_sdp
+
+from .relay_harness import SECRET, free_udp_port_pair, stop_process
 
 FFMPEG = shutil.which("ffmpeg")
 pytestmark = pytest.mark.skipif(

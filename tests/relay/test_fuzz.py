@@ -6,6 +6,7 @@ from __future__ import annotations
 import socket
 
 import pytest
+
 from .relay_harness import start_dataplane, stop_process
 
 hypothesis = pytest.importorskip("hypothesis", reason="hypothesis is not installed in the venv")

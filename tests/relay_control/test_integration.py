@@ -10,7 +10,6 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from .dataplane_process import free_port, start, wait_for
 from kombu import Connection, Consumer, Queue
 from nameko.standalone.rpc import ClusterRpcProxy
 
@@ -19,6 +18,8 @@ from services.classroom_relay.models import MBIT
 from services.classroom_relay.service import ClassroomRelayService
 from services.common.events import event_exchange, read_cloud_event_headers
 from services.common.scope import Scope
+
+from .dataplane_process import free_port, start, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(60)]
 

@@ -7,7 +7,6 @@ from types import SimpleNamespace
 from unittest.mock import MagicMock
 
 import pytest
-from .conftest import lesson
 from nameko.testing.services import worker_factory
 from sqlalchemy import select
 
@@ -15,6 +14,8 @@ from services.classroom_relay import sessions
 from services.classroom_relay.exceptions import AdmissionRefused, DataPlaneUnavailable, InvalidInput
 from services.classroom_relay.models import MBIT, outbox
 from services.classroom_relay.service import ClassroomRelayService
+
+from .conftest import lesson
 
 
 def lesson_now(school: dict, branch_ids: list[int] | None = None) -> dict:

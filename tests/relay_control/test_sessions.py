@@ -6,13 +6,14 @@ import json
 from datetime import timedelta
 
 import pytest
-from .conftest import NOW, classroom, lesson
 from sqlalchemy import select
 
 from services.classroom_relay import sessions
 from services.classroom_relay.exceptions import AdmissionRefused, Conflict, Forbidden, InvalidInput, NotFound
 from services.classroom_relay.models import MBIT, outbox
 from services.common.scope import Scope
+
+from .conftest import NOW, classroom, lesson
 
 
 def events(db) -> list[tuple[str, dict]]:

@@ -8,7 +8,6 @@ Create Date: 2026-11-23 04:52:33.245975
 import sqlalchemy as sa
 from alembic import op
 
-
 revision = '0002_classroom_relay'
 down_revision = '0001_classroom_relay'
 branch_labels = None
