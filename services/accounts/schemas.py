@@ -7,6 +7,9 @@ from marshmallow import RAISE, Schema, fields, validate
 from services.accounts.models import ACCESS_LEVELS, GROUP_KINDS, ROLES, SCHOOL_KINDS, SCOPE_KINDS
 
 NAME = validate.Length(min=1, max=200)
+# Database ids are 32-bit integers; a larger number can only be a mistake (and must not reach the database).
+MAX_ID = 2**31 - 1
+ID = validate.Range(min=1, max=MAX_ID)
 CODE = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$", error="Use 1–40 letters, digits, '_', '.', '-'.")
 
 
@@ -29,9 +32,9 @@ class BureauOut(Schema):
 
 
 class DistrictIn(StrictSchema):
-    bureau_id = fields.Integer(required=True, strict=True)
+    bureau_id = fields.Integer(required=True, strict=True, validate=ID)
     name = fields.String(required=True, validate=NAME)
-    hub_school_id = fields.Integer(strict=True, allow_none=True, load_default=None)
+    hub_school_id = fields.Integer(strict=True, validate=ID, allow_none=True, load_default=None)
 
 
 class DistrictOut(Schema):
@@ -42,8 +45,8 @@ class DistrictOut(Schema):
 
 
 class SchoolIn(StrictSchema):
-    bureau_id = fields.Integer(required=True, strict=True)
-    district_id = fields.Integer(strict=True, allow_none=True, load_default=None)
+    bureau_id = fields.Integer(required=True, strict=True, validate=ID)
+    district_id = fields.Integer(strict=True, validate=ID, allow_none=True, load_default=None)
     code = fields.String(required=True, validate=CODE)
     name = fields.String(required=True, validate=NAME)
     kind = fields.String(load_default="ordinary", validate=validate.OneOf(SCHOOL_KINDS))
@@ -63,10 +66,10 @@ class SchoolOut(Schema):
 
 
 class AllianceIn(StrictSchema):
-    bureau_id = fields.Integer(required=True, strict=True)
+    bureau_id = fields.Integer(required=True, strict=True, validate=ID)
     name = fields.String(required=True, validate=NAME)
-    lead_school_id = fields.Integer(required=True, strict=True)
-    member_school_ids = fields.List(fields.Integer(strict=True), load_default=list)
+    lead_school_id = fields.Integer(required=True, strict=True, validate=ID)
+    member_school_ids = fields.List(fields.Integer(strict=True, validate=ID), load_default=list)
 
 
 class AllianceOut(Schema):
@@ -78,7 +81,7 @@ class AllianceOut(Schema):
 
 
 class TeacherIn(StrictSchema):
-    school_id = fields.Integer(required=True, strict=True)
+    school_id = fields.Integer(required=True, strict=True, validate=ID)
     staff_number = fields.String(required=True, validate=CODE)
     name = fields.String(required=True, validate=validate.Length(min=1, max=100))
     subject = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=60))
@@ -107,14 +110,14 @@ class TeacherOut(Schema):
 
 
 class GroupIn(StrictSchema):
-    bureau_id = fields.Integer(required=True, strict=True)
+    bureau_id = fields.Integer(required=True, strict=True, validate=ID)
     kind = fields.String(required=True, validate=validate.OneOf(GROUP_KINDS))
-    school_id = fields.Integer(strict=True, allow_none=True, load_default=None)
+    school_id = fields.Integer(strict=True, validate=ID, allow_none=True, load_default=None)
     name = fields.String(required=True, validate=NAME)
     subject = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=60))
     grade = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=60))
-    leader_id = fields.Integer(strict=True, allow_none=True, load_default=None)
-    member_ids = fields.List(fields.Integer(strict=True), load_default=list)
+    leader_id = fields.Integer(strict=True, validate=ID, allow_none=True, load_default=None)
+    member_ids = fields.List(fields.Integer(strict=True, validate=ID), load_default=list)
 
 
 class GroupOut(Schema):
@@ -131,7 +134,7 @@ class GroupOut(Schema):
 
 class TokenIn(StrictSchema):
     scope_kind = fields.String(required=True, validate=validate.OneOf(SCOPE_KINDS))
-    scope_id = fields.Integer(required=True, strict=True)
+    scope_id = fields.Integer(required=True, strict=True, validate=ID)
     label = fields.String(required=True, validate=NAME)
     access = fields.String(load_default="read", validate=validate.OneOf(ACCESS_LEVELS))
     ttl_days = fields.Integer(load_default=90, strict=True, validate=validate.Range(min=1, max=366))
@@ -156,4 +159,4 @@ class IssuedTokenOut(TokenOut):
 
 class PageIn(StrictSchema):
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
-    after_id = fields.Integer(load_default=0, validate=validate.Range(min=0))
+    after_id = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_ID))

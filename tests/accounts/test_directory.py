@@ -138,3 +138,13 @@ def test_unknown_ids_are_not_found(session, city):
         directory.get_school(session, city["admin"], 99999)
     with pytest.raises(InvalidInput):
         directory.get_school(session, city["admin"], "1; drop table schools")
+
+
+def test_ids_beyond_32_bits_never_reach_the_database(session, city):
+    with pytest.raises(InvalidInput) as caught:
+        directory.create_district(session, city["admin"], {
+            "bureau_id": city["bureau"]["id"], "name": "北片区", "hub_school_id": 10**12,
+        })
+    assert "hub_school_id" in caught.value.fields
+    with pytest.raises(NotFound):
+        directory.get_school(session, city["admin"], 10**12)

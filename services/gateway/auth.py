@@ -1,0 +1,151 @@
+"""Bearer tokens: verified by the accounts service, remembered briefly by each gateway worker.
+
+A verified scope (and a rejection) is cached for `ttl` seconds (30 by default, never past the token's
+own expiry), keyed by the SHA-256 of the token so the secret itself is never kept or logged. The cache
+is bounded (least recently used entries go first) and per worker process.
+
+Revocation: the worker that handles `DELETE /v1/tokens/{id}` forgets that token at once; the other
+workers keep accepting it until their cache entry ages out, i.e. **a revoked token may keep working
+for up to `ttl` seconds**. Lower GATEWAY_AUTH_CACHE_SECONDS to shorten that window (0 disables the
+cache, at one accounts RPC per request).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from services.common.errors import Unauthenticated
+
+BEARER_PREFIX = "bearer "
+MAX_TOKEN_CHARS = 512
+
+
+class AuthenticationRequired(Unauthenticated):
+    """No usable credentials at all (as opposed to a token that accounts rejected)."""
+
+
+@dataclass
+class _Entry:
+    fresh_until: float
+    scope: dict[str, Any] | None
+    rejection: str | None  # accounts' reason, when the token was refused
+
+
+def token_digest(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).hexdigest()
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of an `Authorization: Bearer <token>` header, or `AuthenticationRequired`."""
+    if not authorization:
+        raise AuthenticationRequired("Send an API token: 'Authorization: Bearer <token>'.")
+    if not authorization[: len(BEARER_PREFIX)].lower() == BEARER_PREFIX:
+        raise AuthenticationRequired("The Authorization header must use the Bearer scheme: 'Bearer <token>'.")
+    token = authorization[len(BEARER_PREFIX):].strip()
+    if not token or " " in token or len(token) > MAX_TOKEN_CHARS:
+        raise AuthenticationRequired("The Authorization header is malformed: expected 'Bearer <token>'.")
+    return token
+
+
+def _seconds_until(iso_moment: Any, now: datetime) -> float | None:
+    if not isinstance(iso_moment, str):
+        return None
+    try:
+        moment = datetime.fromisoformat(iso_moment)
+    except ValueError:
+        return None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return (moment - now).total_seconds()
+
+
+class TokenVerifier:
+    """`scope_for(header)` → the token's scope dict; raises `Unauthenticated` (401) otherwise."""
+
+    def __init__(
+        self,
+        verify: Callable[[str], dict[str, Any]],
+        ttl: float = 30.0,
+        max_entries: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+        on_lookup: Callable[[str], None] | None = None,
+    ) -> None:
+        self.verify = verify
+        self.ttl = ttl
+        self.max_entries = max_entries
+        self.clock = clock
+        self.on_lookup = on_lookup
+        self._entries: OrderedDict[str, _Entry] = OrderedDict()
+        self._digests_by_token_id: dict[int, str] = {}
+        self._lock = threading.Lock()
+
+    def scope_for(self, authorization: str | None) -> dict[str, Any]:
+        token = bearer_token(authorization)
+        digest = token_digest(token)
+        entry = self._cached(digest)
+        if entry is None:
+            self._count("miss")
+            entry = self._verify(token)  # outside the lock: an RPC must never serialise the threads
+            self._remember(digest, entry)
+        else:
+            self._count("hit")
+        if entry.rejection is not None:
+            raise Unauthenticated(entry.rejection)
+        assert entry.scope is not None
+        return entry.scope
+
+    def forget_token_id(self, token_id: int) -> None:
+        """Drop a revoked token from this worker's cache at once."""
+        with self._lock:
+            digest = self._digests_by_token_id.pop(token_id, None)
+            if digest is not None:
+                self._entries.pop(digest, None)
+
+    def _count(self, result: str) -> None:
+        if self.on_lookup is not None:
+            self.on_lookup(result)
+
+    def _verify(self, token: str) -> _Entry:
+        now = self.clock()
+        try:
+            scope = self.verify(token)
+        except Unauthenticated as rejection:
+            # Cached too: a flood of bad tokens must not become a flood of RPCs. Safe, because a
+            # token that was invalid never becomes valid (secrets are random and never reissued).
+            return _Entry(now + self.ttl, None, rejection.detail)
+        lifetime = self.ttl
+        remaining = _seconds_until(scope.get("expires_at"), datetime.now(UTC))
+        if remaining is not None:
+            lifetime = max(0.0, min(lifetime, remaining))
+        return _Entry(now + lifetime, scope, None)
+
+    def _cached(self, digest: str) -> _Entry | None:
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is None:
+                return None
+            if entry.fresh_until <= self.clock():
+                del self._entries[digest]
+                return None
+            self._entries.move_to_end(digest)
+            return entry
+
+    def _remember(self, digest: str, entry: _Entry) -> None:
+        if self.ttl <= 0:
+            return
+        with self._lock:
+            self._entries[digest] = entry
+            self._entries.move_to_end(digest)
+            if entry.scope is not None and entry.scope.get("token_id") is not None:
+                self._digests_by_token_id[int(entry.scope["token_id"])] = digest
+            while len(self._entries) > self.max_entries:
+                _old_digest, old = self._entries.popitem(last=False)
+                if old.scope is not None and old.scope.get("token_id") is not None:
+                    self._digests_by_token_id.pop(int(old.scope["token_id"]), None)

@@ -1,0 +1,16 @@
+"""WSGI entry point for gunicorn: `gunicorn -c services/gateway/gunicorn.conf.py services.gateway.wsgi:app`."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import services  # noqa: F401  (silences eventlet's notice before nameko imports eventlet)
+from services.gateway.app import create_app
+
+logging.basicConfig(
+    level=os.environ.get("LOG_LEVEL", "INFO"),
+    format="%(asctime)s gateway[%(process)d] %(levelname)s %(name)s: %(message)s",
+)
+
+app = create_app()

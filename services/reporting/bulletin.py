@@ -1,0 +1,135 @@
+"""The monthly bulletin (月度通报) and the term summary: per school and district, with rankings.
+
+Every line carries the numbers it rests on, so a school can check why it is where it is:
+- excellent teachers: compliant, ranked by study hours then activities;
+- excellent groups: every group rule met, ranked by activities;
+- most improved schools: the largest rise in the share of compliant teachers since the last period;
+- lagging schools: non-compliant (20 % rule) or short of weekly activities, with what they miss.
+"""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from services.reporting import compliance, rules
+from services.reporting.compliance import Evaluation
+from services.reporting.periods import Period
+
+TOP = 10
+
+
+def _period_of(calendar: Any, kind: str, key: str) -> Period:
+    return calendar.month(key) if kind == "month" else calendar.term(key)
+
+
+def build(session: Session, bureau_id: int, kind: str, key: str, school_ids: list[int] | None = None,
+          today: date | None = None, top: int = TOP) -> dict[str, Any]:
+    """The bulletin of a month (`kind="month"`, key `2025-03`) or a term (`kind="term"`, its code)."""
+    current = rules.in_force(session, bureau_id)
+    period = _period_of(current.calendar, kind, key)
+    rule_set = rules.in_force(session, bureau_id, current.calendar.end_moment(period))
+    period = _period_of(rule_set.calendar, kind, key)
+    evaluation = compliance.evaluate(session, bureau_id, period, rule_set, school_ids, today)
+    previous_period = rule_set.calendar.previous(period)
+    previous = (compliance.evaluate(session, bureau_id, previous_period, rule_set, school_ids, today)
+                if previous_period is not None else None)
+    return compose(evaluation, previous, top)
+
+
+def compose(evaluation: Evaluation, previous: Evaluation | None, top: int = TOP) -> dict[str, Any]:
+    summaries = {school_id: school.summary() for school_id, school in evaluation.schools.items()}
+    for school_id, summary in summaries.items():
+        district_id = evaluation.schools[school_id].district_id
+        summary["district_name"] = evaluation.district_names.get(district_id or -1, "未分片区")
+    labels = {rule.id: rule.label for rule in evaluation.rule_set.rules}
+    return {
+        "title": f"{evaluation.period.label}网络教研通报",
+        "period": compliance.period_out(evaluation.period),
+        "rules_version": evaluation.rule_set.version,
+        "rule_labels": labels,
+        **compliance.roll_ups(evaluation),
+        "schools": [summaries[school_id] for school_id in sorted(summaries)],
+        "excellent_teachers": _excellent_teachers(evaluation, top),
+        "excellent_groups": _excellent_groups(evaluation, top),
+        "most_improved": _most_improved(evaluation, previous, top),
+        "lagging_schools": _lagging(evaluation, labels),
+    }
+
+
+def _excellent_teachers(evaluation: Evaluation, top: int) -> list[dict[str, Any]]:
+    candidates = [teacher for school in evaluation.schools.values() for teacher in school.teachers
+                  if teacher.compliant and teacher.rules]
+    candidates.sort(key=lambda t: (-(t.online_hours + t.offline_hours), -t.activities, t.teacher_id))
+    return [
+        {"rank": rank, "teacher_id": teacher.teacher_id, "staff_number": teacher.staff_number,
+         "school_id": teacher.school_id, "school_name": evaluation.schools[teacher.school_id].name,
+         "online_hours": round(teacher.online_hours, 2), "offline_hours": round(teacher.offline_hours, 2),
+         "activities": teacher.activities}
+        for rank, teacher in enumerate(candidates[:top], start=1)
+    ]
+
+
+def _excellent_groups(evaluation: Evaluation, top: int) -> list[dict[str, Any]]:
+    candidates = [group for school in evaluation.schools.values() for group in school.groups
+                  if group.compliant and group.rules]
+    candidates.sort(key=lambda group: (-group.activities, group.group_id))
+    return [
+        {"rank": rank, "group_id": group.group_id, "name": group.name, "school_id": group.school_id,
+         "school_name": evaluation.schools[group.school_id].name if group.school_id else None,
+         "activities": group.activities,
+         "rules": {result.rule_id: round(result.done, 2) for result in group.rules}}
+        for rank, group in enumerate(candidates[:top], start=1)
+    ]
+
+
+def _compliant_share(school: compliance.SchoolResult) -> float:
+    return 1 - school.noncompliant_share if school.teachers else 0.0
+
+
+def _most_improved(evaluation: Evaluation, previous: Evaluation | None, top: int) -> list[dict[str, Any]]:
+    if previous is None:
+        return []
+    changes = []
+    for school_id, school in evaluation.schools.items():
+        before = previous.schools.get(school_id)
+        if before is None or not school.teachers:
+            continue
+        now_share, before_share = _compliant_share(school), _compliant_share(before)
+        if now_share > before_share:
+            changes.append((now_share - before_share, school, before_share, now_share))
+    changes.sort(key=lambda change: (-change[0], change[1].school_id))
+    return [
+        {"rank": rank, "school_id": school.school_id, "name": school.name,
+         "compliant_share_before": round(before_share, 4), "compliant_share_now": round(now_share, 4),
+         "improvement": round(gain, 4)}
+        for rank, (gain, school, before_share, now_share) in enumerate(changes[:top], start=1)
+    ]
+
+
+def _lagging(evaluation: Evaluation, labels: dict[str, str]) -> list[dict[str, Any]]:
+    lagging = []
+    for school in evaluation.schools.values():
+        weekly_short = school.weekly is not None and not school.weekly.met
+        if school.compliant and not weekly_short:
+            continue
+        misses = [f"{labels.get(rule_id, rule_id)}未达标 {count} 人"
+                  for rule_id, count in sorted(school.missing_by_rule().items())]
+        groups_short = [group for group in school.groups if not group.compliant]
+        if groups_short:
+            misses.append(f"教研组未达标 {len(groups_short)} 个")
+        if weekly_short and school.weekly is not None:
+            misses.append(f"{school.weekly.label} {int(school.weekly.done)}/{int(school.weekly.required)} 周")
+        lagging.append({
+            "school_id": school.school_id, "name": school.name, "district_id": school.district_id,
+            "noncompliant_share": round(school.noncompliant_share, 4),
+            "noncompliant_teachers": school.noncompliant_teachers, "teachers": len(school.teachers),
+            "teachers_missing_by_rule": school.missing_by_rule(),
+            "groups_short": len(groups_short),
+            "weeks_with_activity": school.weekly.to_dict() if school.weekly else None,
+            "misses": "；".join(misses),
+        })
+    lagging.sort(key=lambda line: (-line["noncompliant_share"], line["school_id"]))
+    return lagging

@@ -1,0 +1,349 @@
+"""Applying one event to the read models, idempotently; and rebuilding them from all facts.
+
+Incremental and rebuilt read models agree by construction: both turn facts into the same counter
+deltas (`counter_deltas`) and add them up; integer sums do not depend on order. Roster rows keep the
+newest event by (time, id), and a statement hidden or corrected before it arrived is remembered in
+`rpt_voided_statements`, so shuffled and repeated deliveries end in the same state.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import ROUND_HALF_UP, Decimal
+from typing import Any
+
+from sqlalchemy import delete, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.orm import Session
+
+from services.reporting import rules
+from services.reporting.exceptions import InvalidInput
+from services.reporting.models import (
+    activity_facts,
+    alliance_members,
+    counters,
+    districts,
+    groups,
+    processed_events,
+    schools,
+    teachers,
+    voided_statements,
+)
+from services.reporting.periods import Calendar
+
+# Kept in one place: the xAPI IRIs activities publishes (services/activities/xapi.py).
+HOME_PAGE = "https://lianxiao.example"
+EXTENSION_BASE = f"{HOME_PAGE}/xapi/extensions/"
+ACTIVITY_TYPE_BASE = f"{HOME_PAGE}/xapi/activity-types/"
+
+CounterKey = tuple[str, int, str, str]  # subject, subject id, period key, activity kind
+Delta = list[int]  # count, online count, online centihours, offline centihours
+
+
+@dataclass(frozen=True)
+class ActivityFact:
+    event_id: str
+    bureau_id: int
+    teacher_id: int
+    school_id: int
+    group_id: int | None
+    kind: str
+    online: bool
+    online_centihours: int
+    offline_centihours: int
+    occurred_at: datetime
+    corrects: str | None = None
+
+
+def centihours(value: Any) -> int:
+    return int((Decimal(str(value or 0)) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
+
+
+def parse_moment(text: Any) -> datetime:
+    try:
+        moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError as error:
+        raise InvalidInput(f"Not an ISO 8601 time: {text!r}.") from error
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def fact_from_statement(statement: Mapping[str, Any], event_id: str) -> ActivityFact:
+    """The adapter from activities' xAPI statement to what reporting counts (one place to fix)."""
+    try:
+        extensions = statement["context"]["extensions"]
+        account_name = statement["actor"]["account"]["name"]
+        prefix, _, teacher_number = str(account_name).partition("/")
+        if prefix != "teacher" or not teacher_number.isdigit():
+            raise InvalidInput(f"The actor {account_name!r} is not a teacher.")
+        kind = extensions.get(EXTENSION_BASE + "kind") or str(
+            statement["object"]["definition"]["type"]).removeprefix(ACTIVITY_TYPE_BASE)
+        result = statement.get("result", {}).get("extensions", {})
+        online_centi = centihours(result.get(EXTENSION_BASE + "online-hours"))
+        offline_centi = centihours(result.get(EXTENSION_BASE + "offline-hours"))
+        group = extensions.get(EXTENSION_BASE + "group")
+        corrected = (statement.get("context", {}).get("statement") or {}).get("id")
+        return ActivityFact(
+            event_id=str(event_id),
+            bureau_id=int(extensions[EXTENSION_BASE + "bureau"]),
+            teacher_id=int(teacher_number),
+            school_id=int(extensions[EXTENSION_BASE + "school"]),
+            group_id=int(group) if group is not None else None,
+            kind=str(kind),
+            # A timed activity is online or offline; untimed ones (blog posts) credit online hours.
+            online=online_centi > 0 or (offline_centi == 0 and kind in ONLINE_BY_NATURE),
+            online_centihours=online_centi,
+            offline_centihours=offline_centi,
+            occurred_at=parse_moment(statement["timestamp"]),
+            corrects=str(corrected) if corrected else None,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as error:
+        raise InvalidInput(f"Not an activity statement reporting understands ({error!r}).") from error
+
+
+ONLINE_BY_NATURE = frozenset({"blog_post", "comment", "online_course_study"})
+
+
+def counter_deltas(fact: ActivityFact, calendar: Calendar, sign: int = 1) -> list[tuple[CounterKey, Delta]]:
+    """Every counter one fact adds to (or, with sign -1, takes from)."""
+    day = calendar.local_date(fact.occurred_at)
+    keys = calendar.period_keys(day)
+    delta = [sign, sign * int(fact.online), sign * fact.online_centihours, sign * fact.offline_centihours]
+    periods = [keys["month"]] + ([keys["term"]] if "term" in keys else [])
+    subjects: list[tuple[str, int, list[str]]] = [
+        ("teacher", fact.teacher_id, periods),
+        ("school", fact.school_id, [*periods, keys["week"]]),
+    ]
+    if fact.group_id is not None:
+        subjects.append(("group", fact.group_id, periods))
+    return [((subject, subject_id, period, fact.kind), delta)
+            for subject, subject_id, subject_periods in subjects for period in subject_periods]
+
+
+def fold(facts: Iterable[ActivityFact], calendar_of: Callable[[int], Calendar]) -> dict[CounterKey, Delta]:
+    """The counters of many facts, summed in memory (rebuilds and the benchmark's bulk load)."""
+    totals: dict[CounterKey, Delta] = {}
+    for fact in facts:
+        for key, delta in counter_deltas(fact, calendar_of(fact.bureau_id)):
+            current = totals.get(key)
+            if current is None:
+                totals[key] = list(delta)
+            else:
+                for index in range(4):
+                    current[index] += delta[index]
+    return totals
+
+
+def _upsert(session: Session) -> Any:
+    return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
+
+
+def add_to_counters(session: Session, deltas: Iterable[tuple[CounterKey, Delta]]) -> None:
+    insert = _upsert(session)
+    for (subject, subject_id, period, kind), (count, online_count, online_centi, offline_centi) in deltas:
+        statement = insert(counters).values(
+            subject=subject, subject_id=subject_id, period=period, kind=kind, count=count,
+            online_count=online_count, online_centihours=online_centi, offline_centihours=offline_centi,
+        )
+        session.execute(statement.on_conflict_do_update(
+            index_elements=["subject", "subject_id", "period", "kind"],
+            set_={
+                "count": counters.c.count + count,
+                "online_count": counters.c.online_count + online_count,
+                "online_centihours": counters.c.online_centihours + online_centi,
+                "offline_centihours": counters.c.offline_centihours + offline_centi,
+            },
+        ))
+        if count < 0:  # a voided fact leaves no empty counter behind (a rebuild would not have it)
+            session.execute(delete(counters).where(
+                counters.c.subject == subject, counters.c.subject_id == subject_id, counters.c.period == period,
+                counters.c.kind == kind, counters.c.count == 0,
+            ))
+
+
+class CalendarCache:
+    """Each bureau's calendar (rules in force now), looked up once per unit of work."""
+
+    def __init__(self, session: Session) -> None:
+        self.session = session
+        self.calendars: dict[int, Calendar] = {}
+
+    def __call__(self, bureau_id: int) -> Calendar:
+        if bureau_id not in self.calendars:
+            self.calendars[bureau_id] = rules.in_force(self.session, bureau_id).calendar
+        return self.calendars[bureau_id]
+
+
+def _fact_row(fact: ActivityFact, calendar: Calendar, counted: bool) -> dict[str, Any]:
+    return {
+        "event_id": fact.event_id, "bureau_id": fact.bureau_id, "teacher_id": fact.teacher_id,
+        "school_id": fact.school_id, "group_id": fact.group_id, "kind": fact.kind, "online": fact.online,
+        "online_centihours": fact.online_centihours, "offline_centihours": fact.offline_centihours,
+        "occurred_at": fact.occurred_at, "local_date": calendar.local_date(fact.occurred_at),
+        "corrects": fact.corrects, "counted": counted,
+    }
+
+
+def fact_of_row(row: Mapping[str, Any]) -> ActivityFact:
+    occurred = row["occurred_at"]
+    return ActivityFact(
+        event_id=row["event_id"], bureau_id=row["bureau_id"], teacher_id=row["teacher_id"],
+        school_id=row["school_id"], group_id=row["group_id"], kind=row["kind"], online=bool(row["online"]),
+        online_centihours=row["online_centihours"], offline_centihours=row["offline_centihours"],
+        occurred_at=occurred if occurred.tzinfo else occurred.replace(tzinfo=UTC), corrects=row["corrects"],
+    )
+
+
+def void_statement(session: Session, statement_id: str, reason: str, calendar_of: CalendarCache) -> None:
+    """Stop counting a statement, and remember it (it may not have arrived yet: order must not matter)."""
+    exists = session.execute(
+        select(voided_statements.c.statement_id).where(voided_statements.c.statement_id == statement_id)
+    ).first()
+    if exists is None:
+        session.execute(voided_statements.insert().values(statement_id=statement_id, reason=reason))
+    row = session.execute(select(activity_facts).where(activity_facts.c.event_id == statement_id)).mappings().first()
+    if row is None:
+        return
+    if row["counted"]:
+        fact = fact_of_row(row)
+        add_to_counters(session, counter_deltas(fact, calendar_of(fact.bureau_id), sign=-1))
+        session.execute(update(activity_facts).where(activity_facts.c.event_id == statement_id).values(counted=False))
+
+
+def record_fact(session: Session, fact: ActivityFact, calendar_of: CalendarCache) -> None:
+    if fact.corrects:
+        void_statement(session, fact.corrects, "corrected", calendar_of)
+    voided = session.execute(
+        select(voided_statements.c.statement_id).where(voided_statements.c.statement_id == fact.event_id)
+    ).first()
+    calendar = calendar_of(fact.bureau_id)
+    session.execute(activity_facts.insert().values(**_fact_row(fact, calendar, counted=voided is None)))
+    if voided is None:
+        add_to_counters(session, counter_deltas(fact, calendar))
+
+
+# --- the roster ------------------------------------------------------------------------------------
+
+
+def _newer(session: Session, teacher_id: int, moment: datetime, event_id: str) -> bool | None:
+    """None: no row yet; True: this event is newer than the row's; False: older (ignore it)."""
+    row = session.execute(
+        select(teachers.c.as_of_time, teachers.c.as_of_event).where(teachers.c.id == teacher_id)
+    ).first()
+    if row is None:
+        return None
+    stored = row.as_of_time if row.as_of_time.tzinfo else row.as_of_time.replace(tzinfo=UTC)
+    return (moment, event_id) > (stored, row.as_of_event)
+
+
+def apply_teacher(session: Session, body: Mapping[str, Any], moment: datetime, event_id: str) -> None:
+    try:
+        values = {
+            "id": int(body["id"]), "bureau_id": int(body["bureau_id"]),
+            "district_id": int(body["district_id"]) if body.get("district_id") is not None else None,
+            "school_id": int(body["school_id"]), "staff_number": str(body.get("staff_number") or "")[:40],
+            "subject": body.get("subject"), "grade": body.get("grade"), "active": bool(body.get("active", True)),
+            "roles": ",".join(sorted(set(body.get("roles") or ["teacher"]))),
+            "group_ids": ",".join(str(group) for group in sorted({int(g) for g in body.get("group_ids") or []})),
+            "as_of_time": moment, "as_of_event": event_id,
+        }
+    except (KeyError, TypeError, ValueError) as error:
+        raise InvalidInput(f"Not a teacher event reporting understands ({error!r}).") from error
+    newer = _newer(session, values["id"], moment, event_id)
+    if newer is None:
+        session.execute(teachers.insert().values(**values))
+    elif newer:
+        session.execute(update(teachers).where(teachers.c.id == values["id"]).values(**values))
+
+
+def _put(session: Session, table: Any, values: dict[str, Any], keys: list[str]) -> None:
+    """Insert or overwrite a row whose content only ever comes from one kind of event."""
+    statement = _upsert(session)(table).values(**values)
+    changes = {name: value for name, value in values.items() if name not in keys}
+    session.execute(statement.on_conflict_do_update(index_elements=keys, set_=changes) if changes
+                    else statement.on_conflict_do_nothing(index_elements=keys))
+
+
+def apply_school(session: Session, body: Mapping[str, Any]) -> None:
+    _put(session, schools, {
+        "id": int(body["id"]), "bureau_id": int(body["bureau_id"]),
+        "district_id": int(body["district_id"]) if body.get("district_id") is not None else None,
+        "code": str(body.get("code", ""))[:40], "name": str(body.get("name", ""))[:200],
+        "kind": str(body.get("kind") or "ordinary")[:20],
+    }, ["id"])
+
+
+def apply_district(session: Session, body: Mapping[str, Any]) -> None:
+    _put(session, districts, {"id": int(body["id"]), "bureau_id": int(body["bureau_id"]),
+                              "name": str(body.get("name", ""))[:200]}, ["id"])
+
+
+def apply_group(session: Session, body: Mapping[str, Any]) -> None:
+    _put(session, groups, {
+        "id": int(body["id"]), "bureau_id": int(body["bureau_id"]),
+        "school_id": int(body["school_id"]) if body.get("school_id") is not None else None,
+        "kind": str(body.get("kind") or "research")[:20], "name": str(body.get("name", ""))[:200],
+        "subject": body.get("subject"), "grade": body.get("grade"),
+    }, ["id"])
+
+
+def apply_alliance(session: Session, body: Mapping[str, Any]) -> None:
+    members = set(body.get("member_school_ids") or []) | {body.get("lead_school_id")}
+    for school_id in sorted(member for member in members if member is not None):
+        _put(session, alliance_members, {"alliance_id": int(body["id"]), "school_id": int(school_id),
+                                         "alliance_name": str(body.get("name", ""))[:200]},
+             ["alliance_id", "school_id"])
+
+
+def apply_alliance_member(session: Session, body: Mapping[str, Any]) -> None:
+    _put(session, alliance_members, {"alliance_id": int(body["alliance_id"]), "school_id": int(body["school_id"])},
+         ["alliance_id", "school_id"])
+
+
+# --- one event -------------------------------------------------------------------------------------
+
+
+def apply_event(session: Session, routing_key: str, body: Mapping[str, Any], attributes: Mapping[str, Any]) -> bool:
+    """Apply one event inside the caller's transaction; False if it was applied before."""
+    event_id = str(attributes.get("id") or "")
+    if not event_id:
+        raise InvalidInput("An event without an id cannot be deduplicated.")
+    if not processed_events.first_time(session, event_id, str(attributes.get("type") or routing_key)):
+        return False
+    moment = parse_moment(attributes.get("time") or datetime.now(UTC).isoformat())
+    try:
+        if routing_key.startswith("activity.hidden."):
+            hidden = str(body["object"]["id"])
+            void_statement(session, hidden, "hidden", CalendarCache(session))
+        elif routing_key.startswith(("activity.recorded.", "activity.corrected.")):
+            record_fact(session, fact_from_statement(body, event_id), CalendarCache(session))
+        elif routing_key in ("teacher.joined", "teacher.changed", "teacher.left"):
+            apply_teacher(session, body, moment, event_id)
+        elif routing_key == "school.created":
+            apply_school(session, body)
+        elif routing_key == "district.created":
+            apply_district(session, body)
+        elif routing_key == "group.created":
+            apply_group(session, body)
+        elif routing_key == "alliance.created":
+            apply_alliance(session, body)
+        elif routing_key == "school.joined_alliance":
+            apply_alliance_member(session, body)
+    except (KeyError, TypeError, ValueError) as error:
+        raise InvalidInput(f"A {routing_key} event reporting cannot read ({error!r}).") from error
+    return True
+
+
+def rebuild_counters(session: Session) -> int:
+    """Recompute every counter from the counted facts (after terms change); returns the counters written."""
+    session.execute(delete(counters))
+    calendar_of = CalendarCache(session)
+    rows = session.execute(select(activity_facts).where(activity_facts.c.counted.is_(True))).mappings()
+    totals = fold((fact_of_row(row) for row in rows), calendar_of)
+    for key, delta in totals.items():
+        session.execute(counters.insert().values(
+            subject=key[0], subject_id=key[1], period=key[2], kind=key[3], count=delta[0],
+            online_count=delta[1], online_centihours=delta[2], offline_centihours=delta[3],
+        ))
+    return len(totals)

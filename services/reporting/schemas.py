@@ -1,0 +1,38 @@
+"""What the reporting RPC accepts: a period, an export request, a rule set's target."""
+
+from __future__ import annotations
+
+import re
+
+from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+
+from services.reporting.exports import SECTION_KEYS
+
+MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+
+
+class StrictSchema(Schema):
+    class Meta:
+        unknown = RAISE
+
+
+class PeriodIn(StrictSchema):
+    """`{"kind": "month", "key": "2025-03"}` or `{"kind": "term", "key": "<term code>"}`."""
+
+    kind = fields.String(load_default="month", validate=validate.OneOf(("month", "term")))
+    key = fields.String(required=True, validate=validate.Length(min=1, max=40))
+
+    @validates_schema
+    def month_is_written_yyyy_mm(self, data: dict, **_kwargs: object) -> None:
+        if data.get("kind", "month") == "month" and not MONTH.match(data.get("key", "")):
+            raise ValidationError("A month is written YYYY-MM.", "key")
+
+
+class ExportIn(PeriodIn):
+    format = fields.String(required=True, validate=validate.OneOf(("csv", "xlsx")))
+    section = fields.String(load_default="schools", validate=validate.OneOf(SECTION_KEYS))
+
+
+class RuleSetTarget(StrictSchema):
+    scope_kind = fields.String(load_default="bureau", validate=validate.OneOf(("bureau", "district", "alliance")))
+    scope_id = fields.Integer(load_default=None, allow_none=True, strict=True)
