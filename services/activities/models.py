@@ -15,24 +15,17 @@ from sqlalchemy import (
     DateTime,
     Index,
     Integer,
-    MetaData,
     Numeric,
     String,
     Text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
+from services.common.db import service_metadata
 from services.common.events import Outbox
 from services.common.subscriber import ProcessedEvents
 
-metadata = MetaData(
-    naming_convention={
-        "ix": "ix_%(column_0_label)s",
-        "uq": "uq_%(table_name)s_%(column_0_name)s",
-        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
-        "pk": "pk_%(table_name)s",
-    }
-)
+metadata = service_metadata()
 outbox = Outbox("activities", metadata)
 processed_events = ProcessedEvents(metadata)
 

@@ -8,11 +8,25 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg2
 from nameko.extensions import DependencyProvider
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.config import database_url
+
+# Deterministic constraint names, so Alembic migrations can refer to (and drop) constraints on every backend.
+NAMING_CONVENTION = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def service_metadata() -> MetaData:
+    """The `MetaData` of one service's tables, with the platform's naming convention."""
+    return MetaData(naming_convention=NAMING_CONVENTION)
 
 
 def make_engine(url: str, **kwargs: Any) -> Engine:
@@ -28,7 +42,26 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.close()
 
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10, **kwargs)
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **kwargs.pop("connect_args", {})}
+    engine = create_engine(
+        url, pool_pre_ping=True, pool_size=5, max_overflow=10, connect_args=connect_args, **kwargs
+    )
+    event.listen(engine, "handle_error", database_unavailable)
+    return engine
+
+
+def database_unavailable(context: ExceptionContext) -> ServiceUnavailable | None:
+    """A database that cannot be reached becomes `ServiceUnavailable` (503 + Retry-After at the gateway).
+
+    Without this, psycopg2's `OperationalError` (connection refused, server shutting down, connection
+    lost) reached callers as an untyped remote error, i.e. a 500 that tells a client not to retry.
+    Pre-ping failures are left alone: the pool needs them to replace stale connections silently.
+    """
+    if context.is_pre_ping:
+        return None
+    if context.is_disconnect or isinstance(context.original_exception, psycopg2.OperationalError):
+        return ServiceUnavailable("The database is unavailable right now; please retry shortly.")
+    return None
 
 
 class Database(DependencyProvider):
