@@ -18,9 +18,11 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import MetaData, create_engine, text
+from sqlalchemy.orm import Session
 
 from services.common import migrations
+from services.common.db import make_engine
 
 POSTGRES_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -76,6 +78,22 @@ def service_config(rabbit_config: dict[str, Any], database_url: str, migrate: Ca
         "serializer": "json",
         "max_workers": 10,
     }
+
+
+@pytest.fixture
+def sqlite_session(tmp_path: Any) -> Iterator[Callable[[MetaData], Session]]:
+    """Sessions on a real SQLite database holding one service's tables: domain logic without a broker."""
+    engines = []
+
+    def open_session(metadata: MetaData) -> Session:
+        engine = make_engine(f"sqlite:///{tmp_path / f'domain{len(engines)}.db'}")
+        engines.append(engine)
+        metadata.create_all(engine)
+        return Session(engine, expire_on_commit=False)
+
+    yield open_session
+    for engine in engines:
+        engine.dispose()
 
 
 @pytest.fixture

@@ -7,18 +7,13 @@ from sqlalchemy.orm import Session
 
 from services.accounts import directory
 from services.accounts.models import metadata
-from services.common.db import make_engine
 from services.common.scope import Scope
 
 
 @pytest.fixture
-def session(tmp_path) -> Iterator[Session]:
-    """A real (SQLite) database for the domain logic: no broker, no service."""
-    engine = make_engine(f"sqlite:///{tmp_path / 'accounts.db'}")
-    metadata.create_all(engine)
-    with Session(engine, expire_on_commit=False) as db_session:
+def session(sqlite_session) -> Iterator[Session]:
+    with sqlite_session(metadata) as db_session:
         yield db_session
-    engine.dispose()
 
 
 @pytest.fixture
