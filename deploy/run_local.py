@@ -25,8 +25,19 @@ from services.common.migrations import SERVICES_WITH_DATABASES, upgrade  # noqa:
 
 PYTHON = sys.executable
 GATEWAY_BIND = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
-METRICS_PORTS = {"accounts": 9101, "activities": 9102, "reporting": 9103, "classroom_relay": 9104}
-DATAPLANE_PORTS = {"media": 5004, "control": 7070, "metrics": 9105}
+# Every port can be moved (two copies on one machine, or a test): METRICS_PORT_BASE and the RELAY_* ports.
+METRICS_PORT_BASE = int(os.environ.get("METRICS_PORT_BASE", "9101"))
+METRICS_PORTS = {
+    service: METRICS_PORT_BASE + offset
+    for offset, service in enumerate(("accounts", "activities", "reporting", "classroom_relay"))
+}
+DATAPLANE_PORTS = {
+    "media": int(os.environ.get("RELAY_MEDIA_PORT", "5004")),
+    "control": int(os.environ.get("RELAY_CONTROL_PORT", "7070")),
+    "metrics": int(os.environ.get("RELAY_METRICS_PORT", str(METRICS_PORT_BASE + 4))),
+}
+# Where encoders and branch classrooms reach the relay; 127.0.0.1 keeps a laptop's relay private.
+RELAY_MEDIA_HOST = os.environ.get("RELAY_MEDIA_HOST", "127.0.0.1")
 
 
 def port_answers(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -76,6 +87,7 @@ def main() -> None:
     for service, port in METRICS_PORTS.items():
         commands[service] = [PYTHON, "-m", "services.common.runner", service]
         env[f"{service.upper()}_METRICS_PORT"] = str(port)
+    env.setdefault("RELAY_CONTROL_ADDRESS", f"127.0.0.1:{DATAPLANE_PORTS['control']}")
     commands["gateway"] = [
         str(Path(PYTHON).with_name("gunicorn")), "-c", "services/gateway/gunicorn.conf.py",
         "--bind", GATEWAY_BIND, "services.gateway.wsgi:app",
@@ -83,6 +95,7 @@ def main() -> None:
     if dataplane_available():
         commands["relay-dataplane"] = [
             PYTHON, "-m", "services.classroom_relay.dataplane",
+            "--media-host", RELAY_MEDIA_HOST,
             "--media-port", str(DATAPLANE_PORTS["media"]),
             "--control-port", str(DATAPLANE_PORTS["control"]),
             "--metrics-port", str(DATAPLANE_PORTS["metrics"]),
@@ -96,7 +109,7 @@ def main() -> None:
         f"  API (gateway)     http://{GATEWAY_BIND}/  (OpenAPI: /openapi.json, health: /healthz, /readyz)\n"
         f"  gateway metrics   http://{GATEWAY_BIND}/metrics\n"
         + "".join(f"  {name:<17} metrics http://127.0.0.1:{port}/metrics\n" for name, port in METRICS_PORTS.items())
-        + (f"  relay data plane  media udp://0.0.0.0:{DATAPLANE_PORTS['media']}, "
+        + (f"  relay data plane  media udp://{RELAY_MEDIA_HOST}:{DATAPLANE_PORTS['media']}, "
            f"metrics http://127.0.0.1:{DATAPLANE_PORTS['metrics']}/metrics\n" if dataplane_available() else "")
         + f"  databases         {database_url('{service}')}\n"
         f"  broker            {broker_address()}\n"

@@ -1,0 +1,101 @@
+"""`make run` as a new user meets it: the whole platform up, the demo bureau readable, Ctrl-C stops it all."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def port_is_free(port: int) -> bool:
+    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        try:
+            tcp.bind(("127.0.0.1", port))
+            udp.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def free_port_block(size: int) -> int:
+    """The first of `size` consecutive free ports (the platform numbers its metrics ports from a base)."""
+    for _ in range(200):
+        base = random.randint(20000, 60000)
+        if all(port_is_free(base + offset) for offset in range(size)):
+            return base
+    raise RuntimeError("no block of free ports")
+
+
+def wait_until_ready(url: str, process: subprocess.Popen, seconds: float) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert process.poll() is None, "make run's platform exited during start-up"
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"{url} was not ready within {seconds} s")
+
+
+@pytest.mark.integration
+def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_config, tmp_path):
+    base = free_port_block(9)
+    gateway = f"127.0.0.1:{base + 5}"
+    env = {
+        **os.environ,
+        "AMQP_URI": rabbit_config["AMQP_URI"],
+        "DATABASE_URL": f"sqlite:///{tmp_path}/{{service}}.db",
+        "GATEWAY_BIND": gateway,
+        "METRICS_PORT_BASE": str(base),
+        "RELAY_METRICS_PORT": str(base + 4),
+        "RELAY_MEDIA_PORT": str(base + 6),  # and +7 for RTCP
+        "RELAY_CONTROL_PORT": str(base + 8),
+        "RELAY_ALLOW_DEV_SECRET": "1",
+        "GATEWAY_WORKERS": "1",
+    }
+    platform = subprocess.Popen(
+        [sys.executable, "deploy/run_local.py"], cwd=REPO, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+    )
+    try:
+        wait_until_ready(f"http://{gateway}/readyz", platform, seconds=60)
+        demo = subprocess.run(
+            [sys.executable, "-m", "services.accounts.cli", "demo"], cwd=REPO, env=env,
+            capture_output=True, text=True, timeout=60, check=True,
+        )
+        tokens = json.loads(demo.stdout)
+        school_id = tokens["schools"]["QS-02"]
+        answer = requests.get(
+            f"http://{gateway}/v1/schools/{school_id}/teachers",
+            headers={"Authorization": f"Bearer {tokens['school_token_QS-02']}"}, timeout=10,
+        )
+        assert answer.status_code == 200, answer.text
+        assert {teacher["staff_number"] for teacher in answer.json()["items"]} == {"T0201", "T0202"}
+        for offset in range(5):  # four services and the relay data plane
+            metrics = requests.get(f"http://127.0.0.1:{base + offset}/metrics", timeout=5)
+            assert metrics.status_code == 200 and "lianxiao_" in metrics.text
+    finally:
+        platform.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        try:
+            output, _ = platform.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(platform.pid, signal.SIGKILL)
+            output, _ = platform.communicate()
+            pytest.fail("make run did not stop within 30 s of Ctrl-C")
+    assert platform.returncode == 0, output[-3000:]
+    assert "lianxiao stopped." in output
+    leftovers = subprocess.run(["pgrep", "-g", str(platform.pid)], capture_output=True, text=True).stdout.split()
+    assert leftovers == [], f"processes left running after Ctrl-C: {leftovers}"
