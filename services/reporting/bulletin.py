@@ -32,9 +32,12 @@ def build(session: Session, bureau_id: int, kind: str, key: str, school_ids: lis
     period = _period_of(current.calendar, kind, key)
     rule_set = rules.in_force(session, bureau_id, current.calendar.end_moment(period))
     period = _period_of(rule_set.calendar, kind, key)
-    evaluation = compliance.evaluate(session, bureau_id, period, rule_set, school_ids, today)
+    # Schools' figures only (judged in SQL): a bulletin never needs every teacher's detail.
+    evaluation = compliance.evaluate(session, bureau_id, period, rule_set, school_ids, today,
+                                     with_teachers=False, top_teachers=top)
     previous_period = rule_set.calendar.previous(period)
-    previous = (compliance.evaluate(session, bureau_id, previous_period, rule_set, school_ids, today)
+    previous = (compliance.evaluate(session, bureau_id, previous_period, rule_set, school_ids, today,
+                                    with_teachers=False)
                 if previous_period is not None else None)
     return compose(evaluation, previous, top)
 
@@ -60,9 +63,7 @@ def compose(evaluation: Evaluation, previous: Evaluation | None, top: int = TOP)
 
 
 def _excellent_teachers(evaluation: Evaluation, top: int) -> list[dict[str, Any]]:
-    candidates = [teacher for school in evaluation.schools.values() for teacher in school.teachers
-                  if teacher.compliant and teacher.rules]
-    candidates.sort(key=lambda t: (-(t.online_hours + t.offline_hours), -t.activities, t.teacher_id))
+    candidates = evaluation.excellent_teachers  # compliant, most hours first (ranked in SQL)
     return [
         {"rank": rank, "teacher_id": teacher.teacher_id, "staff_number": teacher.staff_number,
          "school_id": teacher.school_id, "school_name": evaluation.schools[teacher.school_id].name,
@@ -86,7 +87,7 @@ def _excellent_groups(evaluation: Evaluation, top: int) -> list[dict[str, Any]]:
 
 
 def _compliant_share(school: compliance.SchoolResult) -> float:
-    return 1 - school.noncompliant_share if school.teachers else 0.0
+    return 1 - school.noncompliant_share if school.teacher_count else 0.0
 
 
 def _most_improved(evaluation: Evaluation, previous: Evaluation | None, top: int) -> list[dict[str, Any]]:
@@ -95,7 +96,7 @@ def _most_improved(evaluation: Evaluation, previous: Evaluation | None, top: int
     changes = []
     for school_id, school in evaluation.schools.items():
         before = previous.schools.get(school_id)
-        if before is None or not school.teachers:
+        if before is None or not school.teacher_count:
             continue
         now_share, before_share = _compliant_share(school), _compliant_share(before)
         if now_share > before_share:
@@ -125,7 +126,7 @@ def _lagging(evaluation: Evaluation, labels: dict[str, str]) -> list[dict[str, A
         lagging.append({
             "school_id": school.school_id, "name": school.name, "district_id": school.district_id,
             "noncompliant_share": round(school.noncompliant_share, 4),
-            "noncompliant_teachers": school.noncompliant_teachers, "teachers": len(school.teachers),
+            "noncompliant_teachers": school.noncompliant_teachers, "teachers": school.teacher_count,
             "teachers_missing_by_rule": school.missing_by_rule(),
             "groups_short": len(groups_short),
             "weeks_with_activity": school.weekly.to_dict() if school.weekly else None,

@@ -1,26 +1,35 @@
-"""Judging teachers, groups and schools against the rules in force, from the counters only.
+"""Judging teachers, groups and schools against the rules in force, from the tallies only.
 
 Periods: a rule is judged in its own period. In a month's report, term rules are judged pro rata —
-the term's months so far against the quota times the share of the term elapsed by the month's end —
-so a teacher learns in March, not in July, that they are behind. In a term's report, group rules
+the term to date (one tally row) against the quota times the share of the term elapsed by the month's
+end — so a teacher learns in March, not in July, that they are behind. In a term's report, group rules
 (per month) are judged against the monthly quota times the months of the term.
 School rule: a school is non-compliant when the share of its non-compliant teachers reaches the
 threshold (20 % by default). Only active teachers count; a teacher with no activity is counted.
+
+Teachers are judged in SQL (`_judged_teachers`): one row per teacher with, per rule, what was done,
+what is required of their roles and whether it is missing. Schools' figures are sums over those rows
+(GROUP BY school), so a city bulletin never builds 30 000 teacher objects in Python; the per-teacher
+detail (a school's report, a teacher's progress) reads the very same rows.
 """
 
 from __future__ import annotations
 
 import math
+import operator
 from collections import defaultdict
 from dataclasses import dataclass, field
 from datetime import date
+from functools import reduce
 from typing import Any
 
-from sqlalchemy import case, func, select
+from sqlalchemy import and_, case, func, literal, select
 from sqlalchemy.orm import Session
+from sqlalchemy.sql import ColumnElement, FromClause
 
-from services.reporting.models import alliance_members, counters, districts, groups, schools, teachers
-from services.reporting.periods import Period, month_key, months_between, week_key, week_starts_between
+from services.reporting.kinds import count_column, online_count_column
+from services.reporting.models import alliance_members, districts, groups, schools, tallies, teachers
+from services.reporting.periods import Period, months_between, term_to_date_key, week_key, week_starts_between
 from services.reporting.rules import Rule, RuleSet
 
 TEACHER_RULE_KINDS = ("teacher_hours", "teacher_activity_count", "role_activity_count")
@@ -48,8 +57,18 @@ class RuleResult:
                 "pro_rata": self.pro_rata}
 
 
+class MeetsEveryRule:
+    """A teacher or group complies when every rule that applies to it is met."""
+
+    rules: list[RuleResult]
+
+    @property
+    def compliant(self) -> bool:
+        return all(result.met for result in self.rules)
+
+
 @dataclass
-class TeacherResult:
+class TeacherResult(MeetsEveryRule):
     teacher_id: int
     school_id: int
     staff_number: str
@@ -60,26 +79,21 @@ class TeacherResult:
     activities: int
     rules: list[RuleResult]
 
-    @property
-    def compliant(self) -> bool:
-        return all(result.met for result in self.rules)
-
 
 @dataclass
-class GroupResult:
+class GroupResult(MeetsEveryRule):
     group_id: int
     school_id: int | None
     name: str
     activities: int
     rules: list[RuleResult]
 
-    @property
-    def compliant(self) -> bool:
-        return all(result.met for result in self.rules)
-
 
 @dataclass
 class SchoolResult:
+    """One school's judgement. The figures are sums over its active teachers (computed in SQL);
+    `teachers` holds the per-teacher detail only when it was asked for."""
+
     school_id: int
     code: str
     name: str
@@ -88,14 +102,16 @@ class SchoolResult:
     teachers: list[TeacherResult] = field(default_factory=list)
     groups: list[GroupResult] = field(default_factory=list)
     weekly: RuleResult | None = None
-
-    @property
-    def noncompliant_teachers(self) -> int:
-        return sum(1 for teacher in self.teachers if not teacher.compliant)
+    teacher_count: int = 0
+    noncompliant_teachers: int = 0
+    missing: dict[str, int] = field(default_factory=dict)  # rule id -> teachers who miss it
+    online_centihours: int = 0
+    offline_centihours: int = 0
+    activities: int = 0
 
     @property
     def noncompliant_share(self) -> float:
-        return self.noncompliant_teachers / len(self.teachers) if self.teachers else 0.0
+        return self.noncompliant_teachers / self.teacher_count if self.teacher_count else 0.0
 
     @property
     def compliant(self) -> bool:
@@ -103,17 +119,11 @@ class SchoolResult:
 
     def missing_by_rule(self) -> dict[str, int]:
         """How many teachers miss each rule (what a lagging school must fix)."""
-        missing: dict[str, int] = defaultdict(int)
-        for teacher in self.teachers:
-            for result in teacher.rules:
-                if not result.met:
-                    missing[result.rule_id] += 1
-        return dict(missing)
+        return dict(self.missing)
 
     def summary(self) -> dict[str, Any]:
-        total = len(self.teachers)
-        online = sum(teacher.online_hours for teacher in self.teachers)
-        offline = sum(teacher.offline_hours for teacher in self.teachers)
+        total = self.teacher_count
+        online, offline = self.online_centihours / 100, self.offline_centihours / 100
         return {
             "school_id": self.school_id, "code": self.code, "name": self.name, "district_id": self.district_id,
             "teachers": total, "compliant_teachers": total - self.noncompliant_teachers,
@@ -122,7 +132,7 @@ class SchoolResult:
             "compliant": self.compliant,
             "online_hours": round(online, 2), "offline_hours": round(offline, 2),
             "online_hours_per_teacher": round(online / total, 2) if total else 0.0,
-            "activities": sum(teacher.activities for teacher in self.teachers),
+            "activities": self.activities,
             "groups": len(self.groups), "compliant_groups": sum(1 for group in self.groups if group.compliant),
             "weekly_activity": self.weekly.to_dict() if self.weekly else None,
             "teachers_missing_by_rule": self.missing_by_rule(),
@@ -136,6 +146,16 @@ class Evaluation:
     schools: dict[int, SchoolResult]
     district_names: dict[int, str]
     alliances: dict[int, tuple[str, list[int]]]
+    excellent_teachers: list[TeacherResult] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a rule is judged in a report: from which tally row, its quota's factor, and whether pro rata."""
+
+    source: str | None  # "own" (the report's period row) | "to_date" (term to date) | None: not judged
+    factor: float
+    pro_rata: bool
 
 
 def _elapsed_share(period: Period, term_start: date, term_end: date) -> float:
@@ -143,19 +163,16 @@ def _elapsed_share(period: Period, term_start: date, term_end: date) -> float:
     return max(0.0, min(1.0, elapsed / ((term_end - term_start).days + 1)))
 
 
-def _rule_periods(rule: Rule, period: Period) -> tuple[list[str], float, bool]:
-    """The counter periods a rule sums in a report, the factor on its quota, and whether pro rata."""
+def _plan(rule: Rule, period: Period) -> Plan:
     if period.kind == "month":
         if rule.period == "month":
-            return [period.key], 1.0, False
+            return Plan("own", 1.0, False)
         if period.term is None:  # a month outside every term: term rules are not judged
-            return [], 0.0, True
-        term = period.term
-        months = [month_key(date(year, month, 1)) for year, month in months_between(term.starts_on, period.ends_on)]
-        return months, _elapsed_share(period, term.starts_on, term.ends_on), True
+            return Plan(None, 0.0, True)
+        return Plan("to_date", _elapsed_share(period, period.term.starts_on, period.term.ends_on), True)
     if rule.period == "month":
-        return [period.key], float(len(months_between(period.starts_on, period.ends_on))), False
-    return [period.key], 1.0, False
+        return Plan("own", float(len(months_between(period.starts_on, period.ends_on))), False)
+    return Plan("own", 1.0, False)
 
 
 def _pro_rata(required: float, factor: float, count_rule: bool) -> float:
@@ -163,39 +180,105 @@ def _pro_rata(required: float, factor: float, count_rule: bool) -> float:
     return float(math.ceil(value - 1e-9)) if count_rule else round(value, 1)
 
 
-def _sums(session: Session, subject: str, subject_ids: list[int] | None, columns: dict[str, tuple[Any, list[str]]],
-          ) -> dict[int, dict[str, float]]:
-    """Per subject id, one sum per named column, each over its own set of periods (one query)."""
-    all_periods = sorted({key for _, periods in columns.values() for key in periods})
-    if not all_periods:
-        return {}
-    selected = [counters.c.subject_id]
-    for name, (aggregate, periods) in columns.items():
-        # Each sum sees only its own periods: wrap the aggregate's argument in a period filter.
-        selected.append(_filtered(aggregate, periods).label(name))
-    query = select(*selected).where(counters.c.subject == subject, counters.c.period.in_(all_periods))
-    if subject_ids is not None:
-        query = query.where(counters.c.subject_id.in_(subject_ids))
-    query = query.group_by(counters.c.subject_id)
-    return {row[0]: {name: float(row[index + 1] or 0) for index, name in enumerate(columns)}
-            for row in session.execute(query)}
-
-
-def _filtered(aggregate: tuple[str, Any], periods: list[str]) -> Any:
-    kind, argument = aggregate
-    return func.sum(case((counters.c.period.in_(periods), argument), else_=0)) if kind == "sum" else argument
-
-
-def _argument(rule: Rule) -> tuple[str, Any]:
+def _done(row: FromClause, rule: Rule) -> ColumnElement[Any]:
+    """What a tally row holds towards a rule: hours in centihours, or the count of the rule's kinds."""
     if rule.kind == "teacher_hours":
-        return "sum", counters.c.online_centihours if rule.mode == "online" else counters.c.offline_centihours
-    amount = counters.c.online_count if rule.online_only else counters.c.count
-    return "sum", case((counters.c.kind.in_(rule.activity_kinds), amount), else_=0)
+        amount = row.c.online_centihours if rule.mode == "online" else row.c.offline_centihours
+        return func.coalesce(amount, 0)
+    column_of = online_count_column if rule.online_only else count_column
+    return func.coalesce(reduce(operator.add, [row.c[column_of(kind)] for kind in rule.activity_kinds]), 0)
+
+
+def _roles_of(stored: str) -> list[str]:
+    return stored.split(",") if stored else ["teacher"]
+
+
+def _required(rule: Rule, plan: Plan, role_sets: list[str]) -> ColumnElement[Any]:
+    """A teacher's quota for the rule in this report, NULL when none of their roles has one.
+
+    In centihours for hours (integers compare exactly with the tallies), whole activities for counts.
+    A role rule's quota depends on the teacher's whole set of roles (`Rule.required_for_roles`): it is
+    worked out once per distinct stored role set and looked up by equality in SQL.
+    """
+    count_rule = rule.kind != "teacher_hours"
+
+    def scaled(required: float) -> int:
+        value = _pro_rata(required, plan.factor, count_rule)
+        return int(value) if count_rule else round(value * 100)
+
+    if rule.kind != "role_activity_count":
+        return literal(scaled(rule.minimum))
+    quotas = {stored: rule.required_for_roles(_roles_of(stored)) for stored in role_sets}
+    known = {stored: scaled(quota) for stored, quota in quotas.items() if quota is not None}
+    return case(known, value=teachers.c.roles, else_=None) if known else literal(None)
+
+
+def _judged_teachers(bureau_id: int, period: Period, rule_set: RuleSet, school_ids: list[int] | None,
+                     role_sets: list[str]) -> tuple[Any, list[tuple[Rule, Plan]]]:
+    """One row per active teacher: figures of the period and, per judged rule, done / required / miss."""
+    own, to_date = tallies.alias("own"), tallies.alias("to_date")
+    judged = [(rule, plan) for rule in rule_set.of_kind(*TEACHER_RULE_KINDS)
+              if (plan := _plan(rule, period)).source is not None]
+    sources = {"own": own, "to_date": to_date}
+    columns: list[Any] = [
+        teachers.c.id, teachers.c.school_id, teachers.c.staff_number, teachers.c.subject, teachers.c.roles,
+        func.coalesce(own.c.online_centihours, 0).label("online"),
+        func.coalesce(own.c.offline_centihours, 0).label("offline"),
+        func.coalesce(own.c.activities, 0).label("activities"),
+    ]
+    for index, (rule, plan) in enumerate(judged):
+        columns += [_done(sources[plan.source], rule).label(f"done{index}"),
+                    _required(rule, plan, role_sets).label(f"required{index}")]
+    joined = teachers.outerjoin(own, and_(own.c.subject == "teacher", own.c.subject_id == teachers.c.id,
+                                          own.c.period == period.key))
+    if period.kind == "month" and period.term is not None:
+        joined = joined.outerjoin(to_date, and_(
+            to_date.c.subject == "teacher", to_date.c.subject_id == teachers.c.id,
+            to_date.c.period == term_to_date_key(period.term, period.starts_on)))
+    query = select(*columns).select_from(joined).where(teachers.c.bureau_id == bureau_id,
+                                                       teachers.c.active.is_(True))
+    if school_ids is not None:
+        query = query.where(teachers.c.school_id.in_(school_ids))
+    # Done and required first, the verdicts over them: each role CASE is evaluated once per teacher.
+    amounts = query.subquery("amounts")
+    misses = [case((and_(amounts.c[f"required{index}"].is_not(None),
+                         amounts.c[f"done{index}"] < amounts.c[f"required{index}"]), 1), else_=0)
+              for index in range(len(judged))]
+    applied = [case((amounts.c[f"required{index}"].is_not(None), 1), else_=0) for index in range(len(judged))]
+    zero = literal(0)
+    verdicts = select(
+        amounts, *[miss.label(f"miss{index}") for index, miss in enumerate(misses)],
+        case((reduce(operator.add, misses, zero) > 0, 1), else_=0).label("noncompliant"),
+        reduce(operator.add, applied, zero).label("applied"),
+    )
+    return verdicts.cte("judged"), judged
+
+
+def _teacher_result(row: Any, judged: list[tuple[Rule, Plan]]) -> TeacherResult:
+    rule_results = []
+    for index, (rule, plan) in enumerate(judged):
+        required = row[f"required{index}"]
+        if required is None:
+            continue  # no quota for this person's roles
+        done = float(row[f"done{index}"])
+        if rule.kind == "teacher_hours":
+            done, required = done / 100, required / 100
+        rule_results.append(RuleResult(rule.id, rule.label, done, float(required), plan.pro_rata))
+    return TeacherResult(
+        row["id"], row["school_id"], row["staff_number"], row["subject"],
+        _roles_of(row["roles"]),
+        row["online"] / 100, row["offline"] / 100, int(row["activities"]), rule_results,
+    )
 
 
 def evaluate(session: Session, bureau_id: int, period: Period, rule_set: RuleSet,
-             school_ids: list[int] | None = None, today: date | None = None) -> Evaluation:
-    """Every visible school's teachers, groups and weekly activity in one period."""
+             school_ids: list[int] | None = None, today: date | None = None, *, with_teachers: bool = True,
+             top_teachers: int = 0) -> Evaluation:
+    """Every visible school's teachers, groups and weekly activity in one period.
+
+    `with_teachers=False` gives the schools' figures without the per-teacher detail (a bulletin);
+    `top_teachers` also fetches that many compliant teachers, the most hours first.
+    """
     school_query = select(schools).where(schools.c.bureau_id == bureau_id).order_by(schools.c.id)
     if school_ids is not None:
         school_query = school_query.where(schools.c.id.in_(school_ids))
@@ -205,78 +288,74 @@ def evaluate(session: Session, bureau_id: int, period: Period, rule_set: RuleSet
         for row in session.execute(school_query).mappings()
     }
     visible = list(results) if school_ids is not None else None
-    _judge_teachers(session, bureau_id, period, rule_set, results, visible)
+    evaluation = Evaluation(period, rule_set, results, {}, {})
+    _judge_teachers(session, bureau_id, period, rule_set, evaluation, visible, with_teachers, top_teachers)
     _judge_groups(session, bureau_id, period, rule_set, results, visible)
     _judge_weeks(session, period, rule_set, results, visible, today or date.today())
-    names = {row.id: row.name for row in session.execute(select(districts.c.id, districts.c.name)
-                                                        .where(districts.c.bureau_id == bureau_id))}
-    alliances: dict[int, tuple[str, list[int]]] = {}
+    evaluation.district_names = {
+        row.id: row.name
+        for row in session.execute(select(districts.c.id, districts.c.name).where(districts.c.bureau_id == bureau_id))
+    }
     for row in session.execute(select(alliance_members).order_by(alliance_members.c.school_id)):
         if row.school_id in results:
-            _name, members = alliances.setdefault(row.alliance_id, (row.alliance_name or str(row.alliance_id), []))
+            _name, members = evaluation.alliances.setdefault(
+                row.alliance_id, (row.alliance_name or str(row.alliance_id), []))
             members.append(row.school_id)
-    return Evaluation(period, rule_set, results, names, alliances)
+    return evaluation
 
 
-def _judge_teachers(session: Session, bureau_id: int, period: Period, rule_set: RuleSet,
-                    results: dict[int, SchoolResult], visible: list[int] | None) -> None:
-    teacher_rules = rule_set.of_kind(*TEACHER_RULE_KINDS)
-    plans = {rule.id: _rule_periods(rule, period) for rule in teacher_rules}
-    columns: dict[str, tuple[Any, list[str]]] = {
-        f"r{index}": (_argument(rule), plans[rule.id][0]) for index, rule in enumerate(teacher_rules)
-    }
-    columns["online"] = (("sum", counters.c.online_centihours), [period.key])
-    columns["offline"] = (("sum", counters.c.offline_centihours), [period.key])
-    columns["activities"] = (("sum", counters.c.count), [period.key])
-    query = select(teachers).where(teachers.c.bureau_id == bureau_id, teachers.c.active.is_(True))
+def _judge_teachers(session: Session, bureau_id: int, period: Period, rule_set: RuleSet, evaluation: Evaluation,
+                    visible: list[int] | None, with_teachers: bool, top_teachers: int) -> None:
+    roster = select(teachers.c.roles).where(teachers.c.bureau_id == bureau_id, teachers.c.active.is_(True))
     if visible is not None:
-        query = query.where(teachers.c.school_id.in_(visible))
-    roster = [row for row in session.execute(query.order_by(teachers.c.id)).mappings()
-              if row["school_id"] in results]
-    ids = [row["id"] for row in roster] if visible is not None else None
-    sums = _sums(session, "teacher", ids, columns)
-    for row in roster:
-        done = sums.get(row["id"], {})
-        roles = row["roles"].split(",") if row["roles"] else ["teacher"]
-        rule_results = []
-        for index, rule in enumerate(teacher_rules):
-            required = rule.required_for_roles(roles)
-            _, factor, pro_rata = plans[rule.id]
-            if required is None or factor == 0:
-                continue  # no quota for this person's roles, or no term to judge it in
-            amount = done.get(f"r{index}", 0.0)
-            if rule.kind == "teacher_hours":
-                amount /= 100
-            rule_results.append(RuleResult(rule.id, rule.label, amount,
-                                           _pro_rata(required, factor, rule.kind != "teacher_hours"), pro_rata))
-        results[row["school_id"]].teachers.append(TeacherResult(
-            row["id"], row["school_id"], row["staff_number"], row["subject"], roles,
-            done.get("online", 0.0) / 100, done.get("offline", 0.0) / 100, int(done.get("activities", 0)),
-            rule_results,
-        ))
+        roster = roster.where(teachers.c.school_id.in_(visible))
+    role_sets = list(session.scalars(roster.distinct()))
+    judged_rows, judged = _judged_teachers(bureau_id, period, rule_set, visible, role_sets)
+    results = evaluation.schools
+    per_school = select(
+        judged_rows.c.school_id, func.count().label("teachers"), func.sum(judged_rows.c.noncompliant),
+        func.sum(judged_rows.c.online), func.sum(judged_rows.c.offline), func.sum(judged_rows.c.activities),
+        *[func.sum(judged_rows.c[f"miss{index}"]) for index in range(len(judged))],
+    ).group_by(judged_rows.c.school_id)
+    for school_id, count, noncompliant, online, offline, activities, *missed in session.execute(per_school):
+        school = results.get(school_id)
+        if school is None:  # a teacher of a school reporting has not heard of yet
+            continue
+        school.teacher_count, school.noncompliant_teachers = int(count), int(noncompliant or 0)
+        school.online_centihours, school.offline_centihours = int(online or 0), int(offline or 0)
+        school.activities = int(activities or 0)
+        school.missing = {rule.id: int(total) for (rule, _plan), total in zip(judged, missed, strict=True) if total}
+    if with_teachers:
+        for row in session.execute(select(judged_rows).order_by(judged_rows.c.id)).mappings():
+            if row["school_id"] in results:
+                results[row["school_id"]].teachers.append(_teacher_result(row, judged))
+    if top_teachers:
+        best = (select(judged_rows)
+                .where(judged_rows.c.noncompliant == 0, judged_rows.c.applied > 0,
+                       judged_rows.c.school_id.in_(list(results)))
+                .order_by((judged_rows.c.online + judged_rows.c.offline).desc(), judged_rows.c.activities.desc(),
+                          judged_rows.c.id)
+                .limit(top_teachers))
+        evaluation.excellent_teachers = [_teacher_result(row, judged) for row in session.execute(best).mappings()]
 
 
 def _judge_groups(session: Session, bureau_id: int, period: Period, rule_set: RuleSet,
                   results: dict[int, SchoolResult], visible: list[int] | None) -> None:
-    group_rules = rule_set.of_kind("group_activity_count")
-    query = select(groups).where(groups.c.bureau_id == bureau_id, groups.c.school_id.is_not(None))
+    group_rules = [(rule, _plan(rule, period)) for rule in rule_set.of_kind("group_activity_count")]
+    own = tallies.alias("own")
+    joined = groups.outerjoin(own, and_(own.c.subject == "group", own.c.subject_id == groups.c.id,
+                                        own.c.period == period.key))
+    query = select(groups.c.id, groups.c.school_id, groups.c.name, func.coalesce(own.c.activities, 0),
+                   *[_done(own, rule) for rule, _plan in group_rules]).select_from(joined)
+    query = query.where(groups.c.bureau_id == bureau_id, groups.c.school_id.is_not(None))
     if visible is not None:
         query = query.where(groups.c.school_id.in_(visible))
-    rows = [row for row in session.execute(query.order_by(groups.c.id)).mappings() if row["school_id"] in results]
-    plans = {rule.id: _rule_periods(rule, period) for rule in group_rules}
-    columns: dict[str, tuple[Any, list[str]]] = {
-        f"r{index}": (_argument(rule), plans[rule.id][0]) for index, rule in enumerate(group_rules)
-    }
-    columns["activities"] = (("sum", counters.c.count), [period.key])
-    sums = _sums(session, "group", [row["id"] for row in rows] if visible is not None else None, columns)
-    for row in rows:
-        done = sums.get(row["id"], {})
-        rule_results = [
-            RuleResult(rule.id, rule.label, done.get(f"r{index}", 0.0), rule.minimum * plans[rule.id][1])
-            for index, rule in enumerate(group_rules)
-        ]
-        results[row["school_id"]].groups.append(
-            GroupResult(row["id"], row["school_id"], row["name"], int(done.get("activities", 0)), rule_results))
+    for group_id, school_id, name, activities, *done in session.execute(query.order_by(groups.c.id)):
+        if school_id not in results:
+            continue
+        rule_results = [RuleResult(rule.id, rule.label, float(amount), rule.minimum * plan.factor)
+                        for (rule, plan), amount in zip(group_rules, done, strict=True)]
+        results[school_id].groups.append(GroupResult(group_id, school_id, name, int(activities), rule_results))
 
 
 def _judge_weeks(session: Session, period: Period, rule_set: RuleSet, results: dict[int, SchoolResult],
@@ -287,17 +366,13 @@ def _judge_weeks(session: Session, period: Period, rule_set: RuleSet, results: d
         if not weeks:
             continue
         query = (
-            select(counters.c.subject_id, counters.c.period)
-            .where(counters.c.subject == "school", counters.c.period.in_(weeks),
-                   counters.c.kind.in_(rule.activity_kinds))
-            .group_by(counters.c.subject_id, counters.c.period)
-            .having(func.sum(counters.c.count) >= rule.minimum)
+            select(tallies.c.subject_id, func.count())
+            .where(tallies.c.subject == "school", tallies.c.period.in_(weeks), _done(tallies, rule) >= rule.minimum)
+            .group_by(tallies.c.subject_id)
         )
         if visible is not None:
-            query = query.where(counters.c.subject_id.in_(visible))
-        weeks_met: dict[int, int] = defaultdict(int)
-        for school_id, _week in session.execute(query):
-            weeks_met[school_id] += 1
+            query = query.where(tallies.c.subject_id.in_(visible))
+        weeks_met = dict(session.execute(query).tuples().all())
         for school_id, school in results.items():
             school.weekly = RuleResult(rule.id, rule.label, float(weeks_met.get(school_id, 0)), float(len(weeks)))
 
@@ -337,17 +412,17 @@ def school_report(evaluation: Evaluation, school_id: int) -> dict[str, Any]:
 
 def roll_up(members: list[SchoolResult]) -> dict[str, Any]:
     """District, alliance or city totals: schools and teachers, compliant and not, and hours."""
-    teachers_total = sum(len(school.teachers) for school in members)
+    teachers_total = sum(school.teacher_count for school in members)
     noncompliant = sum(school.noncompliant_teachers for school in members)
-    online = sum(teacher.online_hours for school in members for teacher in school.teachers)
-    offline = sum(teacher.offline_hours for school in members for teacher in school.teachers)
+    online = sum(school.online_centihours for school in members) / 100
+    offline = sum(school.offline_centihours for school in members) / 100
     return {
         "schools": len(members), "compliant_schools": sum(1 for school in members if school.compliant),
         "teachers": teachers_total, "noncompliant_teachers": noncompliant,
         "noncompliant_share": round(noncompliant / teachers_total, 4) if teachers_total else 0.0,
         "online_hours": round(online, 2), "offline_hours": round(offline, 2),
         "online_hours_per_teacher": round(online / teachers_total, 2) if teachers_total else 0.0,
-        "activities": sum(teacher.activities for school in members for teacher in school.teachers),
+        "activities": sum(school.activities for school in members),
     }
 
 

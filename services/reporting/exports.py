@@ -52,6 +52,10 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
 SECTION_KEYS = [key for key, _, _ in SECTIONS]
 
 
+def section_title(section: str) -> str:
+    return next(title for key, title, _ in SECTIONS if key == section)
+
+
 def neutralise(value: Any) -> Any:
     """A cell value safe to open in a spreadsheet: formulas in text become plain text."""
     if isinstance(value, bool):

@@ -4,9 +4,13 @@
   exists, so teachers who did nothing are counted too. A row remembers the (time, id) of the event
   it reflects; an older event never overwrites a newer one, so arrival order does not matter.
 - `rpt_activity_facts`: one row per activity statement (what it counted); corrections and hiding
-  flip `counted`, and a term redefinition rebuilds term counters from here.
-- `rpt_counters`: sums per (subject, id, period, activity kind), updated by adding deltas. Sums
-  commute, so out-of-order delivery within a period gives the same numbers.
+  flip `counted`, and a term redefinition rebuilds the tallies from here.
+- `rpt_tallies`: one wide row per (subject, id, period) with one column per quantity a rule can ask
+  for (all activities, online/offline hours, and per activity kind its count and online count), so a
+  report reads one or two rows per teacher instead of summing many (period, kind) rows. Periods:
+  `M2025-03` month, `W2025-10` ISO week (schools), `T<term>` term, and `T<term>@2025-04`, the term to
+  date at the end of April (teachers), which makes a month's pro-rata term judgement a single row.
+  Updated by adding deltas; sums commute, so out-of-order delivery within a period gives the same numbers.
 - `rpt_voided_statements`: statements hidden or corrected before they arrived (out of order).
 - `processed_events`: event ids already applied (idempotent consumers).
 - `rpt_rule_sets`: quota rule sets, one row per version.
@@ -27,6 +31,7 @@ from sqlalchemy import (
 
 from services.common.events import Outbox
 from services.common.subscriber import ProcessedEvents
+from services.reporting.kinds import MEASURE_COLUMNS
 
 metadata = MetaData()
 outbox = Outbox("reporting", metadata)
@@ -107,17 +112,13 @@ voided_statements = Table(
     Column("reason", String(20), nullable=False),  # "hidden" | "corrected"
 )
 
-counters = Table(
-    "rpt_counters", metadata,
+tallies = Table(
+    "rpt_tallies", metadata,
     Column("subject", String(8), primary_key=True),  # teacher | group | school
     Column("subject_id", Integer, primary_key=True, autoincrement=False),
-    Column("period", String(48), primary_key=True),  # M2025-03 | W2025-10 | T<term>
-    Column("kind", String(60), primary_key=True),
-    Column("count", Integer, nullable=False),
-    Column("online_count", Integer, nullable=False),
-    Column("online_centihours", Integer, nullable=False),
-    Column("offline_centihours", Integer, nullable=False),
-    Index("ix_rpt_counters_period_subject", "period", "subject"),
+    Column("period", String(64), primary_key=True),  # M2025-03 | W2025-10 | T<term> | T<term>@2025-03
+    *(Column(name, Integer, nullable=False, server_default="0") for name in MEASURE_COLUMNS),
+    Index("ix_rpt_tallies_period_subject", "period", "subject"),
 )
 
 rule_sets = Table(

@@ -1,7 +1,9 @@
 """Periods in the bureau's time zone: months, ISO weeks and the terms a bureau defines.
 
-Period keys are short strings stored in the counters: `M2025-03` (a month), `W2025-10` (an ISO week),
-`T<term code>` (a term). An activity belongs to a period by its local date in the bureau's time zone:
+Period keys are short strings stored in the tallies: `M2025-03` (a month), `W2025-10` (an ISO week),
+`T<term code>` (a term) and `T<term code>@2025-03` (the term to date at the end of March: every term
+activity up to that month's end, what a month's report judges term quotas by).
+An activity belongs to a period by its local date in the bureau's time zone:
 an activity at 23:30 UTC on 31 March is an April activity in Shanghai.
 """
 
@@ -66,6 +68,11 @@ def term_key(term: Term) -> str:
     return f"T{term.code}"
 
 
+def term_to_date_key(term: Term, day: date) -> str:
+    """The term to date at the end of `day`'s month."""
+    return f"T{term.code}@{day.year:04d}-{day.month:02d}"
+
+
 def month_range(year: int, month: int) -> tuple[date, date]:
     first = date(year, month, 1)
     following = date(year + (month == 12), month % 12 + 1, 1)
@@ -128,6 +135,13 @@ class Calendar:
         if term is not None:
             keys["term"] = term_key(term)
         return keys
+
+    def term_to_date_keys(self, day: date) -> list[str]:
+        """The term-to-date periods an in-term day counts in: its month's and every later month's of the term."""
+        term = self.term_of(day)
+        if term is None:
+            return []
+        return [term_to_date_key(term, date(year, month, 1)) for year, month in months_between(day, term.ends_on)]
 
     def month(self, text: str) -> Period:
         year, month = parse_month(text)

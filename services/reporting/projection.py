@@ -1,7 +1,7 @@
 """Applying one event to the read models, idempotently; and rebuilding them from all facts.
 
-Incremental and rebuilt read models agree by construction: both turn facts into the same counter
-deltas (`counter_deltas`) and add them up; integer sums do not depend on order. Roster rows keep the
+Incremental and rebuilt read models agree by construction: both turn facts into the same tally
+deltas (`tally_deltas`) and add them up; integer sums do not depend on order. Roster rows keep the
 newest event by (time, id), and a statement hidden or corrected before it arrived is remembered in
 `rpt_voided_statements`, so shuffled and repeated deliveries end in the same state.
 """
@@ -20,14 +20,15 @@ from sqlalchemy.orm import Session
 
 from services.reporting import rules
 from services.reporting.exceptions import InvalidInput
+from services.reporting.kinds import ACTIVITY_KINDS, MEASURE_COLUMNS, count_column, online_count_column
 from services.reporting.models import (
     activity_facts,
     alliance_members,
-    counters,
     districts,
     groups,
     processed_events,
     schools,
+    tallies,
     teachers,
     voided_statements,
 )
@@ -38,8 +39,9 @@ HOME_PAGE = "https://lianxiao.example"
 EXTENSION_BASE = f"{HOME_PAGE}/xapi/extensions/"
 ACTIVITY_TYPE_BASE = f"{HOME_PAGE}/xapi/activity-types/"
 
-CounterKey = tuple[str, int, str, str]  # subject, subject id, period key, activity kind
-Delta = list[int]  # count, online count, online centihours, offline centihours
+TallyKey = tuple[str, int, str]  # subject, subject id, period key
+Delta = dict[str, int]  # tally column -> amount to add (only the columns one fact touches)
+KNOWN_KINDS = frozenset(ACTIVITY_KINDS)
 
 
 @dataclass(frozen=True)
@@ -105,33 +107,47 @@ def fact_from_statement(statement: Mapping[str, Any], event_id: str) -> Activity
 ONLINE_BY_NATURE = frozenset({"blog_post", "comment", "online_course_study"})
 
 
-def counter_deltas(fact: ActivityFact, calendar: Calendar, sign: int = 1) -> list[tuple[CounterKey, Delta]]:
-    """Every counter one fact adds to (or, with sign -1, takes from)."""
+def fact_delta(fact: ActivityFact, sign: int = 1) -> Delta:
+    """What one fact adds to (or, with sign -1, takes from) every tally it counts in."""
+    delta = {"activities": sign, "online_centihours": sign * fact.online_centihours,
+             "offline_centihours": sign * fact.offline_centihours}
+    if fact.kind in KNOWN_KINDS:  # a kind no rule can name still counts as an activity, with its hours
+        delta[count_column(fact.kind)] = sign
+        if fact.online:
+            delta[online_count_column(fact.kind)] = sign
+    return delta
+
+
+def tally_keys(fact: ActivityFact, calendar: Calendar) -> list[TallyKey]:
+    """Every tally one fact counts in; only those some report reads.
+
+    Teachers: the month, the term and the term-to-date rows (a month's report judges term quotas by
+    one row). Groups: month and term. Schools: the ISO week (the weekly activity rule).
+    """
     day = calendar.local_date(fact.occurred_at)
     keys = calendar.period_keys(day)
-    delta = [sign, sign * int(fact.online), sign * fact.online_centihours, sign * fact.offline_centihours]
-    periods = [keys["month"]] + ([keys["term"]] if "term" in keys else [])
-    subjects: list[tuple[str, int, list[str]]] = [
-        ("teacher", fact.teacher_id, periods),
-        ("school", fact.school_id, [*periods, keys["week"]]),
-    ]
+    term = [keys["term"]] if "term" in keys else []
+    teacher_periods = [keys["month"], *term, *calendar.term_to_date_keys(day)]
+    found = [("teacher", fact.teacher_id, period) for period in teacher_periods]
+    found.append(("school", fact.school_id, keys["week"]))
     if fact.group_id is not None:
-        subjects.append(("group", fact.group_id, periods))
-    return [((subject, subject_id, period, fact.kind), delta)
-            for subject, subject_id, subject_periods in subjects for period in subject_periods]
+        found += [("group", fact.group_id, period) for period in [keys["month"], *term]]
+    return found
 
 
-def fold(facts: Iterable[ActivityFact], calendar_of: Callable[[int], Calendar]) -> dict[CounterKey, Delta]:
-    """The counters of many facts, summed in memory (rebuilds and the benchmark's bulk load)."""
-    totals: dict[CounterKey, Delta] = {}
+def tally_deltas(fact: ActivityFact, calendar: Calendar, sign: int = 1) -> list[tuple[TallyKey, Delta]]:
+    delta = fact_delta(fact, sign)
+    return [(key, delta) for key in tally_keys(fact, calendar)]
+
+
+def fold(facts: Iterable[ActivityFact], calendar_of: Callable[[int], Calendar]) -> dict[TallyKey, Delta]:
+    """The tallies of many facts, summed in memory (rebuilds, and the benchmark's consistency check)."""
+    totals: dict[TallyKey, Delta] = {}
     for fact in facts:
-        for key, delta in counter_deltas(fact, calendar_of(fact.bureau_id)):
-            current = totals.get(key)
-            if current is None:
-                totals[key] = list(delta)
-            else:
-                for index in range(4):
-                    current[index] += delta[index]
+        for key, delta in tally_deltas(fact, calendar_of(fact.bureau_id)):
+            row = totals.setdefault(key, {})
+            for name, amount in delta.items():
+                row[name] = row.get(name, 0) + amount
     return totals
 
 
@@ -139,26 +155,22 @@ def _upsert(session: Session) -> Any:
     return postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert
 
 
-def add_to_counters(session: Session, deltas: Iterable[tuple[CounterKey, Delta]]) -> None:
+ZERO_MEASURES = dict.fromkeys(MEASURE_COLUMNS, 0)
+
+
+def add_to_tallies(session: Session, deltas: Iterable[tuple[TallyKey, Delta]]) -> None:
     insert = _upsert(session)
-    for (subject, subject_id, period, kind), (count, online_count, online_centi, offline_centi) in deltas:
-        statement = insert(counters).values(
-            subject=subject, subject_id=subject_id, period=period, kind=kind, count=count,
-            online_count=online_count, online_centihours=online_centi, offline_centihours=offline_centi,
-        )
+    for (subject, subject_id, period), delta in deltas:
+        statement = insert(tallies).values(subject=subject, subject_id=subject_id, period=period,
+                                           **{**ZERO_MEASURES, **delta})
         session.execute(statement.on_conflict_do_update(
-            index_elements=["subject", "subject_id", "period", "kind"],
-            set_={
-                "count": counters.c.count + count,
-                "online_count": counters.c.online_count + online_count,
-                "online_centihours": counters.c.online_centihours + online_centi,
-                "offline_centihours": counters.c.offline_centihours + offline_centi,
-            },
+            index_elements=["subject", "subject_id", "period"],
+            set_={name: tallies.c[name] + amount for name, amount in delta.items()},
         ))
-        if count < 0:  # a voided fact leaves no empty counter behind (a rebuild would not have it)
-            session.execute(delete(counters).where(
-                counters.c.subject == subject, counters.c.subject_id == subject_id, counters.c.period == period,
-                counters.c.kind == kind, counters.c.count == 0,
+        if delta["activities"] < 0:  # a voided fact leaves no empty row behind (a rebuild would not have it)
+            session.execute(delete(tallies).where(
+                tallies.c.subject == subject, tallies.c.subject_id == subject_id, tallies.c.period == period,
+                tallies.c.activities == 0,
             ))
 
 
@@ -207,7 +219,7 @@ def void_statement(session: Session, statement_id: str, reason: str, calendar_of
         return
     if row["counted"]:
         fact = fact_of_row(row)
-        add_to_counters(session, counter_deltas(fact, calendar_of(fact.bureau_id), sign=-1))
+        add_to_tallies(session, tally_deltas(fact, calendar_of(fact.bureau_id), sign=-1))
         session.execute(update(activity_facts).where(activity_facts.c.event_id == statement_id).values(counted=False))
 
 
@@ -220,7 +232,7 @@ def record_fact(session: Session, fact: ActivityFact, calendar_of: CalendarCache
     calendar = calendar_of(fact.bureau_id)
     session.execute(activity_facts.insert().values(**_fact_row(fact, calendar, counted=voided is None)))
     if voided is None:
-        add_to_counters(session, counter_deltas(fact, calendar))
+        add_to_tallies(session, tally_deltas(fact, calendar))
 
 
 # --- the roster ------------------------------------------------------------------------------------
@@ -335,15 +347,14 @@ def apply_event(session: Session, routing_key: str, body: Mapping[str, Any], att
     return True
 
 
-def rebuild_counters(session: Session) -> int:
-    """Recompute every counter from the counted facts (after terms change); returns the counters written."""
-    session.execute(delete(counters))
+def rebuild_tallies(session: Session) -> int:
+    """Recompute every tally from the counted facts (after terms change); returns the rows written."""
+    session.execute(delete(tallies))
     calendar_of = CalendarCache(session)
     rows = session.execute(select(activity_facts).where(activity_facts.c.counted.is_(True))).mappings()
     totals = fold((fact_of_row(row) for row in rows), calendar_of)
-    for key, delta in totals.items():
-        session.execute(counters.insert().values(
-            subject=key[0], subject_id=key[1], period=key[2], kind=key[3], count=delta[0],
-            online_count=delta[1], online_centihours=delta[2], offline_centihours=delta[3],
-        ))
-    return len(totals)
+    insert_rows = [{"subject": subject, "subject_id": subject_id, "period": period, **ZERO_MEASURES, **sums}
+                   for (subject, subject_id, period), sums in totals.items()]
+    for start in range(0, len(insert_rows), 1000):
+        session.execute(tallies.insert(), insert_rows[start:start + 1000])
+    return len(insert_rows)

@@ -19,18 +19,13 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.reporting.exceptions import InvalidInput
+from services.reporting.kinds import ACTIVITY_KINDS
 from services.reporting.models import rule_sets
 from services.reporting.periods import DEFAULT_TIMEZONE, Calendar, Term, zone
 
 ROLES = (
     "teacher", "group_leader", "blog_host", "moderator", "middle_manager", "dean", "principal",
     "researcher", "centre_member", "bureau_admin",
-)
-ACTIVITY_KINDS = (
-    "collective_lesson_prep", "lesson_observation", "demonstration_lesson", "research_lesson",
-    "open_lesson", "same_lesson_different_designs", "iterative_lesson_polishing", "small_research_topic",
-    "blog_post", "comment", "lecture", "supervision_visit", "training", "online_course_study",
-    "offline_study", "classroom_session_taught", "classroom_session_attended",
 )
 # Rule kind → the period granularities it may be judged in.
 RULE_KINDS: dict[str, tuple[str, ...]] = {

@@ -103,7 +103,8 @@ class ReportingService(HealthRpc):
 
     @rpc
     def export_bulletin(self, scope: dict, request: dict) -> dict[str, Any]:
-        """A download: `{"filename", "content_type", "content_base64"}` (RPC bodies are JSON)."""
+        """A download: `{"filename", "display_filename", "content_type", "content_base64"}` (RPC bodies are
+        JSON); `display_filename` is the Chinese title a person sees when saving it."""
         with self.db.begin():  # one consistent snapshot; ends the read transaction
             caller = Scope.from_dict(scope)
             values = load(schemas.ExportIn(), request)
@@ -112,12 +113,14 @@ class ReportingService(HealthRpc):
             if values["format"] == "csv":
                 content, content_type = exports.to_csv(report, values["section"]), "text/csv; charset=utf-8"
                 filename = f"bulletin-{values['key']}-{values['section']}.csv"
+                display = f"{report['title']}-{exports.section_title(values['section'])}.csv"
             else:
                 content, content_type, filename = exports.to_xlsx(report), XLSX_TYPE, f"bulletin-{values['key']}.xlsx"
-            return {"filename": filename, "content_type": content_type,
+                display = f"{report['title']}.xlsx"
+            return {"filename": filename, "display_filename": display, "content_type": content_type,
                     "content_base64": base64.b64encode(content).decode("ascii")}
 
-        # --- rules -------------------------------------------------------------------------------------
+    # --- rules -------------------------------------------------------------------------------------
 
     @rpc
     def get_rules(self, scope: dict, target: dict | None = None) -> dict[str, Any]:
@@ -129,7 +132,7 @@ class ReportingService(HealthRpc):
 
     @rpc
     def put_rules(self, scope: dict, body: dict, target: dict | None = None) -> dict[str, Any]:
-        """Store a new version; counters are rebuilt when the calendar (zone, terms) changed."""
+        """Store a new version; tallies are rebuilt when the calendar (zone, terms) changed."""
         caller = Scope.from_dict(scope)
         caller.require_write()
         if caller.kind != "bureau":
@@ -140,7 +143,7 @@ class ReportingService(HealthRpc):
             saved = rules.save(self.db, caller.bureau_id, body, values["scope_kind"], values["scope_id"])
             after = rules.in_force(self.db, caller.bureau_id).calendar
             if (before.timezone_name, before.terms) != (after.timezone_name, after.terms):
-                projection.rebuild_counters(self.db)
+                projection.rebuild_tallies(self.db)
         return saved
 
     # --- events ------------------------------------------------------------------------------------

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from services.reporting import projection, rules
 from services.reporting.exceptions import InvalidInput
-from services.reporting.models import activity_facts, counters, metadata, teachers
+from services.reporting.models import activity_facts, metadata, tallies, teachers
 from tests.reporting.conftest import BUREAU, SPRING_TERM, CityEvents, small_city
 
 
@@ -18,10 +18,10 @@ def apply_all(session, events) -> None:
             projection.apply_event(session, item.routing_key, item.body, item.attributes)
 
 
-def counter_of(session, subject, subject_id, period, kind):
-    row = session.execute(select(counters).where(
-        counters.c.subject == subject, counters.c.subject_id == subject_id, counters.c.period == period,
-        counters.c.kind == kind)).mappings().first()
+def tally_of(session, subject, subject_id, period):
+    row = session.execute(select(tallies).where(
+        tallies.c.subject == subject, tallies.c.subject_id == subject_id, tallies.c.period == period,
+    )).mappings().first()
     return dict(row) if row else None
 
 
@@ -46,10 +46,16 @@ def test_an_activity_counts_in_month_term_week_for_teacher_school_and_group(sess
     city = small_city()
     city.activity(101, 11, "online_course_study", "2025-03-03T09:00:00+08:00", online=Decimal("2.5"), group_id=501)
     apply_all(session, city.events)
+    # The term to date: March's row and every later month's of the term (through July), not February's.
+    term_to_date = [f"T2025-spring@2025-{month:02d}" for month in range(3, 8)]
     for subject, subject_id, period in [("teacher", 101, "M2025-03"), ("teacher", 101, "T2025-spring"),
+                                        *[("teacher", 101, key) for key in term_to_date],
                                         ("school", 11, "W2025-10"), ("group", 501, "M2025-03")]:
-        row = counter_of(session, subject, subject_id, period, "online_course_study")
-        assert (row["count"], row["online_count"], row["online_centihours"]) == (1, 1, 250), (subject, period)
+        row = tally_of(session, subject, subject_id, period)
+        assert (row["activities"], row["count_online_course_study"], row["online_online_course_study"],
+                row["online_centihours"], row["count_blog_post"]) == (1, 1, 1, 250, 0), (subject, period)
+    assert tally_of(session, "teacher", 101, "T2025-spring@2025-02") is None
+    assert tally_of(session, "teacher", 101, "W2025-10") is None  # weeks are kept for schools only
 
 
 def test_redelivery_changes_nothing(session):
@@ -59,7 +65,7 @@ def test_redelivery_changes_nothing(session):
     with session.begin():
         assert projection.apply_event(session, city.events[-1].routing_key, city.events[-1].body,
                                       city.events[-1].attributes) is False
-    assert counter_of(session, "teacher", 101, "M2025-03", "offline_study")["offline_centihours"] == 200
+    assert tally_of(session, "teacher", 101, "M2025-03")["offline_centihours"] == 200
 
 
 def test_corrections_and_hiding_stop_counting_even_when_they_arrive_first(session):
@@ -67,10 +73,11 @@ def test_corrections_and_hiding_stop_counting_even_when_they_arrive_first(sessio
     activity_events = [item for item in city.events if item.routing_key.startswith("activity.")]
     roster = [item for item in city.events if not item.routing_key.startswith("activity.")]
     apply_all(session, roster + list(reversed(activity_events)))  # corrections and the hiding come first
-    assert counter_of(session, "teacher", 101, "M2025-03", "offline_study")["offline_centihours"] == 400
-    assert counter_of(session, "teacher", 102, "M2025-03", "blog_post") is None  # hidden
+    march = tally_of(session, "teacher", 101, "M2025-03")
+    assert (march["offline_centihours"], march["count_offline_study"]) == (400, 1)
+    assert tally_of(session, "teacher", 102, "M2025-03") is None  # hidden: no empty row is left behind
     # 00:30 on 1 April in Shanghai is April, though it is still 31 March in UTC.
-    assert counter_of(session, "teacher", 102, "M2025-04", "blog_post")["count"] == 1
+    assert tally_of(session, "teacher", 102, "M2025-04")["count_blog_post"] == 1
 
 
 def test_an_older_teacher_event_never_overwrites_a_newer_one(session):
@@ -134,10 +141,10 @@ def test_a_rebuild_from_a_shuffled_replay_with_duplicates_equals_the_incremental
     rebuilt.commit()
     apply_all(rebuilt, city.events)
     with rebuilt.begin():
-        projection.rebuild_counters(rebuilt)
+        projection.rebuild_tallies(rebuilt)
 
     expected = snapshot(incremental)
-    assert len(expected["rpt_counters"]) > 100
+    assert len(expected["rpt_tallies"]) > 100
     for other in (replayed, rebuilt):
         actual = snapshot(other)
         for name in expected:

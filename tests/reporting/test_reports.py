@@ -140,3 +140,26 @@ def test_exports_carry_the_json_numbers(judged):
     assert [row[1] for row in teachers_sheet] == [line["teacher_id"] for line in report["excellent_teachers"]]
     with pytest.raises(InvalidInput):
         exports.to_csv(report, "salaries")
+
+
+def test_school_figures_judged_in_sql_equal_the_per_teacher_detail(judged):
+    rule_set = rules.in_force(judged, BUREAU)
+    for period in (rule_set.calendar.month("2025-04"), rule_set.calendar.term("2025-spring")):
+        detailed = compliance.evaluate(judged, BUREAU, period, rule_set, today=TODAY)
+        figures_only = compliance.evaluate(judged, BUREAU, period, rule_set, today=TODAY, with_teachers=False,
+                                           top_teachers=3)
+        for school_id, school in detailed.schools.items():
+            assert figures_only.schools[school_id].summary() == school.summary()
+            assert not figures_only.schools[school_id].teachers
+            assert school.teacher_count == len(school.teachers)
+            assert school.noncompliant_teachers == sum(1 for t in school.teachers if not t.compliant)
+            missing = {}
+            for teacher in school.teachers:
+                for result in teacher.rules:
+                    if not result.met:
+                        missing[result.rule_id] = missing.get(result.rule_id, 0) + 1
+            assert school.missing_by_rule() == missing
+        ranked = sorted((t for s in detailed.schools.values() for t in s.teachers if t.compliant and t.rules),
+                        key=lambda t: (-(t.online_hours + t.offline_hours), -t.activities, t.teacher_id))
+        assert [t.teacher_id for t in figures_only.excellent_teachers] == [t.teacher_id for t in ranked[:3]]
+        assert ranked, "the city has compliant teachers to rank"

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from services.gateway.routes import accounts, activities, relay
+from services.gateway.routes import accounts, activities, relay, reporting
 from services.gateway.routes.base import Route
 
 ROUTE_MODULES: list[ModuleType] = [
     accounts,
     activities,
     relay,
+    reporting,
 ]
 
 
