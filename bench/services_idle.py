@@ -83,7 +83,8 @@ def main() -> None:
             database_url = f"sqlite:///{folder}/{{service}}.db"
             for service in SERVICES_WITH_DATABASES:
                 upgrade(service, database_url.replace("{service}", service))
-            env = {**os.environ, "AMQP_URI": amqp_uri, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING"}
+            env = {**os.environ, "AMQP_URI": amqp_uri, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING",
+                   "RELAY_ALLOW_DEV_SECRET": "1"}
             print(f"{'service':<16} {'start→first RPC (s)':>20} {'idle RSS (MB)':>14} {'peak RSS (MB)':>14}  budget")
             for service in SERVICES_WITH_DATABASES:
                 results = [measure(service, env, amqp_uri, args.idle_seconds) for _ in range(args.rounds)]

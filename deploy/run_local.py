@@ -88,6 +88,11 @@ def main() -> None:
         commands[service] = [PYTHON, "-m", "services.common.runner", service]
         env[f"{service.upper()}_METRICS_PORT"] = str(port)
     env.setdefault("RELAY_CONTROL_ADDRESS", f"127.0.0.1:{DATAPLANE_PORTS['control']}")
+    if not env.get("RELAY_JOIN_SECRETS"):
+        # One machine for trying things out: the relay's built-in development secret signs join tokens.
+        # Production sets RELAY_JOIN_SECRETS (the service refuses to start without it otherwise).
+        env["RELAY_ALLOW_DEV_SECRET"] = "1"
+        print("RELAY_JOIN_SECRETS is not set: join tokens are signed with a development secret.")
     commands["gateway"] = [
         str(Path(PYTHON).with_name("gunicorn")), "-c", "services/gateway/gunicorn.conf.py",
         "--bind", GATEWAY_BIND, "services.gateway.wsgi:app",

@@ -1,14 +1,16 @@
-"""The control plane's side of the data plane's control channel, as a nameko DependencyProvider.
+"""The control plane's side of the data planes' control channels, as a nameko DependencyProvider.
 
-A managed (green) thread keeps one connection to the data plane (a separate OS process; see
-dataplane/control.py) and makes its state match the database: it pushes the whole desired state with
-the idempotent `set_state` after every change the service commits, whenever `hello` or `get_stats`
-shows a new data-plane instance (it restarted and forgot everything), and after reconnecting. It pulls
-`get_stats` every few seconds for the stream-health timer and the SDP. Errors back off and retry; the
-service keeps answering RPCs while the data plane is away.
+Each configured data plane (placement.py: RELAY_DATAPLANES, or the single RELAY_CONTROL_ADDRESS)
+gets one managed (green) thread that keeps one connection to it (a separate OS process, possibly in
+another pod; see dataplane/control.py) and makes its state match the database: it pushes the live
+sessions placed on that data plane with the idempotent `set_state` after every change the service
+commits, whenever `hello` or `get_stats` shows a new data-plane instance (it restarted and forgot
+everything), and after reconnecting. It pulls `get_stats` every few seconds for the stream-health
+timer and the SDPs. Errors back off and retry; the service keeps answering RPCs while a data plane is
+away, and placement skips data planes that do not answer.
 
-Where the data plane is: RELAY_CONTROL_ADDRESS (nameko config or environment), `host:port` (default
-127.0.0.1:7070, the data plane's default) or `unix:/path/to/socket`.
+RELAY_CONTROL_SECRET (optional, environment or nameko config): the shared secret the data planes
+check in `hello` before they accept anything else on a connection.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from nameko.extensions import DependencyProvider
 from prometheus_client import Counter, Gauge
 from sqlalchemy.orm import Session
 
-from services.classroom_relay import admission, sessions
+from services.classroom_relay import admission, placement, sessions
 from services.classroom_relay.dataplane.control import ControlClient
 from services.common.config import database_url
 from services.common.db import make_engine
@@ -33,7 +35,9 @@ from services.common.metrics import registry_for
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CONTROL_ADDRESS = "127.0.0.1:7070"
+# Kept for callers of the single-data-plane era.
+DEFAULT_CONTROL_ADDRESS = placement.DEFAULT_CONTROL_ADDRESS
+parse_control_address = placement.parse_control_address
 # The link targets of the source document, exported so dashboards and alerts compare against them.
 LINK_TARGETS_BYTES_PER_SECOND = {
     "master_school_link": 100_000_000 / 8,
@@ -46,26 +50,16 @@ class DataPlaneError(Exception):
     """The data plane answered a request with `ok: false`."""
 
 
-def parse_control_address(text: str) -> dict[str, Any]:
-    """`host:port` or `unix:/path` → ControlClient keyword arguments."""
-    if text.startswith("unix:"):
-        return {"unix_path": text[len("unix:") :]}
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"RELAY_CONTROL_ADDRESS must be host:port or unix:/path, not {text!r}")
-    return {"host": host, "port": int(port)}
-
-
-class DataPlaneLink(DependencyProvider):
-    """Keeps the data plane's state equal to the database; injects itself (see the public methods)."""
+class DataPlaneChannel:
+    """One data plane: its connection, what it told us last, and the thread that keeps it in step."""
 
     min_backoff_seconds = 0.2
     max_backoff_seconds = 5.0
 
-    def __init__(self, service: str = "classroom_relay") -> None:
-        self.service = service
+    def __init__(self, spec: placement.DataPlaneSpec, link: DataPlaneLink) -> None:
+        self.spec = spec
+        self.link = link
         self.wakeups: LightQueue = LightQueue()
-        self.running = False
         self.push_wanted = True
         self.pushed_instance: str | None = None
         self.hello: dict[str, Any] = {}
@@ -74,97 +68,64 @@ class DataPlaneLink(DependencyProvider):
         self.last_push_at: float | None = None
         self.client: ControlClient | None = None
 
-    # --- nameko lifecycle -----------------------------------------------------------------------------
-    def setup(self) -> None:
-        config = self.container.config
-        self.settings = sessions.settings_from(config)
-        address = config.get("RELAY_CONTROL_ADDRESS") or os.environ.get("RELAY_CONTROL_ADDRESS")
-        self.client_arguments = parse_control_address(address or DEFAULT_CONTROL_ADDRESS)
-        self.stats_interval = float(
-            config.get("RELAY_STATS_INTERVAL") or os.environ.get("RELAY_STATS_INTERVAL") or 2.0
-        )
-        self.engine = make_engine(database_url(self.service, config))
-        registry = registry_for(self.container)
-        self.connected_gauge = Gauge(
-            "lianxiao_relay_dataplane_connected", "1 while the control channel to the data plane works",
-            registry=registry,
-        )
-        self.pushes_total = Counter(
-            "lianxiao_relay_state_pushes_total", "Desired states pushed to the data plane (set_state)",
-            registry=registry,
-        )
-        self.errors_total = Counter(
-            "lianxiao_relay_control_errors_total", "Failed exchanges with the data plane", registry=registry
-        )
-        self.committed_gauge = Gauge(
-            "lianxiao_relay_committed_bytes_per_second", "Bandwidth committed by admission control, per link",
-            ["link", "owner_id"], registry=registry,
-        )
-        targets = Gauge(
-            "lianxiao_relay_link_target_bytes_per_second", "Bandwidth targets from the source documents",
-            ["link"], registry=registry,
-        )
-        for link, value in LINK_TARGETS_BYTES_PER_SECOND.items():
-            targets.labels(link).set(value)
+    @property
+    def name(self) -> str:
+        return self.spec.name
 
-    def start(self) -> None:
-        self.running = True
-        self.container.spawn_managed_thread(self._run, identifier="relay_dataplane_link")
+    @property
+    def reachable(self) -> bool:
+        """Answered `hello` on the current connection (a failed exchange clears it)."""
+        return bool(self.hello)
 
-    def stop(self) -> None:
-        self.running = False
-        self.wakeups.put(None)
-        if self.client is not None:
-            self.client.close()
-        self.engine.dispose()
-
-    def kill(self) -> None:
-        self.stop()
-
-    def get_dependency(self, worker_ctx: Any) -> DataPlaneLink:
-        return self
-
-    # --- what entrypoints use ---------------------------------------------------------------------------
     def request_push(self) -> None:
-        """Call after committing a change: the thread re-reads the database and pushes it."""
         self.push_wanted = True
         self.wakeups.put(None)
 
-    def outputs(self) -> dict[tuple[str, str], dict]:
-        return sessions.outputs_by_key(self.stats)
+    def close(self) -> None:
+        self.wakeups.put(None)
+        if self.client is not None:
+            self.client.close()
 
-    def media_address(self) -> list | None:
-        return self.hello.get("media_address")
+    def media_address(self) -> list[Any] | None:
+        return placement.public_address(self.hello.get("media_address"), self.spec)
+
+    def outputs(self) -> dict[tuple[str, str], dict]:
+        """Downstream outputs by (session, classroom) key, relay addresses as classrooms reach them."""
+        found = sessions.outputs_by_key(self.stats)
+        return {key: {**output, "relay_address": placement.public_address(output.get("relay_address"), self.spec)}
+                for key, output in found.items()}
 
     def status(self) -> dict[str, Any]:
         return {
-            "connected": bool(self.hello) and self.pushed_instance == self.hello.get("instance"),
+            "name": self.name,
+            "connected": self.reachable and self.pushed_instance == self.hello.get("instance"),
             "instance": self.hello.get("instance"),
-            "media_address": self.hello.get("media_address"),
-            "rtcp_address": self.hello.get("rtcp_address"),
+            "media_address": self.media_address(),
+            "rtcp_address": placement.public_address(self.hello.get("rtcp_address"), self.spec),
             "stats_age_seconds": None if self.stats_at is None else round(time.monotonic() - self.stats_at, 3),
         }
 
     # --- the thread ---------------------------------------------------------------------------------------
-    def _run(self) -> None:
+    def run(self) -> None:
         backoff = 0.0
-        while self.running:
+        while self.link.running:
             try:
                 self._converse()
                 backoff = 0.0
             except (OSError, ValueError, DataPlaneError) as error:  # away or restarting: retry later
-                if not self.running:
+                if not self.link.running:
                     return
-                self.errors_total.inc()
-                self.connected_gauge.set(0)
+                self.link.errors_total.labels(self.name).inc()
+                self.link.connected_gauge.labels(self.name).set(0)
                 self.hello = {}
-                log.warning("data plane control channel: %s; retrying in %.1fs", error, backoff)
+                log.warning("data plane %s control channel: %s; retrying in %.1fs", self.name, error, backoff)
                 if self.client is not None:
                     self.client.close()
                 backoff = min(self.max_backoff_seconds, max(self.min_backoff_seconds, backoff * 2))
                 eventlet.sleep(backoff)
             except Exception:  # a bug must not kill the thread (and with it the container)
-                log.exception("data plane link failed")
+                log.exception("data plane %s link failed", self.name)
+                self.hello = {}
                 eventlet.sleep(self.max_backoff_seconds)
 
     def _call(self, op: str, **fields: Any) -> dict[str, Any]:
@@ -176,17 +137,17 @@ class DataPlaneLink(DependencyProvider):
 
     def _converse(self) -> None:
         """One connection's life: hello, push, then stats and pushes until something fails."""
-        self.client = ControlClient(timeout=5.0, **self.client_arguments)
+        self.client = ControlClient(timeout=5.0, secret=self.link.control_secret, **self.spec.client_arguments())
         self.hello = self._call("hello")
-        self.connected_gauge.set(1)
+        self.link.connected_gauge.labels(self.name).set(1)
         next_stats = 0.0
-        while self.running:
+        while self.link.running:
             if self.push_wanted or self.pushed_instance != self.hello.get("instance"):
                 self._push()
             if time.monotonic() >= next_stats:
                 stats = self._call("get_stats")["stats"]
                 self.stats, self.stats_at = stats, time.monotonic()
-                next_stats = self.stats_at + self.stats_interval
+                next_stats = self.stats_at + self.link.stats_interval
                 if stats.get("instance") != self.pushed_instance:
                     # ControlClient reconnects by itself: a restarted data plane shows up here first.
                     self.hello = self._call("hello")
@@ -196,25 +157,153 @@ class DataPlaneLink(DependencyProvider):
     def _push(self) -> None:
         # Clear the flag before reading: a change committed meanwhile asks for another push.
         self.push_wanted = False
-        with Session(self.engine) as db:
-            state = sessions.desired_state(db, self.settings)
-            loads = sessions.committed_loads(db)
+        with Session(self.link.engine) as db:
+            state = sessions.desired_state(db, self.link.settings, dataplane=self.name)
         instance = self.hello.get("instance")
         reply = self._call("set_state", **state)
         for refused in reply.get("refused_senders", []):
-            log.warning("data plane refused a registered sender: %s", refused)
+            log.warning("data plane %s refused a registered sender: %s", self.name, refused)
         self.pushed_instance = instance
         self.last_push_at = time.monotonic()
-        self.pushes_total.inc()
-        self._export_commitments(loads)
-
-    def _export_commitments(self, loads: list[admission.Load]) -> None:
-        self.committed_gauge.clear()
-        for link, bps in admission.total_by_link(loads).items():
-            self.committed_gauge.labels(link.kind, str(link.owner_id)).set(bps / 8)
+        self.link.pushes_total.labels(self.name).inc()
+        self.link.export_placements()
 
     def _wait(self, seconds: float) -> None:
         with contextlib.suppress(Empty):
             self.wakeups.get(timeout=seconds)
         while self.wakeups.qsize():
             self.wakeups.get_nowait()
+
+
+class DataPlaneLink(DependencyProvider):
+    """Keeps every data plane's state equal to the database; injects itself (see the public methods)."""
+
+    def __init__(self, service: str = "classroom_relay") -> None:
+        self.service = service
+        self.running = False
+        self.channels: dict[str, DataPlaneChannel] = {}
+
+    # --- nameko lifecycle -----------------------------------------------------------------------------
+    def setup(self) -> None:
+        config = self.container.config
+        self.settings = sessions.settings_from(config)
+        self.specs = placement.dataplanes_from(config)
+        self.control_secret = config.get("RELAY_CONTROL_SECRET") or os.environ.get("RELAY_CONTROL_SECRET") or None
+        self.stats_interval = float(
+            config.get("RELAY_STATS_INTERVAL") or os.environ.get("RELAY_STATS_INTERVAL") or 2.0
+        )
+        self.engine = make_engine(database_url(self.service, config))
+        self.channels = {spec.name: DataPlaneChannel(spec, self) for spec in self.specs}
+        self._setup_metrics()
+
+    def _setup_metrics(self) -> None:
+        registry = registry_for(self.container)
+        self.connected_gauge = Gauge(
+            "lianxiao_relay_dataplane_connected", "1 while the control channel to a data plane works",
+            ["dataplane"], registry=registry,
+        )
+        self.pushes_total = Counter(
+            "lianxiao_relay_state_pushes_total", "Desired states pushed to a data plane (set_state)",
+            ["dataplane"], registry=registry,
+        )
+        self.errors_total = Counter(
+            "lianxiao_relay_control_errors_total", "Failed exchanges with a data plane", ["dataplane"],
+            registry=registry,
+        )
+        for name in self.channels:
+            self.connected_gauge.labels(name).set(0)
+        self.committed_gauge = Gauge(
+            "lianxiao_relay_committed_bytes_per_second", "Bandwidth committed by admission control, per link",
+            ["link", "owner_id"], registry=registry,
+        )
+        self.school_committed_gauge = Gauge(
+            "lianxiao_relay_school_link_committed_bytes_per_second",
+            "Bandwidth committed on a school's internet link by the live sessions (admission control's view)",
+            ["school"], registry=registry,
+        )
+        self.session_info = Gauge(
+            "lianxiao_relay_session_info",
+            "1 per live session: its data plane, master classroom and master school (join it with the data "
+            "plane's per-session metrics on `session`)",
+            ["session", "dataplane", "master_classroom", "master_school"], registry=registry,
+        )
+        targets = Gauge(
+            "lianxiao_relay_link_target_bytes_per_second", "Bandwidth targets from the source documents",
+            ["link"], registry=registry,
+        )
+        for link, value in LINK_TARGETS_BYTES_PER_SECOND.items():
+            targets.labels(link).set(value)
+
+    def start(self) -> None:
+        self.running = True
+        for name, channel in self.channels.items():
+            self.container.spawn_managed_thread(channel.run, identifier=f"relay_dataplane_link:{name}")
+
+    def stop(self) -> None:
+        self.running = False
+        for channel in self.channels.values():
+            channel.close()
+        self.engine.dispose()
+
+    def kill(self) -> None:
+        self.stop()
+
+    def get_dependency(self, worker_ctx: Any) -> DataPlaneLink:
+        return self
+
+    # --- what entrypoints use ---------------------------------------------------------------------------
+    def request_push(self) -> None:
+        """Call after committing a change: every data plane's thread re-reads the database and pushes.
+
+        (A data plane whose sessions did not change receives the same state again: set_state is cheap
+        and idempotent, and a placement that just moved a session away needs it removed there.)
+        """
+        for channel in self.channels.values():
+            channel.request_push()
+
+    def fleet(self) -> placement.Fleet:
+        """The configured data planes and the ones answering now, for placing a starting session."""
+        reachable = frozenset(name for name, channel in self.channels.items() if channel.reachable)
+        return placement.Fleet(tuple(self.specs), reachable)
+
+    def media_addresses(self) -> dict[str, list]:
+        """Data plane name → the [host, port] classrooms send media to (for join tokens)."""
+        found = {name: channel.media_address() for name, channel in self.channels.items()}
+        return {name: address for name, address in found.items() if address is not None}
+
+    def outputs_by_dataplane(self) -> dict[str, dict[tuple[str, str], dict]]:
+        return {name: channel.outputs() for name, channel in self.channels.items()}
+
+    @property
+    def stats(self) -> dict[str, Any] | None:
+        """Every data plane's latest sessions in one `get_stats`-shaped dict (placement keeps them apart)."""
+        found = [channel.stats for channel in self.channels.values() if channel.stats is not None]
+        if not found:
+            return None
+        merged: dict[str, Any] = {}
+        for stats in found:
+            merged.update(stats.get("sessions") or {})
+        return {"sessions": merged}
+
+    def status(self) -> dict[str, Any]:
+        dataplanes = [channel.status() for channel in self.channels.values()]
+        return {"connected": all(entry["connected"] for entry in dataplanes), "dataplanes": dataplanes}
+
+    def export_placements(self) -> None:
+        """Refresh the gauges that describe live sessions and commitments from the database."""
+        with Session(self.engine) as db:
+            labels = sessions.live_session_labels(db)
+            loads = sessions.committed_loads(db)
+        self._export(labels, loads)
+
+    def _export(self, labels: list[dict[str, str]], loads: list[admission.Load]) -> None:
+        # Reset then set in one go without yielding (no I/O in between), so a scrape never sees a gap.
+        self.session_info.clear()
+        for entry in labels:
+            self.session_info.labels(**entry).set(1)
+        self.committed_gauge.clear()
+        self.school_committed_gauge.clear()
+        for link, bps in admission.total_by_link(loads).items():
+            self.committed_gauge.labels(link.kind, str(link.owner_id)).set(bps / 8)
+            if link.kind == "school_link":
+                self.school_committed_gauge.labels(str(link.owner_id)).set(bps / 8)

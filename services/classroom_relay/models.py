@@ -90,6 +90,8 @@ class LiveSession(Base):
     return_bps: Mapped[int] = mapped_column(BigInteger)
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # of the live occurrence
     occurrences_held: Mapped[int] = mapped_column(Integer, default=0)
+    # The data plane forwarding the live occurrence (placement.py); None while not live.
+    dataplane: Mapped[str | None] = mapped_column(String(63), index=True)
     members: Mapped[list[SessionClassroom]] = relationship(
         back_populates="session", lazy="selectin", order_by="SessionClassroom.classroom_id"
     )

@@ -144,6 +144,7 @@ class SessionOut(Schema):
     return_bps = fields.Integer()
     started_at = fields.String(allow_none=True)
     occurrences_held = fields.Integer()
+    dataplane = fields.String(allow_none=True)  # the relay data plane forwarding it while live
     classrooms = fields.List(fields.Nested(MemberOut))
 
 
@@ -153,6 +154,8 @@ class JoinTokenOut(Schema):
     classroom = fields.String()
     expires_at = fields.String()
     hello = fields.String()
+    dataplane = fields.String(allow_none=True)
+    # [host, port] of the session's data plane; null until the session is live (placed).
     media_address = fields.List(fields.Raw(), allow_none=True)
 
 

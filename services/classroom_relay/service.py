@@ -1,8 +1,9 @@
 """The classroom_relay control plane: RPC entrypoints only; the logic lives in sessions and admission.
 
 Every entrypoint takes the caller's scope dict first (as accounts does). Changes commit inside the
-entrypoint, then ask the data-plane link to push the new desired state. A timer compares the data
-plane's stats with each live branch and publishes `stream.degraded` / `stream.recovered`.
+entrypoint, then ask the data-plane link to push the new desired state to every data plane (each gets
+the sessions placed on it; placement.py). A timer compares the data planes' stats with each live branch
+and publishes `stream.degraded` / `stream.recovered`, and refreshes the placement metrics.
 """
 
 from __future__ import annotations
@@ -69,7 +70,9 @@ class ClassroomRelayService(HealthRpc):
     @rpc
     def start_session(self, scope: dict, session_id: int) -> dict[str, Any]:
         with self.db.begin():
-            result = sessions.start_session(self.db, Scope.from_dict(scope), session_id, self.dataplane.settings)
+            result = sessions.start_session(
+                self.db, Scope.from_dict(scope), session_id, self.dataplane.settings, fleet=self.dataplane.fleet()
+            )
         self.dataplane.request_push()
         return result
 
@@ -103,7 +106,7 @@ class ClassroomRelayService(HealthRpc):
     ) -> dict[str, Any]:
         return sessions.issue_join_token(
             self.db, Scope.from_dict(scope), session_id, classroom_id, data, self.dataplane.settings,
-            media_address=self.dataplane.media_address(),
+            media_addresses=self.dataplane.media_addresses(),
         )
 
     @rpc
@@ -117,7 +120,9 @@ class ClassroomRelayService(HealthRpc):
 
     @rpc
     def get_branch_sdp(self, scope: dict, session_id: int, classroom_id: int) -> dict[str, str]:
-        sdp = sessions.branch_sdp(self.db, Scope.from_dict(scope), session_id, classroom_id, self.dataplane.outputs())
+        sdp = sessions.branch_sdp(
+            self.db, Scope.from_dict(scope), session_id, classroom_id, self.dataplane.outputs_by_dataplane()
+        )
         return {"content_type": "application/sdp", "sdp": sdp}
 
     @rpc
@@ -128,6 +133,8 @@ class ClassroomRelayService(HealthRpc):
     # --- stream health ----------------------------------------------------------------------------------------
     @timer(interval=HEALTH_CHECK_SECONDS)
     def check_stream_health(self) -> None:
+        # Also when no data plane answers: the session and commitment gauges follow the database.
+        self.dataplane.export_placements()
         stats = self.dataplane.stats
         if not stats:
             return

@@ -9,6 +9,7 @@ to is added to the outbox in the same transaction. Bandwidth is committed only w
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from services.classroom_relay import admission, schemas
+from services.classroom_relay import admission, placement, schemas
 from services.classroom_relay.dataplane.admission import issue_token, verify_token
 from services.classroom_relay.exceptions import (
     Conflict,
@@ -47,13 +48,14 @@ MAX_RESEARCH_CLASSROOMS = 8  # online research is "many ↔ many, small"
 EARLY_START = timedelta(minutes=30)  # a lesson may be opened this long before its timetable slot
 TOKEN_SLACK = timedelta(minutes=15)  # join tokens outlive the lesson's end by this much
 MAX_TOKEN_TTL_SECONDS = 86_400
+DEV_JOIN_SECRET = "dev-only-join-secret"  # only with RELAY_ALLOW_DEV_SECRET=1 (tests, `make run`)
 
 
 @dataclass(frozen=True)
 class RelaySettings:
     """Tunables from the environment (or nameko config): see `settings_from`."""
 
-    join_secrets: list[str] = field(default_factory=lambda: ["dev-only-join-secret"])
+    join_secrets: list[str] = field(default_factory=lambda: [DEV_JOIN_SECRET])
     headroom: float = admission.DEFAULT_HEADROOM
     branch_target_bps: int = 10 * MBIT
     loss_degraded_ratio: float = 0.05
@@ -63,7 +65,12 @@ class RelaySettings:
 
 def settings_from(config: dict[str, Any] | None = None) -> RelaySettings:
     """RELAY_JOIN_SECRETS (comma-separated, first signs), ADMISSION_HEADROOM, RELAY_BRANCH_TARGET_BPS,
-    RELAY_LOSS_DEGRADED_RATIO — nameko config first, then the environment."""
+    RELAY_LOSS_DEGRADED_RATIO — nameko config first, then the environment.
+
+    Without RELAY_JOIN_SECRETS this raises ValueError (the service does not start): a well-known
+    default secret would let anyone mint join tokens. RELAY_ALLOW_DEV_SECRET=1 allows the built-in
+    development secret, for tests and a single development machine.
+    """
     config = config or {}
 
     def value(name: str) -> Any:
@@ -73,6 +80,11 @@ def settings_from(config: dict[str, Any] | None = None) -> RelaySettings:
     secrets_text = value("RELAY_JOIN_SECRETS")
     defaults = RelaySettings()
     secrets = [part.strip() for part in str(secrets_text).split(",") if part.strip()] if secrets_text else None
+    if not secrets and str(value("RELAY_ALLOW_DEV_SECRET") or "").lower() not in ("1", "true", "yes"):
+        raise ValueError(
+            "RELAY_JOIN_SECRETS is not set: give the relay's join-token secret(s) (comma-separated, the first "
+            "signs), or set RELAY_ALLOW_DEV_SECRET=1 on a development machine."
+        )
     headroom = float(value("ADMISSION_HEADROOM") or defaults.headroom)
     if not 0 < headroom <= 1:
         raise InvalidInput(f"ADMISSION_HEADROOM must be in (0, 1], not {headroom}.")
@@ -161,6 +173,7 @@ def dump_session(live: LiveSession) -> dict[str, Any]:
         "return_bps": live.return_bps,
         "started_at": iso(live.started_at),
         "occurrences_held": live.occurrences_held,
+        "dataplane": live.dataplane,
         "classrooms": [dump_member(member) for member in live.members],
     }
 
@@ -380,6 +393,12 @@ def create_session(
     branch_ids = values.pop("branch_classroom_ids")
     if len(set(branch_ids)) != len(branch_ids) or master_room.id in branch_ids:
         raise InvalidInput("branch_classroom_ids must be distinct and not include the master classroom.")
+    if values["kind"] == "dedicated_delivery" and not branch_ids:
+        # 专递课堂: fixed class pairs, so the receiving classes are part of the timetable entry.
+        raise InvalidInput(
+            "A dedicated delivery session names its fixed branch classes when it is scheduled.",
+            {"branch_classroom_ids": ["Name at least one branch classroom."]},
+        )
     return_bps = values["return_bps"]
     if return_bps is None:
         # A master-teacher lesson is one → many: no camera returns unless asked for.
@@ -412,7 +431,7 @@ def create_session(
     _admit(session, live, [master], settings, f"session {live.id} (broadcast from classroom {master_room.id})",
            alone=True)
     for branch_id in branch_ids:
-        _plan_branch(session, scope, live, branch_id, {}, settings)
+        _plan_branch(session, scope, live, branch_id, {}, settings, scheduling=True)
     session.flush()
     session.refresh(live)
     return dump_session(live)
@@ -436,9 +455,13 @@ def list_sessions(session: Session, scope: Scope, status: str | None = None) -> 
 
 
 def _branch_member(
-    session: Session, scope: Scope, live: LiveSession, classroom_id: Any, data: dict[str, Any], headroom: float
+    session: Session, scope: Scope, live: LiveSession, classroom_id: Any, data: dict[str, Any], headroom: float,
+    *, scheduling: bool = False,
 ) -> tuple[SessionClassroom, bool]:
-    """The branch's membership row (new or re-joining), filled from `data`; (member, created)."""
+    """The branch's membership row (new or re-joining), filled from `data`; (member, created).
+
+    `scheduling`: the session is being created, so a dedicated delivery session may still name branches.
+    """
     values = load(schemas.JoinIn(), data)
     room = get_room(session, scope, classroom_id)
     master_room = _master_member(live).classroom
@@ -451,10 +474,12 @@ def _branch_member(
     if member is not None and member.state == "joined":
         return member, False
     others = [m for m in live.members if m.role == "branch" and m.state != "left" and m.classroom_id != room.id]
-    if live.kind == "dedicated_delivery" and others:
+    if live.kind == "dedicated_delivery" and member is None and not scheduling:
+        fixed = [m.classroom_id for m in live.members if m.role == "branch"]
         raise Conflict(
-            f"Session {live.id} is a dedicated delivery lesson: one fixed branch class "
-            f"(classroom {others[0].classroom_id}) already belongs to it."
+            f"Session {live.id} is a dedicated delivery lesson with the fixed branch classes {fixed}, named "
+            f"when it was scheduled; classroom {room.id} cannot join it (schedule another session for it).",
+            {"branch_classroom_ids": fixed},
         )
     if live.kind == "online_research" and len(others) + 2 > MAX_RESEARCH_CLASSROOMS:
         raise Conflict(f"Online research sessions hold at most {MAX_RESEARCH_CLASSROOMS} classrooms.")
@@ -476,9 +501,10 @@ def _branch_member(
 
 def _plan_branch(
     session: Session, scope: Scope, live: LiveSession, classroom_id: Any, data: dict[str, Any],
-    settings: RelaySettings,
+    settings: RelaySettings, *, scheduling: bool = False,
 ) -> SessionClassroom:
-    member, created = _branch_member(session, scope, live, classroom_id, data, settings.headroom)
+    member, created = _branch_member(session, scope, live, classroom_id, data, settings.headroom,
+                                     scheduling=scheduling)
     _admit(session, live, [member], settings,
            f"branch classroom {member.classroom_id} in session {live.id}", alone=True)
     if created:
@@ -549,8 +575,10 @@ def _next_occurrence(recurrence: str, start: datetime, end: datetime) -> tuple[d
 
 
 def start_session(
-    session: Session, scope: Scope, session_id: Any, settings: RelaySettings, now: datetime | None = None
+    session: Session, scope: Scope, session_id: Any, settings: RelaySettings, now: datetime | None = None,
+    fleet: placement.Fleet | None = None,
 ) -> dict[str, Any]:
+    """Admit every planned classroom and place the session on a data plane (`fleet`: one by default)."""
     now = now or utcnow()
     live = get_live_session(session, scope, session_id, lock=True)
     master = _master_member(live)
@@ -574,6 +602,9 @@ def start_session(
         if member.role == "branch":
             _require_address(member)
     _admit(session, live, joining, settings, f"starting session {live.id}")
+    live.dataplane = placement.choose_dataplane(
+        session, live, master.classroom.school_id, fleet or placement.Fleet.single()
+    )
     for member in joining:
         _join(session, live, member, now)
     live.status = "live"
@@ -610,6 +641,7 @@ def end_session(session: Session, scope: Scope, session_id: Any, now: datetime |
     outbox.add(session, "session.ended", _event_body(live, master), subject=_subject(live, master))
     live.occurrences_held += 1
     live.started_at = None
+    live.dataplane = None  # the next occurrence is placed again when it starts
     following = None
     if live.recurrence != "none":
         following = _next_occurrence(live.recurrence, aware(live.starts_at), aware(live.ends_at))
@@ -677,9 +709,13 @@ def leave_branch(
 
 def issue_join_token(
     session: Session, scope: Scope, session_id: Any, classroom_id: Any, data: dict[str, Any] | None,
-    settings: RelaySettings, now: datetime | None = None, media_address: list | None = None,
+    settings: RelaySettings, now: datetime | None = None, media_addresses: Mapping[str, list] | None = None,
 ) -> dict[str, Any]:
-    """A signed token for one classroom of one session; its encoder sends `hello` from its RTP port."""
+    """A signed token for one classroom of one session; its encoder sends `hello` from its RTP port.
+
+    `media_addresses` (data plane name → [host, port]) gives the address of the data plane the session
+    is placed on; a session that is not live yet has none (fetch the token again once it started).
+    """
     values = load(schemas.TokenIn(), data or {})
     now = now or utcnow()
     live = get_live_session(session, scope, session_id)
@@ -708,7 +744,8 @@ def issue_join_token(
         "classroom": classroom_key(member.classroom_id),
         "expires_at": iso(datetime.fromtimestamp(int(issued + ttl), UTC)),
         "hello": f"LXHELLO1 {token}",
-        "media_address": media_address,
+        "dataplane": live.dataplane,
+        "media_address": (media_addresses or {}).get(live.dataplane) if live.dataplane else None,
     }
 
 
@@ -741,9 +778,11 @@ def register_sender(
 
 
 def branch_sdp(
-    session: Session, scope: Scope, session_id: Any, classroom_id: Any, outputs: dict[tuple[str, str], dict]
+    session: Session, scope: Scope, session_id: Any, classroom_id: Any,
+    outputs_by_dataplane: Mapping[str, Mapping[tuple[str, str], dict]],
 ) -> str:
-    """The SDP a receiving classroom plays; `outputs` is the data plane's view, by (session, classroom) key."""
+    """The SDP a receiving classroom plays; `outputs_by_dataplane` is each data plane's view of its outputs
+    by (session, classroom) key (see `outputs_by_key`); only the session's own data plane counts."""
     live = get_live_session(session, scope, session_id)
     member = _member(live, _require_id(classroom_id, "Classroom"))
     if member is None or member.role != "branch" or member.state == "left":
@@ -752,6 +791,7 @@ def branch_sdp(
         raise Forbidden(f"Only classroom {member.classroom_id}'s school may fetch its SDP.")
     if live.status != "live":
         raise Conflict(f"Session {live.id} is not live; its SDP exists while it is.")
+    outputs = outputs_by_dataplane.get(live.dataplane or "", {})
     output = outputs.get((session_key(live.id), classroom_key(member.classroom_id)))
     if output is None:
         raise DataPlaneUnavailable(
@@ -770,10 +810,14 @@ def branch_sdp(
 # --- the data plane's desired state ----------------------------------------------------------------------------
 
 
-def desired_state(session: Session, settings: RelaySettings) -> dict[str, Any]:
-    """Everything the data plane should forward now, for one idempotent `set_state`."""
+def desired_state(session: Session, settings: RelaySettings, dataplane: str | None = None) -> dict[str, Any]:
+    """Everything a data plane should forward now, for one idempotent `set_state`: the live sessions
+    placed on `dataplane` (None: all live sessions)."""
     entries = []
-    for live in session.scalars(select(LiveSession).where(LiveSession.status == "live").order_by(LiveSession.id)):
+    query = select(LiveSession).where(LiveSession.status == "live").order_by(LiveSession.id)
+    if dataplane is not None:
+        query = query.where(LiveSession.dataplane == dataplane)
+    for live in session.scalars(query):
         master = _master_member(live)
         return_address = (
             [master.receive_host, master.receive_port] if master.receive_host and master.receive_port else None
@@ -872,6 +916,22 @@ def record_stream_health(
         added.append(routing_key)
     session.flush()
     return added
+
+
+def live_session_labels(session: Session) -> list[dict[str, str]]:
+    """Who is master of each live session, where, and for which school: the labels of the
+    `lianxiao_relay_session_info` gauge, in the data plane's own keys so rules can join on them."""
+    query = select(LiveSession).where(LiveSession.status == "live").order_by(LiveSession.id)
+    labels = []
+    for live in session.scalars(query):
+        master = _master_member(live)
+        labels.append({
+            "session": session_key(live.id),
+            "dataplane": live.dataplane or "",
+            "master_classroom": classroom_key(master.classroom_id),
+            "master_school": str(master.classroom.school_id),
+        })
+    return labels
 
 
 def outputs_by_key(stats: dict[str, Any] | None) -> dict[tuple[str, str], dict]:

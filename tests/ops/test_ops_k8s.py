@@ -223,3 +223,31 @@ def test_migration_job_runs_the_migrations() -> None:
     assert job["spec"]["template"]["spec"]["containers"][0]["command"] == [
         "python", "-m", "services.common.migrations", "upgrade"
     ]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_the_relay_control_plane_reaches_every_dataplane_pod_and_only_it_does(overlay: str) -> None:
+    from services.classroom_relay.placement import parse_dataplanes
+
+    objects = rendered(overlay)
+    (config,) = [item for item in of_kind(objects, "ConfigMap")
+                 if item["metadata"]["name"].startswith("lianxiao-config")]
+    specs = parse_dataplanes(config["data"]["RELAY_DATAPLANES"],
+                             public_hosts=config["data"]["RELAY_DATAPLANE_PUBLIC_HOSTS"])
+    (dataplane,) = [item for item in of_kind(objects, "StatefulSet") if item["metadata"]["name"] == "relay-dataplane"]
+    service = dataplane["spec"]["serviceName"]
+    assert [spec.address for spec in specs] == [
+        f"relay-dataplane-{index}.{service}:7070" for index in range(dataplane["spec"]["replicas"])
+    ]
+    assert all(spec.public_host for spec in specs), "every data plane needs its public media address"
+    (container,) = dataplane["spec"]["template"]["spec"]["containers"]
+    assert "--control-port=7070" in container["command"] and "--control-host=0.0.0.0" in container["command"]
+    control_rules = [rule for policy in of_kind(objects, "NetworkPolicy")
+                     if policy["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
+                     == "relay-dataplane"
+                     for rule in policy["spec"]["ingress"] if any(port["port"] == 7070 for port in rule["ports"])]
+    assert control_rules == [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "classroom-relay"}}}],
+                              "ports": [{"port": 7070, "protocol": "TCP"}]}]
+    (relay,) = [item for item in of_kind(objects, "Deployment") if item["metadata"]["name"] == "classroom-relay"]
+    variables = {variable["name"]: variable for variable in relay["spec"]["template"]["spec"]["containers"][0]["env"]}
+    assert variables["RELAY_JOIN_SECRETS"]["valueFrom"]["secretKeyRef"]["name"] == "lianxiao-secrets"

@@ -234,7 +234,9 @@ def test_every_metric_used_by_rules_and_dashboards_is_exported(
     from services.common.metrics import ServiceMetrics, registry_for
     from services.common.runner import SERVICE_CLASSES, service_class
 
-    runner = runner_factory(service_config, *(service_class(name) for name in SERVICE_CLASSES))
+    # The relay refuses to start without join secrets unless told this is a development setup.
+    config = {**service_config, "RELAY_ALLOW_DEV_SECRET": "1"}
+    runner = runner_factory(config, *(service_class(name) for name in SERVICE_CLASSES))
     runner.start()
     exported: set[str] = set(PROMETHEUS_OWN)
     for container in runner.containers:

@@ -93,7 +93,8 @@ def test_sessions_reach_the_data_plane_survive_its_restart_and_publish_events(
             assert restarted.stats()["instance"] != first_instance
             wait_for(lambda: pushed(restarted), timeout=15)
             status = wait_for(lambda: (s := relay.relay_status(admin))["connected"] and s, timeout=10)
-            assert status["media_address"] == ["127.0.0.1", restarted.media_port]
+            assert [(entry["name"], entry["media_address"]) for entry in status["dataplanes"]] == [
+                ("default", ["127.0.0.1", restarted.media_port])]
 
             # A third 40 Mbit/s branch would take the master school past 90 % of its 100 Mbit/s.
             with pytest.raises(AdmissionRefused) as refused:
@@ -129,3 +130,58 @@ def test_sessions_reach_the_data_plane_survive_its_restart_and_publish_events(
     assert left_early["classroom_id"] == branches[1]["id"] and left_early["school_id"] == school_base + 2
     attributes = read_cloud_event_headers(received[0].headers)
     assert attributes["type"] == "cn.lianxiao.classroom_relay.session.started"
+
+
+def test_sessions_are_placed_on_several_data_planes_and_each_gets_only_its_own(
+    runner_factory, service_config, dataplane
+):
+    from services.common.metrics import registry_for
+
+    dataplane.append(start())
+    planes = {"relay-0": dataplane[0], "relay-1": dataplane[1]}
+    bureau, school_base = random.randint(10_000, 2_000_000_000), random.randint(10_000, 2_000_000_000)
+    admin = Scope.bureau_admin(bureau).to_dict()
+    fleet = ",".join(f"{name}=127.0.0.1:{plane.control_port}" for name, plane in planes.items())
+    config = {**service_config, "RELAY_DATAPLANES": f"{fleet},relay-away=127.0.0.1:{free_port()}",
+              "RELAY_JOIN_SECRETS": "integration-secret", "RELAY_STATS_INTERVAL": 0.2}
+    runner = runner_factory(config, ClassroomRelayService)
+    runner.start()
+    with ClusterRpcProxy(config, timeout=10) as rpc:
+        relay = rpc.classroom_relay
+        status = wait_for(lambda: (s := relay.relay_status(admin)) and all(
+            entry["connected"] for entry in s["dataplanes"] if entry["name"] != "relay-away") and s, timeout=10)
+        assert [(entry["name"], entry["connected"]) for entry in status["dataplanes"]] == [
+            ("relay-0", True), ("relay-1", True), ("relay-away", False)]
+        now = datetime.now(UTC)
+        lessons = {}
+        for offset, school in enumerate((school_base, school_base + 1)):
+            master = relay.create_classroom(admin, {"school_id": school, "bureau_id": bureau, "name": "录播教室",
+                                                    "kind": "broadcasting"})
+            branch = relay.create_classroom(admin, {
+                "school_id": school_base + 10 + offset, "bureau_id": bureau, "name": "接收教室", "kind": "receiving",
+                "receive_host": "127.0.0.1", "receive_port": 43000 + 2 * offset})
+            created = relay.create_session(admin, {
+                "kind": "master_teacher", "title": "公开课", "master_classroom_id": master["id"],
+                "starts_at": now.isoformat(), "ends_at": (now + timedelta(minutes=40)).isoformat(),
+                "branch_classroom_ids": [branch["id"]]})
+            lessons[relay.start_session(admin, created["id"])["dataplane"]] = (created["id"], master["id"], school)
+        # The first school went to relay-0 (configuration order breaks the tie); the second to relay-1,
+        # which had more free budget left; the data plane that does not answer took nothing.
+        assert sorted(lessons) == ["relay-0", "relay-1"]
+        registry = registry_for(next(iter(runner.containers)))
+        for name, (session_id, master_id, school) in lessons.items():
+            wanted = {f"session-{session_id}"}
+            wait_for(lambda plane=planes[name], wanted=wanted: set(plane.stats()["sessions"]) == wanted, timeout=10)
+            token = relay.issue_join_token(admin, session_id, master_id)
+            assert (token["dataplane"], token["media_address"]) == (name, ["127.0.0.1", planes[name].media_port])
+            info = {"session": f"session-{session_id}", "dataplane": name,
+                    "master_classroom": f"classroom-{master_id}", "master_school": str(school)}
+            wait_for(lambda info=info: registry.get_sample_value("lianxiao_relay_session_info", info) == 1,
+                     timeout=5)
+            # 8 Mbit/s source on the master's uplink; 9 Mbit/s to the branch on the master school's link.
+            assert registry.get_sample_value("lianxiao_relay_school_link_committed_bytes_per_second",
+                                             {"school": str(school)}) == 9 * MBIT / 8
+        for session_id, _master, _school in lessons.values():
+            relay.end_session(admin, session_id)
+        for plane in planes.values():
+            wait_for(lambda plane=plane: plane.stats()["sessions"] == {}, timeout=10)

@@ -10,7 +10,7 @@ import pytest
 from nameko.testing.services import worker_factory
 from sqlalchemy import select
 
-from services.classroom_relay import sessions
+from services.classroom_relay import placement, sessions
 from services.classroom_relay.exceptions import AdmissionRefused, DataPlaneUnavailable, InvalidInput
 from services.classroom_relay.models import MBIT, outbox
 from services.classroom_relay.service import ClassroomRelayService
@@ -26,9 +26,10 @@ def lesson_now(school: dict, branch_ids: list[int] | None = None) -> dict:
 
 @pytest.fixture
 def link(settings):
-    """Stands in for DataPlaneLink: settings, a push request recorder, the data plane's last stats."""
-    return SimpleNamespace(settings=settings, request_push=MagicMock(), stats=None,
-                           outputs=dict, media_address=lambda: ["127.0.0.1", 5004])
+    """Stands in for DataPlaneLink: settings, a push request recorder, one reachable data plane, its stats."""
+    return SimpleNamespace(settings=settings, request_push=MagicMock(), stats=None, outputs_by_dataplane=dict,
+                           fleet=placement.Fleet.single, media_addresses=lambda: {"default": ["127.0.0.1", 5004]},
+                           export_placements=MagicMock())
 
 
 @pytest.fixture
@@ -73,9 +74,14 @@ def test_sdp_waits_for_the_data_plane(service, admin, school):
         service.get_branch_sdp(admin.to_dict(), created["id"], school["branches"][0]["id"])
 
 
-def test_join_token_names_the_relay_media_address(service, admin, school):
+def test_join_token_names_the_media_address_of_the_sessions_data_plane(service, db, admin, school):
     created = service.create_session(admin.to_dict(), lesson_now(school))
+    early = service.issue_join_token(admin.to_dict(), created["id"], school["master"]["id"])
+    assert early["media_address"] is None and early["dataplane"] is None  # not placed before it starts
+    db.rollback()  # end the read's transaction, as a real worker's session would
+    service.start_session(admin.to_dict(), created["id"])
     issued = service.issue_join_token(admin.to_dict(), created["id"], school["master"]["id"])
+    assert issued["dataplane"] == "default"
     assert issued["media_address"] == ["127.0.0.1", 5004]
     assert issued["classroom"] == f"classroom-{school['master']['id']}"
 
@@ -85,6 +91,7 @@ def test_health_timer_publishes_degraded_from_the_latest_stats(service, db, admi
     created = service.create_session(admin.to_dict(), lesson_now(school, [branch]))
     service.start_session(admin.to_dict(), created["id"])
     service.check_stream_health()  # no stats yet: nothing to judge
+    link.export_placements.assert_called()  # the session gauges follow the database even so
     master = f"classroom-{school['master']['id']}"
     link.stats = {"sessions": {f"session-{created['id']}": {"master": master, "tracks": {}, "outputs": [
         {"classroom": f"classroom-{branch}", "source_classroom": master, "loss_ratio": 0.12,

@@ -70,21 +70,43 @@ def test_ending_releases_bandwidth_for_the_next_session(db, admin, settings, sch
     assert sessions.get_session(db, admin, second["id"])["status"] == "live"
 
 
-def test_dedicated_delivery_has_one_fixed_branch_and_recurs(db, admin, settings, school):
-    live = schedule(db, admin, settings, school, kind="dedicated_delivery", branches=1, recurrence="weekdays",
-                    recurrence_until=(NOW + timedelta(days=30)).isoformat())
-    with pytest.raises(Conflict, match="one fixed branch"):
-        sessions.join_branch(db, admin, live["id"], school["branches"][1]["id"], {}, settings)
-    sessions.start_session(db, admin, live["id"], settings, now=NOW)
+def test_dedicated_delivery_has_fixed_branches_named_when_scheduled_and_recurs(db, admin, settings, school):
+    live = schedule(db, admin, settings, school, kind="dedicated_delivery", branches=2, recurrence="weekdays",
+                    recurrence_until=(NOW + timedelta(days=30)).isoformat(), branch_bps=20 * MBIT)
+    third = school["branches"][2]["id"]
+    with pytest.raises(Conflict, match="fixed branch classes") as refused:
+        sessions.join_branch(db, admin, live["id"], third, {}, settings)  # not while scheduled ...
+    assert refused.value.fields["branch_classroom_ids"] == [room["id"] for room in school["branches"][:2]]
+    started = sessions.start_session(db, admin, live["id"], settings, now=NOW)
+    assert [member["state"] for member in started["classrooms"]] == ["joined", "joined", "joined"]
+    with pytest.raises(Conflict, match="fixed branch classes"):
+        sessions.join_branch(db, admin, live["id"], third, {}, settings, now=NOW)  # ... nor while live
+    # A named class that dropped out may come back.
+    first = school["branches"][0]["id"]
+    sessions.leave_branch(db, admin, live["id"], first, now=NOW)
+    assert sessions.join_branch(db, admin, live["id"], first, {}, settings, now=NOW)["state"] == "joined"
     after = sessions.end_session(db, admin, live["id"], now=NOW + timedelta(minutes=40))
     assert after["status"] == "scheduled" and after["occurrences_held"] == 1
     assert after["starts_at"] == "2026-03-03T08:00:00Z"
-    assert [member["state"] for member in after["classrooms"]] == ["planned", "planned"]
+    assert [member["state"] for member in after["classrooms"]] == ["planned", "planned", "planned"]
     # Friday's lesson is followed by Monday's.
     friday = NOW + timedelta(days=4)
     sessions.start_session(db, admin, live["id"], settings, now=friday)
     monday = sessions.end_session(db, admin, live["id"], now=friday + timedelta(minutes=40))
     assert monday["starts_at"] == "2026-03-09T08:00:00Z"
+
+
+def test_dedicated_delivery_without_branches_is_invalid(db, admin, settings, school):
+    with pytest.raises(InvalidInput) as invalid:
+        schedule(db, admin, settings, school, kind="dedicated_delivery", branches=0)
+    assert "branch_classroom_ids" in invalid.value.fields
+
+
+def test_master_teacher_sessions_stay_open_to_joins(db, admin, settings, school):
+    live = schedule(db, admin, settings, school, branches=0, branch_bps=20 * MBIT)
+    sessions.start_session(db, admin, live["id"], settings, now=NOW)
+    for room in school["branches"]:
+        assert sessions.join_branch(db, admin, live["id"], room["id"], {}, settings, now=NOW)["state"] == "joined"
 
 
 def test_starting_far_before_the_timetable_is_refused(db, admin, settings, school):
@@ -177,10 +199,12 @@ def test_desired_state_and_sdp_follow_the_live_session(db, admin, settings, scho
                                     "budget_bytes_per_second": 40 * MBIT / 8}
     outputs = {(entry["session"], entry["branches"][0]["classroom"]): {"relay_address": ["127.0.0.1", 51000],
                                                                       "ssrc": 1234}}
-    sdp = sessions.branch_sdp(db, admin, live["id"], first["id"], outputs)
+    sdp = sessions.branch_sdp(db, admin, live["id"], first["id"], {"default": outputs})
     assert "m=video 40002 RTP/AVP 96" in sdp and "c=IN IP4 127.0.0.1" in sdp and "a=rtcp:51000" in sdp
     with pytest.raises(sessions.DataPlaneUnavailable):
-        sessions.branch_sdp(db, admin, live["id"], school["branches"][1]["id"], outputs)
+        sessions.branch_sdp(db, admin, live["id"], school["branches"][1]["id"], {"default": outputs})
+    with pytest.raises(sessions.DataPlaneUnavailable):  # another data plane's view does not count
+        sessions.branch_sdp(db, admin, live["id"], first["id"], {"relay-1": outputs})
 
 
 def test_stream_health_publishes_only_changes(db, admin, settings, school):

@@ -1,8 +1,15 @@
-"""``python -m services.classroom_relay.dataplane --media-port 5004 --control-port 7070 --metrics-port 9464``"""
+"""``python -m services.classroom_relay.dataplane --media-port 5004 --control-port 7070 --metrics-port 9464``
+
+The control channel listens on 127.0.0.1 unless ``--control-host`` says otherwise (in Kubernetes the
+central classroom_relay service reaches each pod's control port; a NetworkPolicy admits only it). Set
+RELAY_CONTROL_SECRET in the environment (never on the command line, where `ps` shows it) to make every
+control connection authenticate with it first.
+"""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import os
 import signal
 import sys
@@ -18,6 +25,10 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--media-port", type=int, default=int(os.environ.get("RELAY_MEDIA_PORT", "5004")))
     parser.add_argument("--rtcp-port", type=int, default=0, help="default: media port + 1")
     parser.add_argument("--control-port", type=int, default=int(os.environ.get("RELAY_CONTROL_PORT", "7070")))
+    parser.add_argument(
+        "--control-host", default=os.environ.get("RELAY_CONTROL_HOST", "127.0.0.1"),
+        help="address the TCP control channel listens on (default 127.0.0.1)",
+    )
     parser.add_argument("--control-socket", default=None, help="Unix socket path instead of the TCP port")
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("RELAY_METRICS_PORT", "9464")))
     parser.add_argument("--metrics-host", default="127.0.0.1")
@@ -25,6 +36,13 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-gso", action="store_true", help="send one datagram per system call")
     parser.add_argument("--cpu", type=int, default=None, help="pin the loop to this CPU")
     return parser.parse_args(argv)
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name
+        return host == "localhost"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -40,7 +58,14 @@ def main(argv: list[str] | None = None) -> int:
             use_gso=not arguments.no_gso,
         )
     )
-    control = serve_control(engine, port=arguments.control_port, unix_path=arguments.control_socket)
+    control_secret = os.environ.get("RELAY_CONTROL_SECRET") or None
+    if not arguments.control_socket and not _is_loopback(arguments.control_host) and control_secret is None:
+        print(f"relay-dataplane: control channel on {arguments.control_host} without RELAY_CONTROL_SECRET; "
+              "only the network policy keeps others from it", file=sys.stderr, flush=True)
+    control = serve_control(
+        engine, port=arguments.control_port, unix_path=arguments.control_socket, host=arguments.control_host,
+        secret=control_secret,
+    )
     if arguments.metrics_port:
         serve_metrics(engine.snapshot_locked, arguments.metrics_port, arguments.metrics_host)
 

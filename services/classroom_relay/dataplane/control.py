@@ -1,4 +1,4 @@
-"""Control channel: line-delimited JSON over TCP on 127.0.0.1 (or a Unix socket).
+"""Control channel: line-delimited JSON over TCP (127.0.0.1 unless told otherwise) or a Unix socket.
 
 One request per line, one reply per line, in order. Every request is ``{"op": ..., "id": <optional,
 echoed>}`` plus fields; every reply is ``{"ok": true, "id": ..., ...}`` or ``{"ok": false, "id": ...,
@@ -6,10 +6,14 @@ echoed>}`` plus fields; every reply is ``{"ok": true, "id": ..., ...}`` or ``{"o
 and ``set_state`` replaces the whole desired state at once, so either side may restart at any time:
 the control plane reconnects, sees a new ``instance`` in ``hello`` and pushes its state again.
 See ``OPERATIONS`` for the operations and their fields.
+
+With a control secret (``serve_control(secret=...)``), a connection must first send ``hello`` with
+``"secret"``; anything else before that is answered ``unauthorized``. Without one nothing changes.
 """
 
 from __future__ import annotations
 
+import hmac
 import json
 import os
 import socket
@@ -25,7 +29,7 @@ PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 1 << 20
 
 OPERATIONS = {
-    "hello": "→ instance, protocol, media_address, rtcp_address, gso",
+    "hello": "secret? → instance, protocol, media_address, rtcp_address, gso",
     "set_secrets": "secrets: [str] (first = current; all accepted for verification)",
     "set_session": "session, master",
     "remove_session": "session",
@@ -193,6 +197,7 @@ class _LineHandler(socketserver.StreamRequestHandler):
     server: _ControlServerMixin
 
     def handle(self) -> None:
+        authenticated = self.server.secret is None
         while True:
             line = self.rfile.readline(MAX_LINE_BYTES + 1)
             if not line:
@@ -207,8 +212,21 @@ class _LineHandler(socketserver.StreamRequestHandler):
             except (ValueError, UnicodeDecodeError):
                 reply = {"ok": False, "error": "bad_json", "message": "not a JSON line"}
             else:
-                reply = self.server.control.handle(request)
+                if not authenticated:
+                    authenticated = self._authenticates(request)
+                    reply = self.server.control.handle(request) if authenticated else {
+                        "ok": False, "id": request.get("id") if isinstance(request, dict) else None,
+                        "error": "unauthorized", "message": "send hello with the control secret first",
+                    }
+                else:
+                    reply = self.server.control.handle(request)
             self._reply(reply)
+
+    def _authenticates(self, request: Any) -> bool:
+        if not isinstance(request, dict) or request.get("op") != "hello" or not isinstance(request.get("secret"), str):
+            return False
+        assert self.server.secret is not None
+        return hmac.compare_digest(request["secret"].encode(), self.server.secret)
 
     def _reply(self, reply: dict) -> None:
         self.wfile.write(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
@@ -216,6 +234,7 @@ class _LineHandler(socketserver.StreamRequestHandler):
 
 class _ControlServerMixin:
     control: ControlHandler
+    secret: bytes | None = None
     daemon_threads = True
     allow_reuse_address = True
 
@@ -228,15 +247,19 @@ class _UnixControlServer(_ControlServerMixin, socketserver.ThreadingUnixStreamSe
     pass
 
 
-def serve_control(engine: Engine, port: int | None = None, unix_path: str | None = None) -> socketserver.BaseServer:
+def serve_control(
+    engine: Engine, port: int | None = None, unix_path: str | None = None, host: str = "127.0.0.1",
+    secret: str | None = None,
+) -> socketserver.BaseServer:
     """Start the control server in a daemon thread; returns it (``server_address`` has the port)."""
     if unix_path:
         if os.path.exists(unix_path):
             os.unlink(unix_path)  # a stale socket from a previous run
         server: socketserver.BaseServer = _UnixControlServer(unix_path, _LineHandler)
     else:
-        server = _TcpControlServer(("127.0.0.1", port or 0), _LineHandler)
+        server = _TcpControlServer((host, port or 0), _LineHandler)
     server.control = ControlHandler(engine)
+    server.secret = secret.encode() if secret else None
     threading.Thread(target=server.serve_forever, name="relay-control", daemon=True).start()
     return server
 
@@ -245,12 +268,15 @@ class ControlClient:
     """A small blocking client (usable from the nameko control plane and from tests).
 
     Reconnects once per call when the data plane went away, so a restarted data plane is reached
-    again; the caller notices the restart by ``hello()["instance"]`` changing.
+    again; the caller notices the restart by ``hello()["instance"]`` changing. With ``secret`` every
+    new connection starts with an authenticating ``hello``.
     """
 
     def __init__(
-        self, host: str = "127.0.0.1", port: int | None = None, unix_path: str | None = None, timeout: float = 5.0
+        self, host: str = "127.0.0.1", port: int | None = None, unix_path: str | None = None, timeout: float = 5.0,
+        secret: str | None = None,
     ) -> None:
+        self.secret = secret
         self.host = host
         self.port = port
         self.unix_path = unix_path
@@ -268,6 +294,12 @@ class ControlClient:
             sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
         self._sock = sock
         self._reader = sock.makefile("rb")
+        if self.secret:
+            sock.sendall(json.dumps({"op": "hello", "secret": self.secret}).encode() + b"\n")
+            reply = json.loads(self._reader.readline(MAX_LINE_BYTES + 1) or b"{}")
+            if not reply.get("ok"):
+                self.close()
+                raise PermissionError(f"the data plane refused the control secret: {reply.get('error')}")
 
     def close(self) -> None:
         if self._reader is not None:

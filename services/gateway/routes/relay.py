@@ -108,7 +108,8 @@ ROUTES = [
     Route("DELETE", BRANCH, leave_branch, "A branch classroom leaves the session", "relay", relay.MemberOut,
           writes=True),
     Route("POST", BRANCH + "/join-token", issue_join_token,
-          "A join token for this classroom's encoder (send `hello` from its RTP port first)", "relay",
+          "A join token for this classroom's encoder (send `hello` from its RTP port to `media_address`, the "
+          "session's data plane, once the session is live)", "relay",
           relay.JoinTokenOut, 201, relay.TokenIn, writes=True),
     Route("GET", BRANCH + "/sdp", get_branch_sdp, "The SDP a receiving classroom plays (application/sdp)",
           "relay", response_content_type="application/sdp", error_statuses=(503,)),
