@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -128,12 +130,23 @@ def dataplane(request: pytest.FixtureRequest) -> Iterator[DataPlane]:
             assert "Traceback" not in errors, errors
 
 
+# Linux's SO_TIMESTAMPNS (also its control-message type); Python's socket module does not name it.
+SO_TIMESTAMPNS = 35
+TIMESPEC = struct.Struct("@qq")
+
+
 class UdpCollector:
-    """A receiving classroom made of a plain UDP socket: counts what arrives and when."""
+    """A receiving classroom made of a plain UDP socket: counts what arrives and when.
+
+    Arrival times are the kernel's receive timestamps, not the time this thread got around to reading:
+    under load the reader is descheduled and then drains a backlog at once, which would make a paced
+    stream look bursty when it was not.
+    """
 
     def __init__(self) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        self.sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.arrivals: list[tuple[float, int]] = []
@@ -146,14 +159,26 @@ class UdpCollector:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            self.sock.settimeout(remaining)
-            try:
-                size = self.sock.recv_into(buffer)
-            except TimeoutError:
+            # Under the test process's eventlet patching, recvmsg_into does not wait for data by itself
+            # (it answers EAGAIN), so wait with select, which eventlet makes cooperative.
+            readable, _, _ = select.select([self.sock], [], [], remaining)
+            if not readable:
                 return
-            self.arrivals.append((time.monotonic(), size))
+            try:
+                size, ancillary, _flags, _address = self.sock.recvmsg_into([buffer], socket.CMSG_SPACE(TIMESPEC.size))
+            except BlockingIOError:
+                continue
+            self.arrivals.append((self._kernel_time(ancillary), size))
             if keep:
                 self.packets.append(bytes(buffer[:size]))
+
+    @staticmethod
+    def _kernel_time(ancillary: list[tuple[int, int, bytes]]) -> float:
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= TIMESPEC.size:
+                seconds, nanoseconds = TIMESPEC.unpack_from(data)
+                return seconds + nanoseconds / 1e9
+        return time.time()  # the same clock (CLOCK_REALTIME) if the kernel sent no timestamp
 
     def close(self) -> None:
         self.sock.close()

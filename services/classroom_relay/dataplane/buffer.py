@@ -10,6 +10,9 @@ so a NACK from a receiver (which only knows rewritten sequence numbers) finds th
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import repeat
+
 from .rtp import MAX_DATAGRAM_BYTES
 
 
@@ -82,6 +85,31 @@ class PacketRing:
         self.serial[slot] = serial
         return serial
 
+    def stamp_batch(
+        self,
+        first: int,
+        lengths: Sequence[int],
+        ssrcs: Sequence[int],
+        sequence_numbers: Sequence[int],
+        timestamps: Sequence[int],
+    ) -> int:
+        """``stamp`` slots ``first ..`` of a received batch at once (keyframe: False until told otherwise).
+
+        Every slot gets a new serial, dropped packets too: a cache reference to what the slot held before
+        must stop matching as soon as its bytes are overwritten. Returns the first serial.
+        """
+        count = len(lengths)
+        end = first + count
+        serial = self.next_serial
+        self.next_serial = serial + count
+        self.length[first:end] = lengths
+        self.ssrc[first:end] = ssrcs
+        self.sequence_number[first:end] = sequence_numbers
+        self.timestamp[first:end] = timestamps
+        self.keyframe[first:end] = repeat(False, count)
+        self.serial[first:end] = range(serial, serial + count)
+        return serial
+
     def holds(self, slot: int, serial: int) -> bool:
         return self.serial[slot] == serial
 
@@ -104,6 +132,32 @@ class OutputHistory:
         self.slots[index] = slot
         self.serials[index] = serial
         self.sent_sequence[index] = out_sequence
+
+    def remember_run(
+        self,
+        sequence_offset: int,
+        in_sequences: Sequence[int],
+        slots: Sequence[int],
+        serials: Sequence[int],
+        in_order: bool,
+    ) -> None:
+        """``remember`` a run sent with ``out = (in + sequence_offset) & 0xFFFF``; slices when consecutive."""
+        count = len(slots)
+        first_out = (in_sequences[0] + sequence_offset) & 0xFFFF
+        start = first_out & self.mask
+        if in_order and start + count <= self.mask + 1 and first_out + count <= 0x10000:
+            end = start + count
+            self.slots[start:end] = slots
+            self.serials[start:end] = serials
+            self.sent_sequence[start:end] = range(first_out, first_out + count)
+            return
+        mask, history_slots, history_serials, sent = self.mask, self.slots, self.serials, self.sent_sequence
+        for in_sequence, slot, serial in zip(in_sequences, slots, serials, strict=True):
+            out_sequence = (in_sequence + sequence_offset) & 0xFFFF
+            index = out_sequence & mask
+            history_slots[index] = slot
+            history_serials[index] = serial
+            sent[index] = out_sequence
 
     def find(self, out_sequence: int, ring: PacketRing) -> int:
         """Slot still holding the packet sent as ``out_sequence``, or -1 if it fell out of the cache."""

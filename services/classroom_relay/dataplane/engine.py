@@ -12,12 +12,13 @@ the loop holds only while it works on a batch (never while it waits).
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import select
 import socket
-import struct
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from . import rtp
@@ -42,7 +43,7 @@ from .rtcp import (
     parse_compound,
     round_trip_seconds,
 )
-from .udpbatch import GsoStage, RingReceiver, gso_available
+from .udpbatch import MSG_TRUNC, GsoStage, RingGather, RingReceiver, gso_available, gso_chunks, sendmmsg_available
 
 TICK_SECONDS = 0.1
 RATE_SAMPLE_SECONDS = 0.5
@@ -55,8 +56,8 @@ SEND_BUFFER_BYTES = 4 << 20
 MAX_BATCHES_PER_WAKE = 8
 
 _ADDRESS_IP_MASK = 0xFFFFFFFF
-_FIXED_HEADER = struct.Struct("!BBHII")
-_REWRITE = struct.Struct("!HII")  # sequence number, timestamp, SSRC at bytes 2..12
+# First payload octets of H.264 non-IDR slices (NAL type 1, any NRI/F bits): never the start of a keyframe.
+_NON_IDR_SLICE_OCTETS = frozenset(octet for octet in range(256) if octet & 0x1F == 1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +197,60 @@ class Output:
         self.sock.close()
 
 
+class LayerBatch:
+    """The packets one layer contributed to the current batch: what every output following it sends.
+
+    Built once per layer per batch and shared by all its outputs, so per-output work is a rewrite loop
+    and one send call.
+    """
+
+    __slots__ = (
+        "gather_start",
+        "gso_chunks",
+        "header_offsets",
+        "in_order",
+        "keyframe_timestamps",
+        "layer",
+        "sequences",
+        "serials",
+        "sizes",
+        "slots",
+        "timestamps",
+        "total_bytes",
+    )
+
+    def __init__(
+        self,
+        layer: Layer,
+        slots: Sequence[int],
+        serials: Sequence[int],
+        header_offsets: Sequence[int],
+        sizes: Sequence[int],
+        sequences: Sequence[int],
+        timestamps: Sequence[int],
+        keyframe_timestamps: list[int],
+    ) -> None:
+        self.layer = layer
+        self.slots = slots
+        self.serials = serials
+        self.header_offsets = header_offsets  # where each packet's sequence number starts in the ring
+        self.sizes = sizes
+        self.sequences = sequences
+        self.timestamps = timestamps
+        self.keyframe_timestamps = keyframe_timestamps
+        self.total_bytes = sum(sizes)
+        self.in_order = _consecutive(sequences)
+        self.gather_start = 0
+        self.gso_chunks: list[tuple[int, int, int]] = []
+
+
+def _consecutive(sequence_numbers: Sequence[int]) -> bool:
+    """Each number is the previous + 1 (no loss, no reordering, no wrap): compared at C speed."""
+    first = sequence_numbers[0]
+    count = len(sequence_numbers)
+    return first + count <= 0x10000 and tuple(sequence_numbers) == tuple(range(first, first + count))
+
+
 class Session:
     def __init__(self, session: str, master: str) -> None:
         self.session = session
@@ -243,6 +298,8 @@ class Engine:
         rtcp_port = config.rtcp_port or (media_port + 1 if config.media_port else 0)
         self.rtcp_socket = self._bind_udp(rtcp_port)
         self.media_receiver = RingReceiver(self.media_socket, self.ring, config.batch)
+        # Outputs send whole runs straight from the ring; without sendmmsg they go packet by packet.
+        self.gather = RingGather(self.ring, config.batch) if sendmmsg_available() else None
         self.rtcp_buffer = bytearray(rtp.MAX_DATAGRAM_BYTES)
         self.poller = select.epoll()
         self.poller.register(self.media_socket.fileno(), select.EPOLLIN)
@@ -323,120 +380,292 @@ class Engine:
                 return
 
     def _process_batch(self, first: int, count: int, now: float) -> None:
-        """Validate, admit and forward one received batch.
+        """Validate, admit and forward one received batch (slots ``first .. first+count-1``).
 
-        This is the per-packet path, so the common case is written out inline (fixed 12-byte header,
-        known sender, tokens available); anything unusual takes the general methods.
+        Work is done per batch wherever the packets allow it: the headers, lengths and sources of the
+        whole batch are read with one ``struct`` call each, the ring is stamped with slice assignments,
+        and each output sends the packets of its layer with one sendmmsg / GSO send. Only validation,
+        admission and keyframe detection look at every packet in Python.
         """
         ring = self.ring
-        data = ring.data
-        ring_view = ring.view
-        slot_bytes = ring.slot_bytes
-        ring_length, ring_ssrc, ring_sequence = ring.length, ring.ssrc, ring.sequence_number
-        ring_timestamp, ring_keyframe, ring_serial = ring.timestamp, ring.keyframe, ring.serial
-        header = self.header
-        receiver = self.media_receiver
-        read_length = receiver.length
-        read_key = receiver.source_key
-        drop_counts = self.drops.counts
-        layers = self.layers
-        unpack_header = _FIXED_HEADER.unpack_from
-        pack_rewrite = _REWRITE.pack_into
-        gso = self.gso_enabled
-        serial = ring.next_serial
-        for slot in range(first, first + count):
-            offset = slot * slot_bytes
-            size = read_length(slot)
-            if size >= slot_bytes and receiver.truncated(slot):
-                drop_counts[rtp.TOO_LARGE] += 1
-                continue
-            key = read_key(slot)
-            if size > 12 and data[offset] == 0x80 and data[offset + 1] < 192:
-                # Fast path: version 2, no padding, extension or CSRCs, not RTCP.
-                _first, _second, sequence_number, timestamp, ssrc = unpack_header(data, offset)
-                payload_offset = offset + 12
-                payload_length = size - 12
-            else:
-                if size >= 2 and 192 <= data[offset + 1] <= 223:
-                    self._handle_rtcp(data, offset, size, key, now, None)
-                    continue
-                reason = rtp.parse_rtp(data, offset, size, header)
-                if reason:
-                    if reason == rtp.BAD_VERSION and self._handle_hello(data, offset, size, key):
+        lengths, flags, keys = self.media_receiver.batch_metadata(first, count)
+        fields = rtp.batch_header_struct(count, ring.slot_bytes).unpack_from(ring.data, first * ring.slot_bytes)
+        sequences, timestamps = fields[2 :: rtp.BATCH_FIELDS], fields[3 :: rtp.BATCH_FIELDS]
+        first_serial = ring.stamp_batch(first, lengths, fields[4 :: rtp.BATCH_FIELDS], sequences, timestamps)
+        accepted, keyframes = self._classify_single_source(first, lengths, flags, keys, fields) or self._classify(
+            first, lengths, flags, keys, fields, now
+        )
+        if not accepted:
+            return
+        batches = [
+            self._layer_batch(layer, indices, keyframes, first, first_serial, lengths, sequences, timestamps)
+            for layer, indices in accepted.items()
+        ]
+        for batch in batches:
+            self._account_layer(batch, now)
+        if self.gather is not None:
+            self._load_gather(batches)
+        self._forward_batches(batches, now)
+
+    def _classify_single_source(
+        self,
+        first: int,
+        lengths: Sequence[int],
+        flags: Sequence[int],
+        keys: Sequence[int],
+        fields: Sequence[int],
+    ) -> tuple[dict[Layer, Sequence[int]], list[tuple[Layer, int]]] | None:
+        """``_classify`` for the usual batch, checked column by column at C speed: every packet a plain RTP
+        packet (fast-path header, not truncated) of one known layer from its pinned sender. None when any
+        packet needs the per-packet path."""
+        step = rtp.BATCH_FIELDS
+        count = len(lengths)
+        ssrcs = fields[4::step]
+        layer = self.layers.get(ssrcs[0])
+        if layer is None or layer.sender_key != keys[0]:
+            return None
+        if (
+            ssrcs.count(ssrcs[0]) != count
+            or keys.count(keys[0]) != count
+            or flags.count(0) != count
+            or min(lengths) <= 12
+            or fields[0::step].count(0x80) != count
+            or max(fields[1::step]) >= 192
+        ):
+            return None
+        keyframes: list[tuple[Layer, int]] = []
+        payload_octets = fields[5::step]
+        if not _NON_IDR_SLICE_OCTETS.issuperset(payload_octets):  # some packet may start a keyframe
+            data, slot_bytes, ring_keyframe = self.ring.data, self.ring.slot_bytes, self.ring.keyframe
+            for index, octet in enumerate(payload_octets):
+                offset = (first + index) * slot_bytes
+                if octet & 0x1F != 1 and is_keyframe_start(data, offset + 12, lengths[index] - 12):
+                    ring_keyframe[first + index] = True
+                    keyframes.append((layer, index))
+        return {layer: range(count)}, keyframes
+
+    def _classify(
+        self,
+        first: int,
+        lengths: Sequence[int],
+        flags: Sequence[int],
+        keys: Sequence[int],
+        fields: Sequence[int],
+        now: float,
+    ) -> tuple[dict[Layer, Sequence[int]], list[tuple[Layer, int]]]:
+        """Validate and admit every packet: per layer, the batch indices of its packets in arrival order,
+        and the (layer, index) of keyframe packets (also marked in the ring)."""
+        data = self.ring.data
+        slot_bytes = self.ring.slot_bytes
+        ring_keyframe = self.ring.keyframe
+        layers_get = self.layers.get
+        accepted: dict[Layer, Sequence[int]] = {}
+        keyframes: list[tuple[Layer, int]] = []
+        current_layer: Layer | None = None
+        current_indices: list[int] = []
+        offset = (first - 1) * slot_bytes
+        step = rtp.BATCH_FIELDS
+        for index, (size, flag, key, first_octet, second_octet, ssrc, payload_octet) in enumerate(
+            zip(lengths, flags, keys, fields[0::step], fields[1::step], fields[4::step], fields[5::step], strict=True)
+        ):
+            offset += slot_bytes
+            if size > 12 and first_octet == 0x80 and second_octet < 192 and not flag:
+                # Fast path: version 2, no padding, extension or CSRCs, not RTCP, not truncated.
+                layer = layers_get(ssrc)
+                if layer is None or layer.sender_key != key:
+                    layer = self._admit_layer(key, ssrc)
+                    if layer is None:
                         continue
-                    drop_counts[reason] += 1
-                    continue
-                sequence_number, timestamp, ssrc = header.sequence_number, header.timestamp, header.ssrc
-                payload_offset, payload_length = header.payload_offset, header.payload_length
-            layer = layers.get(ssrc)
-            if layer is None or layer.sender_key != key:
-                layer = self._admit_layer(key, ssrc)
+                # Non-IDR slices (1) are the bulk of the stream; only other NAL types need a closer look.
+                if payload_octet & 0x1F != 1 and is_keyframe_start(data, offset + 12, size - 12):
+                    ring_keyframe[first + index] = True
+                    keyframes.append((layer, index))
+            else:
+                layer = self._classify_unusual(first + index, offset, size, flag, key, now)
                 if layer is None:
                     continue
-            nal_type = data[payload_offset] & 0x1F
-            # Non-IDR slices (1) are the bulk of the stream; only other NAL types need a closer look.
-            keyframe = nal_type != 1 and is_keyframe_start(data, payload_offset, payload_length)
-            ring_length[slot] = size
-            ring_ssrc[slot] = ssrc
-            ring_sequence[slot] = sequence_number
-            ring_timestamp[slot] = timestamp
-            ring_keyframe[slot] = keyframe
-            ring_serial[slot] = serial
-            packet_serial = serial
-            serial += 1
-            layer.bytes_in += size
-            layer.packets_in += 1
-            layer.last_packet_time = now
-            layer.reception.on_packet(sequence_number, timestamp, now)
-            if keyframe and timestamp != layer.last_keyframe_timestamp:
+                if ring_keyframe[first + index]:
+                    keyframes.append((layer, index))
+            if layer is not current_layer:
+                current_layer = layer
+                current_indices = accepted.get(layer)
+                if current_indices is None:
+                    current_indices = accepted[layer] = []
+            current_indices.append(index)
+        return accepted, keyframes
+
+    def _classify_unusual(self, slot: int, offset: int, size: int, flag: int, key: int, now: float) -> Layer | None:
+        """Everything off the fast path: truncated, RTCP, a hello, RTP with CSRCs/extension/padding, junk."""
+        data = self.ring.data
+        if flag & MSG_TRUNC:
+            self.drops.counts[rtp.TOO_LARGE] += 1
+            return None
+        if size >= 2 and 192 <= data[offset + 1] <= 223:
+            self._handle_rtcp(data, offset, size, key, now, None)
+            return None
+        header = self.header
+        reason = rtp.parse_rtp(data, offset, size, header)
+        if reason:
+            if reason == rtp.BAD_VERSION and self._handle_hello(data, offset, size, key):
+                return None
+            self.drops.counts[reason] += 1
+            return None
+        layer = self.layers.get(header.ssrc)
+        if layer is None or layer.sender_key != key:
+            layer = self._admit_layer(key, header.ssrc)
+            if layer is None:
+                return None
+        payload_offset = header.payload_offset
+        if data[payload_offset] & 0x1F != 1 and is_keyframe_start(data, payload_offset, header.payload_length):
+            self.ring.keyframe[slot] = True
+        return layer
+
+    def _layer_batch(
+        self,
+        layer: Layer,
+        indices: Sequence[int],
+        keyframes: list[tuple[Layer, int]],
+        first: int,
+        first_serial: int,
+        lengths: Sequence[int],
+        sequences: Sequence[int],
+        timestamps: Sequence[int],
+    ) -> LayerBatch:
+        count = len(indices)
+        slot_bytes = self.ring.slot_bytes
+        if count == len(lengths):  # the whole batch is this layer's (the common case): nothing to pick
+            slots: Sequence[int] = range(first, first + count)
+            serials: Sequence[int] = range(first_serial, first_serial + count)
+            header_offsets: Sequence[int] = range(first * slot_bytes + 2, (first + count) * slot_bytes, slot_bytes)
+            sizes, layer_sequences, layer_timestamps = lengths, sequences, timestamps
+        else:
+            slots = [first + index for index in indices]
+            serials = [first_serial + index for index in indices]
+            header_offsets = [slot * slot_bytes + 2 for slot in slots]
+            sizes = [lengths[index] for index in indices]
+            layer_sequences = [sequences[index] for index in indices]
+            layer_timestamps = [timestamps[index] for index in indices]
+        keyframe_timestamps = [timestamps[index] for owner, index in keyframes if owner is layer]
+        return LayerBatch(
+            layer, slots, serials, header_offsets, sizes, layer_sequences, layer_timestamps, keyframe_timestamps
+        )
+
+    @staticmethod
+    def _account_layer(batch: LayerBatch, now: float) -> None:
+        """Per-layer receive statistics, once per batch."""
+        layer = batch.layer
+        layer.bytes_in += batch.total_bytes
+        layer.packets_in += len(batch.slots)
+        layer.last_packet_time = now
+        layer.reception.on_batch(batch.sequences, batch.timestamps, now)
+        for timestamp in batch.keyframe_timestamps:
+            if timestamp != layer.last_keyframe_timestamp:
                 layer.last_keyframe_timestamp = timestamp
                 layer.keyframes_in += 1
-            packet_view = ring_view[offset : offset + size]
-            for output in layer.track.outputs:
+
+    def _load_gather(self, batches: list[LayerBatch]) -> None:
+        """Point the shared iovecs at this batch's packets, layer after layer; plan the GSO chunks."""
+        gather = self.gather
+        if len(batches) == 1:
+            gather.load(batches[0].slots, batches[0].sizes)
+        else:
+            gather.load(
+                [slot for batch in batches for slot in batch.slots], [size for batch in batches for size in batch.sizes]
+            )
+        start = 0
+        for batch in batches:
+            batch.gather_start = start
+            if self.gso_enabled:
+                batch.gso_chunks = gso_chunks(batch.sizes, start)
+            start += len(batch.slots)
+
+    def _forward_batches(self, batches: list[LayerBatch], now: float) -> None:
+        """Hand each output the packets of the layer it follows (or walk them one by one at a switch)."""
+        by_track: dict[Track, dict[int, LayerBatch]] = {}
+        for batch in batches:
+            by_track.setdefault(batch.layer.track, {})[batch.layer.ssrc] = batch
+        for track, by_ssrc in by_track.items():
+            ambiguous = len(by_ssrc) != sum(batch.layer.track is track for batch in batches)
+            for output in track.outputs:
                 forwarder = output.forwarder
-                if forwarder.layer_ssrc != ssrc:
-                    if not (keyframe and output.target_ssrc == ssrc):
-                        continue
-                    output.queue.clear()  # packets of the old layer would only confuse the decoder now
-                    self.outputs_with_queue.discard(output)
-                    forwarder.switch_to(ssrc, sequence_number, timestamp, now)
-                bucket = output.bucket
-                if keyframe or output.queue.entries or bucket.tokens < size:
-                    ring.next_serial = serial
-                    self._forward(
-                        output, slot, packet_serial, offset, size, sequence_number, timestamp, keyframe, now
-                    )
+                target = output.target_ssrc
+                switching = target != forwarder.layer_ssrc and target in by_ssrc and by_ssrc[target].keyframe_timestamps
+                if ambiguous or switching:
+                    # A layer switch lands inside this batch: keep the exact arrival order across layers.
+                    arrival_order = sorted(slot for batch in by_ssrc.values() for slot in batch.slots)
+                    self._forward_packetwise(output, arrival_order, now)
                     continue
-                bucket.tokens -= size
-                out_sequence = (sequence_number + forwarder.sequence_offset) & 0xFFFF
-                out_timestamp = (timestamp + forwarder.timestamp_offset) & 0xFFFFFFFF
-                if gso:  # copy into the output's staging buffer; sent per batch with UDP_SEGMENT
-                    stage = output.gso
-                    if stage.segments and (size > stage.segment_bytes or stage.last_is_short):
-                        self._flush_gso(output)
-                    position = stage.append(ring_view, offset, size)
-                    pack_rewrite(stage.buffer, position + 2, out_sequence, out_timestamp, forwarder.out_ssrc)
-                    if stage.full():
-                        self._flush_gso(output)
-                else:  # rewrite in place: the send copies it out before the next output rewrites it
-                    pack_rewrite(data, offset + 2, out_sequence, out_timestamp, forwarder.out_ssrc)
-                    try:
-                        output.sock.send(packet_view)
-                    except OSError as error:
-                        self._count_send_error(output, error, 1)
-                if ((out_sequence - forwarder.last_out_sequence) & 0xFFFF) < 0x8000:
-                    forwarder.last_out_sequence = out_sequence
-                    forwarder.last_out_timestamp = out_timestamp
-                forwarder.last_out_time = now
-                history = output.history
-                index = out_sequence & history.mask
-                history.slots[index] = slot
-                history.serials[index] = packet_serial
-                history.sent_sequence[index] = out_sequence
-                output.bytes_out += size
-                output.packets_out += 1
-                output.last_media_time = now
-        ring.next_serial = serial
+                batch = by_ssrc.get(forwarder.layer_ssrc)
+                if batch is not None:
+                    self._forward_run(output, batch, now)
+
+    def _forward_run(self, output: Output, batch: LayerBatch, now: float) -> None:
+        """Send one output its layer's packets of this batch: one rewrite loop, one send call."""
+        bucket = output.bucket
+        if output.queue.entries or bucket.tokens < batch.total_bytes or self.gather is None:
+            self._forward_packetwise(output, batch.slots, now)  # the pacer decides packet by packet
+            return
+        bucket.tokens -= batch.total_bytes
+        for timestamp in batch.keyframe_timestamps:
+            if timestamp != output.last_keyframe_timestamp:
+                output.last_keyframe_timestamp = timestamp
+                output.keyframes_out += 1
+        forwarder = output.forwarder
+        forwarder.rewrite_run(
+            self.ring.data, batch.header_offsets, batch.sequences, batch.timestamps, batch.in_order, now
+        )
+        output.history.remember_run(
+            forwarder.sequence_offset, batch.sequences, batch.slots, batch.serials, batch.in_order
+        )
+        self._send_gathered(output, batch)
+        output.bytes_out += batch.total_bytes
+        output.packets_out += len(batch.slots)
+        output.last_media_time = now
+
+    def _send_gathered(self, output: Output, batch: LayerBatch) -> None:
+        gather = self.gather
+        fd = output.fd
+        if self.gso_enabled:
+            for start, count, segment_bytes in batch.gso_chunks:
+                if not gather.send_segmented(fd, start, count, segment_bytes):
+                    self._count_send_errno(output, gather.last_errno, count)
+            return
+        start = batch.gather_start
+        end = start + len(batch.slots)
+        while start < end:
+            sent = gather.send_each(fd, start, end - start)
+            if sent <= 0:  # this datagram failed, as a send() of it would have: count it, go on with the rest
+                self._count_send_errno(output, gather.last_errno, 1)
+                sent = 1
+            start += sent
+
+    def _forward_packetwise(self, output: Output, slots: Sequence[int], now: float) -> None:
+        """The general path, packet by packet in arrival order: layer switches, pacing queue, tokens short."""
+        ring = self.ring
+        ring_ssrc, ring_keyframe = ring.ssrc, ring.keyframe
+        ring_sequence, ring_timestamp = ring.sequence_number, ring.timestamp
+        forwarder = output.forwarder
+        for slot in slots:
+            ssrc = ring_ssrc[slot]
+            keyframe = ring_keyframe[slot]
+            sequence_number, timestamp = ring_sequence[slot], ring_timestamp[slot]
+            if forwarder.layer_ssrc != ssrc:
+                if not (keyframe and output.target_ssrc == ssrc):
+                    continue
+                output.queue.clear()  # packets of the old layer would only confuse the decoder now
+                self.outputs_with_queue.discard(output)
+                forwarder.switch_to(ssrc, sequence_number, timestamp, now)
+            self._forward(
+                output,
+                slot,
+                ring.serial[slot],
+                slot * ring.slot_bytes,
+                ring.length[slot],
+                sequence_number,
+                timestamp,
+                keyframe,
+                now,
+            )
 
     def _forward(
         self,
@@ -493,6 +722,11 @@ class Engine:
     def _count_send_error(self, output: Output, error: OSError, packets: int) -> None:
         output.send_errors += 1
         reason = rtp.DESTINATION_UNREACHABLE if isinstance(error, ConnectionRefusedError) else rtp.SEND_FAILED
+        self.drops.counts[reason] += packets
+
+    def _count_send_errno(self, output: Output, number: int, packets: int) -> None:
+        output.send_errors += 1
+        reason = rtp.DESTINATION_UNREACHABLE if number == errno.ECONNREFUSED else rtp.SEND_FAILED
         self.drops.counts[reason] += packets
 
     def _flush_gso(self, output: Output) -> None:

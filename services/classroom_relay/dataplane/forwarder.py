@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 
 _SEQUENCE_TIMESTAMP_SSRC = struct.Struct("!HII")  # bytes 2..12 of the RTP header
 
@@ -81,3 +82,46 @@ class Forwarder:
     def rewrite_copy(self, buffer: bytearray | memoryview, offset: int, out_sequence: int, out_timestamp: int) -> None:
         """Write already-computed outgoing values (used for retransmissions and paced packets)."""
         _SEQUENCE_TIMESTAMP_SSRC.pack_into(buffer, offset + 2, out_sequence, out_timestamp, self.out_ssrc)
+
+    def rewrite_run(
+        self,
+        buffer: bytearray,
+        header_offsets: Sequence[int],
+        in_sequences: Sequence[int],
+        in_timestamps: Sequence[int],
+        in_order: bool,
+        now: float,
+    ) -> None:
+        """``rewrite`` for a run of packets of the followed layer (``header_offsets``: RTP header + 2).
+
+        ``in_order``: each sequence number is the previous one + 1, so the "last" state only depends on
+        the first and last packet instead of a comparison per packet.
+        """
+        sequence_offset, timestamp_offset = self.sequence_offset, self.timestamp_offset
+        out_ssrc = self.out_ssrc
+        pack = _SEQUENCE_TIMESTAMP_SSRC.pack_into
+        for header_offset, in_sequence, in_timestamp in zip(header_offsets, in_sequences, in_timestamps, strict=True):
+            pack(
+                buffer,
+                header_offset,
+                (in_sequence + sequence_offset) & 0xFFFF,
+                (in_timestamp + timestamp_offset) & 0xFFFFFFFF,
+                out_ssrc,
+            )
+        last_sequence = self.last_out_sequence
+        if in_order:
+            # Consecutive numbers: if any of them is ahead of "last", all after it are, so the last one wins.
+            first_out = (in_sequences[0] + sequence_offset) & 0xFFFF
+            final_out = (in_sequences[-1] + sequence_offset) & 0xFFFF
+            if ((first_out - last_sequence) & 0xFFFF) < 0x8000 or ((final_out - last_sequence) & 0xFFFF) < 0x8000:
+                self.last_out_sequence = final_out
+                self.last_out_timestamp = (in_timestamps[-1] + timestamp_offset) & 0xFFFFFFFF
+        else:
+            last_timestamp = self.last_out_timestamp
+            for in_sequence, in_timestamp in zip(in_sequences, in_timestamps, strict=True):
+                out_sequence = (in_sequence + sequence_offset) & 0xFFFF
+                if ((out_sequence - last_sequence) & 0xFFFF) < 0x8000:
+                    last_sequence = out_sequence
+                    last_timestamp = (in_timestamp + timestamp_offset) & 0xFFFFFFFF
+            self.last_out_sequence, self.last_out_timestamp = last_sequence, last_timestamp
+        self.last_out_time = now

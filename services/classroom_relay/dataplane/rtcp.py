@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import struct
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 PT_SR = 200
@@ -267,6 +268,31 @@ class ReceptionStats:
             if difference < RTP_CLOCK_RATE * 10:  # ignore timestamp jumps (new encoder, layer restart)
                 self.jitter += (difference - self.jitter) / 16.0
         self.received += 1
+
+    def on_batch(self, sequence_numbers: Sequence[int], rtp_timestamps: Sequence[int], arrival_seconds: float) -> None:
+        """``on_packet`` for each packet of a batch (all arrived at ``arrival_seconds``), without a call each."""
+        if not sequence_numbers:
+            return
+        if not self.started:
+            self.on_packet(sequence_numbers[0], rtp_timestamps[0], arrival_seconds)
+            sequence_numbers, rtp_timestamps = sequence_numbers[1:], rtp_timestamps[1:]
+        arrival_units = int(arrival_seconds * RTP_CLOCK_RATE)
+        highest, cycles = self.highest_sequence, self.cycles
+        jitter, last_transit = self.jitter, self.last_transit
+        jump = RTP_CLOCK_RATE * 10
+        for sequence_number, rtp_timestamp in zip(sequence_numbers, rtp_timestamps, strict=True):
+            if 0 < ((sequence_number - highest) & 0xFFFF) < 0x8000:
+                if sequence_number < highest:
+                    cycles += 1 << 16
+                highest = sequence_number
+            transit = arrival_units - rtp_timestamp
+            difference = abs(transit - last_transit)
+            last_transit = transit
+            if difference < jump:
+                jitter += (difference - jitter) / 16.0
+        self.highest_sequence, self.cycles = highest, cycles
+        self.jitter, self.last_transit = jitter, last_transit
+        self.received += len(sequence_numbers)
 
     @property
     def extended_highest(self) -> int:

@@ -7,6 +7,7 @@ crash the process or make it allocate.
 
 from __future__ import annotations
 
+import functools
 import struct
 
 RTP_VERSION = 2
@@ -100,6 +101,20 @@ class RtpHeader:
         self.ssrc = 0
         self.payload_offset = 0
         self.payload_length = 0
+
+
+# Per packet of a batch: first octet, second octet, sequence number, timestamp, SSRC, first payload octet.
+BATCH_FIELDS = 6
+
+
+@functools.cache
+def batch_header_struct(count: int, slot_bytes: int) -> struct.Struct:
+    """Unpacks the fixed header (+ first payload octet) of ``count`` consecutive ring slots in one call.
+
+    The fields sit at the same place in every RTP packet, so the values are right for any valid packet;
+    for anything else they are garbage the caller must not use before validating the packet.
+    """
+    return struct.Struct("!" + f"BBHIIB{slot_bytes - RTP_FIXED_HEADER_BYTES - 1}x" * count)
 
 
 def looks_like_rtcp(buffer: bytes | bytearray | memoryview, offset: int, length: int) -> bool:

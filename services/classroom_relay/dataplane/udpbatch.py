@@ -1,16 +1,24 @@
-"""recvmmsg(2) through ctypes, straight into the packet ring, and UDP GSO sends.
+"""recvmmsg(2) through ctypes, straight into the packet ring; sendmmsg(2) and UDP GSO sends from it.
 
 One ``mmsghdr`` per ring slot is prepared once: its iovec points at the slot and its name at the
 slot's own ``sockaddr_in``. A receive call then only passes a pointer into that array, so a batch of
-up to 64 datagrams costs one system call and no Python allocation per datagram.
+up to 64 datagrams costs one system call and no Python allocation per datagram. The lengths, flags and
+source addresses of a whole batch are then read with one ``struct`` call each.
+
+Sending works the same way in reverse: ``RingGather`` lists the packets of a batch as iovecs pointing
+into the ring (no copy), so an output sends a whole run with one sendmmsg, or with one sendmsg carrying
+``UDP_SEGMENT`` (GSO) per ≤ 64 KB chunk.
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
+import functools
 import socket
 import struct
+from collections.abc import Sequence
 
 from .buffer import PacketRing
 
@@ -51,18 +59,51 @@ _LENGTH = struct.Struct("=I")
 _ADDRESS_KEY = struct.Struct("!Q")
 
 
-def _load_recvmmsg():
+_IOVEC_BYTES = ctypes.sizeof(_IoVec)
+_MSG_IOV_OFFSET = _MsgHdr.msg_iov.offset
+_MSG_CONTROLLEN_OFFSET = _MsgHdr.msg_controllen.offset
+_IOV_POINTER_AND_COUNT = struct.Struct("@PN")  # msg_iov, msg_iovlen (adjacent in struct msghdr)
+# One UDP_SEGMENT control message: cmsghdr (len, level, type) then a u16, padded to CMSG_SPACE(2).
+_CMSG_HEADER = struct.Struct("@Nii")
+_CMSG_SPACE_U16 = _CMSG_HEADER.size + ctypes.sizeof(ctypes.c_size_t)
+_CMSG_SEGMENT_SIZE = struct.Struct("=H")
+_CMSG_CONTROLLEN = struct.Struct("@N")
+
+
+def _load_libc(name: str, argtypes: tuple, restype: type):
     try:
         libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        function = libc.recvmmsg
+        function = getattr(libc, name)
     except (OSError, AttributeError):
         return None
-    function.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p)
-    function.restype = ctypes.c_int
+    function.argtypes = argtypes
+    function.restype = restype
     return function
 
 
-_recvmmsg = _load_recvmmsg()
+_recvmmsg = _load_libc(
+    "recvmmsg", (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int, ctypes.c_void_p), ctypes.c_int
+)
+_sendmmsg = _load_libc("sendmmsg", (ctypes.c_int, ctypes.c_void_p, ctypes.c_uint, ctypes.c_int), ctypes.c_int)
+_sendmsg = _load_libc("sendmsg", (ctypes.c_int, ctypes.c_void_p, ctypes.c_int), ctypes.c_ssize_t)
+
+
+@functools.cache
+def _flags_and_lengths(count: int) -> struct.Struct:
+    """(msg_flags, msg_len) of ``count`` consecutive mmsghdr entries, in one unpack."""
+    one = f"{_FLAGS_OFFSET}xi{_LENGTH_OFFSET - _FLAGS_OFFSET - 4}xI{_MMSG_BYTES - _LENGTH_OFFSET - 4}x"
+    return struct.Struct("=" + one * count)
+
+
+@functools.cache
+def _address_keys(count: int) -> struct.Struct:
+    """The ``address_key`` of ``count`` consecutive sockaddr slots, in one unpack."""
+    return struct.Struct("!" + f"Q{SOCKADDR_BYTES - 8}x" * count)
+
+
+@functools.cache
+def _iovec_array(count: int) -> struct.Struct:
+    return struct.Struct("@" + "PN" * count)
 
 
 def recvmmsg_available() -> bool:
@@ -143,6 +184,14 @@ class RingReceiver:
             received += 1
         return received
 
+    def batch_metadata(self, first: int, count: int) -> tuple[Sequence[int], Sequence[int], Sequence[int]]:
+        """(lengths, msg_flags, source keys) of slots ``first .. first+count-1``: three C calls, no loop."""
+        keys = _address_keys(count).unpack_from(self.names, first * SOCKADDR_BYTES)
+        if self.use_recvmmsg:
+            flags_and_lengths = _flags_and_lengths(count).unpack_from(self.headers_view, first * _MMSG_BYTES)
+            return flags_and_lengths[1::2], flags_and_lengths[0::2], keys
+        return self.fallback_lengths[first : first + count], (0,) * count, keys
+
     def length(self, slot: int) -> int:
         if self.use_recvmmsg:
             return _LENGTH.unpack_from(self.headers_view, slot * _MMSG_BYTES + _LENGTH_OFFSET)[0]
@@ -167,6 +216,39 @@ def gso_available() -> bool:
         return False
     finally:
         probe.close()
+
+
+def gso_chunks(sizes: Sequence[int], start: int) -> list[tuple[int, int, int]]:
+    """Split datagrams (iovecs ``start ..``) into GSO sends: (first iovec, count, segment size).
+
+    A chunk holds datagrams of one size, at most ``GSO_MAX_SEGMENTS`` and ``GSO_MAX_BYTES``; a shorter
+    datagram may only end a chunk (the kernel cuts every segment but the last at the segment size).
+    """
+    count = len(sizes)
+    chunks: list[tuple[int, int, int]] = []
+    if not count:
+        return chunks
+    first_size = sizes[0]
+    if sizes.count(first_size) == count:  # the usual batch: one size, chunks by arithmetic only
+        per_chunk = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // first_size))
+        for position in range(0, count, per_chunk):
+            chunks.append((start + position, min(per_chunk, count - position), first_size))
+        return chunks
+    position = 0
+    while position < count:
+        segment = sizes[position]
+        limit = max(1, min(GSO_MAX_SEGMENTS, GSO_MAX_BYTES // segment))
+        end = position + 1
+        while end < count and end - position < limit:
+            size = sizes[end]
+            if size > segment:
+                break
+            end += 1
+            if size < segment:
+                break
+        chunks.append((start + position, end - position, segment))
+        position = end
+    return chunks
 
 
 class GsoStage:
@@ -221,3 +303,76 @@ class GsoStage:
             self.used = 0
             self.last_is_short = False
         return segments
+
+
+def sendmmsg_available() -> bool:
+    return _sendmmsg is not None and _sendmsg is not None
+
+
+class RingGather:
+    """Packets of one batch, in forwarding order, as iovecs pointing into the packet ring.
+
+    ``load`` fills the iovecs once per batch (one ``struct`` call); every output then sends any
+    contiguous range of them with ``send_each`` (sendmmsg, one datagram per iovec) or ``send_segmented``
+    (sendmsg with UDP_SEGMENT: the kernel cuts the gathered bytes into equal datagrams). Headers are
+    rewritten in the ring, per output, just before its send; the kernel copies during the call.
+    """
+
+    def __init__(self, ring: PacketRing, capacity: int) -> None:
+        self.capacity = capacity
+        self.ring_base = ctypes.addressof(ctypes.c_char.from_buffer(ring.data))
+        self.slot_bytes = ring.slot_bytes
+        self.iovecs = (_IoVec * capacity)()
+        self.iovecs_base = ctypes.addressof(self.iovecs)
+        self.iovecs_view = memoryview(self.iovecs).cast("B")
+        self.messages = (_MMsgHdr * capacity)()
+        for index in range(capacity):  # sendmmsg: message i carries iovec i, prepared once
+            header = self.messages[index].msg_hdr
+            header.msg_iov = self.iovecs_base + index * _IOVEC_BYTES
+            header.msg_iovlen = 1
+        self.messages_base = ctypes.addressof(self.messages)
+        self.control = (ctypes.c_char * _CMSG_SPACE_U16)()
+        _CMSG_HEADER.pack_into(self.control, 0, _CMSG_HEADER.size + 2, SOL_UDP, UDP_SEGMENT)
+        self.segment_message = _MsgHdr()
+        self.segment_message.msg_control = ctypes.addressof(self.control)
+        self.segment_message_address = ctypes.addressof(self.segment_message)
+        self.segment_message_view = memoryview(self.segment_message).cast("B")
+        self.last_errno = 0
+
+    def load(self, slots: Sequence[int], sizes: Sequence[int]) -> None:
+        """Point iovec i at ``slots[i]`` with length ``sizes[i]``."""
+        count = len(slots)
+        base, slot_bytes = self.ring_base, self.slot_bytes
+        pairs: list[int] = [0] * (2 * count)
+        if isinstance(slots, range):  # consecutive slots (a whole batch): addresses by arithmetic, in C
+            pairs[0::2] = range(base + slots.start * slot_bytes, base + slots.stop * slot_bytes, slot_bytes)
+        else:
+            pairs[0::2] = [base + slot * slot_bytes for slot in slots]
+        pairs[1::2] = sizes
+        _iovec_array(count).pack_into(self.iovecs_view, 0, *pairs)
+
+    def send_each(self, fd: int, start: int, count: int) -> int:
+        """sendmmsg of iovecs ``start .. start+count-1``; datagrams sent, or -1 (``last_errno``) if none."""
+        sent = _sendmmsg(fd, self.messages_base + start * _MMSG_BYTES, count, MSG_DONTWAIT)
+        if sent < 0:
+            self.last_errno = ctypes.get_errno()
+        return sent
+
+    def send_segmented(self, fd: int, start: int, count: int, segment_bytes: int) -> bool:
+        """One GSO send of iovecs ``start .. start+count-1`` (all ``segment_bytes`` long but the last)."""
+        view = self.segment_message_view
+        _IOV_POINTER_AND_COUNT.pack_into(view, _MSG_IOV_OFFSET, self.iovecs_base + start * _IOVEC_BYTES, count)
+        if count > 1:
+            _CMSG_SEGMENT_SIZE.pack_into(self.control, _CMSG_HEADER.size, segment_bytes)
+            _CMSG_CONTROLLEN.pack_into(view, _MSG_CONTROLLEN_OFFSET, _CMSG_SPACE_U16)
+        else:  # a single datagram needs no segmentation
+            _CMSG_CONTROLLEN.pack_into(view, _MSG_CONTROLLEN_OFFSET, 0)
+        if _sendmsg(fd, self.segment_message_address, 0) < 0:
+            self.last_errno = ctypes.get_errno()
+            return False
+        return True
+
+
+def error_from_errno(number: int) -> OSError:
+    """The OSError subclass Python would have raised for ``number`` (for counting by reason)."""
+    return OSError(number, errno.errorcode.get(number, "error"))
