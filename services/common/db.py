@@ -11,9 +11,15 @@ from typing import Any
 import psycopg2
 from nameko.extensions import DependencyProvider
 from sqlalchemy import Engine, MetaData, create_engine, event
+from sqlalchemy.engine import ExceptionContext
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.config import database_url
+from services.common.errors import ServiceUnavailable
+
+# A stopped or unreachable PostgreSQL must fail a request within seconds, not hang it: psycopg2
+# would otherwise wait for the kernel's TCP connect timeout (minutes) on a host that went away.
+CONNECT_TIMEOUT_SECONDS = 2
 
 # Deterministic constraint names, so Alembic migrations can refer to (and drop) constraints on every backend.
 NAMING_CONVENTION = {

@@ -23,7 +23,7 @@ from typing import Any
 
 from kombu import Connection
 from nameko.exceptions import RemoteError
-from werkzeug.exceptions import HTTPException
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
@@ -173,8 +173,25 @@ class Gateway:
         return response(environ, start_response)
 
     def _match(self, request: Request) -> tuple[Route, dict[str, Any]]:
-        endpoint, values = self.url_map.bind_to_environ(request.environ).match()
+        adapter = self.url_map.bind_to_environ(request.environ)
+        try:
+            endpoint, values = adapter.match()
+        except MethodNotAllowed as error:
+            # Werkzeug offers a rule's other methods before it converts the path, so an id out of range
+            # (e.g. PATCH /v1/teachers/2147483648) came back as 405. Only a path that some method really
+            # accepts deserves 405; anything else is simply no resource (404, as documented).
+            if not any(self._path_matches(adapter, method) for method in error.valid_methods or ()):
+                raise NotFound() from error
+            raise
         return self.routes_by_name[endpoint], values
+
+    @staticmethod
+    def _path_matches(adapter: Any, method: str) -> bool:
+        try:
+            adapter.match(method=method)
+        except HTTPException:
+            return False
+        return True
 
     def _handle(self, request: Request, route: Route, values: dict[str, Any]) -> Response:
         scope = None

@@ -82,9 +82,12 @@ def _operation(route: Route) -> dict[str, Any]:
     if route.request_schema is not None or route.request_body_openapi:
         statuses |= {413, 415}
     if route.writes:
-        statuses.add(409)
+        # 404 as well: a body may name a district, school or teacher that does not exist.
+        statuses |= {404, 409}
     for status in sorted(statuses):
         responses[str(status)] = _problem(status)
+    # gunicorn itself refuses request lines over 4094 bytes (before the app, so not as a problem).
+    responses["414"] = {"description": "URI too long (refused by the HTTP server)"}
     operation["responses"] = responses
     if route.writes:
         operation["description"] = "Needs a `write` token."

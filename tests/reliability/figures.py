@@ -1,0 +1,38 @@
+"""The one table `make test-reliability` prints: each scenario adds a row, the conftest prints them all."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class Row:
+    scenario: str
+    sent: int | str = "-"
+    accepted: int | str = "-"
+    stored: int | str = "-"
+    reported: int | str = "-"
+    lost: int | str = "-"
+    duplicated: int | str = "-"
+    outage: str = "-"  # time without service (or without media), as measured
+    notes: str = ""
+
+
+ROWS: list[Row] = []
+COLUMNS = ("scenario", "sent", "accepted", "stored", "reported", "lost", "duplicated", "outage", "notes")
+
+
+def record(row: Row) -> Row:
+    ROWS.append(row)
+    return row
+
+
+def render(rows: list[Row]) -> list[str]:
+    cells = [[str(getattr(row, column)) for column in COLUMNS] for row in rows]
+    widths = [max(len(column), *(len(line[index]) for line in cells)) for index, column in enumerate(COLUMNS)]
+    widths[-1] = len(COLUMNS[-1])  # notes run free to the right
+
+    def line(values: list[str] | tuple[str, ...]) -> str:
+        return "| " + " | ".join(value.ljust(width) for value, width in zip(values, widths, strict=True)) + " |"
+
+    return [line(COLUMNS), "|" + "|".join("-" * (width + 2) for width in widths) + "|", *map(line, cells)]
