@@ -13,13 +13,13 @@ from typing import Any
 from amqp.exceptions import NotFound as QueueMissing
 from kombu import Connection
 from nameko.dependency_providers import Config
-from nameko.rpc import rpc
 
 from services.activities import classroom, log, moderation, queries, replay, roster, xapi
 from services.activities.exceptions import NotFound
 from services.activities.models import outbox, processed_events
 from services.common.config import amqp_uri
 from services.common.db import Database
+from services.common.entrypoints import rpc
 from services.common.events import OutboxRelay
 from services.common.health import HealthRpc
 from services.common.metrics import ServiceMetrics
