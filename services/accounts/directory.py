@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.accounts import schemas
@@ -28,6 +27,7 @@ from services.accounts.models import (
     TeacherRole,
     outbox,
 )
+from services.common.db import flush_or_conflict
 from services.common.scope import Scope
 from services.common.validation import load
 
@@ -48,13 +48,6 @@ def _get(session: Session, model: type, ident: Any, what: str) -> Any:
     return instance
 
 
-def _flush(session: Session, conflict: str) -> None:
-    try:
-        session.flush()
-    except IntegrityError as error:
-        raise Conflict(conflict) from error
-
-
 # --- bureaus and districts ---------------------------------------------------------------------------
 
 
@@ -68,7 +61,7 @@ def create_bureau(session: Session, data: dict[str, Any]) -> dict[str, Any]:
         raise Conflict(f"Bureau code {values['code']!r} is already used by {existing.name!r}.")
     bureau = Bureau(**values)
     session.add(bureau)
-    _flush(session, f"Bureau code {values['code']!r} is already used.")
+    flush_or_conflict(session, f"Bureau code {values['code']!r} is already used.")
     outbox.add(session, "bureau.created", BUREAU_OUT.dump(bureau), subject=f"bureau/{bureau.id}")
     return BUREAU_OUT.dump(bureau)
 
@@ -93,7 +86,7 @@ def create_district(session: Session, scope: Scope, data: dict[str, Any]) -> dic
     _get(session, Bureau, values["bureau_id"], "Bureau")
     district = District(**values)
     session.add(district)
-    _flush(session, f"A district named {values['name']!r} already exists in this bureau.")
+    flush_or_conflict(session, f"A district named {values['name']!r} already exists in this bureau.")
     outbox.add(session, "district.created", DISTRICT_OUT.dump(district), subject=f"district/{district.id}")
     return DISTRICT_OUT.dump(district)
 
@@ -136,7 +129,7 @@ def create_school(session: Session, scope: Scope, data: dict[str, Any]) -> dict[
         values["link_capacity_bps"] = DEFAULT_MASTER_LINK_BPS if is_master else DEFAULT_SCHOOL_LINK_BPS
     school = School(**values)
     session.add(school)
-    _flush(session, f"School code {values['code']!r} is already used in this bureau.")
+    flush_or_conflict(session, f"School code {values['code']!r} is already used in this bureau.")
     outbox.add(session, "school.created", SCHOOL_OUT.dump(school), subject=f"school/{school.id}")
     return SCHOOL_OUT.dump(school)
 
@@ -170,7 +163,7 @@ def create_alliance(session: Session, scope: Scope, data: dict[str, Any]) -> dic
             raise InvalidInput(f"School {school_id} belongs to another bureau.")
     alliance = Alliance(**values, members=[AllianceMember(school_id=sid) for sid in sorted(member_ids)])
     session.add(alliance)
-    _flush(session, f"An alliance named {values['name']!r} already exists in this bureau.")
+    flush_or_conflict(session, f"An alliance named {values['name']!r} already exists in this bureau.")
     result = _alliance_out(alliance)
     outbox.add(session, "alliance.created", result, subject=f"alliance/{alliance.id}")
     for school_id in sorted(member_ids):
@@ -190,7 +183,7 @@ def add_alliance_member(session: Session, scope: Scope, alliance_id: int, school
         raise InvalidInput(f"School {school_id} belongs to another bureau.")
     if all(member.school_id != school_id for member in alliance.members):
         alliance.members.append(AllianceMember(school_id=school_id))
-        _flush(session, "The school is already a member.")
+        flush_or_conflict(session, "The school is already a member.")
         outbox.add(
             session, "school.joined_alliance",
             {"alliance_id": alliance.id, "school_id": school_id, "lead": False},
@@ -256,7 +249,9 @@ def create_teacher(session: Session, scope: Scope, data: dict[str, Any]) -> dict
     roles = sorted(set(values.pop("roles")) or {"teacher"})
     teacher = Teacher(**values, active=True, roles=[TeacherRole(role=role) for role in roles])
     session.add(teacher)
-    _flush(session, f"Staff number {values['staff_number']!r} already exists in school {values['school_id']}.")
+    flush_or_conflict(
+        session, f"Staff number {values['staff_number']!r} already exists in school {values['school_id']}."
+    )
     outbox.add(session, "teacher.joined", teacher_event(session, teacher), subject=f"teacher/{teacher.id}")
     return teacher_out(session, teacher)
 
@@ -350,7 +345,7 @@ def create_group(session: Session, scope: Scope, data: dict[str, Any]) -> dict[s
             raise InvalidInput(f"Teacher {teacher_id} is not in school {values['school_id']}.")
     group = Group(**values, members=[GroupMember(teacher_id=tid) for tid in sorted(member_ids)])
     session.add(group)
-    _flush(session, f"A {values['kind']} group named {values['name']!r} already exists.")
+    flush_or_conflict(session, f"A {values['kind']} group named {values['name']!r} already exists.")
     result = _group_out(group)
     outbox.add(session, "group.created", result, subject=f"group/{group.id}")
     for teacher_id in sorted(member_ids):

@@ -15,7 +15,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from services.classroom_relay import admission, placement, schemas
@@ -41,6 +40,7 @@ from services.classroom_relay.models import (
     outbox,
 )
 from services.classroom_relay.sdp import build_receiver_sdp
+from services.common.db import flush_or_conflict
 from services.common.scope import Scope
 from services.common.validation import load
 
@@ -267,10 +267,7 @@ def create_classroom(session: Session, scope: Scope, data: dict[str, Any]) -> di
         receive_port=values["receive_port"],
     )
     session.add(room)
-    try:
-        session.flush()
-    except IntegrityError as error:
-        raise Conflict(f"School {school.id} already has a classroom named {values['name']!r}.") from error
+    flush_or_conflict(session, f"School {school.id} already has a classroom named {values['name']!r}.")
     session.refresh(room)
     return dump_classroom(room)
 

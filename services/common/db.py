@@ -12,10 +12,11 @@ import psycopg2
 from nameko.extensions import DependencyProvider
 from sqlalchemy import Engine, MetaData, create_engine, event
 from sqlalchemy.engine import ExceptionContext
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from services.common.config import database_url
-from services.common.errors import ServiceUnavailable
+from services.common.errors import Conflict, ServiceUnavailable
 
 # A stopped or unreachable PostgreSQL must fail a request within seconds, not hang it: psycopg2
 # would otherwise wait for the kernel's TCP connect timeout (minutes) on a host that went away.
@@ -106,3 +107,15 @@ class Database(DependencyProvider):
         with self.engine.connect() as connection:
             connection.exec_driver_sql("SELECT 1")
         return True
+
+
+def flush_or_conflict(session: Session, detail: str) -> None:
+    """Flush; a unique-key clash becomes a `Conflict` with `detail`.
+
+    Compose `detail` before calling: after a failed flush the session's objects are expired and reading
+    them raises, which used to turn a plain duplicate into a 500.
+    """
+    try:
+        session.flush()
+    except IntegrityError as error:
+        raise Conflict(detail) from error

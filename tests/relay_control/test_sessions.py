@@ -225,3 +225,8 @@ def test_stream_health_publishes_only_changes(db, admin, settings, school):
     assert sessions.record_stream_health(db, stats(490_000, 0.0), settings) == ["stream.recovered"]
     degraded = [body for routing_key, body in events(db) if routing_key == "stream.degraded"]
     assert degraded[0]["reasons"] == ["below_target"] and degraded[0]["send_rate_bps"] == 800_000
+
+
+def test_a_second_classroom_with_the_same_name_is_a_conflict_not_a_crash(db, admin, school):
+    with pytest.raises(Conflict, match="already has a classroom named '录播教室'"):
+        classroom(db, admin, 101, "录播教室", "broadcasting")
