@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from services.activities import roster, schemas, xapi
 from services.activities.exceptions import Conflict, InvalidInput, NotFound
 from services.activities.models import Activity, RosterTeacher, outbox
-from services.common.errors import LianxiaoError
+from services.common.errors import LianxiaoError, ServiceUnavailable
 from services.common.scope import Scope
 
 ACTIVITY_OUT = schemas.ActivityOut()
@@ -270,6 +270,10 @@ def record_batch(session: Session, scope: Scope, items: Any) -> dict[str, Any]:
             prepared = prepare(session, scope, item)
             outcome = record_prepared(session, prepared, recorded_by)
             results.append({"index": index, "id": outcome["activity"]["id"], "status": outcome["status"]})
+        except ServiceUnavailable:
+            # Not this item's fault: the whole batch fails (503) and the client retries it; items stored
+            # before the outage come back as duplicates, so nothing is lost or doubled.
+            raise
         except LianxiaoError as error:
             item_id = item.get("id") if isinstance(item, dict) else None
             results.append({

@@ -14,7 +14,6 @@ from marshmallow import Schema, fields
 
 from services.activities import schemas as activities
 from services.activities.xapi import XAPI_VERSION, StatementQuery
-from services.common.errors import ServiceUnavailable
 from services.gateway.problems import HttpProblem
 from services.gateway.routes.base import Call, Reply, Route
 
@@ -59,14 +58,7 @@ def record_activities(call: Call) -> Reply:
     if not isinstance(items, list):
         raise HttpProblem(422, "Send a JSON array of activities (or {\"activities\": [...]}).",
                           errors=[{"field": "activities", "reason": "Expected an array."}])
-    outcome = call.remote(SERVICE, "record_activities", call.scope, items)
-    # activities judges each item on its own and reports an unreachable database as an item's
-    # "rejection"; a client must not drop those items as bad input. The whole batch becomes a 503:
-    # retrying it is safe, as the items that were stored come back as duplicates.
-    unavailable = [result for result in outcome.get("results", []) if result.get("error") == "ServiceUnavailable"]
-    if unavailable:
-        raise ServiceUnavailable(str(unavailable[0].get("reason") or "The activities database is unavailable."))
-    return Reply(outcome)
+    return Reply(call.remote(SERVICE, "record_activities", call.scope, items))
 
 
 def list_activities(call: Call) -> Reply:
