@@ -85,6 +85,8 @@ class Outbox:
     def __init__(self, service: str, metadata: MetaData, schema_version: int = 1) -> None:
         self.service = service
         self.source = f"/lianxiao/{service}"
+        # Counts events added in this process, so the relay wakes only after workers that wrote some.
+        self.added = 0
         self.schema_version = schema_version
         self.table = Table(
             "outbox",
@@ -128,6 +130,7 @@ class Outbox:
                 attempts=0,
             )
         )
+        self.added += 1
         return event_id
 
     def backlog(self, session: Session) -> int:
@@ -146,6 +149,7 @@ class OutboxRelay(DependencyProvider):
         self.outbox = outbox
         self.wakeups: LightQueue = LightQueue()
         self.running = False
+        self.added_seen = 0
 
     def setup(self) -> None:
         self.engine = make_engine(database_url(self.outbox.service, self.container.config))
@@ -184,7 +188,9 @@ class OutboxRelay(DependencyProvider):
         self.stop()
 
     def worker_result(self, worker_ctx: Any, result: Any = None, exc_info: Any = None) -> None:
-        if exc_info is None:
+        # Reads add no events: waking the relay after them cost a query per request for nothing.
+        if exc_info is None and self.outbox.added != self.added_seen:
+            self.added_seen = self.outbox.added
             self.wakeups.put(None)
 
     def _run(self) -> None:

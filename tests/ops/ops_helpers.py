@@ -4,7 +4,6 @@ driving a real relay data plane, free ports. A plain module (not a conftest) so 
 from __future__ import annotations
 
 import json
-import os
 import re
 import socket
 import subprocess
@@ -12,7 +11,7 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -141,54 +140,7 @@ def registry_names(registry: Any) -> set[str]:
 
 
 # ----------------------------------------------------------------------------- the relay data plane
-@dataclass
-class DataPlaneProcess:
-    process: subprocess.Popen
-    media_port: int
-    control_port: int
-    metrics_port: int
-    output: list[str] = field(default_factory=list)
-
-    def control(self, op: str, **fields: Any) -> dict:
-        with socket.create_connection(("127.0.0.1", self.control_port), timeout=5) as sock:
-            sock.sendall(json.dumps({"op": op, **fields}).encode() + b"\n")
-            reply = json.loads(sock.makefile("rb").readline())
-        if not reply.get("ok"):
-            raise AssertionError(f"control {op} refused: {reply}")
-        return reply
-
-    def metrics(self) -> str:
-        return http_get(f"http://127.0.0.1:{self.metrics_port}/metrics")
-
-    def stop(self) -> str:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
-        return self.process.stderr.read() if self.process.stderr else ""
-
-
-def start_dataplane() -> DataPlaneProcess:
-    metrics_port = free_tcp_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.classroom_relay.dataplane", "--media-port", "0", "--control-port", "0",
-         "--metrics-port", str(metrics_port)],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    deadline = time.monotonic() + 15
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        match = READY_PATTERN.search(line)
-        if match:
-            return DataPlaneProcess(process, int(match.group(2)), int(match.group(4)), metrics_port)
-        if process.poll() is not None:
-            break
-    process.kill()
-    raise RuntimeError(f"the data plane did not start: {process.stderr.read()}")
+# The data plane itself is started with tests/relay/relay_harness.py (start_dataplane, DataPlane).
 
 
 @dataclass

@@ -23,12 +23,12 @@ import pytest
 import yaml
 
 from services.classroom_relay.dataplane.admission import issue_token
+from tests.relay.relay_harness import DataPlane, start_dataplane
 
 from .ops_helpers import (
     DASHBOARD_FILES,
     PROMETHEUS_DIR,
     RULE_FILES,
-    DataPlaneProcess,
     MediaFeeder,
     all_rules,
     exposed_names,
@@ -38,7 +38,6 @@ from .ops_helpers import (
     recorded_names,
     registry_names,
     scrape_sessions,
-    start_dataplane,
     start_media_feeder,
     wait_until,
 )
@@ -54,12 +53,12 @@ PROMETHEUS_OWN = {"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_seconds",
 
 
 class Relay:
-    def __init__(self, plane: DataPlaneProcess, feeder: MediaFeeder) -> None:
+    def __init__(self, plane: DataPlane, feeder: MediaFeeder) -> None:
         self.plane = plane
         self.feeder = feeder
 
     def set_budget(self, classroom: str, sink: int, budget: float) -> None:
-        self.plane.control("set_branch", session="s1", classroom=classroom,
+        self.plane.call("set_branch", session="s1", classroom=classroom,
                            address=["127.0.0.1", self.feeder.sink_ports[sink]], budget_bytes_per_second=budget)
 
 
@@ -69,14 +68,14 @@ def relay() -> Iterator[Relay]:
     plane = start_dataplane()
     feeder: MediaFeeder | None = None
     try:
-        plane.control("set_secrets", secrets=[SECRET])
-        plane.control("set_session", session="s1", master="m")
+        plane.call("set_secrets", secrets=[SECRET])
+        plane.call("set_session", session="s1", master="m")
         feeder = start_media_feeder(plane.media_port, SOURCE_BYTES_PER_SECOND, sinks=2)
         running = Relay(plane, feeder)
         running.set_budget("b1", 0, STARVED_BUDGET)
         running.set_budget("b2", 1, HEALTHY_BUDGET)
         token = issue_token(SECRET.encode(), "s1", "m", 600)
-        plane.control("register_sender", session="s1", classroom="m", token=token,
+        plane.call("register_sender", session="s1", classroom="m", token=token,
                       address=["127.0.0.1", feeder.sender_port])
         yield running
     finally:

@@ -10,6 +10,7 @@ import struct
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,11 +60,24 @@ class DataPlane:
     metrics_port: int
     control: ControlClient
 
+    def call(self, op: str, **fields: object) -> dict:
+        """One control request that must succeed."""
+        reply = self.control.call(op, **fields)
+        assert reply["ok"], f"control {op} refused: {reply}"
+        return reply
+
     def stats(self, session: str | None = None) -> dict:
-        fields = {"session": session} if session else {}
-        reply = self.control.call("get_stats", **fields)
-        assert reply["ok"], reply
-        return reply["stats"]
+        return self.call("get_stats", **({"session": session} if session else {}))["stats"]
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as response:
+            return response.read().decode()
+
+    def stop(self) -> str:
+        """Terminate (then kill) the process and return what it wrote to stderr."""
+        self.control.close()
+        stop_process(self.process)
+        return self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
 
 
 def start_dataplane(*extra: str) -> DataPlane:
@@ -118,16 +132,12 @@ def dataplane(request: pytest.FixtureRequest) -> Iterator[DataPlane]:
     # Indirect parametrisation passes extra command-line flags, e.g. ["--no-gso"].
     plane = start_dataplane(*getattr(request, "param", ()))
     try:
-        reply = plane.control.call("set_secrets", secrets=[SECRET])
-        assert reply["ok"], reply
+        plane.call("set_secrets", secrets=[SECRET])
         yield plane
     finally:
-        plane.control.close()
-        stop_process(plane.process)
+        errors = plane.stop()
         # Surface a crash of the data plane as a test failure rather than a silent pass.
-        if plane.process.stderr is not None:
-            errors = plane.process.stderr.read().decode(errors="replace")
-            assert "Traceback" not in errors, errors
+        assert "Traceback" not in errors, errors
 
 
 # Linux's SO_TIMESTAMPNS (also its control-message type); Python's socket module does not name it.

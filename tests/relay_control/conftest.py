@@ -10,7 +10,6 @@ from sqlalchemy.orm import Session
 
 from services.classroom_relay import sessions
 from services.classroom_relay.models import MBIT, metadata
-from services.common.db import make_engine
 from services.common.scope import Scope
 
 BUREAU = 7
@@ -18,12 +17,9 @@ NOW = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)  # a Monday morning
 
 
 @pytest.fixture
-def db(tmp_path) -> Iterator[Session]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'relay.db'}")
-    metadata.create_all(engine)
-    with Session(engine, expire_on_commit=False) as db_session:
+def db(sqlite_session) -> Iterator[Session]:
+    with sqlite_session(metadata) as db_session:
         yield db_session
-    engine.dispose()
 
 
 @pytest.fixture

@@ -19,7 +19,6 @@ from sqlalchemy.orm import Session
 
 from services.activities import xapi
 from services.activities.models import Activity
-from services.common.db import make_engine
 from services.reporting.models import metadata
 
 BUREAU = 7
@@ -87,28 +86,15 @@ class CityEvents:
 
 
 @pytest.fixture
-def session(tmp_path) -> Iterator[Session]:
-    engine = make_engine(f"sqlite:///{tmp_path / 'reporting.db'}")
-    metadata.create_all(engine)
-    with Session(engine, expire_on_commit=False) as db_session:
+def session(sqlite_session) -> Iterator[Session]:
+    with sqlite_session(metadata) as db_session:
         yield db_session
-    engine.dispose()
 
 
 @pytest.fixture
-def make_session(tmp_path):
+def make_session(sqlite_session):
     """More than one independent database (incremental vs rebuilt)."""
-    engines = []
-
-    def make(name: str) -> Session:
-        engine = make_engine(f"sqlite:///{tmp_path / name}.db")
-        metadata.create_all(engine)
-        engines.append(engine)
-        return Session(engine, expire_on_commit=False)
-
-    yield make
-    for engine in engines:
-        engine.dispose()
+    return lambda _name: sqlite_session(metadata)
 
 
 def small_city() -> CityEvents:
