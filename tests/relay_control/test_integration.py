@@ -13,7 +13,7 @@ import pytest
 from kombu import Connection, Consumer, Queue
 from nameko.standalone.rpc import ClusterRpcProxy
 
-from services.classroom_relay.exceptions import AdmissionRefused
+from services.classroom_relay.exceptions import AdmissionRefused, DataPlaneUnavailable
 from services.classroom_relay.models import MBIT
 from services.classroom_relay.service import ClassroomRelayService
 from services.common.events import event_exchange, read_cloud_event_headers
@@ -104,7 +104,13 @@ def test_sessions_reach_the_data_plane_survive_its_restart_and_publish_events(
             assert refused.value.fields["requested_bps"] == 40 * MBIT
             assert "100.0 Mbit/s" in str(refused.value) and "80.0 Mbit/s" in str(refused.value)
 
-            sdp = wait_for(lambda: relay.get_branch_sdp(admin, lesson["id"], branches[0]["id"]), timeout=5)
+            def branch_sdp() -> dict | None:
+                try:
+                    return relay.get_branch_sdp(admin, lesson["id"], branches[0]["id"])
+                except DataPlaneUnavailable:  # the relay confirms a branch's stream on its next stats pull
+                    return None
+
+            sdp = wait_for(branch_sdp, timeout=10)
             assert sdp["content_type"] == "application/sdp"
             assert "m=video 42002 RTP/AVP 96" in sdp["sdp"]
             token = relay.issue_join_token(admin, lesson["id"], master["id"])
