@@ -38,3 +38,10 @@ def env_int(name: str, default: int) -> int:
 def env_float(name: str, default: float) -> float:
     value = os.environ.get(name)
     return float(value) if value not in (None, "") else default
+
+
+def durable_queue_arguments() -> dict[str, str] | None:
+    """`LIANXIAO_QUEUE_TYPE=quorum` makes the platform's durable event queues quorum queues (replicated
+    across a RabbitMQ cluster). An existing classic queue cannot change type: delete it first."""
+    queue_type = os.environ.get("LIANXIAO_QUEUE_TYPE", "classic")
+    return {"x-queue-type": queue_type} if queue_type != "classic" else None

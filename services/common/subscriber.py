@@ -28,7 +28,7 @@ from nameko.messaging import Consumer, QueueConsumer
 from sqlalchemy import Column, DateTime, MetaData, String, Table, select
 from sqlalchemy.orm import Session
 
-from services.common.config import amqp_uri
+from services.common.config import amqp_uri, durable_queue_arguments
 from services.common.errors import InvalidInput
 from services.common.events import event_exchange, read_cloud_event_headers
 
@@ -73,7 +73,8 @@ def dead_letter(
     uri: str, service: str, message: Any, reason: str, *, ssl: Any = None
 ) -> None:
     """Publish a copy of `message` with `reason` to the service's dead-letter queue, confirmed."""
-    queue = Queue(dead_letter_queue_name(service), durable=True, auto_delete=False)
+    queue = Queue(dead_letter_queue_name(service), durable=True, auto_delete=False,
+                  queue_arguments=durable_queue_arguments())
     headers = dict(message.headers or {})
     headers[DEAD_LETTER_REASON_HEADER] = reason[:1000]
     delivery = getattr(message, "delivery_info", {}) or {}
@@ -129,6 +130,7 @@ class CloudEventHandler(Consumer):
             bindings=[binding(exchange, routing_key=key) for key in self.routing_keys],
             durable=True,
             auto_delete=False,
+            queue_arguments=durable_queue_arguments(),
         )
         self.uri = self.container.config.get("AMQP_URI") or amqp_uri()
         self.ssl = self.container.config.get("AMQP_SSL")
