@@ -364,3 +364,27 @@ def list_groups(session: Session, scope: Scope, school_id: int | None = None) ->
         _group_out(group) for group in groups
         if group.school_id is None or _school_visible(session, scope, group.school_id)
     ]
+
+
+def teacher_names(session: Session, scope: Scope, teacher_ids: Any) -> dict[int, dict[str, Any]]:
+    """Names of the listed teachers the scope may see: `{id: {"name", "staff_number", "school_id"}}`.
+
+    Events carry no names (other bureaus subscribe to them), so reports ask here for the few they list.
+    Ids outside the scope, of another bureau or unknown are left out rather than failing the batch: a
+    report's read model may lag a teacher's move, and one such teacher must not cost every other name.
+    Teachers who have left are included (a past bulletin still names them).
+    """
+    values = load(schemas.TeacherNamesIn(), {"teacher_ids": teacher_ids})
+    wanted = sorted(set(values["teacher_ids"]))
+    if not wanted:
+        return {}
+    query = (
+        select(Teacher.id, Teacher.name, Teacher.staff_number, Teacher.school_id, School.district_id)
+        .join(School, School.id == Teacher.school_id)
+        .where(Teacher.id.in_(wanted), School.bureau_id == scope.bureau_id)
+    )
+    return {
+        teacher_id: {"name": name, "staff_number": staff_number, "school_id": school_id}
+        for teacher_id, name, staff_number, school_id, district_id in session.execute(query)
+        if scope.covers_school(scope.bureau_id, district_id, school_id)
+    }

@@ -160,3 +160,13 @@ class IssuedTokenOut(TokenOut):
 class PageIn(StrictSchema):
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=1000))
     after_id = fields.Integer(load_default=0, validate=validate.Range(min=0, max=MAX_ID))
+
+
+MAX_NAME_LOOKUP = 2000
+
+
+class TeacherNamesIn(StrictSchema):
+    """A batch of teacher ids whose names a report needs (a bulletin's rankings, a school's teachers)."""
+
+    teacher_ids = fields.List(fields.Integer(strict=True, validate=ID), required=True,
+                              validate=validate.Length(max=MAX_NAME_LOOKUP))

@@ -19,6 +19,8 @@ from services.reporting.compliance import Evaluation
 from services.reporting.periods import Period
 
 TOP = 10
+# The sections whose lines are teachers (named through `names.name_lines`).
+TEACHER_SECTIONS = ("excellent_teachers",)
 
 
 def _period_of(calendar: Any, kind: str, key: str) -> Period:
@@ -32,12 +34,15 @@ def build(session: Session, bureau_id: int, kind: str, key: str, school_ids: lis
     period = _period_of(current.calendar, kind, key)
     rule_set = rules.in_force(session, bureau_id, current.calendar.end_moment(period))
     period = _period_of(rule_set.calendar, kind, key)
+    # District and alliance overrides in force when the period ended; the previous period (only the
+    # baseline of "most improved") is judged by the same rules, so a change of rules is not "progress".
+    overrides = rules.overrides_in_force(session, bureau_id, rule_set.calendar.end_moment(period))
     # Schools' figures only (judged in SQL): a bulletin never needs every teacher's detail.
     evaluation = compliance.evaluate(session, bureau_id, period, rule_set, school_ids, today,
-                                     with_teachers=False, top_teachers=top)
+                                     with_teachers=False, top_teachers=top, overrides=overrides)
     previous_period = rule_set.calendar.previous(period)
     previous = (compliance.evaluate(session, bureau_id, previous_period, rule_set, school_ids, today,
-                                    with_teachers=False)
+                                    with_teachers=False, overrides=overrides)
                 if previous_period is not None else None)
     return compose(evaluation, previous, top)
 
@@ -47,7 +52,7 @@ def compose(evaluation: Evaluation, previous: Evaluation | None, top: int = TOP)
     for school_id, summary in summaries.items():
         district_id = evaluation.schools[school_id].district_id
         summary["district_name"] = evaluation.district_names.get(district_id or -1, "未分片区")
-    labels = {rule.id: rule.label for rule in evaluation.rule_set.rules}
+    labels = evaluation.rule_labels()
     return {
         "title": f"{evaluation.period.label}网络教研通报",
         "period": compliance.period_out(evaluation.period),
@@ -65,7 +70,7 @@ def compose(evaluation: Evaluation, previous: Evaluation | None, top: int = TOP)
 def _excellent_teachers(evaluation: Evaluation, top: int) -> list[dict[str, Any]]:
     candidates = evaluation.excellent_teachers  # compliant, most hours first (ranked in SQL)
     return [
-        {"rank": rank, "teacher_id": teacher.teacher_id, "staff_number": teacher.staff_number,
+        {"rank": rank, "teacher_id": teacher.teacher_id, "name": None, "staff_number": teacher.staff_number,
          "school_id": teacher.school_id, "school_name": evaluation.schools[teacher.school_id].name,
          "online_hours": round(teacher.online_hours, 2), "offline_hours": round(teacher.offline_hours, 2),
          "activities": teacher.activities}

@@ -27,10 +27,11 @@ from sqlalchemy import and_, case, func, literal, select
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, FromClause
 
+from services.reporting import rules
 from services.reporting.kinds import count_column, online_count_column
 from services.reporting.models import alliance_members, districts, groups, schools, tallies, teachers
 from services.reporting.periods import Period, months_between, term_to_date_key, week_key, week_starts_between
-from services.reporting.rules import Rule, RuleSet
+from services.reporting.rules import Overrides, Rule, RuleSet
 
 TEACHER_RULE_KINDS = ("teacher_hours", "teacher_activity_count", "role_activity_count")
 
@@ -108,6 +109,8 @@ class SchoolResult:
     online_centihours: int = 0
     offline_centihours: int = 0
     activities: int = 0
+    rules_version: int = 0  # the version of the rule set that judged this school
+    rules_scope: str = "bureau"  # bureau | district | alliance: whose rule set that is
 
     @property
     def noncompliant_share(self) -> float:
@@ -136,6 +139,7 @@ class SchoolResult:
             "groups": len(self.groups), "compliant_groups": sum(1 for group in self.groups if group.compliant),
             "weekly_activity": self.weekly.to_dict() if self.weekly else None,
             "teachers_missing_by_rule": self.missing_by_rule(),
+            "rules_version": self.rules_version, "rules_scope": self.rules_scope,
         }
 
 
@@ -147,6 +151,14 @@ class Evaluation:
     district_names: dict[int, str]
     alliances: dict[int, tuple[str, list[int]]]
     excellent_teachers: list[TeacherResult] = field(default_factory=list)
+    other_rule_sets: list[RuleSet] = field(default_factory=list)  # overrides that judged some schools
+
+    def rule_labels(self) -> dict[str, str]:
+        """Every rule's label, the bureau's winning where an override reuses a rule id."""
+        labels: dict[str, str] = {}
+        for rule_set in [*self.other_rule_sets, self.rule_set]:
+            labels.update({rule.id: rule.label for rule in rule_set.rules})
+        return labels
 
 
 @dataclass(frozen=True)
@@ -273,45 +285,69 @@ def _teacher_result(row: Any, judged: list[tuple[Rule, Plan]]) -> TeacherResult:
 
 def evaluate(session: Session, bureau_id: int, period: Period, rule_set: RuleSet,
              school_ids: list[int] | None = None, today: date | None = None, *, with_teachers: bool = True,
-             top_teachers: int = 0) -> Evaluation:
+             top_teachers: int = 0, overrides: Overrides | None = None) -> Evaluation:
     """Every visible school's teachers, groups and weekly activity in one period.
 
     `with_teachers=False` gives the schools' figures without the per-teacher detail (a bulletin);
     `top_teachers` also fetches that many compliant teachers, the most hours first.
+    Each school is judged by the most specific rule set in force when the period ended (district, then
+    alliance, then `rule_set`, the bureau's; see `rules.Overrides`); `overrides` defaults to those stored.
     """
+    if overrides is None:
+        overrides = rules.overrides_in_force(session, bureau_id, rule_set.calendar.end_moment(period))
     school_query = select(schools).where(schools.c.bureau_id == bureau_id).order_by(schools.c.id)
     if school_ids is not None:
         school_query = school_query.where(schools.c.id.in_(school_ids))
     results = {
         row["id"]: SchoolResult(row["id"], row["code"], row["name"], row["district_id"],
-                                rule_set.school_noncompliant_share)
+                                rule_set.school_noncompliant_share, rules_version=rule_set.version,
+                                rules_scope=rule_set.scope_kind)
         for row in session.execute(school_query).mappings()
     }
-    visible = list(results) if school_ids is not None else None
     evaluation = Evaluation(period, rule_set, results, {}, {})
-    _judge_teachers(session, bureau_id, period, rule_set, evaluation, visible, with_teachers, top_teachers)
-    _judge_groups(session, bureau_id, period, rule_set, results, visible)
-    _judge_weeks(session, period, rule_set, results, visible, today or date.today())
+    alliance_ids: dict[int, list[int]] = defaultdict(list)
+    for row in session.execute(select(alliance_members).order_by(alliance_members.c.school_id)):
+        if row.school_id in results:
+            alliance_ids[row.school_id].append(row.alliance_id)
+            _name, members = evaluation.alliances.setdefault(
+                row.alliance_id, (row.alliance_name or str(row.alliance_id), []))
+            members.append(row.school_id)
+    # Schools grouped by the rule set that judges them; with no override, one group as before.
+    by_rules: dict[tuple[str, int], tuple[RuleSet, dict[int, SchoolResult]]] = {}
+    for school_id, school in results.items():
+        own = (overrides.for_school(school.district_id, alliance_ids[school_id]) if overrides else None) or rule_set
+        by_rules.setdefault((own.scope_kind, own.scope_id), (own, {}))[1][school_id] = school
+    best: list[TeacherResult] = []
+    for own, members in by_rules.values():
+        for school in members.values():
+            school.threshold, school.rules_version, school.rules_scope = (
+                own.school_noncompliant_share, own.version, own.scope_kind)
+        # None: every school of the bureau (no id list in the SQL) — only when one rule set judges them all.
+        visible = list(members) if school_ids is not None or len(by_rules) > 1 else None
+        best += _judge_teachers(session, bureau_id, period, own, members, visible, with_teachers, top_teachers)
+        _judge_groups(session, bureau_id, period, own, members, visible)
+        _judge_weeks(session, period, own, members, visible, today or date.today())
+        if own is not rule_set:
+            evaluation.other_rule_sets.append(own)
+    best.sort(key=lambda teacher: (-(teacher.online_hours + teacher.offline_hours), -teacher.activities,
+                                   teacher.teacher_id))
+    evaluation.excellent_teachers = best[:top_teachers]
     evaluation.district_names = {
         row.id: row.name
         for row in session.execute(select(districts.c.id, districts.c.name).where(districts.c.bureau_id == bureau_id))
     }
-    for row in session.execute(select(alliance_members).order_by(alliance_members.c.school_id)):
-        if row.school_id in results:
-            _name, members = evaluation.alliances.setdefault(
-                row.alliance_id, (row.alliance_name or str(row.alliance_id), []))
-            members.append(row.school_id)
     return evaluation
 
 
-def _judge_teachers(session: Session, bureau_id: int, period: Period, rule_set: RuleSet, evaluation: Evaluation,
-                    visible: list[int] | None, with_teachers: bool, top_teachers: int) -> None:
+def _judge_teachers(session: Session, bureau_id: int, period: Period, rule_set: RuleSet,
+                    results: dict[int, SchoolResult], visible: list[int] | None, with_teachers: bool,
+                    top_teachers: int) -> list[TeacherResult]:
+    """Fill in the schools' figures (and detail); return the top compliant teachers among them."""
     roster = select(teachers.c.roles).where(teachers.c.bureau_id == bureau_id, teachers.c.active.is_(True))
     if visible is not None:
         roster = roster.where(teachers.c.school_id.in_(visible))
     role_sets = list(session.scalars(roster.distinct()))
     judged_rows, judged = _judged_teachers(bureau_id, period, rule_set, visible, role_sets)
-    results = evaluation.schools
     per_school = select(
         judged_rows.c.school_id, func.count().label("teachers"), func.sum(judged_rows.c.noncompliant),
         func.sum(judged_rows.c.online), func.sum(judged_rows.c.offline), func.sum(judged_rows.c.activities),
@@ -329,14 +365,15 @@ def _judge_teachers(session: Session, bureau_id: int, period: Period, rule_set: 
         for row in session.execute(select(judged_rows).order_by(judged_rows.c.id)).mappings():
             if row["school_id"] in results:
                 results[row["school_id"]].teachers.append(_teacher_result(row, judged))
-    if top_teachers:
-        best = (select(judged_rows)
-                .where(judged_rows.c.noncompliant == 0, judged_rows.c.applied > 0,
-                       judged_rows.c.school_id.in_(list(results)))
-                .order_by((judged_rows.c.online + judged_rows.c.offline).desc(), judged_rows.c.activities.desc(),
-                          judged_rows.c.id)
-                .limit(top_teachers))
-        evaluation.excellent_teachers = [_teacher_result(row, judged) for row in session.execute(best).mappings()]
+    if not top_teachers:
+        return []
+    best = (select(judged_rows)
+            .where(judged_rows.c.noncompliant == 0, judged_rows.c.applied > 0,
+                   judged_rows.c.school_id.in_(list(results)))
+            .order_by((judged_rows.c.online + judged_rows.c.offline).desc(), judged_rows.c.activities.desc(),
+                      judged_rows.c.id)
+            .limit(top_teachers))
+    return [_teacher_result(row, judged) for row in session.execute(best).mappings()]
 
 
 def _judge_groups(session: Session, bureau_id: int, period: Period, rule_set: RuleSet,
@@ -402,7 +439,7 @@ def group_out(group: GroupResult) -> dict[str, Any]:
 def school_report(evaluation: Evaluation, school_id: int) -> dict[str, Any]:
     school = evaluation.schools[school_id]
     return {
-        "period": period_out(evaluation.period), "rules_version": evaluation.rule_set.version,
+        "period": period_out(evaluation.period),
         **school.summary(),
         "district_name": evaluation.district_names.get(school.district_id or -1),
         "group_results": [group_out(group) for group in school.groups],

@@ -33,7 +33,8 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
         ("online_hours", "网络研修学时"), ("offline_hours", "线下研修学时"), ("activities", "活动数"),
     ]),
     ("excellent_teachers", "优秀教师", [
-        ("rank", "名次"), ("teacher_id", "教师ID"), ("staff_number", "工号"), ("school_name", "学校"),
+        ("rank", "名次"), ("teacher_id", "教师ID"), ("name", "姓名"), ("staff_number", "工号"),
+        ("school_name", "学校"),
         ("online_hours", "网络研修学时"), ("offline_hours", "线下研修学时"), ("activities", "活动数"),
     ]),
     ("excellent_groups", "优秀教研组", [

@@ -281,3 +281,66 @@ def in_force(session: Session, bureau_id: int, at: datetime | None = None, scope
 def describe(rule_set: RuleSet) -> dict[str, Any]:
     return {"version": rule_set.version, "scope_kind": rule_set.scope_kind, "scope_id": rule_set.scope_id,
             **rule_set.body}
+
+
+@dataclass(frozen=True)
+class Overrides:
+    """District and alliance rule sets in force at one moment, and how a school finds its own.
+
+    Precedence, most specific first: the school's district; then an alliance it belongs to (when it
+    belongs to several with their own rules, the lowest alliance id wins: alliances carry no rank, and
+    a fixed choice keeps a report reproducible); then the bureau's rules.
+    An override replaces the bureau's rules and school threshold for its schools; periods (time zone,
+    terms) stay the bureau's, since every school's tallies are kept on the bureau's calendar.
+    """
+
+    districts: dict[int, RuleSet]
+    alliances: dict[int, RuleSet]
+
+    def for_school(self, district_id: int | None, alliance_ids: list[int]) -> RuleSet | None:
+        if district_id is not None and district_id in self.districts:
+            return self.districts[district_id]
+        for alliance_id in sorted(alliance_ids):
+            if alliance_id in self.alliances:
+                return self.alliances[alliance_id]
+        return None
+
+    def __bool__(self) -> bool:
+        return bool(self.districts or self.alliances)
+
+
+NO_OVERRIDES = Overrides({}, {})
+
+
+def overrides_in_force(session: Session, bureau_id: int, at: datetime | None = None) -> Overrides:
+    """Every district's and alliance's newest version created before `at` (default: now).
+
+    An override written after `at` did not apply then, so it does not change a past report — except
+    when the bureau's own rules were all written after `at` too (`in_force` then explains the period by
+    their first version): the whole configuration came later, so overrides count from their first version.
+    """
+    rows = list(session.execute(
+        select(rule_sets).where(rule_sets.c.bureau_id == bureau_id).order_by(rule_sets.c.version)).mappings())
+
+    def before(row: Any) -> bool:
+        return at is None or _aware(row["created_at"]) < at
+
+    bureau_then = any(row["scope_kind"] == "bureau" and before(row) for row in rows)
+    chosen: dict[tuple[str, int], Any] = {}
+    for row in rows:  # oldest version first
+        key = (row["scope_kind"], row["scope_id"])
+        if not bureau_then:
+            chosen.setdefault(key, row)
+        elif before(row):
+            chosen[key] = row
+    found: dict[str, dict[int, RuleSet]] = {"district": {}, "alliance": {}}
+    for row in chosen.values():
+        if row["scope_kind"] in found:
+            found[row["scope_kind"]][row["scope_id"]] = build(
+                json.loads(row["body"]), row["version"], row["scope_kind"], row["scope_id"])
+    return Overrides(found["district"], found["alliance"])
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands back naive datetimes (stored as UTC)."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
+from nameko.rpc import RpcProxy
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -19,7 +20,7 @@ from services.common.metrics import ServiceMetrics
 from services.common.scope import Scope
 from services.common.subscriber import cloud_event_handler
 from services.common.validation import load
-from services.reporting import bulletin, compliance, exports, projection, rules, schemas
+from services.reporting import bulletin, compliance, exports, names, projection, rules, schemas
 from services.reporting.exceptions import Forbidden, NotFound
 from services.reporting.models import schools, teachers
 
@@ -64,6 +65,11 @@ class ReportingService(HealthRpc):
 
     db = Database("reporting")
     metrics = ServiceMetrics("reporting")
+    accounts = RpcProxy("accounts")  # teachers' names only (events carry none); always via names.rpc_lookup
+
+    def _names(self, caller: Scope) -> names.NameLookup:
+        """Asked after the read transaction ends: a slow accounts never holds a database snapshot open."""
+        return names.rpc_lookup(self.accounts, caller.to_dict())
 
     # --- reports -----------------------------------------------------------------------------------
 
@@ -81,8 +87,9 @@ class ReportingService(HealthRpc):
             found = [t for t in evaluation.schools[row["school_id"]].teachers if t.teacher_id == row["id"]]
             if not found:
                 raise NotFound(f"Teacher {teacher_id} has left; no progress is reported for them.")
-            return {"period": compliance.period_out(when), "rules_version": rule_set.version,
-                    **compliance.teacher_out(found[0])}
+            school = evaluation.schools[row["school_id"]]
+            return {"period": compliance.period_out(when), "rules_version": school.rules_version,
+                    "rules_scope": school.rules_scope, **compliance.teacher_out(found[0])}
 
     @rpc
     def school_compliance(self, scope: dict, school_id: int, period: dict) -> dict[str, Any]:
@@ -91,15 +98,17 @@ class ReportingService(HealthRpc):
             require_school(self.db, caller, int(school_id))
             when, rule_set = period_of(self.db, caller.bureau_id, period)
             evaluation = compliance.evaluate(self.db, caller.bureau_id, when, rule_set, [int(school_id)])
-            return compliance.school_report(evaluation, int(school_id))
+            report = compliance.school_report(evaluation, int(school_id))
+        return names.name_lines(report, ["teacher_results"], self._names(caller))
 
     @rpc
     def get_bulletin(self, scope: dict, period: dict) -> dict[str, Any]:
         with self.db.begin():  # one consistent snapshot; ends the read transaction
             caller = Scope.from_dict(scope)
             values = load(schemas.PeriodIn(), period)
-            return bulletin.build(self.db, caller.bureau_id, values["kind"], values["key"],
-                                  visible_school_ids(self.db, caller))
+            report = bulletin.build(self.db, caller.bureau_id, values["kind"], values["key"],
+                                    visible_school_ids(self.db, caller))
+        return names.name_lines(report, bulletin.TEACHER_SECTIONS, self._names(caller))
 
     @rpc
     def export_bulletin(self, scope: dict, request: dict) -> dict[str, Any]:
@@ -110,15 +119,16 @@ class ReportingService(HealthRpc):
             values = load(schemas.ExportIn(), request)
             report = bulletin.build(self.db, caller.bureau_id, values["kind"], values["key"],
                                     visible_school_ids(self.db, caller))
-            if values["format"] == "csv":
-                content, content_type = exports.to_csv(report, values["section"]), "text/csv; charset=utf-8"
-                filename = f"bulletin-{values['key']}-{values['section']}.csv"
-                display = f"{report['title']}-{exports.section_title(values['section'])}.csv"
-            else:
-                content, content_type, filename = exports.to_xlsx(report), XLSX_TYPE, f"bulletin-{values['key']}.xlsx"
-                display = f"{report['title']}.xlsx"
-            return {"filename": filename, "display_filename": display, "content_type": content_type,
-                    "content_base64": base64.b64encode(content).decode("ascii")}
+        names.name_lines(report, bulletin.TEACHER_SECTIONS, self._names(caller))
+        if values["format"] == "csv":
+            content, content_type = exports.to_csv(report, values["section"]), "text/csv; charset=utf-8"
+            filename = f"bulletin-{values['key']}-{values['section']}.csv"
+            display = f"{report['title']}-{exports.section_title(values['section'])}.csv"
+        else:
+            content, content_type, filename = exports.to_xlsx(report), XLSX_TYPE, f"bulletin-{values['key']}.xlsx"
+            display = f"{report['title']}.xlsx"
+        return {"filename": filename, "display_filename": display, "content_type": content_type,
+                "content_base64": base64.b64encode(content).decode("ascii")}
 
     # --- rules -------------------------------------------------------------------------------------
 
