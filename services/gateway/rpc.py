@@ -26,7 +26,12 @@ from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
 from nameko.rpc import ServiceProxy
 from nameko.standalone.rpc import SingleThreadedReplyListener, StandaloneProxyBase
 
-import services.accounts.exceptions  # noqa: F401  (registers accounts' typed errors for deserialisation)
+# Importing each service's exceptions registers its typed errors, so they arrive here as themselves
+# (e.g. the relay's AdmissionRefused → 409) instead of as an untyped RemoteError (→ 500).
+import services.accounts.exceptions
+import services.activities.exceptions
+import services.classroom_relay.exceptions
+import services.reporting.exceptions  # noqa: F401
 from services.common.errors import LianxiaoError, ServiceUnavailable
 
 log = logging.getLogger(__name__)
