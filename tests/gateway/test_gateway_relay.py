@@ -1,0 +1,108 @@
+"""Live classrooms over real HTTP: gunicorn → RPC → classroom_relay → a real data plane process.
+
+The issue's walk-through as a school's software sees it: register classrooms, schedule and start a
+lesson, fetch a branch's SDP, and see a branch refused with 409 and the numbers when the master
+school's 100 Mbit/s link would be exceeded.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import requests
+from nameko.runners import ServiceRunner
+
+from services.classroom_relay.service import ClassroomRelayService
+from tests.relay.relay_harness import DataPlane, start_dataplane
+
+from .gateway_support import City, bearer
+
+TIMEOUT = 30
+MBIT = 1_000_000
+
+
+@pytest.fixture(scope="module")
+def relay(gateway: str, platform_config: dict[str, Any], migrate: Any) -> Iterator[tuple[str, DataPlane]]:
+    migrate("classroom_relay")
+    plane = start_dataplane()
+    runner = ServiceRunner({
+        **platform_config, "METRICS_PORT": 0, "RELAY_ALLOW_DEV_SECRET": "1",
+        "RELAY_CONTROL_ADDRESS": f"127.0.0.1:{plane.control_port}",
+    })
+    runner.add_service(ClassroomRelayService)
+    runner.start()
+    try:
+        yield gateway, plane
+    finally:
+        runner.kill()
+        assert "Traceback" not in plane.stop()
+
+
+def call(method: str, url: str, token: str, body: Any = None) -> requests.Response:
+    return requests.request(method, url, json=body, headers=bearer(token), timeout=TIMEOUT)
+
+
+def branch_sdp(url: str, token: str, seconds: float = 10.0) -> requests.Response:
+    """The SDP, once the relay has confirmed the branch's stream (503 until its next stats pull)."""
+    deadline = time.monotonic() + seconds
+    while True:
+        response = call("GET", url, token)
+        if response.status_code != 503 or time.monotonic() > deadline:
+            assert response.status_code == 200, response.text
+            return response
+        time.sleep(0.1)
+
+
+def test_a_lesson_from_classrooms_to_sdp_and_a_refused_branch(relay: tuple[str, DataPlane], city: City) -> None:
+    gateway, _plane = relay
+    token = city.tokens["bureau_write"]
+    master_school, branch_school = city.schools["east_one"], city.schools["east_two"]
+
+    def classroom(school_id: int, name: str, kind: str, **extra: Any) -> dict:
+        response = call("POST", f"{gateway}/v1/classrooms", token, {
+            "school_id": school_id, "bureau_id": city.bureau_id, "district_id": city.districts["east"],
+            "name": name, "kind": kind, **extra,
+        })
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    master = classroom(master_school, "录播教室一", "broadcasting", school_link_capacity_bps=100 * MBIT)
+    branches = [
+        classroom(branch_school, f"接收教室{index}", "receiving", school_link_capacity_bps=200 * MBIT,
+                  downlink_capacity_bps=50 * MBIT, receive_host="127.0.0.1", receive_port=43000 + 2 * index)
+        for index in (1, 2, 3)
+    ]
+    duplicate = call("POST", f"{gateway}/v1/classrooms", token, {
+        "school_id": master_school, "bureau_id": city.bureau_id, "name": "录播教室一", "kind": "broadcasting"})
+    assert duplicate.status_code == 409, duplicate.text
+
+    now = datetime.now(UTC)
+    created = call("POST", f"{gateway}/v1/sessions", token, {
+        "kind": "master_teacher", "title": "七年级语文", "master_classroom_id": master["id"],
+        "starts_at": now.isoformat(), "ends_at": (now + timedelta(minutes=40)).isoformat(),
+        "branch_bps": 40 * MBIT, "branch_classroom_ids": [branches[0]["id"], branches[1]["id"]],
+    })
+    assert created.status_code == 201, created.text
+    lesson = created.json()["id"]
+    started = call("POST", f"{gateway}/v1/sessions/{lesson}/start", token)
+    assert started.status_code == 200, started.text
+    assert started.json()["status"] == "live"
+
+    refused = call("PUT", f"{gateway}/v1/sessions/{lesson}/classrooms/{branches[2]['id']}", token, {})
+    assert refused.status_code == 409, refused.text
+    assert refused.headers["Content-Type"].startswith("application/problem+json")
+    problem = refused.json()
+    assert "100.0 Mbit/s" in problem["detail"] and "80.0 Mbit/s" in problem["detail"]
+
+    sdp = branch_sdp(f"{gateway}/v1/sessions/{lesson}/classrooms/{branches[0]['id']}/sdp", token)
+    assert sdp.headers["Content-Type"].startswith("application/sdp")
+    assert "m=video 43002 RTP/AVP 96" in sdp.text
+
+    other_school = call("GET", f"{gateway}/v1/sessions/{lesson}", city.tokens["other_bureau_write"])
+    assert other_school.status_code in (403, 404), other_school.text
+    ended = call("POST", f"{gateway}/v1/sessions/{lesson}/end", token)
+    assert ended.status_code == 200, ended.text
