@@ -204,6 +204,8 @@ class OutboxRelay(DependencyProvider):
                         if self.publish_pending(producer) < self.batch_size:
                             self._wait()
             except Exception:  # the broker or the database went away: back off and reconnect
+                if not self.running:
+                    return  # stopping: the engine was disposed under us, nothing is wrong
                 self.failed_total.inc()
                 log.exception("outbox relay of %s failed; retrying", self.outbox.service)
                 backoff = min(self.max_backoff_seconds, max(0.2, backoff * 2))
