@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-from marshmallow import RAISE, Schema, fields, validate
+from marshmallow import Schema, fields, validate
 
 from services.accounts.models import ACCESS_LEVELS, GROUP_KINDS, ROLES, SCHOOL_KINDS, SCOPE_KINDS
+from services.common.validation import ID, MAX_ID, NAME, StrictSchema
 
-NAME = validate.Length(min=1, max=200)
-# Database ids are 32-bit integers; a larger number can only be a mistake (and must not reach the database).
-MAX_ID = 2**31 - 1
-ID = validate.Range(min=1, max=MAX_ID)
 CODE = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$", error="Use 1–40 letters, digits, '_', '.', '-'.")
-
-
-class StrictSchema(Schema):
-    class Meta:
-        unknown = RAISE
 
 
 class BureauIn(StrictSchema):

@@ -16,6 +16,7 @@ from services.accounts.directory import _get, school_in_scope
 from services.accounts.exceptions import Forbidden, InvalidInput, NotFound, TokenInvalid
 from services.accounts.models import ApiToken, Bureau, District, School, outbox
 from services.common.scope import Scope
+from services.common.timeutil import as_utc
 from services.common.validation import load
 
 TOKEN_PREFIX = "lx_"
@@ -31,10 +32,6 @@ def hash_token(token: str) -> str:
 
 def _now(now: datetime | None) -> datetime:
     return now or datetime.now(UTC)
-
-
-def _aware(moment: datetime) -> datetime:
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def _resolve_target(session: Session, issuer: Scope, kind: str, ident: int) -> None:
@@ -90,10 +87,10 @@ def verify_token(session: Session, secret: Any, now: datetime | None = None) -> 
         raise TokenInvalid("The token is not valid.")
     if token.revoked_at is not None:
         raise TokenInvalid("The token has been revoked.")
-    if _aware(token.expires_at) <= _now(now):
+    if as_utc(token.expires_at) <= _now(now):
         raise TokenInvalid("The token has expired.")
     scope = Scope(token.bureau_id, token.scope_kind, token.scope_id, token.access, token.id)
-    return {**scope.to_dict(), "expires_at": _aware(token.expires_at).isoformat()}
+    return {**scope.to_dict(), "expires_at": as_utc(token.expires_at).isoformat()}
 
 
 def _token_in_scope(session: Session, scope: Scope, token_id: Any) -> ApiToken:

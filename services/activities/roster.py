@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from services.activities.exceptions import Forbidden, InvalidInput, UnknownTeacher
 from services.activities.models import RosterTeacher
 from services.common.scope import Scope
+from services.common.timeutil import as_utc
 
 TEACHER_EVENT_KEYS = ("teacher.joined", "teacher.changed", "teacher.left")
 
@@ -31,7 +32,7 @@ def _parse_time(value: Any) -> datetime:
         parsed = datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError as error:
         raise InvalidInput(f"Event time {value!r} is not ISO 8601.") from error
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    return as_utc(parsed)
 
 
 def apply_teacher_event(session: Session, routing_key: str, body: dict[str, Any], event_time: Any = None) -> bool:
@@ -51,7 +52,7 @@ def apply_teacher_event(session: Session, routing_key: str, body: dict[str, Any]
         session.add(RosterTeacher(id=teacher_id, **values))
         session.flush()
         return True
-    known = teacher.announced_at if teacher.announced_at.tzinfo else teacher.announced_at.replace(tzinfo=UTC)
+    known = as_utc(teacher.announced_at)
     if values["announced_at"] < known:
         return False
     for name, value in values.items():

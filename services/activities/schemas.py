@@ -18,7 +18,9 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any, ClassVar
 from zoneinfo import ZoneInfo
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
+
+from services.common.validation import StrictSchema
 
 BUREAU_TIMEZONE = ZoneInfo("Asia/Shanghai")
 MAX_BATCH = 500
@@ -37,11 +39,6 @@ def hours(value: float | Decimal) -> Decimal:
 def by_mode(mode: str, minutes: int) -> tuple[int, Decimal, Decimal]:
     credited = hours(Decimal(minutes) / 60)
     return (minutes, credited, Decimal(0)) if mode == "online" else (minutes, Decimal(0), credited)
-
-
-class StrictSchema(Schema):
-    class Meta:
-        unknown = RAISE
 
 
 class LessonSchema(StrictSchema):

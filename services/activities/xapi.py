@@ -28,6 +28,7 @@ from services.activities.exceptions import InvalidInput, NotFound
 from services.activities.models import Activity
 from services.activities.schemas import KINDS, StrictSchema
 from services.common.scope import Scope
+from services.common.timeutil import as_utc
 from services.common.validation import load
 
 XAPI_VERSION = "1.0.3"
@@ -45,9 +46,7 @@ def extension(name: str) -> str:
 
 
 def iso(moment: datetime) -> str:
-    if moment.tzinfo is None:  # SQLite hands back naive datetimes; they are stored in UTC
-        moment = moment.replace(tzinfo=UTC)
-    return moment.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return as_utc(moment).astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def iso_duration(minutes: int) -> str:

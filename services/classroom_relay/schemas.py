@@ -5,12 +5,11 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from services.classroom_relay.models import CLASSROOM_KINDS, MBIT, RECURRENCES, SESSION_KINDS
+from services.common.validation import ID, NAME, StrictSchema
 
-NAME = validate.Length(min=1, max=200)
-ID = validate.Range(min=1)
 BITRATE = validate.Range(min=64_000, max=10_000 * MBIT)
 PORT = validate.Range(min=1, max=65534)  # RTCP goes to port + 1
 
@@ -20,11 +19,6 @@ def _ipv4(value: str) -> None:
         ipaddress.IPv4Address(value)
     except ValueError as error:
         raise ValidationError("Must be an IPv4 address.") from error
-
-
-class StrictSchema(Schema):
-    class Meta:
-        unknown = RAISE
 
 
 class ReceiveAddress(StrictSchema):

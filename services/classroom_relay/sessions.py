@@ -42,6 +42,7 @@ from services.classroom_relay.models import (
 from services.classroom_relay.sdp import build_receiver_sdp
 from services.common.db import flush_or_conflict
 from services.common.scope import Scope
+from services.common.timeutil import as_utc, utcnow
 from services.common.validation import load
 
 MAX_RESEARCH_CLASSROOMS = 8  # online research is "many ↔ many, small"
@@ -96,19 +97,10 @@ def settings_from(config: dict[str, Any] | None = None) -> RelaySettings:
     )
 
 
-def utcnow() -> datetime:
-    return datetime.now(UTC)
-
-
-def aware(moment: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes; everything here is UTC."""
-    if moment is None or moment.tzinfo is not None:
-        return moment
-    return moment.replace(tzinfo=UTC)
 
 
 def iso(moment: datetime | None) -> str | None:
-    moment = aware(moment)
+    moment = as_utc(moment)
     return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
 
 
@@ -552,8 +544,8 @@ def _join(session: Session, live: LiveSession, member: SessionClassroom, now: da
 
 def _current_occurrence(live: LiveSession, now: datetime) -> tuple[datetime, datetime] | None:
     """The occurrence that has not ended yet (the first one for a one-off lesson); None when over."""
-    start, end = aware(live.starts_at), aware(live.ends_at)
-    until = aware(live.recurrence_until)
+    start, end = as_utc(live.starts_at), as_utc(live.ends_at)
+    until = as_utc(live.recurrence_until)
     while end < now:
         if live.recurrence == "none":
             return None
@@ -641,8 +633,8 @@ def end_session(session: Session, scope: Scope, session_id: Any, now: datetime |
     live.dataplane = None  # the next occurrence is placed again when it starts
     following = None
     if live.recurrence != "none":
-        following = _next_occurrence(live.recurrence, aware(live.starts_at), aware(live.ends_at))
-        until = aware(live.recurrence_until)
+        following = _next_occurrence(live.recurrence, as_utc(live.starts_at), as_utc(live.ends_at))
+        until = as_utc(live.recurrence_until)
         if until is not None and following[0] > until:
             following = None
     if following is None:

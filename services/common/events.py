@@ -40,6 +40,7 @@ from sqlalchemy.orm import Session
 from services.common.config import amqp_uri, database_url
 from services.common.db import make_engine
 from services.common.metrics import registry_for
+from services.common.timeutil import as_utc, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,6 @@ SCHEMA_BASE = "https://lianxiao.example/schemas/events"
 
 def event_exchange(service: str) -> Exchange:
     return Exchange(f"{service}.events", type="topic", durable=True, auto_delete=False)
-
-
-def utcnow() -> datetime:
-    return datetime.now(UTC)
 
 
 def cloud_event_headers(row: Mapping[str, Any]) -> dict[str, str]:
@@ -260,7 +257,6 @@ class OutboxRelay(DependencyProvider):
         self.published_total.inc(published)
         self.backlog_gauge.set(pending[0])
         oldest = pending[1]
-        if oldest is not None and oldest.tzinfo is None:
-            oldest = oldest.replace(tzinfo=UTC)
+        oldest = as_utc(oldest)
         self.lag_gauge.set((utcnow() - oldest).total_seconds() if oldest else 0.0)
         return published

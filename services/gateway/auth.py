@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from services.common.errors import Unauthenticated
+from services.common.timeutil import as_utc
 
 BEARER_PREFIX = "bearer "
 MAX_TOKEN_CHARS = 512
@@ -61,9 +62,7 @@ def _seconds_until(iso_moment: Any, now: datetime) -> float | None:
         moment = datetime.fromisoformat(iso_moment)
     except ValueError:
         return None
-    if moment.tzinfo is None:
-        moment = moment.replace(tzinfo=UTC)
-    return (moment - now).total_seconds()
+    return (as_utc(moment) - now).total_seconds()
 
 
 class TokenVerifier:

@@ -13,9 +13,10 @@ from typing import Any
 from apispec import APISpec
 from apispec.ext.marshmallow import MarshmallowPlugin
 
+from services.common.validation import MAX_ID
 from services.gateway.problems import PROBLEM_MIMETYPE, TITLES
 from services.gateway.routes.base import Route
-from services.gateway.schemas import ID_MAX, Problem
+from services.gateway.schemas import Problem
 
 OPENAPI_VERSION = "3.0.3"
 API_VERSION = "1.0.0"
@@ -40,7 +41,7 @@ def _path_parameters(rule: str) -> list[dict[str, Any]]:
     for match in RULE_VARIABLE.finditer(rule):
         schema: dict[str, Any] = {"type": "string"}
         if match["converter"] in ("id", "int"):
-            schema = {"type": "integer", "minimum": 1, "maximum": ID_MAX}
+            schema = {"type": "integer", "minimum": 1, "maximum": MAX_ID}
         parameters.append({"in": "path", "name": match["name"], "required": True, "schema": schema})
     return parameters
 

@@ -6,13 +6,10 @@ Everything a service accepts or returns is described by that service's own schem
 
 from __future__ import annotations
 
-from marshmallow import Schema, fields, validate
+from marshmallow import Schema, fields
 
-from services.accounts.schemas import PageIn, StrictSchema, TeacherOut
-
-# Database ids are 32-bit integers; a larger id can only be a mistake (or a probe), never a row.
-ID_MAX = 2**31 - 1
-ID_RANGE = validate.Range(min=1, max=ID_MAX)
+from services.accounts.schemas import PageIn, TeacherOut
+from services.common.validation import ID, StrictSchema
 
 
 class ProblemError(Schema):
@@ -56,11 +53,11 @@ class TeacherPageQuery(PageIn):
 
 
 class GroupListQuery(StrictSchema):
-    school_id = fields.Integer(validate=ID_RANGE)
+    school_id = fields.Integer(validate=ID)
 
 
 class AllianceMemberIn(StrictSchema):
-    school_id = fields.Integer(required=True, strict=True, validate=ID_RANGE)
+    school_id = fields.Integer(required=True, strict=True, validate=ID)
 
 
 class TeacherPage(Schema):

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from services.common.timeutil import as_utc
 from services.reporting.exceptions import InvalidInput
 
 DEFAULT_TIMEZONE = "Asia/Shanghai"
@@ -118,9 +119,7 @@ class Calendar:
         self.terms = sorted(terms or [], key=lambda term: term.starts_on)
 
     def local_date(self, moment: datetime) -> date:
-        if moment.tzinfo is None:  # stored naive moments are UTC
-            moment = moment.replace(tzinfo=UTC)
-        return moment.astimezone(self.timezone).date()
+        return as_utc(moment).astimezone(self.timezone).date()
 
     def term_of(self, day: date) -> Term | None:
         for term in self.terms:

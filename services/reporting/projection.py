@@ -18,6 +18,7 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from services.common.timeutil import as_utc
 from services.reporting import rules
 from services.reporting.exceptions import InvalidInput
 from services.reporting.kinds import ACTIVITY_KINDS, MEASURE_COLUMNS, count_column, online_count_column
@@ -68,7 +69,7 @@ def parse_moment(text: Any) -> datetime:
         moment = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
     except ValueError as error:
         raise InvalidInput(f"Not an ISO 8601 time: {text!r}.") from error
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    return as_utc(moment)
 
 
 def fact_from_statement(statement: Mapping[str, Any], event_id: str) -> ActivityFact:
@@ -203,7 +204,7 @@ def fact_of_row(row: Mapping[str, Any]) -> ActivityFact:
         event_id=row["event_id"], bureau_id=row["bureau_id"], teacher_id=row["teacher_id"],
         school_id=row["school_id"], group_id=row["group_id"], kind=row["kind"], online=bool(row["online"]),
         online_centihours=row["online_centihours"], offline_centihours=row["offline_centihours"],
-        occurred_at=occurred if occurred.tzinfo else occurred.replace(tzinfo=UTC), corrects=row["corrects"],
+        occurred_at=as_utc(occurred), corrects=row["corrects"],
     )
 
 
@@ -245,7 +246,7 @@ def _newer(session: Session, teacher_id: int, moment: datetime, event_id: str) -
     ).first()
     if row is None:
         return None
-    stored = row.as_of_time if row.as_of_time.tzinfo else row.as_of_time.replace(tzinfo=UTC)
+    stored = as_utc(row.as_of_time)
     return (moment, event_id) > (stored, row.as_of_event)
 
 

@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from services.common.timeutil import as_utc
 from services.reporting.exceptions import InvalidInput
 from services.reporting.kinds import ACTIVITY_KINDS
 from services.reporting.models import rule_sets
@@ -323,7 +324,7 @@ def overrides_in_force(session: Session, bureau_id: int, at: datetime | None = N
         select(rule_sets).where(rule_sets.c.bureau_id == bureau_id).order_by(rule_sets.c.version)).mappings())
 
     def before(row: Any) -> bool:
-        return at is None or _aware(row["created_at"]) < at
+        return at is None or as_utc(row["created_at"]) < at
 
     bureau_then = any(row["scope_kind"] == "bureau" and before(row) for row in rows)
     chosen: dict[tuple[str, int], Any] = {}
@@ -341,6 +342,3 @@ def overrides_in_force(session: Session, bureau_id: int, at: datetime | None = N
     return Overrides(found["district"], found["alliance"])
 
 
-def _aware(moment: datetime) -> datetime:
-    """SQLite hands back naive datetimes (stored as UTC)."""
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

@@ -4,18 +4,14 @@ from __future__ import annotations
 
 import re
 
-from marshmallow import RAISE, Schema, ValidationError, fields, validate, validates_schema
+from marshmallow import ValidationError, fields, validate, validates_schema
 
+from services.common.validation import ID, StrictSchema
 from services.reporting.exports import SECTION_KEYS
 
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 # A period in a query string: `month:2025-03` or `term:<term code>`.
 PERIOD_TEXT = re.compile(r"^(month:\d{4}-(0[1-9]|1[0-2])|term:[^\s]{1,40})$")
-
-
-class StrictSchema(Schema):
-    class Meta:
-        unknown = RAISE
 
 
 class PeriodIn(StrictSchema):
@@ -67,4 +63,4 @@ class RuleSetQuery(StrictSchema):
     """RuleSetTarget in a query string (where every value arrives as text)."""
 
     scope_kind = fields.String(load_default="bureau", validate=validate.OneOf(("bureau", "district", "alliance")))
-    scope_id = fields.Integer(load_default=None, validate=validate.Range(min=1, max=2**31 - 1))
+    scope_id = fields.Integer(load_default=None, validate=ID)

@@ -18,9 +18,8 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from werkzeug.routing import IntegerConverter
 from werkzeug.wrappers import Request, Response
 
-from services.common.validation import load
+from services.common.validation import MAX_ID, load
 from services.gateway.problems import HttpProblem
-from services.gateway.schemas import ID_MAX
 
 if TYPE_CHECKING:
     from services.gateway.app import Gateway
@@ -32,7 +31,7 @@ class IdConverter(IntegerConverter):
     """`<id:name>`: a positive 32-bit id; anything else (e.g. 10**30) is simply not a resource (404)."""
 
     def __init__(self, url_map: Any) -> None:
-        super().__init__(url_map, min=1, max=ID_MAX)
+        super().__init__(url_map, min=1, max=MAX_ID)
 
 
 @dataclass
@@ -157,8 +156,8 @@ def integer_range_errors(schema: Schema, data: Any) -> list[dict[str, Any]]:
         else:
             continue
         for path, item, integer_field in candidates:
-            if isinstance(item, int) and not _has_upper_bound(integer_field) and not -ID_MAX <= item <= ID_MAX:
-                problems.append({"field": path, "reason": f"Must be between {-ID_MAX} and {ID_MAX}."})
+            if isinstance(item, int) and not _has_upper_bound(integer_field) and not -MAX_ID <= item <= MAX_ID:
+                problems.append({"field": path, "reason": f"Must be between {-MAX_ID} and {MAX_ID}."})
     return problems
 
 
