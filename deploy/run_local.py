@@ -7,6 +7,7 @@ its own process, the gateway under gunicorn and the relay data plane, and prints
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -73,6 +75,33 @@ def ensure_broker() -> None:
     )
 
 
+def group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def stop_all(processes: Iterable[subprocess.Popen], grace_seconds: float = 15.0) -> None:
+    """SIGTERM every part's process group, wait until each group is empty, SIGKILL what is left."""
+    processes = list(processes)
+    for process in processes:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_seconds
+    for process in processes:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=max(0.1, deadline - time.monotonic()))
+        while group_alive(process.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if group_alive(process.pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(process.pid, signal.SIGKILL)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=5)
+
+
 def dataplane_available() -> bool:
     return (REPO / "services" / "classroom_relay" / "dataplane" / "__main__.py").exists()
 
@@ -107,7 +136,9 @@ def main() -> None:
         ]
     processes: dict[str, subprocess.Popen] = {}
     for name, command in commands.items():
-        processes[name] = subprocess.Popen(command, cwd=REPO, env=env)
+        # Each part in its own process group, so stopping it also stops what it started (gunicorn's
+        # workers): a master that exits first must not leave an orphaned worker behind.
+        processes[name] = subprocess.Popen(command, cwd=REPO, env=env, start_new_session=True)
 
     print(
         "\nlianxiao is running:\n"
@@ -138,15 +169,7 @@ def main() -> None:
                 stopping, exit_code = True, 1
                 break
         time.sleep(0.5)
-    for process in processes.values():
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + 15
-    for process in processes.values():
-        try:
-            process.wait(timeout=max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            process.kill()
+    stop_all(processes.values())
     print("lianxiao stopped.")
     sys.exit(exit_code)
 

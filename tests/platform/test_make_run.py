@@ -37,6 +37,30 @@ def free_port_block(size: int) -> int:
     raise RuntimeError("no block of free ports")
 
 
+def descendants(root: int) -> set[int]:
+    """Every process started (directly or not) by `root`, read from /proc."""
+    parents: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # exited while we looked
+        parents[int(stat.parent.name)] = int(fields[1])
+    found, frontier = set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def running(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"  # a zombie has exited; only its parent's bookkeeping is left
+
+
 def wait_until_ready(url: str, process: subprocess.Popen, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -87,6 +111,8 @@ def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_conf
         for offset in range(5):  # four services and the relay data plane
             metrics = requests.get(f"http://127.0.0.1:{base + offset}/metrics", timeout=5)
             assert metrics.status_code == 200 and "lianxiao_" in metrics.text
+        started = descendants(platform.pid)
+        assert len(started) >= 7  # 4 services, the data plane, gunicorn and its worker
     finally:
         platform.send_signal(signal.SIGINT)  # what Ctrl-C sends
         try:
@@ -97,5 +123,5 @@ def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_conf
             pytest.fail("make run did not stop within 30 s of Ctrl-C")
     assert platform.returncode == 0, output[-3000:]
     assert "lianxiao stopped." in output
-    leftovers = subprocess.run(["pgrep", "-g", str(platform.pid)], capture_output=True, text=True).stdout.split()
+    leftovers = sorted(pid for pid in started if running(pid))
     assert leftovers == [], f"processes left running after Ctrl-C: {leftovers}"
