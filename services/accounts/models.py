@@ -17,6 +17,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from services.common.db import service_metadata
 from services.common.events import Outbox
+from services.common.link_targets import MASTER_SCHOOL_LINK_BPS
 
 metadata = service_metadata()
 outbox = Outbox("accounts", metadata)
@@ -38,7 +39,7 @@ ROLES = (
     "centre_member",
     "bureau_admin",
 )
-DEFAULT_MASTER_LINK_BPS = 100_000_000
+DEFAULT_MASTER_LINK_BPS = MASTER_SCHOOL_LINK_BPS
 DEFAULT_SCHOOL_LINK_BPS = 10_000_000
 
 

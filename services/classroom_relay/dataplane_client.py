@@ -27,21 +27,14 @@ from nameko.extensions import DependencyProvider
 from prometheus_client import Counter, Gauge
 from sqlalchemy.orm import Session
 
-from services.classroom_relay import admission, placement, sessions
+from services.classroom_relay import link_budgets, placement, sessions
 from services.classroom_relay.dataplane.protocol import ControlClient
 from services.common.config import database_url
 from services.common.db import make_engine
+from services.common.link_targets import LINK_TARGETS_BYTES_PER_SECOND
 from services.common.metrics import registry_for
 
 log = logging.getLogger(__name__)
-
-# The link targets of the source document, exported so dashboards and alerts compare against them.
-LINK_TARGETS_BYTES_PER_SECOND = {
-    "master_school_link": 100_000_000 / 8,
-    "broadcasting_uplink": 25_000_000 / 8,
-    "receiving_downlink": 10_000_000 / 8,
-}
-
 
 class DataPlaneError(Exception):
     """The data plane answered a request with `ok: false`."""
@@ -300,14 +293,14 @@ class DataPlaneLink(DependencyProvider):
             loads = sessions.committed_loads(db)
         self._export(labels, loads)
 
-    def _export(self, labels: list[dict[str, str]], loads: list[admission.Load]) -> None:
+    def _export(self, labels: list[dict[str, str]], loads: list[link_budgets.Load]) -> None:
         # Reset then set in one go without yielding (no I/O in between), so a scrape never sees a gap.
         self.session_info.clear()
         for entry in labels:
             self.session_info.labels(**entry).set(1)
         self.committed_gauge.clear()
         self.school_committed_gauge.clear()
-        for link, bps in admission.total_by_link(loads).items():
+        for link, bps in link_budgets.total_by_link(loads).items():
             self.committed_gauge.labels(link.kind, str(link.owner_id)).set(bps / 8)
             if link.kind == "school_link":
                 self.school_committed_gauge.labels(str(link.owner_id)).set(bps / 8)

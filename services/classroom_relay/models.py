@@ -13,6 +13,12 @@ from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, MetaData, Stri
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from services.common.events import Outbox
+from services.common.link_targets import (
+    BROADCASTING_UPLINK_BPS,
+    MASTER_SCHOOL_LINK_BPS,
+    MBIT,
+    RECEIVING_DOWNLINK_BPS,
+)
 
 metadata = MetaData(
     naming_convention={
@@ -24,11 +30,10 @@ metadata = MetaData(
 )
 outbox = Outbox("classroom_relay", metadata)
 
-MBIT = 1_000_000
-# Targets from the source document (seed 004): master school 100M, broadcasting room ≥ 25M, branch ≥ 10M.
-DEFAULT_MASTER_SCHOOL_LINK_BPS = 100 * MBIT
-DEFAULT_UPLINK_BPS = 25 * MBIT
-DEFAULT_DOWNLINK_BPS = 10 * MBIT
+# The bureau's targets (services/common/link_targets.py) are the defaults of the link budgets.
+DEFAULT_MASTER_SCHOOL_LINK_BPS = MASTER_SCHOOL_LINK_BPS
+DEFAULT_UPLINK_BPS = BROADCASTING_UPLINK_BPS
+DEFAULT_DOWNLINK_BPS = RECEIVING_DOWNLINK_BPS
 DEFAULT_SOURCE_BPS = 8 * MBIT  # what the broadcasting room sends (all simulcast layers together)
 DEFAULT_RETURN_BPS = 2 * MBIT  # a branch camera back to the master room, in interactive kinds
 
