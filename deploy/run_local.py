@@ -23,7 +23,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from services.common.config import amqp_uri, database_url  # noqa: E402
-from services.common.migrations import SERVICES_WITH_DATABASES, upgrade  # noqa: E402
+from services.common.migrations import upgrade  # noqa: E402
+from services.platform import SERVICE_NAMES  # noqa: E402
 
 PYTHON = sys.executable
 GATEWAY_BIND = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
@@ -31,12 +32,12 @@ GATEWAY_BIND = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
 METRICS_PORT_BASE = int(os.environ.get("METRICS_PORT_BASE", "9101"))
 METRICS_PORTS = {
     service: METRICS_PORT_BASE + offset
-    for offset, service in enumerate(("accounts", "activities", "reporting", "classroom_relay"))
+    for offset, service in enumerate(SERVICE_NAMES)
 }
 DATAPLANE_PORTS = {
     "media": int(os.environ.get("RELAY_MEDIA_PORT", "5004")),
     "control": int(os.environ.get("RELAY_CONTROL_PORT", "7070")),
-    "metrics": int(os.environ.get("RELAY_METRICS_PORT", str(METRICS_PORT_BASE + 4))),
+    "metrics": int(os.environ.get("RELAY_METRICS_PORT", str(METRICS_PORT_BASE + len(SERVICE_NAMES)))),
 }
 # Where encoders and branch classrooms reach the relay; 127.0.0.1 keeps a laptop's relay private.
 RELAY_MEDIA_HOST = os.environ.get("RELAY_MEDIA_HOST", "127.0.0.1")
@@ -109,7 +110,7 @@ def dataplane_available() -> bool:
 def main() -> None:
     ensure_broker()
     (REPO / "var").mkdir(exist_ok=True)
-    for service in SERVICES_WITH_DATABASES:
+    for service in SERVICE_NAMES:
         upgrade(service)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     commands: dict[str, list[str]] = {}

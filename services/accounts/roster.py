@@ -19,10 +19,10 @@ from sqlalchemy.orm import Session
 
 from services.accounts.directory import apply_teacher_changes, school_in_scope, teacher_event, teacher_out
 from services.accounts.exceptions import InvalidInput, RosterRejected
-from services.accounts.models import ROLES, Group, GroupMember, School, Teacher, TeacherRole, outbox
+from services.accounts.models import Group, GroupMember, School, Teacher, TeacherRole, outbox
+from services.accounts.schemas import ROLES, ROSTER_MAX_FILE_BYTES
 from services.common.scope import Scope
 
-MAX_FILE_BYTES = 5 * 1024 * 1024
 MAX_ROWS = 5000
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -61,8 +61,8 @@ class RosterRow:
 
 def read_table(filename: str, content: bytes) -> list[list[str]]:
     """The cells of the file's first sheet as text, header row first."""
-    if len(content) > MAX_FILE_BYTES:
-        raise InvalidInput(f"The file is {len(content)} bytes; at most {MAX_FILE_BYTES} are accepted.")
+    if len(content) > ROSTER_MAX_FILE_BYTES:
+        raise InvalidInput(f"The file is {len(content)} bytes; at most {ROSTER_MAX_FILE_BYTES} are accepted.")
     lower = filename.lower()
     if lower.endswith(".xlsx"):
         return _read_xlsx(content)

@@ -14,7 +14,6 @@ import services  # noqa: F401  (silences eventlet's notice before eventlet is im
 eventlet.monkey_patch()
 
 import argparse
-import importlib
 import logging
 import os
 import signal
@@ -22,19 +21,8 @@ from typing import Any
 
 from nameko.runners import ServiceRunner
 
+from services import platform
 from services.common.config import amqp_uri
-
-SERVICE_CLASSES = {
-    "accounts": "services.accounts.service:AccountsService",
-    "activities": "services.activities.service:ActivitiesService",
-    "reporting": "services.reporting.service:ReportingService",
-    "classroom_relay": "services.classroom_relay.service:ClassroomRelayService",
-}
-
-
-def service_class(name: str) -> type:
-    module_name, _, class_name = SERVICE_CLASSES[name].partition(":")
-    return getattr(importlib.import_module(module_name), class_name)
 
 
 def service_config(name: str) -> dict[str, Any]:
@@ -55,14 +43,14 @@ def service_config(name: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run one lianxiao nameko service.")
-    parser.add_argument("service", choices=sorted(SERVICE_CLASSES))
+    parser.add_argument("service", choices=sorted(platform.SERVICE_NAMES))
     args = parser.parse_args()
     logging.basicConfig(
         level=os.environ.get("LOG_LEVEL", "INFO"),
         format=f"%(asctime)s {args.service} %(levelname)s %(name)s: %(message)s",
     )
     runner = ServiceRunner(service_config(args.service))
-    runner.add_service(service_class(args.service))
+    runner.add_service(platform.service(args.service).load_class())
 
     def stop(_signum: int, _frame: Any) -> None:
         eventlet.spawn_n(runner.stop)
