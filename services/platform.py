@@ -12,7 +12,10 @@ its gateway routes module if it has a public API, and one `Service(...)` line be
 from __future__ import annotations
 
 import importlib
+import sys
 from dataclasses import dataclass
+
+from services.common.settings import Setting, declared, markdown_table, setting
 
 
 @dataclass(frozen=True)
@@ -55,8 +58,37 @@ SERVICES: tuple[Service, ...] = (
 SERVICE_NAMES: tuple[str, ...] = tuple(service.name for service in SERVICES)
 
 
+# Modules that declare settings (services/common/settings.py); README's table lists them all.
+SETTINGS_MODULES = (
+    "services.common.config",
+    "services.gateway.settings",
+    "services.classroom_relay.settings",
+)
+LOCAL_METRICS_PORT_BASE = setting(
+    "METRICS_PORT_BASE", int, 9101,
+    "`make run`: the services' metrics ports count up from here (then the relay data plane's)")
+
+
+def all_settings() -> list[Setting]:
+    """Every setting of the platform, part by part in the order of SETTINGS_MODULES, then `make run`'s."""
+    for module in SETTINGS_MODULES:
+        importlib.import_module(module)
+    order = {module: index for index, module in enumerate(SETTINGS_MODULES)}
+    return sorted(declared(), key=lambda item: order.get(item.module, len(order)))
+
+
 def service(name: str) -> Service:
     for candidate in SERVICES:
         if candidate.name == name:
             return candidate
     raise KeyError(f"No service {name!r}; the services are {', '.join(SERVICE_NAMES)}.")
+
+
+def main(argv: list[str]) -> None:
+    if argv != ["settings-table"]:
+        sys.exit("usage: python -m services.platform settings-table  (README's configuration table)")
+    print(markdown_table(all_settings()), end="")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -22,19 +22,19 @@ from typing import Any
 from nameko.runners import ServiceRunner
 
 from services import platform
-from services.common.config import amqp_uri
+from services.common.config import LOG_LEVEL, MAX_WORKERS, amqp_uri, metrics_port
 
 
 def service_config(name: str) -> dict[str, Any]:
     config: dict[str, Any] = {
         "AMQP_URI": amqp_uri(),
         "serializer": "json",
-        "max_workers": int(os.environ.get("MAX_WORKERS", "10")),
+        "max_workers": MAX_WORKERS.get(),
         "parent_calls_tracked": 10,
     }
-    port = os.environ.get(f"{name.upper()}_METRICS_PORT", os.environ.get("METRICS_PORT"))
-    if port:
-        config["METRICS_PORT"] = int(port)
+    port = metrics_port(name)
+    if port is not None:
+        config["METRICS_PORT"] = port
     for key, value in os.environ.items():
         if key.endswith("DATABASE_URL"):
             config[key] = value
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument("service", choices=sorted(platform.SERVICE_NAMES))
     args = parser.parse_args()
     logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"),
+        level=LOG_LEVEL.get(),
         format=f"%(asctime)s {args.service} %(levelname)s %(name)s: %(message)s",
     )
     runner = ServiceRunner(service_config(args.service))
