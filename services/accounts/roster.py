@@ -7,6 +7,8 @@ nothing. Teachers absent from the file are left as they are (leaving is an expli
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import io
 import zipfile
@@ -57,6 +59,14 @@ class RosterRow:
     number: int  # as the school sees it in Excel: the header is row 1
     values: dict[str, str]
     roles: list[str] = field(default_factory=list)
+
+
+def decode_upload(content_base64: str) -> bytes:
+    """The file's bytes from an RPC body (JSON carries them as base64)."""
+    try:
+        return base64.b64decode(content_base64, validate=True)
+    except (binascii.Error, TypeError, ValueError) as error:
+        raise InvalidInput("content_base64 is not valid base64.") from error
 
 
 def read_table(filename: str, content: bytes) -> list[list[str]]:

@@ -7,6 +7,7 @@ otherwise run it as a formula (formula injection). Numbers are left as numbers.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 from typing import Any
@@ -18,6 +19,7 @@ from services.reporting.exceptions import InvalidInput
 from services.reporting.schemas import SECTION_KEYS, SECTIONS
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
+XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
 def section_title(section: str) -> str:
@@ -78,3 +80,17 @@ def to_xlsx(bulletin: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     workbook.save(buffer)
     return buffer.getvalue()
+
+
+def download(report: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """A loaded `ExportIn` of a bulletin as `{"filename", "display_filename", "content_type", "content_base64"}`
+    (RPC bodies are JSON); `display_filename` is the Chinese title a person sees when saving it."""
+    if request["format"] == "csv":
+        content, content_type = to_csv(report, request["section"]), "text/csv; charset=utf-8"
+        filename = f"bulletin-{request['key']}-{request['section']}.csv"
+        display = f"{report['title']}-{section_title(request['section'])}.csv"
+    else:
+        content, content_type, filename = to_xlsx(report), XLSX_TYPE, f"bulletin-{request['key']}.xlsx"
+        display = f"{report['title']}.xlsx"
+    return {"filename": filename, "display_filename": display, "content_type": content_type,
+            "content_base64": base64.b64encode(content).decode("ascii")}
