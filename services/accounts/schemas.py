@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from services.common.links import MASTER_SCHOOL_LINK_BPS, RECEIVING_DOWNLINK_BPS
+from services.common.link_targets import MASTER_SCHOOL_LINK_BPS, RECEIVING_DOWNLINK_BPS
 from services.common.validation import ID, MAX_ID, NAME, StrictSchema
 
 SCHOOL_KINDS = ("master", "branch", "ordinary")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -181,13 +181,6 @@ def choose_dataplane(session: Session, live: LiveSession, school_id: int, fleet:
     best = max(candidates, key=lambda spec: (spec.capacity_bps - committed.get(spec.name, 0),
                                              -fleet.names.index(spec.name)))
     return best.name
-
-
-def sessions_on(session: Session, dataplane: str) -> Collection[int]:
-    """Ids of the live sessions placed on `dataplane`."""
-    return session.scalars(
-        select(LiveSession.id).where(LiveSession.status == "live", LiveSession.dataplane == dataplane)
-    ).all()
 
 
 def public_address(address: Sequence[Any] | None, spec: DataPlaneSpec | None) -> list[Any] | None:

@@ -7,7 +7,7 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from services.common.links import BROADCASTING_UPLINK_BPS, MASTER_SCHOOL_LINK_BPS, MBIT, RECEIVING_DOWNLINK_BPS
+from services.common.link_targets import BROADCASTING_UPLINK_BPS, MASTER_SCHOOL_LINK_BPS, MBIT, RECEIVING_DOWNLINK_BPS
 from services.common.validation import ID, NAME, StrictSchema
 
 # The bureau's link targets (services/common/links.py): master school 100M, broadcasting room ≥ 25M, branch ≥ 10M.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from services.common.links import MBIT, RECEIVING_DOWNLINK_BPS
+from services.common.link_targets import MBIT, RECEIVING_DOWNLINK_BPS
 from services.common.settings import boolean, setting
 
 JOIN_SECRETS = setting(
