@@ -347,7 +347,7 @@ def create_group(session: Session, scope: Scope, data: dict[str, Any]) -> dict[s
     result = _group_out(group)
     outbox.add(session, "group.created", result, subject=f"group/{group.id}")
     for teacher_id in sorted(member_ids):
-        outbox.add(session, "teacher.changed", teacher_event(session, session.get(Teacher, teacher_id)),
+        outbox.add(session, "teacher.changed", teacher_event(session, _get(session, Teacher, teacher_id, "Teacher")),
                    subject=f"teacher/{teacher_id}")
     return result
 

@@ -109,7 +109,7 @@ class ControlClient:
                     raise ConnectionAbortedError("control client interrupted")
                 if self._sock is None or self._reader is None:
                     self._connect()
-                assert self._sock is not None and self._reader is not None
+                assert self._sock is not None and self._reader is not None  # _connect sets both
                 self._sock.sendall(line)
                 reply = self._reader.readline(MAX_LINE_BYTES + 1)
                 if not reply:
