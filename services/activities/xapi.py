@@ -29,7 +29,7 @@ from services.activities.models import Activity
 from services.activities.schemas import KINDS, StrictSchema
 from services.common.scope import Scope
 from services.common.timeutil import as_utc
-from services.common.validation import load
+from services.common.validation import load, representable_moment
 
 XAPI_VERSION = "1.0.3"
 HOME_PAGE = "https://lianxiao.example"
@@ -38,6 +38,8 @@ ACTIVITY_TYPE_BASE = f"{HOME_PAGE}/xapi/activity-types/"
 EXTENSION_BASE = f"{HOME_PAGE}/xapi/extensions/"
 HID_VERB = f"{HOME_PAGE}/xapi/verbs/hid"
 MAX_LIMIT = 500
+MAX_SEQUENCE = 2**63 - 1
+MAX_CURSOR_DIGITS = len(str(MAX_SEQUENCE))
 DEFAULT_LIMIT = 100
 
 
@@ -133,9 +135,11 @@ class StatementQuery(StrictSchema):
     agent = fields.Raw(load_default=None, allow_none=True)
     verb = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
     activity = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
-    since = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
-    until = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
-    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=0))
+    since = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC,
+                                 validate=representable_moment)
+    until = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC,
+                                 validate=representable_moment)
+    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=0, max=2**31 - 1))
     ascending = fields.Boolean(load_default=False)
     cursor = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
 
@@ -163,9 +167,12 @@ def encode_cursor(sequence: int) -> str:
 def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("s"):
+        if not text.startswith("s") or not 1 <= len(text) <= MAX_CURSOR_DIGITS + 1:
             raise ValueError(text)
-        return int(text[1:])
+        sequence = int(text[1:])
+        if not 0 <= sequence <= MAX_SEQUENCE:  # beyond the database's 64-bit sequence
+            raise ValueError(text)
+        return sequence
     except (binascii.Error, UnicodeDecodeError, ValueError) as error:
         raise InvalidInput("The cursor is not one this server gave out.", {"cursor": ["Invalid."]}) from error
 

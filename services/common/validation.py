@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, validate
@@ -31,3 +32,30 @@ def load(schema: Schema, data: Any, *, partial: bool = False) -> Any:
         messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
         fields = ", ".join(sorted(str(name) for name in messages))
         raise InvalidInput(f"Invalid fields: {fields}.", messages) from error
+
+
+# The platform records what teachers did from 2000 on; a time further ahead than a day is a client's
+# clock or a typo. Refusing both at the door keeps every later step (local dates, periods, the
+# database's own range) working with times it can represent.
+EARLIEST_PLAUSIBLE = datetime(2000, 1, 1, tzinfo=UTC)
+PLAUSIBLE_AHEAD = timedelta(days=1)
+
+
+def plausible_moment(moment: datetime) -> None:
+    """A marshmallow validator: a recorded event's time lies in [2000-01-01, now + 1 day]."""
+    try:
+        utc = moment.astimezone(UTC)
+    except OverflowError as error:
+        raise ValidationError("Not a representable time.") from error
+    if utc < EARLIEST_PLAUSIBLE:
+        raise ValidationError("Times before 2000-01-01 are not accepted.")
+    if utc > datetime.now(UTC) + PLAUSIBLE_AHEAD:
+        raise ValidationError("Times more than a day ahead are not accepted.")
+
+
+def representable_moment(moment: datetime) -> None:
+    """A marshmallow validator for query bounds: any time that exists in UTC (years 1–9999)."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError as error:
+        raise ValidationError("Not a representable time (out of range in UTC).") from error
