@@ -17,12 +17,14 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import eventlet
+from amqp.exceptions import NotFound as QueueMissing
 from eventlet.queue import Empty, LightQueue
 from kombu import Connection, Exchange, Producer
 from nameko.extensions import DependencyProvider
@@ -42,6 +44,7 @@ from sqlalchemy.orm import Session
 
 from services.common.config import amqp_uri, database_url
 from services.common.db import make_engine
+from services.common.errors import NotFound
 from services.common.metrics import registry_for
 from services.common.timeutil import as_utc, utcnow
 
@@ -337,3 +340,42 @@ class ConfirmedBatches:
             self.connection.drain_events(timeout=remaining)
         if self.refused:
             raise PublishNotConfirmed("the broker refused a message of the batch")
+
+
+class QueuePublisher(DependencyProvider):
+    """Publishing straight to existing named queues (the default exchange), with publisher confirms.
+
+    `with self.<name>() as publish:` opens one broker connection for a unit of work; `publish(queue, body,
+    headers, properties)` refuses a queue that does not exist (`NotFound`) instead of losing messages.
+    """
+
+    def setup(self) -> None:
+        self.uri = self.container.config.get("AMQP_URI") or amqp_uri()
+
+    def get_dependency(self, worker_ctx: Any) -> Any:
+        return partial(open_queue_publisher, self.uri)
+
+
+QueuePublish = Callable[[str, bytes, Mapping[str, Any], Mapping[str, Any]], None]
+
+
+@contextlib.contextmanager
+def open_queue_publisher(uri: str) -> Iterator[QueuePublish]:
+    with Connection(uri, transport_options={"confirm_publish": True}) as connection:
+        producer = connection.Producer()
+        checked: set[str] = set()
+
+        def publish(queue: str, body: bytes, headers: Mapping[str, Any], properties: Mapping[str, Any]) -> None:
+            if queue not in checked:
+                try:
+                    connection.default_channel.queue_declare(queue=queue, passive=True)
+                except QueueMissing as error:
+                    raise NotFound(f"Queue {queue!r} does not exist; declare and bind it first.") from error
+                checked.add(queue)
+            producer.publish(
+                body, exchange="", routing_key=queue, headers=dict(headers),
+                content_type="application/json", content_encoding="utf-8", delivery_mode=2,
+                message_id=properties["message_id"], type=properties["type"], retry=False,
+            )
+
+        yield publish

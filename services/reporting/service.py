@@ -1,7 +1,8 @@
 """The reporting service: quota reports over RPC, read models kept from accounts' and activities' events.
 
 Every RPC takes the caller's scope first: a school sees itself, a district its schools, the bureau
-everything. Handlers apply each event once (`processed_events`) in the same transaction as its effect.
+everything. Events are applied in batches, each once (`processed_events`, checked by the subscriber) in
+the same transaction as its effect; every report says how fresh it is (`freshness`).
 """
 
 from __future__ import annotations
@@ -18,17 +19,18 @@ from services.common.entrypoints import rpc
 from services.common.health import HealthRpc
 from services.common.metrics import ServiceMetrics
 from services.common.scope import Scope
-from services.common.subscriber import cloud_event_handler
+from services.common.subscriber import EventBacklog, ReceivedEvent, cloud_event_handler
 from services.common.validation import load
-from services.reporting import bulletin, compliance, exports, names, projection, rules, schemas
+from services.reporting import bulletin, compliance, exports, freshness, names, projection, rules, schemas
 from services.reporting.exceptions import Forbidden, NotFound
-from services.reporting.models import schools, teachers
+from services.reporting.models import processed_events, schools, teachers
 
 ACCOUNTS_EVENTS = [
     "teacher.joined", "teacher.changed", "teacher.left", "school.created", "district.created",
     "group.created", "alliance.created", "school.joined_alliance",
 ]
 ACTIVITY_EVENTS = ["activity.recorded.*", "activity.corrected.*", "activity.hidden.*"]
+EVENT_BATCH = 500
 XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
@@ -65,6 +67,7 @@ class ReportingService(HealthRpc):
 
     db = Database("reporting")
     metrics = ServiceMetrics("reporting")
+    backlog = EventBacklog()  # events still waiting for the handlers below (reports' freshness)
     accounts = RpcProxy("accounts")  # teachers' names only (events carry none); always via names.rpc_lookup
 
     def _names(self, caller: Scope) -> names.NameLookup:
@@ -89,7 +92,8 @@ class ReportingService(HealthRpc):
                 raise NotFound(f"Teacher {teacher_id} has left; no progress is reported for them.")
             school = evaluation.schools[row["school_id"]]
             return {"period": compliance.period_out(when), "rules_version": school.rules_version,
-                    "rules_scope": school.rules_scope, **compliance.teacher_out(found[0])}
+                    "rules_scope": school.rules_scope, **compliance.teacher_out(found[0]),
+                    "freshness": freshness.describe(self.db, self.backlog)}
 
     @rpc
     def school_compliance(self, scope: dict, school_id: int, period: dict) -> dict[str, Any]:
@@ -99,6 +103,7 @@ class ReportingService(HealthRpc):
             when, rule_set = period_of(self.db, caller.bureau_id, period)
             evaluation = compliance.evaluate(self.db, caller.bureau_id, when, rule_set, [int(school_id)])
             report = compliance.school_report(evaluation, int(school_id))
+            report["freshness"] = freshness.describe(self.db, self.backlog)
         return names.name_lines(report, ["teacher_results"], self._names(caller))
 
     @rpc
@@ -108,6 +113,7 @@ class ReportingService(HealthRpc):
             values = load(schemas.PeriodIn(), period)
             report = bulletin.build(self.db, caller.bureau_id, values["kind"], values["key"],
                                     visible_school_ids(self.db, caller))
+            report["freshness"] = freshness.describe(self.db, self.backlog)
         return names.name_lines(report, bulletin.TEACHER_SECTIONS, self._names(caller))
 
     @rpc
@@ -119,6 +125,7 @@ class ReportingService(HealthRpc):
             values = load(schemas.ExportIn(), request)
             report = bulletin.build(self.db, caller.bureau_id, values["kind"], values["key"],
                                     visible_school_ids(self.db, caller))
+            report["freshness"] = freshness.describe(self.db, self.backlog)
         names.name_lines(report, bulletin.TEACHER_SECTIONS, self._names(caller))
         if values["format"] == "csv":
             content, content_type = exports.to_csv(report, values["section"]), "text/csv; charset=utf-8"
@@ -158,12 +165,12 @@ class ReportingService(HealthRpc):
 
     # --- events ------------------------------------------------------------------------------------
 
-    @cloud_event_handler("accounts", ACCOUNTS_EVENTS)
-    def on_accounts_event(self, body: dict, attributes: dict) -> None:
-        with self.db.begin():
-            projection.apply_event(self.db, attributes["routing_key"], body, attributes)
+    # Batches: many events per transaction, acknowledged after it commits (`cloud_event_handler`).
 
-    @cloud_event_handler("activities", ACTIVITY_EVENTS)
-    def on_activity_event(self, body: dict, attributes: dict) -> None:
-        with self.db.begin():
-            projection.apply_event(self.db, attributes["routing_key"], body, attributes)
+    @cloud_event_handler("accounts", ACCOUNTS_EVENTS, processed=processed_events, batch=EVENT_BATCH)
+    def on_accounts_event(self, events: list[ReceivedEvent]) -> None:
+        projection.apply_events(self.db, "accounts", events)
+
+    @cloud_event_handler("activities", ACTIVITY_EVENTS, processed=processed_events, batch=EVENT_BATCH)
+    def on_activity_event(self, events: list[ReceivedEvent]) -> None:
+        projection.apply_events(self.db, "activities", events)
