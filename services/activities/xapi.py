@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -62,7 +63,7 @@ def agent(teacher_id: int) -> dict[str, Any]:
     return {"objectType": "Agent", "account": {"homePage": HOME_PAGE, "name": f"teacher/{teacher_id}"}}
 
 
-def context_extensions(activity: Activity) -> dict[str, Any]:
+def context_extensions(activity: Activity | SimpleNamespace) -> dict[str, Any]:
     return {
         extension("bureau"): activity.bureau_id,
         extension("district"): activity.district_id,
@@ -72,8 +73,8 @@ def context_extensions(activity: Activity) -> dict[str, Any]:
     }
 
 
-def statement(activity: Activity) -> dict[str, Any]:
-    """The xAPI statement of one stored activity."""
+def statement(activity: Activity | SimpleNamespace) -> dict[str, Any]:
+    """The xAPI statement of one stored activity (or of a batch's row about to be inserted)."""
     kind = KINDS[activity.kind]
     details = json.loads(activity.details)
     result: dict[str, Any] = {

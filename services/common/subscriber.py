@@ -498,8 +498,8 @@ class EventBacklog(DependencyProvider):
                 channel = connection.default_channel
                 ready = sum(channel.queue_declare(queue=handler.queue.name, passive=True).message_count
                             for handler in handlers)
-        except Exception:  # the broker is away or a queue is not declared yet: unknown, not zero
-            log.warning("could not count the events waiting for %s", self.container.service_name, exc_info=True)
+        except Exception as error:  # the broker is away or a queue is not declared yet: unknown, not zero
+            log.info("could not count the events waiting for %s (%s)", self.container.service_name, error)
             count = None
         else:
             count = ready + sum(len(handler.held_times) for handler in handlers)
