@@ -95,6 +95,17 @@ def scalar(url: str, sql: str) -> Any:
         engine.dispose()
 
 
+def entrypoint_seconds(port: int, entrypoint: str) -> float:
+    """Mean duration of one entrypoint, from the service's own metrics."""
+    totals = {"sum": 0.0, "count": 0.0}
+    for line in requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
+        for part in totals:
+            name = f"lianxiao_entrypoint_duration_seconds_{part}{{"
+            if line.startswith(name) and f'entrypoint="{entrypoint}"' in line:
+                totals[part] += float(line.rsplit(" ", 1)[1])
+    return totals["sum"] / totals["count"] if totals["count"] else float("nan")
+
+
 def consumed_queues(vhost: str) -> int:
     """Event queues of the run that have a consumer (through the management API)."""
     queues = requests.get(f"{RABBIT_API}/queues/{quote(vhost, safe='')}", timeout=10).json()
@@ -210,9 +221,10 @@ def main() -> int:
         env = {"AMQP_URI": amqp_uri, "DATABASE_URL": database_template, "LOG_LEVEL": "WARNING"}
         # Subscribers first: accounts publishes the roster as soon as it starts, and an event published
         # before a subscriber's queue exists is not that subscriber's (in production the queues persist).
+        metrics_ports = {service: free_port() for service in SERVICES}
         for service in ("activities", "reporting", "accounts"):
             processes.append(Process(service, [sys.executable, "-m", "services.common.runner", service],
-                                     {**env, "METRICS_PORT": str(free_port())}, log_dir, REPO_ROOT))
+                                     {**env, "METRICS_PORT": str(metrics_ports[service])}, log_dir, REPO_ROOT))
             if service == "reporting":
                 wait_until(lambda: consumed_queues(run) >= 4, 60, "the subscribers' queues")
         port = free_port()
@@ -292,6 +304,8 @@ def main() -> int:
         print(f"batch call of {args.batch_size}: p50 {p50 * 1000:.0f} ms, p99 {p99 * 1000:.0f} ms "
               f"(goal p99 <= {GOALS['p99_seconds']:.0f} s) {'OK' if p99 <= GOALS['p99_seconds'] else 'ABOVE GOAL'}")
         within = lag <= GOALS["bulletin_seconds"]
+        in_service = entrypoint_seconds(metrics_ports["activities"], "record_activities")
+        print(f"  of which inside activities' record_activities (mean of {args.batches}): {in_service * 1000:.0f} ms")
         print(f"last batch accepted -> bulletin counts all {total}: {lag:.1f} s "
               f"(goal <= {GOALS['bulletin_seconds']:.0f} s) {'OK' if within else 'ABOVE GOAL'}")
         worst = min(rates["accepted"], rates["projected"]) / per_message

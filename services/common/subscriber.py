@@ -457,7 +457,7 @@ class EventBacklog(DependencyProvider):
     The dependency is a callable returning the count, or None when the broker cannot be asked.
     """
 
-    cache_seconds = 1.0
+    cache_seconds = 0.25
     refresh_seconds = 5.0
 
     def setup(self) -> None:

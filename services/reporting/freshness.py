@@ -7,7 +7,6 @@ broker could not be asked). A clerk reads "final" as `pending_events == 0`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime
 from typing import Any
 
@@ -44,10 +43,13 @@ def newest_applied(session: Session) -> dict[str, datetime]:
     return {row.source: as_utc(row.newest_event_time) for row in session.execute(select(projection_state))}
 
 
-def describe(session: Session, waiting: Callable[[], int | None]) -> dict[str, Any]:
-    """The `freshness` block of a report, read in the report's own snapshot."""
+def describe(session: Session, pending: Any) -> dict[str, Any]:
+    """The `freshness` block of a report, read in the report's own snapshot.
+
+    `pending` is the number of events waiting, counted *before* the report's snapshot was taken: an event
+    applied in between is then counted as waiting though included (never "final" too early).
+    """
     sources = newest_applied(session)
-    pending = waiting()
     activities = sources.get("activities")
     return {
         "as_of": _iso(activities),  # the newest activity the numbers include

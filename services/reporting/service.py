@@ -78,6 +78,7 @@ class ReportingService(HealthRpc):
 
     @rpc
     def teacher_progress(self, scope: dict, teacher_id: int, period: dict) -> dict[str, Any]:
+        pending = self.backlog()  # counted before the snapshot (see freshness.describe)
         with self.db.begin():  # one consistent snapshot; ends the read transaction
             caller = Scope.from_dict(scope)
             row = self.db.execute(select(teachers).where(teachers.c.id == int(teacher_id))).mappings().first()
@@ -93,39 +94,42 @@ class ReportingService(HealthRpc):
             school = evaluation.schools[row["school_id"]]
             return {"period": compliance.period_out(when), "rules_version": school.rules_version,
                     "rules_scope": school.rules_scope, **compliance.teacher_out(found[0]),
-                    "freshness": freshness.describe(self.db, self.backlog)}
+                    "freshness": freshness.describe(self.db, pending)}
 
     @rpc
     def school_compliance(self, scope: dict, school_id: int, period: dict) -> dict[str, Any]:
+        pending = self.backlog()  # counted before the snapshot (see freshness.describe)
         with self.db.begin():  # one consistent snapshot; ends the read transaction
             caller = Scope.from_dict(scope)
             require_school(self.db, caller, int(school_id))
             when, rule_set = period_of(self.db, caller.bureau_id, period)
             evaluation = compliance.evaluate(self.db, caller.bureau_id, when, rule_set, [int(school_id)])
             report = compliance.school_report(evaluation, int(school_id))
-            report["freshness"] = freshness.describe(self.db, self.backlog)
+            report["freshness"] = freshness.describe(self.db, pending)
         return names.name_lines(report, ["teacher_results"], self._names(caller))
 
     @rpc
     def get_bulletin(self, scope: dict, period: dict) -> dict[str, Any]:
+        pending = self.backlog()  # counted before the snapshot (see freshness.describe)
         with self.db.begin():  # one consistent snapshot; ends the read transaction
             caller = Scope.from_dict(scope)
             values = load(schemas.PeriodIn(), period)
             report = bulletin.build(self.db, caller.bureau_id, values["kind"], values["key"],
                                     visible_school_ids(self.db, caller))
-            report["freshness"] = freshness.describe(self.db, self.backlog)
+            report["freshness"] = freshness.describe(self.db, pending)
         return names.name_lines(report, bulletin.TEACHER_SECTIONS, self._names(caller))
 
     @rpc
     def export_bulletin(self, scope: dict, request: dict) -> dict[str, Any]:
         """A download: `{"filename", "display_filename", "content_type", "content_base64"}` (RPC bodies are
         JSON); `display_filename` is the Chinese title a person sees when saving it."""
+        pending = self.backlog()  # counted before the snapshot (see freshness.describe)
         with self.db.begin():  # one consistent snapshot; ends the read transaction
             caller = Scope.from_dict(scope)
             values = load(schemas.ExportIn(), request)
             report = bulletin.build(self.db, caller.bureau_id, values["kind"], values["key"],
                                     visible_school_ids(self.db, caller))
-            report["freshness"] = freshness.describe(self.db, self.backlog)
+            report["freshness"] = freshness.describe(self.db, pending)
         names.name_lines(report, bulletin.TEACHER_SECTIONS, self._names(caller))
         if values["format"] == "csv":
             content, content_type = exports.to_csv(report, values["section"]), "text/csv; charset=utf-8"

@@ -22,12 +22,12 @@ def test_as_of_is_the_newest_applied_event_time_whatever_the_order(session):
     older.attributes["id"] = "another-event"
     apply_all(session, [*city.events, newest, older])
     with session.begin():
-        described = freshness.describe(session, lambda: 3)
+        described = freshness.describe(session, 3)
     assert described["as_of"] == "2025-03-06T08:00:00Z"
     assert described["as_of_by_source"]["accounts"] == "2025-02-01T00:00:00Z"
     assert described["pending_events"] == 3
     with session.begin():
-        assert freshness.describe(session, lambda: None)["pending_events"] is None  # unknown is not zero
+        assert freshness.describe(session, None)["pending_events"] is None  # unknown is not zero
 
 
 def test_csv_and_xlsx_carry_as_of_and_pending(session):
@@ -35,7 +35,7 @@ def test_csv_and_xlsx_carry_as_of_and_pending(session):
     apply_all(session, city.events)
     with session.begin():
         report = bulletin.build(session, BUREAU, "month", "2025-03")
-        report["freshness"] = freshness.describe(session, lambda: 0)
+        report["freshness"] = freshness.describe(session, 0)
     lines = list(csv.reader(io.StringIO(exports.to_csv(report).decode("utf-8-sig"))))
     assert lines[0][-2:] == ["数据截至", "待处理事件"]
     assert all(line[-2:] == ["无数据", "0"] for line in lines[1:])  # no activity applied yet: no as-of
