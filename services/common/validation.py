@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -34,23 +35,32 @@ def load(schema: Schema, data: Any, *, partial: bool = False) -> Any:
         raise InvalidInput(f"Invalid fields: {fields}.", messages) from error
 
 
-# The platform records what teachers did from 2000 on; a time further ahead than a day is a client's
-# clock or a typo. Refusing both at the door keeps every later step (local dates, periods, the
-# database's own range) working with times it can represent.
+# The platform records what teachers did from 2000 on; a recorded time further ahead than a day is a
+# client's clock or a typo, and a lesson is not scheduled years ahead. Refusing such times at the door
+# keeps every later step (local dates, periods, the database's own range) working with times it can place.
 EARLIEST_PLAUSIBLE = datetime(2000, 1, 1, tzinfo=UTC)
-PLAUSIBLE_AHEAD = timedelta(days=1)
+RECORDED_AHEAD = timedelta(days=1)
+SCHEDULED_AHEAD = timedelta(days=2 * 366)
 
 
-def plausible_moment(moment: datetime) -> None:
-    """A marshmallow validator: a recorded event's time lies in [2000-01-01, now + 1 day]."""
-    try:
-        utc = moment.astimezone(UTC)
-    except OverflowError as error:
-        raise ValidationError("Not a representable time.") from error
-    if utc < EARLIEST_PLAUSIBLE:
-        raise ValidationError("Times before 2000-01-01 are not accepted.")
-    if utc > datetime.now(UTC) + PLAUSIBLE_AHEAD:
-        raise ValidationError("Times more than a day ahead are not accepted.")
+def moment_within(ahead: timedelta, what: str) -> Callable[[datetime], None]:
+    """A marshmallow validator: a time in [2000-01-01, now + `ahead`]."""
+
+    def check(moment: datetime) -> None:
+        try:
+            utc = moment.astimezone(UTC)
+        except OverflowError as error:
+            raise ValidationError("Not a representable time.") from error
+        if utc < EARLIEST_PLAUSIBLE:
+            raise ValidationError("Times before 2000-01-01 are not accepted.")
+        if utc > datetime.now(UTC) + ahead:
+            raise ValidationError(f"Times more than {what} ahead are not accepted.")
+
+    return check
+
+
+plausible_moment = moment_within(RECORDED_AHEAD, "a day")  # when something happened
+schedulable_moment = moment_within(SCHEDULED_AHEAD, "two years")  # when something is planned
 
 
 def representable_moment(moment: datetime) -> None:
