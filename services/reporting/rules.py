@@ -28,6 +28,7 @@ ROLES = (
     "teacher", "group_leader", "blog_host", "moderator", "middle_manager", "dean", "principal",
     "researcher", "centre_member", "bureau_admin",
 )
+BASE_ROLE = "teacher"  # the role whose quota every person has
 # Rule kind → the period granularities it may be judged in.
 RULE_KINDS: dict[str, tuple[str, ...]] = {
     "teacher_hours": ("month", "term"),
@@ -56,7 +57,8 @@ PRESET: dict[str, Any] = {
          "period": "term", "minimum": 3, "label": "博文"},
         {"id": "lessons_observed", "kind": "role_activity_count", "activity_kinds": ["lesson_observation"],
          "period": "term", "label": "听课节数",
-         "minimum_by_role": {"teacher": 10, "middle_manager": 12, "dean": 20, "principal": 20, "centre_member": 30}},
+         "minimum_by_role": {"teacher": 10, "middle_manager": 12, "group_leader": 20, "dean": 20, "principal": 20,
+                             "centre_member": 30}},
         {"id": "group_online_preps", "kind": "group_activity_count", "activity_kinds": ["collective_lesson_prep"],
          "online_only": True, "period": "month", "minimum": 2, "label": "网络集体备课"},
         {"id": "group_small_topics", "kind": "group_activity_count", "activity_kinds": ["small_research_topic"],
@@ -80,10 +82,16 @@ class Rule:
     minimum_by_role: dict[str, float]
 
     def required_for_roles(self, roles: list[str]) -> float | None:
-        """A person's quota by role: the highest of their roles' quotas; None when none applies."""
+        """A person's quota by role: the highest of their roles' quotas, never below the base quota.
+
+        Everyone on the roster is a teacher, so the `teacher` quota is the base every person has
+        (document 001: every teacher observes at least 10 lessons a term); other roles only raise it
+        (group leaders 20, principals 20, …).
+        None only when the rule sets no quota for teachers nor for any of the person's roles.
+        """
         if self.kind != "role_activity_count":
             return self.minimum
-        quotas = [self.minimum_by_role[role] for role in roles if role in self.minimum_by_role]
+        quotas = [self.minimum_by_role[role] for role in {BASE_ROLE, *roles} if role in self.minimum_by_role]
         return max(quotas) if quotas else None
 
 
