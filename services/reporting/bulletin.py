@@ -72,7 +72,8 @@ def _excellent_teachers(evaluation: Evaluation, top: int) -> list[dict[str, Any]
     return [
         {"rank": rank, "teacher_id": teacher.teacher_id, "name": None, "staff_number": teacher.staff_number,
          "school_id": teacher.school_id, "school_name": evaluation.schools[teacher.school_id].name,
-         "online_hours": round(teacher.online_hours, 2), "offline_hours": round(teacher.offline_hours, 2),
+         "online_hours": compliance.display_hours(teacher.online_seconds),
+         "offline_hours": compliance.display_hours(teacher.offline_seconds),
          "activities": teacher.activities}
         for rank, teacher in enumerate(candidates[:top], start=1)
     ]

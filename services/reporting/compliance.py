@@ -28,34 +28,53 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, FromClause
 
 from services.reporting import rules
-from services.reporting.kinds import count_column, online_count_column
+from services.reporting.kinds import count_column, online_count_column, online_seconds_column, seconds_column
 from services.reporting.models import alliance_members, districts, groups, schools, tallies, teachers
 from services.reporting.periods import Period, months_between, term_to_date_key, week_key, week_starts_between
 from services.reporting.rules import Overrides, Rule, RuleSet
 
 TEACHER_RULE_KINDS = ("teacher_hours", "teacher_activity_count", "role_activity_count")
+SECONDS_PER_HOUR = 3600
+
+
+def display_hours(seconds: float) -> float:
+    """Hours for display, cut (never rounded up) to two decimals: 49 h 59 min never reads 50.0."""
+    return math.floor(round(seconds) * 100 / SECONDS_PER_HOUR) / 100
+
+
+def display_hours_up(seconds: float) -> float:
+    """Hours still missing, rounded up to two decimals (what is missing never reads smaller)."""
+    return math.ceil(round(seconds) * 100 / SECONDS_PER_HOUR) / 100
 
 
 @dataclass
 class RuleResult:
+    """One rule judged: counts for count rules; for hour rules `done` and `required` are exact seconds."""
+
     rule_id: str
     label: str
     done: float
     required: float
     pro_rata: bool = False
+    hours: bool = False
 
     @property
     def missing(self) -> float:
-        return round(max(0.0, self.required - self.done), 2)
+        short = max(0.0, self.required - self.done)
+        return display_hours_up(short) if self.hours else round(short, 2)
 
     @property
     def met(self) -> bool:
         return self.done >= self.required
 
     def to_dict(self) -> dict[str, Any]:
-        return {"rule_id": self.rule_id, "label": self.label, "done": round(self.done, 2),
-                "required": round(self.required, 2), "missing": self.missing, "met": self.met,
-                "pro_rata": self.pro_rata}
+        out: dict[str, Any] = {"rule_id": self.rule_id, "label": self.label}
+        if self.hours:
+            out |= {"done": display_hours(self.done), "required": display_hours_up(self.required),
+                    "done_minutes": round(self.done / 60, 1), "required_minutes": round(self.required / 60, 1)}
+        else:
+            out |= {"done": round(self.done, 2), "required": round(self.required, 2)}
+        return out | {"missing": self.missing, "met": self.met, "pro_rata": self.pro_rata}
 
 
 class MeetsEveryRule:
@@ -75,8 +94,8 @@ class TeacherResult(MeetsEveryRule):
     staff_number: str
     subject: str | None
     roles: list[str]
-    online_hours: float
-    offline_hours: float
+    online_seconds: int
+    offline_seconds: int
     activities: int
     rules: list[RuleResult]
 
@@ -106,8 +125,8 @@ class SchoolResult:
     teacher_count: int = 0
     noncompliant_teachers: int = 0
     missing: dict[str, int] = field(default_factory=dict)  # rule id -> teachers who miss it
-    online_centihours: int = 0
-    offline_centihours: int = 0
+    online_seconds: int = 0  # study time credited by the rule set, exact
+    offline_seconds: int = 0
     activities: int = 0
     rules_version: int = 0  # the version of the rule set that judged this school
     rules_scope: str = "bureau"  # bureau | district | alliance: whose rule set that is
@@ -126,14 +145,14 @@ class SchoolResult:
 
     def summary(self) -> dict[str, Any]:
         total = self.teacher_count
-        online, offline = self.online_centihours / 100, self.offline_centihours / 100
+        online = self.online_seconds / SECONDS_PER_HOUR
         return {
             "school_id": self.school_id, "code": self.code, "name": self.name, "district_id": self.district_id,
             "teachers": total, "compliant_teachers": total - self.noncompliant_teachers,
             "noncompliant_teachers": self.noncompliant_teachers,
             "noncompliant_share": round(self.noncompliant_share, 4), "threshold": self.threshold,
             "compliant": self.compliant,
-            "online_hours": round(online, 2), "offline_hours": round(offline, 2),
+            "online_hours": display_hours(self.online_seconds), "offline_hours": display_hours(self.offline_seconds),
             "online_hours_per_teacher": round(online / total, 2) if total else 0.0,
             "activities": self.activities,
             "groups": len(self.groups), "compliant_groups": sum(1 for group in self.groups if group.compliant),
@@ -192,11 +211,22 @@ def _pro_rata(required: float, factor: float, count_rule: bool) -> float:
     return float(math.ceil(value - 1e-9)) if count_rule else round(value, 1)
 
 
-def _done(row: FromClause, rule: Rule) -> ColumnElement[Any]:
-    """What a tally row holds towards a rule: hours in centihours, or the count of the rule's kinds."""
+def credited_seconds(row: FromClause, rule_set: RuleSet, mode: str) -> ColumnElement[Any]:
+    """The study time a tally row credits in `mode` by the rule set's credit table, in seconds."""
+    terms: list[ColumnElement[Any]] = []
+    for kind, credit in rule_set.credits.items():
+        if credit.basis == "duration":
+            online = row.c[online_seconds_column(kind)]
+            terms.append(online if mode == "online" else row.c[seconds_column(kind)] - online)
+        elif credit.basis == "per_activity" and credit.mode == mode:
+            terms.append(row.c[count_column(kind)] * credit.seconds)
+    return func.coalesce(reduce(operator.add, terms), 0) if terms else literal(0)
+
+
+def _done(row: FromClause, rule: Rule, rule_set: RuleSet) -> ColumnElement[Any]:
+    """What a tally row holds towards a rule: credited seconds, or the count of the rule's kinds."""
     if rule.kind == "teacher_hours":
-        amount = row.c.online_centihours if rule.mode == "online" else row.c.offline_centihours
-        return func.coalesce(amount, 0)
+        return credited_seconds(row, rule_set, rule.mode or "online")
     column_of = online_count_column if rule.online_only else count_column
     return func.coalesce(reduce(operator.add, [row.c[column_of(kind)] for kind in rule.activity_kinds]), 0)
 
@@ -208,7 +238,7 @@ def _roles_of(stored: str) -> list[str]:
 def _required(rule: Rule, plan: Plan, role_sets: list[str]) -> ColumnElement[Any]:
     """A teacher's quota for the rule in this report, NULL when none of their roles has one.
 
-    In centihours for hours (integers compare exactly with the tallies), whole activities for counts.
+    In seconds for hours (integers compare exactly with the tallies), whole activities for counts.
     A role rule's quota depends on the teacher's whole set of roles (`Rule.required_for_roles`): it is
     worked out once per distinct stored role set and looked up by equality in SQL.
     """
@@ -216,7 +246,7 @@ def _required(rule: Rule, plan: Plan, role_sets: list[str]) -> ColumnElement[Any
 
     def scaled(required: float) -> int:
         value = _pro_rata(required, plan.factor, count_rule)
-        return int(value) if count_rule else round(value * 100)
+        return int(value) if count_rule else round(value * SECONDS_PER_HOUR)
 
     if rule.kind != "role_activity_count":
         return literal(scaled(rule.minimum))
@@ -234,12 +264,12 @@ def _judged_teachers(bureau_id: int, period: Period, rule_set: RuleSet, school_i
     sources = {"own": own, "to_date": to_date}
     columns: list[Any] = [
         teachers.c.id, teachers.c.school_id, teachers.c.staff_number, teachers.c.subject, teachers.c.roles,
-        func.coalesce(own.c.online_centihours, 0).label("online"),
-        func.coalesce(own.c.offline_centihours, 0).label("offline"),
+        credited_seconds(own, rule_set, "online").label("online"),
+        credited_seconds(own, rule_set, "offline").label("offline"),
         func.coalesce(own.c.activities, 0).label("activities"),
     ]
     for index, (rule, plan) in enumerate(judged):
-        columns += [_done(sources[plan.source], rule).label(f"done{index}"),
+        columns += [_done(sources[plan.source], rule, rule_set).label(f"done{index}"),
                     _required(rule, plan, role_sets).label(f"required{index}")]
     joined = teachers.outerjoin(own, and_(own.c.subject == "teacher", own.c.subject_id == teachers.c.id,
                                           own.c.period == period.key))
@@ -272,14 +302,12 @@ def _teacher_result(row: Any, judged: list[tuple[Rule, Plan]]) -> TeacherResult:
         required = row[f"required{index}"]
         if required is None:
             continue  # no quota for this person's roles
-        done = float(row[f"done{index}"])
-        if rule.kind == "teacher_hours":
-            done, required = done / 100, required / 100
-        rule_results.append(RuleResult(rule.id, rule.label, done, float(required), plan.pro_rata))
+        rule_results.append(RuleResult(rule.id, rule.label, float(row[f"done{index}"]), float(required),
+                                       plan.pro_rata, hours=rule.kind == "teacher_hours"))
     return TeacherResult(
         row["id"], row["school_id"], row["staff_number"], row["subject"],
         _roles_of(row["roles"]),
-        row["online"] / 100, row["offline"] / 100, int(row["activities"]), rule_results,
+        int(row["online"]), int(row["offline"]), int(row["activities"]), rule_results,
     )
 
 
@@ -329,7 +357,7 @@ def evaluate(session: Session, bureau_id: int, period: Period, rule_set: RuleSet
         _judge_weeks(session, period, own, members, visible, today or date.today())
         if own is not rule_set:
             evaluation.other_rule_sets.append(own)
-    best.sort(key=lambda teacher: (-(teacher.online_hours + teacher.offline_hours), -teacher.activities,
+    best.sort(key=lambda teacher: (-(teacher.online_seconds + teacher.offline_seconds), -teacher.activities,
                                    teacher.teacher_id))
     evaluation.excellent_teachers = best[:top_teachers]
     evaluation.district_names = {
@@ -358,7 +386,7 @@ def _judge_teachers(session: Session, bureau_id: int, period: Period, rule_set: 
         if school is None:  # a teacher of a school reporting has not heard of yet
             continue
         school.teacher_count, school.noncompliant_teachers = int(count), int(noncompliant or 0)
-        school.online_centihours, school.offline_centihours = int(online or 0), int(offline or 0)
+        school.online_seconds, school.offline_seconds = int(online or 0), int(offline or 0)
         school.activities = int(activities or 0)
         school.missing = {rule.id: int(total) for (rule, _plan), total in zip(judged, missed, strict=True) if total}
     if with_teachers:
@@ -383,7 +411,7 @@ def _judge_groups(session: Session, bureau_id: int, period: Period, rule_set: Ru
     joined = groups.outerjoin(own, and_(own.c.subject == "group", own.c.subject_id == groups.c.id,
                                         own.c.period == period.key))
     query = select(groups.c.id, groups.c.school_id, groups.c.name, func.coalesce(own.c.activities, 0),
-                   *[_done(own, rule) for rule, _plan in group_rules]).select_from(joined)
+                   *[_done(own, rule, rule_set) for rule, _plan in group_rules]).select_from(joined)
     query = query.where(groups.c.bureau_id == bureau_id, groups.c.school_id.is_not(None))
     if visible is not None:
         query = query.where(groups.c.school_id.in_(visible))
@@ -404,7 +432,8 @@ def _judge_weeks(session: Session, period: Period, rule_set: RuleSet, results: d
             continue
         query = (
             select(tallies.c.subject_id, func.count())
-            .where(tallies.c.subject == "school", tallies.c.period.in_(weeks), _done(tallies, rule) >= rule.minimum)
+            .where(tallies.c.subject == "school", tallies.c.period.in_(weeks),
+                   _done(tallies, rule, rule_set) >= rule.minimum)
             .group_by(tallies.c.subject_id)
         )
         if visible is not None:
@@ -426,7 +455,8 @@ def period_out(period: Period) -> dict[str, Any]:
 def teacher_out(teacher: TeacherResult) -> dict[str, Any]:
     return {"teacher_id": teacher.teacher_id, "school_id": teacher.school_id, "staff_number": teacher.staff_number,
             "subject": teacher.subject, "roles": teacher.roles, "compliant": teacher.compliant,
-            "online_hours": round(teacher.online_hours, 2), "offline_hours": round(teacher.offline_hours, 2),
+            "online_hours": display_hours(teacher.online_seconds),
+            "offline_hours": display_hours(teacher.offline_seconds),
             "activities": teacher.activities, "rules": [result.to_dict() for result in teacher.rules]}
 
 
@@ -451,14 +481,14 @@ def roll_up(members: list[SchoolResult]) -> dict[str, Any]:
     """District, alliance or city totals: schools and teachers, compliant and not, and hours."""
     teachers_total = sum(school.teacher_count for school in members)
     noncompliant = sum(school.noncompliant_teachers for school in members)
-    online = sum(school.online_centihours for school in members) / 100
-    offline = sum(school.offline_centihours for school in members) / 100
+    online = sum(school.online_seconds for school in members)
+    offline = sum(school.offline_seconds for school in members)
     return {
         "schools": len(members), "compliant_schools": sum(1 for school in members if school.compliant),
         "teachers": teachers_total, "noncompliant_teachers": noncompliant,
         "noncompliant_share": round(noncompliant / teachers_total, 4) if teachers_total else 0.0,
-        "online_hours": round(online, 2), "offline_hours": round(offline, 2),
-        "online_hours_per_teacher": round(online / teachers_total, 2) if teachers_total else 0.0,
+        "online_hours": display_hours(online), "offline_hours": display_hours(offline),
+        "online_hours_per_teacher": round(online / SECONDS_PER_HOUR / teachers_total, 2) if teachers_total else 0.0,
         "activities": sum(school.activities for school in members),
     }
 

@@ -23,6 +23,14 @@ from services.reporting.exceptions import InvalidInput
 from services.reporting.kinds import ACTIVITY_KINDS
 from services.reporting.models import rule_sets
 from services.reporting.periods import DEFAULT_TIMEZONE, Calendar, Term, zone
+from services.reporting.schemas import (
+    CREDIT_BASES,
+    CREDIT_SOURCES,
+    DEFAULT_CREDITS,
+    KIND_LABELS,
+    MODES,
+    credit_text,
+)
 
 ROLES = (
     "teacher", "group_leader", "blog_host", "moderator", "middle_manager", "dean", "principal",
@@ -48,6 +56,7 @@ PRESET: dict[str, Any] = {
     "timezone": DEFAULT_TIMEZONE,
     "terms": [],
     "school_noncompliant_share": 0.2,
+    "credits": DEFAULT_CREDITS,
     "rules": [
         {"id": "online_hours", "kind": "teacher_hours", "mode": "online", "period": "term", "minimum": 50,
          "label": "网络研修学时"},
@@ -96,6 +105,15 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class Credit:
+    """What one activity of a kind credits as study hours (see `kinds.CREDIT_BASES`)."""
+
+    basis: str
+    seconds: int = 0  # per_activity only
+    mode: str = "online"  # per_activity only
+
+
+@dataclass(frozen=True)
 class RuleSet:
     version: int
     scope_kind: str
@@ -104,6 +122,7 @@ class RuleSet:
     school_noncompliant_share: float
     rules: tuple[Rule, ...]
     body: dict[str, Any]
+    credits: dict[str, Credit]
 
     def of_kind(self, *kinds: str) -> list[Rule]:
         return [rule for rule in self.rules if rule.kind in kinds]
@@ -127,7 +146,7 @@ def validate(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidInput("A rule set is a JSON object.", {"_schema": ["Expected an object."]})
     errors: dict[str, list[str]] = {}
-    unknown = sorted(set(body) - {"timezone", "terms", "school_noncompliant_share", "rules"})
+    unknown = sorted(set(body) - {"timezone", "terms", "school_noncompliant_share", "rules", "credits"})
     for name in unknown:
         _problem(errors, name, "Unknown field.")
     timezone = body.get("timezone", DEFAULT_TIMEZONE)
@@ -139,6 +158,7 @@ def validate(body: Any) -> dict[str, Any]:
     if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
         _problem(errors, "school_noncompliant_share", "A share between 0 (exclusive) and 1.")
     terms = _validate_terms(errors, body.get("terms", []))
+    credits = _validate_credits(errors, body.get("credits", {}))
     rules = body.get("rules")
     if not isinstance(rules, list) or not rules:
         _problem(errors, "rules", "A non-empty list of rules.")
@@ -152,8 +172,43 @@ def validate(body: Any) -> dict[str, Any]:
         "timezone": str(timezone),
         "terms": terms,
         "school_noncompliant_share": float(share),
+        "credits": credits,
         "rules": copy.deepcopy(rules),
     }
+
+
+def _validate_credits(errors: dict[str, list[str]], credits: Any) -> dict[str, dict[str, Any]]:
+    """The whole credit table: the kinds a bureau names, the documents' default for the rest.
+
+    Stored complete, so a version says what every kind credited whatever the defaults become.
+    """
+    if not isinstance(credits, dict):
+        _problem(errors, "credits", "An object: activity kind -> {basis, minutes, mode}.")
+        return copy.deepcopy(DEFAULT_CREDITS)
+    table = copy.deepcopy(DEFAULT_CREDITS)
+    for kind, credit in credits.items():
+        where = f"credits.{kind}"
+        if kind not in ACTIVITY_KINDS:
+            _problem(errors, where, f"Unknown activity kind {kind!r}.")
+            continue
+        if not isinstance(credit, dict) or credit.get("basis") not in CREDIT_BASES:
+            _problem(errors, f"{where}.basis", f"One of {', '.join(CREDIT_BASES)}.")
+            continue
+        unknown = sorted(set(credit) - {"basis", "minutes", "mode"})
+        for name in unknown:
+            _problem(errors, f"{where}.{name}", "Unknown field.")
+        if credit["basis"] == "per_activity":
+            minutes = credit.get("minutes")
+            if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not 0 < minutes <= 24 * 60:
+                _problem(errors, f"{where}.minutes", "Minutes per activity, more than 0 and at most 1440.")
+            if credit.get("mode") not in MODES:
+                _problem(errors, f"{where}.mode", "online or offline: which study hours it credits.")
+            table[kind] = {"basis": "per_activity", "minutes": minutes, "mode": credit.get("mode")}
+        else:
+            if "minutes" in credit or "mode" in credit:
+                _problem(errors, where, f"A {credit['basis']} credit takes no minutes or mode.")
+            table[kind] = {"basis": credit["basis"]}
+    return table
 
 
 def _validate_terms(errors: dict[str, list[str]], terms: Any) -> list[dict[str, str]]:
@@ -244,8 +299,12 @@ def build(body: dict[str, Any], version: int = 0, scope_kind: str = "bureau", sc
         )
         for rule in body["rules"]
     )
+    # Versions stored before credits were part of a rule set are read with the documents' table.
+    table = {**DEFAULT_CREDITS, **body.get("credits", {})}
+    credits = {kind: Credit(entry["basis"], round(float(entry.get("minutes") or 0) * 60), entry.get("mode") or "online")
+               for kind, entry in table.items()}
     return RuleSet(version, scope_kind, scope_id, Calendar(body["timezone"], terms),
-                   body["school_noncompliant_share"], rules, body)
+                   body["school_noncompliant_share"], rules, {**body, "credits": table}, credits)
 
 
 def preset() -> RuleSet:
@@ -288,8 +347,12 @@ def in_force(session: Session, bureau_id: int, at: datetime | None = None, scope
 
 
 def describe(rule_set: RuleSet) -> dict[str, Any]:
+    """The rule set as published: every rule, and every activity kind with what it credits and why."""
+    credits = {kind: {**entry, "label": KIND_LABELS[kind], "credits": credit_text(entry),
+                      "default": DEFAULT_CREDITS[kind], "source": CREDIT_SOURCES[kind]}
+               for kind, entry in rule_set.body["credits"].items()}
     return {"version": rule_set.version, "scope_kind": rule_set.scope_kind, "scope_id": rule_set.scope_id,
-            **rule_set.body}
+            **rule_set.body, "credits": credits}
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,8 @@ from decimal import Decimal
 import pytest
 
 from services.reporting import compliance, rules
+from services.reporting.exceptions import InvalidInput
+from services.reporting.kinds import ACTIVITY_KINDS
 from tests.reporting.conftest import BUREAU, SPRING_TERM, CityEvents
 from tests.reporting.test_projection import apply_all
 
@@ -55,3 +57,64 @@ def test_001_every_teacher_observes_ten_lessons_and_group_leaders_twenty(spring)
     assert (leader.done, leader.required, leader.met) == (5, 20, False)  # was: no rule at all, compliant
     base = results_of(evaluation, 2)["lessons_observed"]
     assert (base.required, base.met) == (10, False)  # a role without its own quota keeps the base
+
+
+def training(minutes: int, mode: str = "online") -> dict:
+    return {"title": "新课标解读", "mode": mode, "duration_minutes": minutes}
+
+
+def test_003_sixty_trainings_of_fifty_minutes_are_fifty_hours(spring):
+    """003: 不少于50学时的网络研修 — time is summed exactly (60 × 50 min = 3000 min = 50 h), not as 60 × 0.83 h."""
+    city = city_of((1, ["teacher"]))
+    for day in range(60):
+        city.recorded(1, 11, "training", f"2025-03-{day % 28 + 1:02d}T10:00:00+08:00", training(50))
+    apply_all(spring, city.events)
+    online = results_of(judge_term(spring), 1)["online_hours"]
+    assert online.met and online.to_dict()["done"] == 50.0 and online.to_dict()["done_minutes"] == 3000.0
+
+
+def test_003_blog_posts_credit_no_study_hours_unless_the_bureau_says_so(spring):
+    """003 judges 50 h of study; 000 counts posts (≥ 3 a term) — a post is not half an hour of study."""
+    city = city_of((1, ["teacher"]))
+    city.recorded(1, 11, "online_course_study", "2025-03-03T10:00:00+08:00", {"title": "课程", "hours": "48.50"})
+    for day in (4, 5, 6):
+        city.recorded(1, 11, "blog_post", f"2025-03-{day:02d}T20:00:00+08:00", {"title": "反思", "word_count": 800})
+    apply_all(spring, city.events)
+    online = results_of(judge_term(spring), 1)["online_hours"]
+    assert (online.to_dict()["done"], online.met) == (48.5, False)  # was shown as 50.0, met
+    assert results_of(judge_term(spring), 1)["blog_posts"].met
+    # A bureau may credit posts: a new version of its rules, published with the table.
+    rules.save(spring, BUREAU, {**rules.PRESET, "terms": [SPRING_TERM],
+                                "credits": {"blog_post": {"basis": "per_activity", "minutes": 30, "mode": "online"}}})
+    spring.commit()
+    online = results_of(judge_term(spring), 1)["online_hours"]
+    assert (online.to_dict()["done"], online.met) == (50.0, True)
+    published = rules.describe(rules.in_force(spring, BUREAU))
+    assert published["version"] == 2
+    assert published["credits"]["blog_post"]["credits"] == "30 minutes of online study hours per activity"
+    assert published["credits"]["blog_post"]["default"] == {"basis": "none"}
+
+
+def test_the_credit_table_lists_every_kind_and_refuses_unknown_ones():
+    published = rules.describe(rules.preset())
+    assert set(published["credits"]) == set(ACTIVITY_KINDS)
+    assert all(entry["source"] and entry["credits"] for entry in published["credits"].values())
+    assert published["credits"]["training"]["basis"] == "duration"
+    with pytest.raises(InvalidInput) as caught:
+        rules.validate({**rules.PRESET, "credits": {"dancing": {"basis": "none"},
+                                                    "blog_post": {"basis": "per_activity", "minutes": 0}}})
+    assert {"credits.dancing", "credits.blog_post.minutes", "credits.blog_post.mode"} <= set(caught.value.fields)
+
+
+def test_declared_hours_and_minutes_add_up_exactly(spring):
+    """Hours declared with two decimals (0.01 h = 36 s) and minutes sum without rounding each item."""
+    city = city_of((1, ["teacher"]))
+    for _ in range(3):
+        city.recorded(1, 11, "offline_study", "2025-03-03T10:00:00+08:00", {"title": "读书", "hours": "6.67"})
+    city.recorded(1, 11, "lesson_observation", "2025-03-04T10:00:00+08:00", {
+        "observed_teacher_id": 2, "lesson": {"subject": "数学", "grade": "七年级", "title": "圆"},
+        "mode": "offline", "duration_minutes": 1})
+    apply_all(spring, city.events)
+    offline = results_of(judge_term(spring), 1)["offline_hours"]
+    assert offline.done == 3 * 6.67 * 3600 + 60  # 20.01 h + 1 min, to the second
+    assert offline.met and offline.to_dict()["done"] == 20.02
