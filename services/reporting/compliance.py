@@ -4,8 +4,10 @@ Periods: a rule is judged in its own period. In a month's report, term rules are
 the term to date (one tally row) against the quota times the share of the term elapsed by the month's
 end — so a teacher learns in March, not in July, that they are behind. In a term's report, group rules
 (per month) are judged against the monthly quota times the months of the term.
-School rule: a school is non-compliant when the share of its non-compliant teachers reaches the
-threshold (20 % by default). Only active teachers count; a teacher with no activity is counted.
+School rule (document 003): a school is non-compliant when the share of its teachers who miss any
+of the rule set's `school_rule_ids` (003's study hours by default) reaches the threshold (20 % by
+default). Reports also show how many teachers meet every rule. Only active teachers count; a teacher
+with no activity is counted.
 
 Teachers are judged in SQL (`_judged_teachers`): one row per teacher with, per rule, what was done,
 what is required of their roles and whether it is missing. Schools' figures are sums over those rows
@@ -31,9 +33,8 @@ from services.reporting import rules
 from services.reporting.kinds import count_column, online_count_column, online_seconds_column, seconds_column
 from services.reporting.models import alliance_members, districts, groups, schools, tallies, teachers
 from services.reporting.periods import Period, months_between, term_to_date_key, week_key, week_starts_between
-from services.reporting.rules import Overrides, Rule, RuleSet
+from services.reporting.rules import TEACHER_RULE_KINDS, Overrides, Rule, RuleSet
 
-TEACHER_RULE_KINDS = ("teacher_hours", "teacher_activity_count", "role_activity_count")
 SECONDS_PER_HOUR = 3600
 
 
@@ -98,6 +99,12 @@ class TeacherResult(MeetsEveryRule):
     offline_seconds: int
     activities: int
     rules: list[RuleResult]
+    school_rule_ids: tuple[str, ...] = ()
+
+    @property
+    def meets_school_rules(self) -> bool:
+        """What the school's 20 % rule asks of this teacher (003: the study hours by default)."""
+        return all(result.met for result in self.rules if result.rule_id in self.school_rule_ids)
 
 
 @dataclass
@@ -123,7 +130,9 @@ class SchoolResult:
     groups: list[GroupResult] = field(default_factory=list)
     weekly: RuleResult | None = None
     teacher_count: int = 0
-    noncompliant_teachers: int = 0
+    noncompliant_teachers: int = 0  # missing a school rule (003)
+    short_of_some_rule: int = 0  # missing any rule
+    school_rule_ids: tuple[str, ...] = ()
     missing: dict[str, int] = field(default_factory=dict)  # rule id -> teachers who miss it
     online_seconds: int = 0  # study time credited by the rule set, exact
     offline_seconds: int = 0
@@ -151,7 +160,9 @@ class SchoolResult:
             "teachers": total, "compliant_teachers": total - self.noncompliant_teachers,
             "noncompliant_teachers": self.noncompliant_teachers,
             "noncompliant_share": round(self.noncompliant_share, 4), "threshold": self.threshold,
-            "compliant": self.compliant,
+            "compliant": self.compliant, "school_rule_ids": list(self.school_rule_ids),
+            "teachers_meeting_every_rule": total - self.short_of_some_rule,
+            "teachers_meeting_every_rule_share": round((total - self.short_of_some_rule) / total, 4) if total else 0.0,
             "online_hours": display_hours(self.online_seconds), "offline_hours": display_hours(self.offline_seconds),
             "online_hours_per_teacher": round(online / total, 2) if total else 0.0,
             "activities": self.activities,
@@ -286,17 +297,20 @@ def _judged_teachers(bureau_id: int, period: Period, rule_set: RuleSet, school_i
     misses = [case((and_(amounts.c[f"required{index}"].is_not(None),
                          amounts.c[f"done{index}"] < amounts.c[f"required{index}"]), 1), else_=0)
               for index in range(len(judged))]
+    school_misses = [miss for miss, (rule, _plan) in zip(misses, judged, strict=True)
+                     if rule.id in rule_set.school_rule_ids]
     applied = [case((amounts.c[f"required{index}"].is_not(None), 1), else_=0) for index in range(len(judged))]
     zero = literal(0)
     verdicts = select(
         amounts, *[miss.label(f"miss{index}") for index, miss in enumerate(misses)],
         case((reduce(operator.add, misses, zero) > 0, 1), else_=0).label("noncompliant"),
+        case((reduce(operator.add, school_misses, zero) > 0, 1), else_=0).label("school_noncompliant"),
         reduce(operator.add, applied, zero).label("applied"),
     )
     return verdicts.cte("judged"), judged
 
 
-def _teacher_result(row: Any, judged: list[tuple[Rule, Plan]]) -> TeacherResult:
+def _teacher_result(row: Any, judged: list[tuple[Rule, Plan]], school_rule_ids: tuple[str, ...]) -> TeacherResult:
     rule_results = []
     for index, (rule, plan) in enumerate(judged):
         required = row[f"required{index}"]
@@ -307,7 +321,7 @@ def _teacher_result(row: Any, judged: list[tuple[Rule, Plan]]) -> TeacherResult:
     return TeacherResult(
         row["id"], row["school_id"], row["staff_number"], row["subject"],
         _roles_of(row["roles"]),
-        int(row["online"]), int(row["offline"]), int(row["activities"]), rule_results,
+        int(row["online"]), int(row["offline"]), int(row["activities"]), rule_results, school_rule_ids,
     )
 
 
@@ -350,6 +364,7 @@ def evaluate(session: Session, bureau_id: int, period: Period, rule_set: RuleSet
         for school in members.values():
             school.threshold, school.rules_version, school.rules_scope = (
                 own.school_noncompliant_share, own.version, own.scope_kind)
+            school.school_rule_ids = own.school_rule_ids
         # None: every school of the bureau (no id list in the SQL) — only when one rule set judges them all.
         visible = list(members) if school_ids is not None or len(by_rules) > 1 else None
         best += _judge_teachers(session, bureau_id, period, own, members, visible, with_teachers, top_teachers)
@@ -377,22 +392,24 @@ def _judge_teachers(session: Session, bureau_id: int, period: Period, rule_set: 
     role_sets = list(session.scalars(roster.distinct()))
     judged_rows, judged = _judged_teachers(bureau_id, period, rule_set, visible, role_sets)
     per_school = select(
-        judged_rows.c.school_id, func.count().label("teachers"), func.sum(judged_rows.c.noncompliant),
+        judged_rows.c.school_id, func.count().label("teachers"), func.sum(judged_rows.c.school_noncompliant),
+        func.sum(judged_rows.c.noncompliant),
         func.sum(judged_rows.c.online), func.sum(judged_rows.c.offline), func.sum(judged_rows.c.activities),
         *[func.sum(judged_rows.c[f"miss{index}"]) for index in range(len(judged))],
     ).group_by(judged_rows.c.school_id)
-    for school_id, count, noncompliant, online, offline, activities, *missed in session.execute(per_school):
+    for school_id, count, noncompliant, short, online, offline, activities, *missed in session.execute(per_school):
         school = results.get(school_id)
         if school is None:  # a teacher of a school reporting has not heard of yet
             continue
         school.teacher_count, school.noncompliant_teachers = int(count), int(noncompliant or 0)
+        school.short_of_some_rule = int(short or 0)
         school.online_seconds, school.offline_seconds = int(online or 0), int(offline or 0)
         school.activities = int(activities or 0)
         school.missing = {rule.id: int(total) for (rule, _plan), total in zip(judged, missed, strict=True) if total}
     if with_teachers:
         for row in session.execute(select(judged_rows).order_by(judged_rows.c.id)).mappings():
             if row["school_id"] in results:
-                results[row["school_id"]].teachers.append(_teacher_result(row, judged))
+                results[row["school_id"]].teachers.append(_teacher_result(row, judged, rule_set.school_rule_ids))
     if not top_teachers:
         return []
     best = (select(judged_rows)
@@ -401,7 +418,7 @@ def _judge_teachers(session: Session, bureau_id: int, period: Period, rule_set: 
             .order_by((judged_rows.c.online + judged_rows.c.offline).desc(), judged_rows.c.activities.desc(),
                       judged_rows.c.id)
             .limit(top_teachers))
-    return [_teacher_result(row, judged) for row in session.execute(best).mappings()]
+    return [_teacher_result(row, judged, rule_set.school_rule_ids) for row in session.execute(best).mappings()]
 
 
 def _judge_groups(session: Session, bureau_id: int, period: Period, rule_set: RuleSet,
@@ -455,6 +472,7 @@ def period_out(period: Period) -> dict[str, Any]:
 def teacher_out(teacher: TeacherResult) -> dict[str, Any]:
     return {"teacher_id": teacher.teacher_id, "school_id": teacher.school_id, "staff_number": teacher.staff_number,
             "subject": teacher.subject, "roles": teacher.roles, "compliant": teacher.compliant,
+            "meets_school_rules": teacher.meets_school_rules,
             "online_hours": display_hours(teacher.online_seconds),
             "offline_hours": display_hours(teacher.offline_seconds),
             "activities": teacher.activities, "rules": [result.to_dict() for result in teacher.rules]}
@@ -486,6 +504,7 @@ def roll_up(members: list[SchoolResult]) -> dict[str, Any]:
     return {
         "schools": len(members), "compliant_schools": sum(1 for school in members if school.compliant),
         "teachers": teachers_total, "noncompliant_teachers": noncompliant,
+        "teachers_meeting_every_rule": sum(school.teacher_count - school.short_of_some_rule for school in members),
         "noncompliant_share": round(noncompliant / teachers_total, 4) if teachers_total else 0.0,
         "online_hours": display_hours(online), "offline_hours": display_hours(offline),
         "online_hours_per_teacher": round(online / SECONDS_PER_HOUR / teachers_total, 2) if teachers_total else 0.0,

@@ -23,13 +23,15 @@ SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
     ("schools", "学校", [
         ("school_id", "学校ID"), ("code", "学校代码"), ("name", "学校"), ("district_name", "片区"),
         ("teachers", "教师数"), ("compliant_teachers", "达标教师"), ("noncompliant_teachers", "未达标教师"),
-        ("noncompliant_share", "未达标比例"), ("compliant", "学校达标"), ("online_hours", "网络研修学时"),
+        ("noncompliant_share", "未达标比例"), ("compliant", "学校达标(003)"),
+        ("teachers_meeting_every_rule", "全部指标达标教师"), ("online_hours", "网络研修学时"),
         ("offline_hours", "线下研修学时"), ("online_hours_per_teacher", "人均网络学时"), ("activities", "活动数"),
         ("groups", "教研组数"), ("compliant_groups", "达标教研组"),
     ]),
     ("districts", "片区", [
         ("district_id", "片区ID"), ("name", "片区"), ("schools", "学校数"), ("compliant_schools", "达标学校"),
         ("teachers", "教师数"), ("noncompliant_teachers", "未达标教师"), ("noncompliant_share", "未达标比例"),
+        ("teachers_meeting_every_rule", "全部指标达标教师"),
         ("online_hours", "网络研修学时"), ("offline_hours", "线下研修学时"), ("activities", "活动数"),
     ]),
     ("excellent_teachers", "优秀教师", [

@@ -46,6 +46,7 @@ RULE_KINDS: dict[str, tuple[str, ...]] = {
     "school_activity_frequency": ("week",),
 }
 SCOPE_KINDS = ("bureau", "district", "alliance")
+TEACHER_RULE_KINDS = ("teacher_hours", "teacher_activity_count", "role_activity_count")
 # School-level teaching-research activities: what makes "a school activity" in a week.
 SCHOOL_ACTIVITY_KINDS = [
     "collective_lesson_prep", "demonstration_lesson", "research_lesson", "open_lesson",
@@ -56,6 +57,7 @@ PRESET: dict[str, Any] = {
     "timezone": DEFAULT_TIMEZONE,
     "terms": [],
     "school_noncompliant_share": 0.2,
+    # "school_rule_ids" left out: it defaults to the set's hour rules (003), whatever rules a bureau sends.
     "credits": DEFAULT_CREDITS,
     "rules": [
         {"id": "online_hours", "kind": "teacher_hours", "mode": "online", "period": "term", "minimum": 50,
@@ -123,6 +125,7 @@ class RuleSet:
     rules: tuple[Rule, ...]
     body: dict[str, Any]
     credits: dict[str, Credit]
+    school_rule_ids: tuple[str, ...]  # the teacher rules a school's 20 % rule counts misses of
 
     def of_kind(self, *kinds: str) -> list[Rule]:
         return [rule for rule in self.rules if rule.kind in kinds]
@@ -146,7 +149,8 @@ def validate(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidInput("A rule set is a JSON object.", {"_schema": ["Expected an object."]})
     errors: dict[str, list[str]] = {}
-    unknown = sorted(set(body) - {"timezone", "terms", "school_noncompliant_share", "rules", "credits"})
+    unknown = sorted(set(body) - {"timezone", "terms", "school_noncompliant_share", "rules", "credits",
+                                  "school_rule_ids"})
     for name in unknown:
         _problem(errors, name, "Unknown field.")
     timezone = body.get("timezone", DEFAULT_TIMEZONE)
@@ -166,15 +170,38 @@ def validate(body: Any) -> dict[str, Any]:
     seen_ids: set[str] = set()
     for index, rule in enumerate(rules):
         _validate_rule(errors, f"rules.{index}", rule, seen_ids)
+    school_rule_ids = _validate_school_rule_ids(errors, body.get("school_rule_ids"), rules)
     if errors:
         raise InvalidInput(f"Invalid rule set: {', '.join(sorted(errors))}.", errors)
     return {
         "timezone": str(timezone),
         "terms": terms,
         "school_noncompliant_share": float(share),
+        "school_rule_ids": school_rule_ids,
         "credits": credits,
         "rules": copy.deepcopy(rules),
     }
+
+
+def default_school_rule_ids(rules: list[Any]) -> list[str]:
+    """Document 003's school rule: a teacher fails it by missing the study hours (its hour rules)."""
+    return [rule["id"] for rule in rules if isinstance(rule, dict) and rule.get("kind") == "teacher_hours"]
+
+
+def _validate_school_rule_ids(errors: dict[str, list[str]], ids: Any, rules: list[Any]) -> list[str]:
+    """Which teacher rules decide the school's verdict; 003's study hours unless the bureau says otherwise."""
+    teacher_rule_ids = [rule.get("id") for rule in rules
+                        if isinstance(rule, dict) and rule.get("kind") in TEACHER_RULE_KINDS]
+    if ids is None:
+        ids = default_school_rule_ids(rules) or teacher_rule_ids
+    if not isinstance(ids, list) or not ids or not all(isinstance(rule_id, str) for rule_id in ids):
+        _problem(errors, "school_rule_ids", "A non-empty list of teacher rule ids.")
+        return []
+    for rule_id in ids:
+        if rule_id not in teacher_rule_ids:
+            _problem(errors, "school_rule_ids", f"{rule_id!r} is not a teacher rule of this set "
+                     f"(one of {', '.join(map(str, teacher_rule_ids)) or 'none'}).")
+    return list(dict.fromkeys(ids))
 
 
 def _validate_credits(errors: dict[str, list[str]], credits: Any) -> dict[str, dict[str, Any]]:
@@ -303,8 +330,12 @@ def build(body: dict[str, Any], version: int = 0, scope_kind: str = "bureau", sc
     table = {**DEFAULT_CREDITS, **body.get("credits", {})}
     credits = {kind: Credit(entry["basis"], round(float(entry.get("minutes") or 0) * 60), entry.get("mode") or "online")
                for kind, entry in table.items()}
+    # Versions stored before the school's rules were chosen are read with 003's (the hour rules).
+    school_rule_ids = body.get("school_rule_ids") or default_school_rule_ids(body["rules"]) or [
+        rule.id for rule in rules if rule.kind in TEACHER_RULE_KINDS]
     return RuleSet(version, scope_kind, scope_id, Calendar(body["timezone"], terms),
-                   body["school_noncompliant_share"], rules, {**body, "credits": table}, credits)
+                   body["school_noncompliant_share"], rules,
+                   {**body, "credits": table, "school_rule_ids": school_rule_ids}, credits, tuple(school_rule_ids))
 
 
 def preset() -> RuleSet:

@@ -10,7 +10,7 @@ from decimal import Decimal
 
 import pytest
 
-from services.reporting import compliance, rules
+from services.reporting import bulletin, compliance, rules
 from services.reporting.exceptions import InvalidInput
 from services.reporting.kinds import ACTIVITY_KINDS
 from tests.reporting.conftest import BUREAU, SPRING_TERM, CityEvents
@@ -118,3 +118,33 @@ def test_declared_hours_and_minutes_add_up_exactly(spring):
     offline = results_of(judge_term(spring), 1)["offline_hours"]
     assert offline.done == 3 * 6.67 * 3600 + 60  # 20.01 h + 1 min, to the second
     assert offline.met and offline.to_dict()["done"] == 20.02
+
+
+def study_hours(city: CityEvents, teacher_id: int, online: str = "50", offline: str = "20") -> None:
+    city.recorded(teacher_id, 11, "online_course_study", "2025-03-03T10:00:00+08:00",
+                  {"title": "课程", "hours": online})
+    city.recorded(teacher_id, 11, "offline_study", "2025-03-04T10:00:00+08:00", {"title": "研讨", "hours": offline})
+
+
+def test_003_the_school_is_judged_by_teachers_who_missed_the_study_hours(spring):
+    """003: 研修任务未完成…不合格率达20%的学校 — the task is 50 h online and 20 h offline; posts and
+    observations (000, 001) are shown as "teachers meeting every rule", beside the school's verdict."""
+    city = city_of(*[(teacher_id, ["teacher"]) for teacher_id in range(1, 6)])
+    for teacher_id in range(1, 6):
+        study_hours(city, teacher_id)  # every hour done, no posts, no observations
+    apply_all(spring, city.events)
+    report = bulletin.build(spring, BUREAU, "term", "2025-spring", today=TODAY)
+    school = report["schools"][0]
+    assert (school["compliant"], school["noncompliant_teachers"]) == (True, 0)  # was: 5 of 5, non-compliant
+    assert (school["teachers_meeting_every_rule"], school["school_rule_ids"]) == (0, ["online_hours", "offline_hours"])
+    assert report["city"]["teachers_meeting_every_rule"] == 0
+    teacher = judge_term(spring).schools[11].teachers[0]
+    assert teacher.meets_school_rules and not teacher.compliant
+    # A bureau may make its school rule stricter: a new version of its rules.
+    rules.save(spring, BUREAU, {**rules.PRESET, "terms": [SPRING_TERM],
+                                "school_rule_ids": ["online_hours", "offline_hours", "blog_posts"]})
+    spring.commit()
+    assert not judge_term(spring).schools[11].compliant
+    with pytest.raises(InvalidInput) as caught:
+        rules.validate({**rules.PRESET, "school_rule_ids": ["group_online_preps"]})
+    assert "not a teacher rule" in caught.value.fields["school_rule_ids"][0]

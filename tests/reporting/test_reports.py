@@ -137,7 +137,8 @@ def test_exports_carry_the_json_numbers(judged):
         assert values["学校ID"] == line["school_id"]
         assert values["未达标比例"] == line["noncompliant_share"]
         assert values["网络研修学时"] == line["online_hours"]
-        assert values["学校达标"] == ("是" if line["compliant"] else "否")
+        assert values["学校达标(003)"] == ("是" if line["compliant"] else "否")
+        assert values["全部指标达标教师"] == line["teachers_meeting_every_rule"]
     teachers_sheet = [row for row in workbook["优秀教师"].iter_rows(min_row=2, values_only=True)]
     assert [row[1] for row in teachers_sheet] == [line["teacher_id"] for line in report["excellent_teachers"]]
     with pytest.raises(InvalidInput):
