@@ -88,7 +88,7 @@ class ReportingService(HealthRpc):
             if not found:
                 raise NotFound(f"Teacher {teacher_id} has left; no progress is reported for them.")
             school = evaluation.schools[row["school_id"]]
-            return {"period": compliance.period_out(when), "rules_version": school.rules_version,
+            return {"period": compliance.period_out(when, evaluation.through), "rules_version": school.rules_version,
                     "rules_scope": school.rules_scope, **compliance.teacher_out(found[0])}
 
     @rpc

@@ -13,7 +13,7 @@ import pytest
 from services.reporting import bulletin, compliance, rules
 from services.reporting.exceptions import InvalidInput
 from services.reporting.kinds import ACTIVITY_KINDS
-from tests.reporting.conftest import BUREAU, SPRING_TERM, CityEvents
+from tests.reporting.conftest import BUREAU, SPRING_TERM, CityEvents, event
 from tests.reporting.test_projection import apply_all
 
 TODAY = date(2025, 8, 1)  # after the spring term
@@ -148,3 +148,81 @@ def test_003_the_school_is_judged_by_teachers_who_missed_the_study_hours(spring)
     with pytest.raises(InvalidInput) as caught:
         rules.validate({**rules.PRESET, "school_rule_ids": ["group_online_preps"]})
     assert "not a teacher rule" in caught.value.fields["school_rule_ids"][0]
+
+
+def prep(city: CityEvents, teacher_id: int, day: str, group_id: int, school_id: int = 11) -> None:
+    city.recorded(teacher_id, school_id, "collective_lesson_prep", f"{day}T15:00:00+08:00", {
+        "lead_preparer_id": teacher_id, "topic": "单元整体设计", "participant_ids": [teacher_id],
+        "mode": "online", "duration_minutes": 60}, group_id=group_id)
+
+
+def topic(city: CityEvents, teacher_id: int, day: str, group_id: int, school_id: int = 11) -> None:
+    city.recorded(teacher_id, school_id, "small_research_topic", f"{day}T16:00:00+08:00", {
+        "topic": "作业分层", "stage": "progress", "month": day[:7], "summary": "本月进展"}, group_id=group_id)
+
+
+def monthly_group_work(city: CityEvents, group_id: int, months: list[str], school_id: int = 11) -> None:
+    """What document 000 asks of a group every month: 2 online collective preps and a small topic."""
+    for month in months:
+        prep(city, 1, f"{month}-20", group_id, school_id)
+        prep(city, 1, f"{month}-21", group_id, school_id)
+        topic(city, 1, f"{month}-22", group_id, school_id)
+
+
+def test_000_group_quotas_are_judged_every_month_and_months_missed_are_named(spring):
+    """000: 每月…至少组织2次网络集体备课活动…至少组织一次小课题研究活动 — per month, not a term total."""
+    city = city_of((1, ["group_leader"]))
+    city.group(501, 11, "七年级数学组")
+    city.group(502, 11, "七年级语文组")
+    monthly_group_work(city, 501, ["2025-02", "2025-03", "2025-04"])
+    monthly_group_work(city, 502, ["2025-02", "2025-03"])
+    for _ in range(4):  # a busy March does not make up for an empty April
+        prep(city, 1, "2025-03-25", 502)
+    apply_all(spring, city.events)
+    rule_set = rules.in_force(spring, BUREAU)
+    mid_term = compliance.evaluate(spring, BUREAU, rule_set.calendar.term("2025-spring"), rule_set,
+                                   today=date(2025, 5, 15))
+    groups = {group.group_id: compliance.group_out(group) for group in mid_term.schools[11].groups}
+    assert groups[501]["compliant"]  # was failing: 6 preps against a term total of 2 × 6 months
+    preps = next(rule for rule in groups[501]["rules"] if rule["rule_id"] == "group_online_preps")
+    # February: the term covers 12 of 28 days, so 2 × 12/28 → 1; May has not ended yet.
+    assert [(m["month"], m["required"]) for m in preps["months"]] == [("2025-02", 1), ("2025-03", 2), ("2025-04", 2)]
+    assert not groups[502]["compliant"] and groups[502]["months_missed"] == ["2025-04"]
+    april = compliance.evaluate(spring, BUREAU, rule_set.calendar.month("2025-04"), rule_set, today=TODAY)
+    assert {g.group_id: g.compliant for g in april.schools[11].groups} == {501: True, 502: False}
+
+
+def test_a_running_term_is_judged_to_date_throughout_and_says_so(spring):
+    """Mid-term, every rule is judged to the same day: term quotas pro rata, months and weeks that ended."""
+    city = city_of((1, ["teacher"]))
+    study_hours(city, 1, online="30", offline="10")
+    city.group(501, 11, "七年级数学组")
+    apply_all(spring, city.events)
+    rule_set = rules.in_force(spring, BUREAU)
+    today = date(2025, 4, 30)
+    mid_term = compliance.evaluate(spring, BUREAU, rule_set.calendar.term("2025-spring"), rule_set, today=today)
+    report = compliance.school_report(mid_term, 11)
+    assert report["period"]["to_date"] and report["period"]["judged_through"] == "2025-04-30"
+    assert "2025-04-30" in report["period"]["note"]
+    online = next(rule for rule in report["teacher_results"][0]["rules"] if rule["rule_id"] == "online_hours")
+    elapsed = (today - date(2025, 2, 17)).days + 1  # of 145 days
+    assert online["pro_rata"] and online["required"] == round(50 * elapsed / 145, 1) and online["met"]
+    months = [m["month"] for m in report["group_results"][0]["rules"][0]["months"]]
+    assert months == ["2025-02", "2025-03"]  # April ends today: judged from tomorrow
+    weekly = report["weekly_activity"]
+    assert weekly["required"] == 10  # the weeks of 17 Feb … 21 Apr have ended; 28 Apr has not
+    finished = compliance.evaluate(spring, BUREAU, rule_set.calendar.term("2025-spring"), rule_set, today=TODAY)
+    assert not compliance.school_report(finished, 11)["period"]["to_date"]
+
+
+def test_collaboration_groups_across_schools_are_judged(spring):
+    """000/003: groups across schools (跨乡镇的研修小组, 名师协作组) meet the same monthly quotas."""
+    city = city_of((1, ["teacher"]))
+    city.events.append(event("group.created", {"id": 900, "bureau_id": BUREAU, "school_id": None,
+                                               "kind": "collaboration", "name": "城乡数学协作组"}))
+    monthly_group_work(city, 900, ["2025-03"])
+    apply_all(spring, city.events)
+    report = bulletin.build(spring, BUREAU, "month", "2025-03", today=TODAY)
+    [group] = report["cross_school_groups"]
+    assert (group["group_id"], group["kind"], group["compliant"]) == (900, "collaboration", True)
+    assert 900 in [line["group_id"] for line in report["excellent_groups"]]
