@@ -5,12 +5,15 @@ Every test names the document and the words it is built from.
 
 from __future__ import annotations
 
+import csv
+import io
 from datetime import date
 from decimal import Decimal
 
 import pytest
+from openpyxl import load_workbook
 
-from services.reporting import bulletin, compliance, rules
+from services.reporting import bulletin, compliance, exports, rules
 from services.reporting.exceptions import InvalidInput
 from services.reporting.kinds import ACTIVITY_KINDS
 from tests.reporting.conftest import BUREAU, SPRING_TERM, CityEvents, event
@@ -226,3 +229,50 @@ def test_collaboration_groups_across_schools_are_judged(spring):
     [group] = report["cross_school_groups"]
     assert (group["group_id"], group["kind"], group["compliant"]) == (900, "collaboration", True)
     assert 900 in [line["group_id"] for line in report["excellent_groups"]]
+
+
+def test_what_a_clerk_sees_in_excel(spring):
+    """Item 7: staff numbers stay text, shares are percentages, sheets say period and rule version,
+    lagging_schools lists only schools failing the school rule."""
+    city = CityEvents()
+    city.district(1, "东片区")
+    city.school(11, 1, "青禾小学")
+    city.school(12, 1, "松涛中学")
+    city.events.append(event("teacher.joined", {
+        "id": 1, "school_id": 11, "district_id": 1, "bureau_id": BUREAU, "staff_number": "009067008",
+        "active": True, "roles": ["teacher"], "group_ids": []}))
+    city.teacher(2, 12, 1)
+    for teacher_id, school_id in ((1, 11), (2, 12)):
+        city.recorded(teacher_id, school_id, "online_course_study", "2025-03-03T10:00:00+08:00",
+                      {"title": "课程", "hours": "50"})
+        city.recorded(teacher_id, school_id, "offline_study", "2025-03-04T10:00:00+08:00",
+                      {"title": "研讨", "hours": "20"})
+        for _ in range(3):
+            city.recorded(teacher_id, school_id, "blog_post", "2025-03-05T20:00:00+08:00",
+                          {"title": "反思", "word_count": 900})
+        for _ in range(10):
+            city.recorded(teacher_id, school_id, "lesson_observation", "2025-03-06T10:00:00+08:00", {
+                "observed_teacher_id": 3, "lesson": {"subject": "数学", "grade": "七年级", "title": "圆"},
+                "mode": "offline", "duration_minutes": 40})
+    city.teacher(3, 12, 1)  # did nothing: school 12 has 50 % non-compliant teachers
+    apply_all(spring, city.events)
+    report = bulletin.build(spring, BUREAU, "term", "2025-spring", today=TODAY)
+    # School 11 is compliant though it had no weekly school activity: not lagging, listed apart.
+    assert [line["school_id"] for line in report["lagging_schools"]] == [12]
+    assert 11 in [line["school_id"] for line in report["weekly_activity_short"]]
+
+    report["excellent_teachers"][0]["name"] = "甲老师"
+    lines = list(csv.reader(io.StringIO(exports.to_csv(report, "excellent_teachers").decode("utf-8-sig"))))
+    assert lines[1][lines[0].index("工号")] == '="009067008"'  # Excel shows the text 009067008, not 9067008
+
+    workbook = load_workbook(io.BytesIO(exports.to_xlsx(report)))
+    sheet = workbook["学校"]
+    title = sheet["A1"].value
+    assert "2025年春季学期" in title and "2025-02-17 至 2025-07-11" in title and "规则版本 1" in title
+    header = [cell.value for cell in sheet[2]]
+    share = sheet.cell(row=3, column=header.index("未达标比例") + 1)
+    assert share.number_format == "0.0%" and share.value == report["schools"][0]["noncompliant_share"]
+    teachers = workbook["优秀教师"]
+    staff = teachers.cell(row=3, column=[c.value for c in teachers[2]].index("工号") + 1)
+    assert (staff.value, staff.data_type, staff.number_format) == ("009067008", "s", "@")
+    assert workbook["待改进学校"].cell(row=3, column=1).value == 12

@@ -129,17 +129,17 @@ def test_exports_carry_the_json_numbers(judged):
 
     workbook = load_workbook(io.BytesIO(exports.to_xlsx(report)))
     sheet = workbook["学校"]
-    assert sheet.freeze_panes == "A2"
+    assert sheet.freeze_panes == "A3"
     assert sheet.column_dimensions["C"].width > 8
-    header = [cell.value for cell in sheet[1]]
-    for row, line in zip(sheet.iter_rows(min_row=2, values_only=True), report["schools"], strict=True):
+    header = [cell.value for cell in sheet[2]]
+    for row, line in zip(sheet.iter_rows(min_row=3, values_only=True), report["schools"], strict=True):
         values = dict(zip(header, row, strict=True))
         assert values["学校ID"] == line["school_id"]
         assert values["未达标比例"] == line["noncompliant_share"]
         assert values["网络研修学时"] == line["online_hours"]
         assert values["学校达标(003)"] == ("是" if line["compliant"] else "否")
         assert values["全部指标达标教师"] == line["teachers_meeting_every_rule"]
-    teachers_sheet = [row for row in workbook["优秀教师"].iter_rows(min_row=2, values_only=True)]
+    teachers_sheet = [row for row in workbook["优秀教师"].iter_rows(min_row=3, values_only=True)]
     assert [row[1] for row in teachers_sheet] == [line["teacher_id"] for line in report["excellent_teachers"]]
     with pytest.raises(InvalidInput):
         exports.to_csv(report, "salaries")
