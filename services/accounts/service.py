@@ -9,6 +9,7 @@ from typing import Any
 from services.accounts import directory, roster, tokens
 from services.accounts.exceptions import InvalidInput
 from services.accounts.models import outbox
+from services.accounts.roster_isolation import ImportSlots, read_table_isolated, yield_to_other_requests
 from services.common.db import Database
 from services.common.entrypoints import rpc
 from services.common.events import OutboxRelay
@@ -23,6 +24,7 @@ class AccountsService(HealthRpc):
     db = Database("accounts")
     metrics = ServiceMetrics("accounts")
     events = OutboxRelay(outbox)
+    roster_slots = ImportSlots()
 
     # --- organisation ---------------------------------------------------------------------------
     @rpc
@@ -109,8 +111,11 @@ class AccountsService(HealthRpc):
             content = base64.b64decode(content_base64, validate=True)
         except (binascii.Error, TypeError, ValueError) as error:
             raise InvalidInput("content_base64 is not valid base64.") from error
-        with self.db.begin():
-            return roster.import_roster(self.db, Scope.from_dict(scope), school_id, filename, content)
+        with self.roster_slots, self.db.begin():
+            return roster.import_roster(
+                self.db, Scope.from_dict(scope), school_id, filename, content,
+                progress=yield_to_other_requests, reader=read_table_isolated,
+            )
 
     # --- tokens ---------------------------------------------------------------------------------
     @rpc
