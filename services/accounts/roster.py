@@ -19,6 +19,7 @@ from services.accounts.exceptions import InvalidInput, RosterRejected
 from services.accounts.models import ROLES, Group, GroupMember, School, Teacher, TeacherRole, outbox
 from services.accounts.roster_files import MAX_FILE_BYTES, MAX_ROWS, read_table
 from services.common.scope import Scope
+from services.common.validation import name_problem, normalise_code
 
 __all__ = ["MAX_FILE_BYTES", "MAX_ROWS", "import_roster", "parse_rows", "read_table"]
 
@@ -93,9 +94,11 @@ def parse_rows(table: list[list[str]]) -> tuple[list[RosterRow], list[dict[str, 
         for name in REQUIRED:
             if not values.get(name):
                 problems.append({"row": number, "column": name, "reason": "Empty; a value is required."})
-        staff_number = values.get("staff_number", "")
+        staff_number = values["staff_number"] = normalise_code(values.get("staff_number", ""))
         if len(staff_number) > 40 or len(values.get("name", "")) > 100:
             problems.append({"row": number, "column": "staff_number/name", "reason": "Too long."})
+        problems += [{"row": number, "column": column, "reason": reason}
+                     for column in ("staff_number", "name") if (reason := name_problem(values.get(column, "")))]
         if staff_number and staff_number in seen:
             problems.append({"row": number, "column": "staff_number",
                              "reason": f"Duplicate staff number {staff_number!r} (also row {seen[staff_number]})."})

@@ -213,6 +213,17 @@ def test_school_write_token_changes_its_own_school(gateway: str, city: City) -> 
     assert assert_problem(mismatch, 422)["errors"][0]["field"] == "school_id"
 
 
+def test_a_nul_in_a_name_is_a_422_on_postgresql(gateway: str, city: City) -> None:
+    school = city.schools["east_one"]
+    for name in ("宋\x00知", "宋\u202e知"):
+        refused = call(gateway, "POST", f"/v1/schools/{school}/teachers", city.tokens["school_write"],
+                       json={"staff_number": "G-200", "name": name})
+        assert assert_problem(refused, 422)["errors"][0]["field"] == "name"
+        changed = call(gateway, "PATCH", f"/v1/teachers/{city.teachers['east_one']}", city.tokens["school_write"],
+                       json={"name": name})
+        assert_problem(changed, 422)
+
+
 def test_bureau_token_builds_the_organisation(gateway: str, city: City) -> None:
     token = city.tokens["bureau_write"]
     district = call(gateway, "POST", "/v1/districts", token, json={"bureau_id": city.bureau_id, "name": "南片区"})
