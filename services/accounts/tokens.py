@@ -8,12 +8,12 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.accounts import schemas
 from services.accounts.directory import _get, school_in_scope
-from services.accounts.exceptions import Forbidden, InvalidInput, NotFound, TokenInvalid
+from services.accounts.exceptions import Forbidden, InvalidInput, NotFound, TokenInvalid, TooManyTokens
 from services.accounts.models import ApiToken, Bureau, District, School, outbox
 from services.common.scope import Scope
 from services.common.timeutil import as_utc
@@ -23,6 +23,10 @@ TOKEN_PREFIX = "lx_"
 TOKEN_OUT = schemas.TokenOut()
 ISSUED_OUT = schemas.IssuedTokenOut()
 SCOPE_RANK = {"bureau": 0, "district": 1, "school": 2}
+# Minting is bounded (issue 12, item 13): a leaked write token must not mint an unbounded supply of
+# credentials (each a way around revocation and per-token rate limits) or fill the table.
+MAX_ACTIVE_TOKENS_PER_SCOPE = 50  # unrevoked, unexpired tokens for one bureau/district/school
+MAX_TOKENS_PER_BUREAU_PER_HOUR = 200
 
 
 def hash_token(token: str) -> str:
@@ -58,8 +62,9 @@ def issue_token(session: Session, issuer: Scope, data: dict[str, Any], now: date
     if values["access"] == "write" and issuer.access != "write":
         raise Forbidden("A read token cannot issue a write token.")
     _resolve_target(session, issuer, values["scope_kind"], values["scope_id"])
-    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     created = _now(now)
+    _check_minting_limits(session, issuer.bureau_id, values["scope_kind"], values["scope_id"], created)
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(
         token_hash=hash_token(secret),
         prefix=secret[:10],
@@ -75,6 +80,30 @@ def issue_token(session: Session, issuer: Scope, data: dict[str, Any], now: date
     session.flush()
     outbox.add(session, "token.issued", TOKEN_OUT.dump(token), subject=f"token/{token.id}")
     return {**ISSUED_OUT.dump(token), "token": secret}
+
+
+def _check_minting_limits(session: Session, bureau_id: int, kind: str, ident: int, now: datetime) -> None:
+    active = session.scalar(
+        select(func.count()).select_from(ApiToken).where(
+            ApiToken.scope_kind == kind, ApiToken.scope_id == ident, ApiToken.bureau_id == bureau_id,
+            ApiToken.revoked_at.is_(None), ApiToken.expires_at > now,
+        )
+    )
+    if active >= MAX_ACTIVE_TOKENS_PER_SCOPE:
+        raise TooManyTokens(
+            f"The {kind} {ident} already has {active} active tokens (at most {MAX_ACTIVE_TOKENS_PER_SCOPE}); "
+            "revoke unused ones first."
+        )
+    recent = session.scalar(
+        select(func.count()).select_from(ApiToken).where(
+            ApiToken.bureau_id == bureau_id, ApiToken.created_at > now - timedelta(hours=1)
+        )
+    )
+    if recent >= MAX_TOKENS_PER_BUREAU_PER_HOUR:
+        raise TooManyTokens(
+            f"This bureau issued {recent} tokens in the last hour (at most {MAX_TOKENS_PER_BUREAU_PER_HOUR}); "
+            "retry later."
+        )
 
 
 def verify_token(session: Session, secret: Any, now: datetime | None = None) -> dict[str, Any]:

@@ -8,7 +8,10 @@ and timed (metrics.py). Served by gunicorn gthread workers (gunicorn.conf.py); n
 Configuration (environment, or the `config` mapping given to `create_app`, same names):
 AMQP_URI, GATEWAY_RPC_TIMEOUT_SECONDS (5), GATEWAY_READINESS_TIMEOUT_SECONDS (2),
 GATEWAY_AUTH_CACHE_SECONDS (30), GATEWAY_AUTH_CACHE_ENTRIES (10000),
-GATEWAY_RATE_LIMIT_PER_SECOND (20), GATEWAY_RATE_LIMIT_BURST (60).
+GATEWAY_RATE_LIMIT_PER_SECOND (20), GATEWAY_RATE_LIMIT_BURST (60),
+GATEWAY_AUTH_ATTEMPTS_PER_SECOND (5), GATEWAY_AUTH_ATTEMPTS_BURST (20): token verifications per client
+address (tokens not already in the cache), checked before accounts is asked,
+GATEWAY_TRUSTED_PROXIES (127.0.0.1/32,::1/128): peers whose X-Real-IP is believed (see clients.py).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from services.common.config import DEFAULT_AMQP_URI
 from services.common.errors import LianxiaoError, ServiceUnavailable
 from services.gateway import problems
 from services.gateway.auth import AuthenticationRequired, TokenVerifier
+from services.gateway.clients import client_key, parse_networks
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openapi import build_spec
 from services.gateway.ratelimit import TokenBuckets
@@ -53,6 +57,9 @@ class Settings:
     auth_cache_entries: int = 10_000
     rate_limit_per_second: float = 20.0
     rate_limit_burst: int = 60
+    auth_attempts_per_second: float = 5.0
+    auth_attempts_burst: int = 20
+    trusted_proxies: str = "127.0.0.1/32,::1/128"
 
     @classmethod
     def load(cls, config: Mapping[str, Any] | None = None) -> Settings:
@@ -71,6 +78,9 @@ class Settings:
             auth_cache_entries=value("GATEWAY_AUTH_CACHE_ENTRIES", cls.auth_cache_entries),
             rate_limit_per_second=value("GATEWAY_RATE_LIMIT_PER_SECOND", cls.rate_limit_per_second),
             rate_limit_burst=value("GATEWAY_RATE_LIMIT_BURST", cls.rate_limit_burst),
+            auth_attempts_per_second=value("GATEWAY_AUTH_ATTEMPTS_PER_SECOND", cls.auth_attempts_per_second),
+            auth_attempts_burst=value("GATEWAY_AUTH_ATTEMPTS_BURST", cls.auth_attempts_burst),
+            trusted_proxies=value("GATEWAY_TRUSTED_PROXIES", cls.trusted_proxies),
         )
 
 
@@ -146,6 +156,8 @@ class Gateway:
             on_lookup=self.metrics.observe_auth_lookup,
         )
         self.buckets = TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst)
+        self.attempt_buckets = TokenBuckets(settings.auth_attempts_per_second, settings.auth_attempts_burst)
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
         self.routes = [*SYSTEM_ROUTES, *all_routes()]
         self.routes_by_name = {route.name: route for route in self.routes}
         self.url_map = Map(
@@ -198,11 +210,13 @@ class Gateway:
         limit_headers: dict[str, str] = {}
         try:
             if route.authenticated:
-                scope = self.verifier.scope_for(request.headers.get("Authorization"))
+                scope = self.verifier.scope_for(
+                    request.headers.get("Authorization"), before_verifying=lambda: self._admit_attempt(request)
+                )
                 decision = self.buckets.take(f"token:{scope.get('token_id')}")
                 limit_headers = decision.headers()
                 if not decision.allowed:
-                    self.metrics.observe_rate_limited()
+                    self.metrics.observe_rate_limited("token")
                     raise problems.HttpProblem(
                         429, f"Rate limit of this token reached; retry in {decision.retry_after_seconds} s.",
                         headers=limit_headers,
@@ -214,6 +228,16 @@ class Gateway:
         for name, value in limit_headers.items():
             response.headers.setdefault(name, value)
         return response
+
+    def _admit_attempt(self, request: Request) -> None:
+        """A token accounts has to check costs an RPC: each client address gets only so many (issue 12, item 13)."""
+        decision = self.attempt_buckets.take(f"address:{client_key(request.environ, self.trusted_proxies)}")
+        if not decision.allowed:
+            self.metrics.observe_rate_limited("address")
+            raise problems.HttpProblem(
+                429, "Too many token checks from this address; retry in "
+                f"{decision.retry_after_seconds} s.", headers={"Retry-After": str(decision.retry_after_seconds)},
+            )
 
     @staticmethod
     def _json_response(reply: Reply) -> Response:

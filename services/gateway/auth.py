@@ -85,11 +85,16 @@ class TokenVerifier:
         self._digests_by_token_id: dict[int, str] = {}
         self._lock = threading.Lock()
 
-    def scope_for(self, authorization: str | None) -> dict[str, Any]:
+    def scope_for(
+        self, authorization: str | None, before_verifying: Callable[[], None] | None = None
+    ) -> dict[str, Any]:
+        """`before_verifying` runs only when accounts must be asked (it may refuse, e.g. a rate limit)."""
         token = bearer_token(authorization)
         digest = token_digest(token)
         entry = self._cached(digest)
         if entry is None:
+            if before_verifying is not None:
+                before_verifying()
             self._count("miss")
             entry = self._verify(token)  # outside the lock: an RPC must never serialise the threads
             self._remember(digest, entry)

@@ -47,6 +47,11 @@ class GatewayMetrics:
             "lianxiao_gateway_rate_limited_total", "Requests refused by the per-token rate limit",
             ["service"], registry=self.registry,
         )
+        self.attempts_refused = Counter(
+            "lianxiao_gateway_auth_attempts_refused_total",
+            "Requests refused before token verification: too many token checks from one client address",
+            ["service"], registry=self.registry,
+        )
 
     def observe_request(self, route: str, method: str, status: int, seconds: float) -> None:
         self.requests.labels(SERVICE, route, method, str(status)).inc()
@@ -58,8 +63,8 @@ class GatewayMetrics:
     def observe_auth_lookup(self, result: str) -> None:
         self.auth_lookups.labels(SERVICE, result).inc()
 
-    def observe_rate_limited(self) -> None:
-        self.rate_limited.labels(SERVICE).inc()
+    def observe_rate_limited(self, limit: str = "token") -> None:
+        (self.attempts_refused if limit == "address" else self.rate_limited).labels(SERVICE).inc()
 
     def exposition(self) -> tuple[bytes, str]:
         """The text to serve on /metrics and its content type."""
