@@ -68,3 +68,15 @@ def test_client_keys() -> None:
     assert client_key({"REMOTE_ADDR": "", "HTTP_X_REAL_IP": "192.0.2.2"}, trusted) == "192.0.2.2"  # Unix socket
     assert client_key({"REMOTE_ADDR": "2001:db8::1:2"}, trusted) == "2001:db8::/64"
     assert client_key({"REMOTE_ADDR": "127.0.0.1", "HTTP_X_REAL_IP": "not an address"}, trusted) == "127.0.0.1"
+
+
+def test_random_methods_cannot_grow_the_metrics(app_with_counting_accounts) -> None:
+    app, _accounts = app_with_counting_accounts
+    client = Client(app)
+    for _ in range(300):
+        client.open("/v1/me", method=f"X{secrets.token_hex(6).upper()}")
+        client.open(f"/v9/{secrets.token_hex(8)}", method="GET")
+    metrics = client.get("/metrics").get_data(as_text=True)
+    methods = {line.split('method="')[1].split('"')[0] for line in metrics.splitlines() if 'method="' in line}
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}, methods
+    assert len(metrics) < 100_000  # before: every random method added ~2.4 KB of series
