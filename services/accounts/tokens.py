@@ -45,12 +45,10 @@ def _resolve_target(session: Session, issuer: Scope, kind: str, ident: int) -> N
     if issuer.kind == "school":
         raise Forbidden("School tokens cannot issue tokens; ask the district or the bureau.")
     if kind == "bureau":
-        _get(session, Bureau, ident, "Bureau")
-        if ident != issuer.bureau_id:
-            raise Forbidden(f"Bureau {ident} is outside this token's scope.")
+        _get(session, Bureau, ident, "Bureau", issuer.bureau_id)
     elif kind == "district":
-        district = _get(session, District, ident, "District")
-        if district.bureau_id != issuer.bureau_id or (issuer.kind == "district" and ident != issuer.id):
+        _get(session, District, ident, "District", issuer.bureau_id)
+        if issuer.kind == "district" and ident != issuer.id:
             raise Forbidden(f"District {ident} is outside this token's scope ({issuer.describe()}).")
     else:
         school_in_scope(session, issuer, ident)
@@ -114,10 +112,10 @@ def verify_token(session: Session, secret: Any, now: datetime | None = None) -> 
     token = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
     if token is None or not hmac.compare_digest(token.token_hash, digest):
         raise TokenInvalid("The token is not valid.")
-    if token.revoked_at is not None:
-        raise TokenInvalid("The token has been revoked.")
-    if as_utc(token.expires_at) <= _now(now):
-        raise TokenInvalid("The token has expired.")
+    # Revoked or expired says no more than unknown (issue 12, item 15): whoever holds a leaked token
+    # learns nothing from it; the owner sees the state in GET /v1/tokens.
+    if token.revoked_at is not None or as_utc(token.expires_at) <= _now(now):
+        raise TokenInvalid("The token is not valid.")
     scope = Scope(token.bureau_id, token.scope_kind, token.scope_id, token.access, token.id)
     return {**scope.to_dict(), "expires_at": as_utc(token.expires_at).isoformat()}
 

@@ -41,14 +41,14 @@ def test_unknown_or_malformed_tokens_are_invalid(session, city, secret):
 def test_expired_token_is_invalid(session, city):
     issued = issue(session, city["admin"], "bureau", city["bureau"]["id"], ttl_days=1)
     later = datetime.now(UTC) + timedelta(days=2)
-    with pytest.raises(TokenInvalid, match="expired"):
+    with pytest.raises(TokenInvalid, match=r"^The token is not valid\.$"):
         tokens.verify_token(session, issued["token"], now=later)
 
 
 def test_revoked_token_is_invalid(session, city):
     issued = issue(session, city["admin"], "district", city["east"]["id"])
     tokens.revoke_token(session, city["admin"], issued["id"])
-    with pytest.raises(TokenInvalid, match="revoked"):
+    with pytest.raises(TokenInvalid, match=r"^The token is not valid\.$"):
         tokens.verify_token(session, issued["token"])
 
 

@@ -125,15 +125,17 @@ def test_missing_or_malformed_credentials_give_401(gateway: str, header: str | N
 @pytest.mark.parametrize("token_name", ["expired", "revoked"])
 def test_expired_and_revoked_tokens_give_401(gateway: str, city: City, token_name: str) -> None:
     body = assert_problem(call(gateway, "GET", "/v1/me", city.tokens[token_name]), 401)
-    assert token_name[:6] in body["detail"]  # "expired" / "revoked"
+    unknown = assert_problem(call(gateway, "GET", "/v1/me", "lx_" + "Q" * 43), 401)
+    assert body["detail"] == unknown["detail"]  # a revoked token tells its holder nothing more (issue 12, item 15)
 
 
 # (token, method, path template, body, expected status, schools whose teachers may appear)
+# Another bureau's schools and teachers answer 404 like missing ones (issue 12, item 15).
 MATRIX = [
     ("school_read", "GET", "/v1/schools/{east_one}/teachers", None, 200, {"east_one"}),
     ("school_read", "GET", "/v1/schools/{east_two}/teachers", None, 403, set()),
     ("school_read", "GET", "/v1/schools/{west}/teachers", None, 403, set()),
-    ("school_read", "GET", "/v1/schools/{elsewhere}/teachers", None, 403, set()),
+    ("school_read", "GET", "/v1/schools/{elsewhere}/teachers", None, 404, set()),
     ("school_read", "GET", "/v1/teachers/{t_east_two}", None, 403, set()),
     ("school_read", "GET", "/v1/teachers/{t_east_one}", None, 200, {"east_one"}),
     ("school_read", "GET", "/v1/schools/{east_two}", None, 403, set()),
@@ -148,11 +150,11 @@ MATRIX = [
     ("east_read", "GET", "/v1/schools/{west}/teachers", None, 403, set()),
     ("east_read", "GET", "/v1/teachers/{t_west}", None, 403, set()),
     ("bureau_read", "GET", "/v1/schools/{west}/teachers", None, 200, {"west"}),
-    ("bureau_read", "GET", "/v1/schools/{elsewhere}/teachers", None, 403, set()),
+    ("bureau_read", "GET", "/v1/schools/{elsewhere}/teachers", None, 404, set()),
     ("bureau_read", "POST", "/v1/districts", {"bureau_id": "{bureau}", "name": "北片区"}, 403, set()),
-    ("other_bureau_write", "GET", "/v1/schools/{east_one}/teachers", None, 403, set()),
-    ("other_bureau_write", "GET", "/v1/teachers/{t_east_one}", None, 403, set()),
-    ("other_bureau_write", "PATCH", "/v1/teachers/{t_east_one}", {"grade": "八年级"}, 403, set()),
+    ("other_bureau_write", "GET", "/v1/schools/{east_one}/teachers", None, 404, set()),
+    ("other_bureau_write", "GET", "/v1/teachers/{t_east_one}", None, 404, set()),
+    ("other_bureau_write", "PATCH", "/v1/teachers/{t_east_one}", {"grade": "八年级"}, 404, set()),
 ]
 
 

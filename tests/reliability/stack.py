@@ -68,6 +68,7 @@ class Stack:
         }
         self.gateway: Gunicorn | None = None
         self.gateway_env = {"GATEWAY_RATE_LIMIT_PER_SECOND": "1000", "GATEWAY_RATE_LIMIT_BURST": "1000",
+                            "GATEWAY_AUTH_ATTEMPTS_PER_SECOND": "1000", "GATEWAY_AUTH_ATTEMPTS_BURST": "1000",
                             **gateway_env}
         self.city: City | None = None
         self.supervising = False
