@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -121,6 +122,8 @@ def main() -> None:
         commands[service] = [PYTHON, "-m", "services.common.runner", service]
         env[f"{service.upper()}_METRICS_PORT"] = str(port)
     env.setdefault("RELAY_CONTROL_ADDRESS", f"127.0.0.1:{DATAPLANE_PORTS['control']}")
+    # Services accept only scopes accounts signed with this (services/common/scope.py): a fresh one per run.
+    env.setdefault("LIANXIAO_SCOPE_SECRET", secrets.token_hex(32))
     if not env.get("RELAY_JOIN_SECRETS"):
         # One machine for trying things out: the relay's built-in development secret signs join tokens.
         # Production sets RELAY_JOIN_SECRETS (the service refuses to start without it otherwise).

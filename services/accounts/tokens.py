@@ -15,7 +15,7 @@ from services.accounts import schemas
 from services.accounts.directory import _get, school_in_scope
 from services.accounts.exceptions import Forbidden, InvalidInput, NotFound, TokenInvalid, TooManyTokens
 from services.accounts.models import ApiToken, Bureau, District, School, outbox
-from services.common.scope import Scope
+from services.common.scope import Scope, sign_scope
 from services.common.timeutil import as_utc
 from services.common.validation import load
 
@@ -117,7 +117,8 @@ def verify_token(session: Session, secret: Any, now: datetime | None = None) -> 
     if token.revoked_at is not None or as_utc(token.expires_at) <= _now(now):
         raise TokenInvalid("The token is not valid.")
     scope = Scope(token.bureau_id, token.scope_kind, token.scope_id, token.access, token.id)
-    return {**scope.to_dict(), "expires_at": as_utc(token.expires_at).isoformat()}
+    expires_at = as_utc(token.expires_at)
+    return sign_scope({**scope.to_dict(), "expires_at": expires_at.isoformat()}, expires_at, now)
 
 
 def _token_in_scope(session: Session, scope: Scope, token_id: Any) -> ApiToken:

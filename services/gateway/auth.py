@@ -125,9 +125,10 @@ class TokenVerifier:
             # token that was invalid never becomes valid (secrets are random and never reissued).
             return _Entry(now + self.ttl, None, rejection.detail)
         lifetime = self.ttl
-        remaining = _seconds_until(scope.get("expires_at"), datetime.now(UTC))
-        if remaining is not None:
-            lifetime = max(0.0, min(lifetime, remaining))
+        for limit in ("expires_at", "signed_until"):  # never keep a scope past the token or its signature
+            remaining = _seconds_until(scope.get(limit), datetime.now(UTC))
+            if remaining is not None:
+                lifetime = max(0.0, min(lifetime, remaining))
         return _Entry(now + lifetime, scope, None)
 
     def _cached(self, digest: str) -> _Entry | None:

@@ -63,6 +63,7 @@ class Stack:
         env = {**os.environ, "AMQP_URI": self.amqp_uri, "DATABASE_URL": self.database_url, "LOG_LEVEL": "INFO"}
         env.pop("METRICS_PORT", None)
         env["RELAY_JOIN_SECRETS"] = uuid.uuid4().hex  # the relay refuses to start without one
+        env["LIANXIAO_SCOPE_SECRET"] = uuid.uuid4().hex  # as deployed: services accept only signed scopes
         self.services = {
             name: ServiceProcess(name, env, workdir / f"{name}.log") for name in services
         }
