@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import csv
-import io
-import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,10 +19,12 @@ from sqlalchemy.orm import Session
 from services.accounts.directory import apply_teacher_changes, group_out, school_in_scope, teacher_event, teacher_out
 from services.accounts.exceptions import InvalidInput, RosterRejected
 from services.accounts.models import Group, GroupMember, School, Teacher, TeacherRole, outbox
-from services.accounts.schemas import ROLES, ROSTER_MAX_FILE_BYTES
+from services.accounts.roster_files import MAX_FILE_BYTES, MAX_ROWS, read_table
+from services.accounts.schemas import ROLES
 from services.common.scope import Scope
+from services.common.validation import name_problem, normalise_code
 
-MAX_ROWS = 5000
+__all__ = ["MAX_FILE_BYTES", "MAX_ROWS", "import_roster", "parse_rows", "read_table"]
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "staff_number": ("staff_number", "工号", "教师编号", "编号"),
@@ -78,60 +77,6 @@ def decode_upload(content_base64: str) -> bytes:
         raise InvalidInput("content_base64 is not valid base64.") from error
 
 
-def read_table(filename: str, content: bytes) -> list[list[str]]:
-    """The cells of the file's first sheet as text, header row first."""
-    if len(content) > ROSTER_MAX_FILE_BYTES:
-        raise InvalidInput(f"The file is {len(content)} bytes; at most {ROSTER_MAX_FILE_BYTES} are accepted.")
-    lower = filename.lower()
-    if lower.endswith(".xlsx"):
-        return _read_xlsx(content)
-    if lower.endswith(".csv") or lower.endswith(".txt"):
-        return _read_csv(content)
-    raise InvalidInput(f"Unsupported file type {filename!r}: upload a .csv or .xlsx file.")
-
-
-def _read_csv(content: bytes) -> list[list[str]]:
-    for encoding in ("utf-8-sig", "gb18030"):
-        try:
-            text = content.decode(encoding)
-            break
-        except UnicodeDecodeError:
-            continue
-    else:  # pragma: no cover - gb18030 decodes any byte string
-        raise InvalidInput("The CSV file is neither UTF-8 nor GB18030 text.")
-    if "\x00" in text:
-        raise InvalidInput("The CSV file contains NUL bytes; is it really a CSV file?")
-    try:
-        return [[cell.strip() for cell in row] for row in csv.reader(io.StringIO(text))]
-    except csv.Error as error:
-        raise InvalidInput(f"The CSV file cannot be read: {error}.") from error
-
-
-def _read_xlsx(content: bytes) -> list[list[str]]:
-    from openpyxl import load_workbook
-
-    try:
-        workbook = load_workbook(io.BytesIO(content), read_only=True, data_only=True)
-    except (zipfile.BadZipFile, KeyError, OSError, ValueError) as error:
-        raise InvalidInput(f"The .xlsx file cannot be opened: {error}.") from error
-    try:
-        sheet = workbook.worksheets[0]
-        rows = []
-        for row in sheet.iter_rows(values_only=True):
-            rows.append(["" if cell is None else _cell_text(cell) for cell in row])
-            if len(rows) > MAX_ROWS + 1:
-                break
-        return rows
-    finally:
-        workbook.close()
-
-
-def _cell_text(cell: Any) -> str:
-    if isinstance(cell, float) and cell.is_integer():
-        return str(int(cell))  # staff numbers typed as numbers in Excel
-    return str(cell).strip()
-
-
 def parse_rows(table: list[list[str]]) -> tuple[list[RosterRow], list[dict[str, Any]]]:
     """Rows keyed by canonical column names, and every problem found (row, column, reason)."""
     table = [row for row in table if any(cell for cell in row)]
@@ -170,9 +115,11 @@ def parse_rows(table: list[list[str]]) -> tuple[list[RosterRow], list[dict[str, 
         for name in REQUIRED:
             if not values.get(name):
                 problems.append({"row": number, "column": name, "reason": "Empty; a value is required."})
-        staff_number = values.get("staff_number", "")
+        staff_number = values["staff_number"] = normalise_code(values.get("staff_number", ""))
         if len(staff_number) > 40 or len(values.get("name", "")) > 100:
             problems.append({"row": number, "column": "staff_number/name", "reason": "Too long."})
+        problems += [{"row": number, "column": column, "reason": reason}
+                     for column in ("staff_number", "name") if (reason := name_problem(values.get(column, "")))]
         if staff_number and staff_number in seen:
             problems.append({"row": number, "column": "staff_number",
                              "reason": f"Duplicate staff number {staff_number!r} (also row {seen[staff_number]})."})
@@ -203,11 +150,14 @@ def _split_roles(text: str) -> list[str]:
 def import_roster(
     session: Session, scope: Scope, school_id: int, filename: str, content: bytes,
     progress: Callable[[int, int], None] | None = None,
+    reader: Callable[[str, bytes], list[list[str]]] = read_table,
 ) -> dict[str, Any]:
-    """Apply a roster file to one school; raises `RosterRejected` (applying nothing) on any problem."""
+    """Apply a roster file to one school; raises `RosterRejected` (applying nothing) on any problem.
+
+    `reader` turns the file into cells (the service passes `read_table_isolated`: a child process)."""
     scope.require_write()
     school = school_in_scope(session, scope, school_id)
-    rows, problems = parse_rows(read_table(filename, content))
+    rows, problems = parse_rows(reader(filename, content))
     if problems:
         raise RosterRejected(
             f"The roster was not imported: {len(problems)} problem(s) found; nothing was changed.",

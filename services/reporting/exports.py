@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import csv
 import io
+import unicodedata
 from typing import Any
 
 from openpyxl import Workbook
@@ -44,11 +45,19 @@ def section_title(section: str) -> str:
 
 
 def neutralise(value: Any) -> Any:
-    """A cell value safe to open in a spreadsheet: formulas in text become plain text."""
+    """A cell value safe to open in a spreadsheet: formulas in text become plain text.
+
+    Spreadsheets skip leading blanks, line breaks and invisible characters and read full-width
+    ＝＋－＠ as their ASCII forms, so the first character that counts is judged (issue 12, item 16).
+    """
     if isinstance(value, bool):
         return "是" if value else "否"
-    if isinstance(value, str) and value.startswith(FORMULA_PREFIXES):
-        return "'" + value
+    if isinstance(value, str):
+        first = next((character for character in value if not (
+            character.isspace() or unicodedata.category(character) in ("Cc", "Cf", "Zs", "Zl", "Zp")
+        )), "")
+        if value.startswith(FORMULA_PREFIXES) or unicodedata.normalize("NFKC", first).startswith(FORMULA_PREFIXES):
+            return "'" + value
     return value
 
 

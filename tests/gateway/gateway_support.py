@@ -7,9 +7,11 @@ and a second bureau 白河 with one school, each school with one teacher whose n
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -111,7 +113,7 @@ def build_city(accounts_url: str) -> City:
 class Gunicorn:
     """The gateway as it runs in production: a gunicorn subprocess on a free 127.0.0.1 port."""
 
-    def __init__(self, amqp_uri: str, log_path: Path, **env: str) -> None:
+    def __init__(self, amqp_uri: str, log_path: Path, health_url: str | None = "", **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -122,15 +124,18 @@ class Gunicorn:
             [str(GUNICORN), "-c", str(GUNICORN_CONF), "services.gateway.wsgi:app"],
             cwd=REPO_ROOT, env=environment, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        self._wait_until_up(timeout=20)
+        self._wait_until_up(timeout=20, unix_socket=health_url is None and env["GATEWAY_BIND"][5:])
 
-    def _wait_until_up(self, timeout: float) -> None:
+    def _wait_until_up(self, timeout: float, unix_socket: str | bool = False) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"gunicorn exited: {self.log_path.read_text(errors='replace')[-3000:]}")
             try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                if unix_socket:
+                    if Path(str(unix_socket)).exists():
+                        return
+                elif requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
                     return
             except requests.RequestException:
                 pass
@@ -147,6 +152,43 @@ class Gunicorn:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
         self.log.close()
+
+
+class ProxiedGateway:
+    """The gateway as `make run` serves it: gunicorn on a Unix socket behind nginx on a free port."""
+
+    def __init__(self, amqp_uri: str, workdir: Path, **env: str) -> None:
+        from services.gateway.local_proxy import nginx_command, write_config
+
+        run_dir = Path(tempfile.mkdtemp(prefix="lxt-nginx-"))  # short: a socket path has at most 107 bytes
+        socket_path = run_dir / "gateway.sock"
+        self.run_dir = run_dir
+        self.gunicorn = Gunicorn(amqp_uri, workdir / "gateway.log", GATEWAY_BIND=f"unix:{socket_path}",
+                                 health_url=None, **env)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (workdir / "nginx.log").open("wb")
+        config = write_config(run_dir, f"127.0.0.1:{self.port}", socket_path)
+        self.process = subprocess.Popen(nginx_command(config), stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            try:
+                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
+                    return
+            except requests.RequestException:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("nginx + gunicorn did not answer within 20 s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.log.close()
+        self.gunicorn.stop()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -135,7 +135,9 @@ def test_workloads_are_locked_down(overlay: str) -> None:
                 assert {"cpu", "memory"} <= container["resources"][field].keys(), f"{name} {field}"
             if workload["kind"] != "Job":
                 assert "readinessProbe" in container and "livenessProbe" in container, name
-            assert container["image"].startswith("registry.example.org/lianxiao/lianxiao:"), name
+            assert container["image"].startswith(
+                ("registry.example.org/lianxiao/lianxiao:", "registry.example.org/lianxiao/lianxiao-nginx:")
+            ), name
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
