@@ -52,7 +52,7 @@ grep -rhsi '^Acquire::.*Proxy' /etc/apt/apt.conf /etc/apt/apt.conf.d/ >"$rootfs/
 if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
   cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/"
 fi
-chroot "$rootfs" update-ca-certificates >/dev/null
+chroot "$rootfs" update-ca-certificates >/dev/null 2>&1  # its rehash warns about the bundle itself
 
 # `python` as in the official image, so the Dockerfile works on either base.
 ln -sf /usr/bin/python3 "$rootfs/usr/local/bin/python"
