@@ -56,7 +56,7 @@ class Stack:
 
     def __post_init__(self) -> None:
         for name in ("amqp", "rabbitmq_management", "rabbitmq_prometheus", "epmd", "erlang_dist", "postgres",
-                     "gateway", "media", "control", "dataplane_metrics", *NAMEKO_SERVICES):
+                     "gateway", "media", "control", "dataplane_metrics", "prometheus", *NAMEKO_SERVICES):
             self.ports[name] = free_port()
         for name in ("rabbitmq", "postgres", "join", "control"):
             self.secrets[name] = secrets.token_hex(16)
@@ -108,6 +108,21 @@ class Stack:
                 env = {"LISTEN_ADDRESS": LOCALHOST, "PGPORT": str(self.ports["postgres"]),
                        "POSTGRES_USER": "lianxiao", "POSTGRES_PASSWORD": self.secrets["postgres"]}
             self._run(service, self.infra_image, common_for, env, list(COMPOSE[service]["command"]))
+
+    def start_prometheus(self, config_dir: Path) -> None:
+        """Prometheus from the infrastructure image with the compose command, scraping `config_dir`'s targets."""
+        podman("volume", "create", f"--label={self.label}", self.name("prometheus"))
+        options = ["--read-only", "--tmpfs=/tmp", "--security-opt=no-new-privileges",
+                   f"--volume={config_dir}:/etc/prometheus:ro", f"--volume={self.name('prometheus')}:/prometheus"]
+        env = {"LISTEN_ADDRESS": LOCALHOST, "PROMETHEUS_PORT": str(self.ports["prometheus"])}
+        self._run("prometheus", self.infra_image, options, env, list(COMPOSE["prometheus"]["command"]))
+
+    def scrape_targets(self) -> dict[str, str]:
+        """Prometheus jobs for this run's processes (the compose file's jobs name compose hosts instead)."""
+        targets = {service: f"{LOCALHOST}:{self.ports[service]}" for service in NAMEKO_SERVICES}
+        targets["gateway"] = f"{LOCALHOST}:{self.ports['gateway']}"
+        targets["relay-dataplane"] = f"{LOCALHOST}:{self.ports['dataplane_metrics']}"
+        return targets
 
     def app_command(self, service: str) -> list[str]:
         """The compose command, with the data plane's addresses and ports those of this run."""

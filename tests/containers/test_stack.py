@@ -21,10 +21,11 @@ from typing import Any
 import pytest
 import requests
 
+from tests.ops.ops_helpers import wait_until
 from tests.relay.relay_harness import free_udp_port_pair
 from tests.relay.test_end_to_end_ffmpeg import FULL_FRAME_BYTES, HIGH_SSRC, _decoded_frame_sizes, _encoder_output
 
-from .podman_stack import APP_SERVICES, Stack
+from .podman_stack import APP_SERVICES, REPO, Stack
 
 FFMPEG = shutil.which("ffmpeg")
 pytestmark = pytest.mark.timeout(420)
@@ -51,7 +52,7 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     finally:
         logs = Path(os.environ.get("LIANXIAO_CONTAINERS_LOGS") or tmp_path / "logs")
         logs.mkdir(parents=True, exist_ok=True)
-        for service in ("rabbitmq", "postgres", *APP_SERVICES):
+        for service in ("rabbitmq", "postgres", "prometheus", *APP_SERVICES):
             if running.name(service) in running.containers:
                 (logs / f"{service}.log").write_text(running.logs(service))
         print(f"\ncontainers: logs of every container in {logs}")
@@ -62,16 +63,21 @@ def problems(logs: str) -> list[str]:
     return [line for line in logs.splitlines() if any(word in line for word in FORBIDDEN_IN_LOGS)]
 
 
-def wait_ready(url: str, seconds: float) -> None:
-    started = time.monotonic()
-    while time.monotonic() - started < seconds:
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    raise AssertionError(f"{url} was not ready within {seconds} s")
+def prometheus_config(stack: Stack, directory: Path) -> Path:
+    """The repository's rules and a scrape job per process of the run (2 s), for the containerised Prometheus."""
+    shutil.copytree(REPO / "deploy" / "prometheus" / "rules", directory / "rules")
+    jobs = [{"job_name": name, "scrape_interval": "2s", "static_configs": [{"targets": [target]}]}
+            for name, target in stack.scrape_targets().items()]
+    config = {"global": {"evaluation_interval": "2s"}, "rule_files": ["rules/*.yml"], "scrape_configs": jobs}
+    (directory / "prometheus.yml").write_text(json.dumps(config))  # JSON is YAML
+    for path in [directory, *directory.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)  # readable by the image's prometheus user
+    return directory
+
+
+def targets_up(url: str) -> dict[str, str]:
+    answer = requests.get(f"{url}/api/v1/targets", timeout=5).json()
+    return {target["labels"]["job"]: target["health"] for target in answer["data"]["activeTargets"]}
 
 
 def call(method: str, url: str, token: str, body: Any = None) -> requests.Response:
@@ -140,7 +146,9 @@ def test_the_platform_runs_in_containers(stack: Stack, tmp_path: Path) -> None:
     started = time.monotonic()
     stack.start_infrastructure()
     stack.start_applications()  # at once: migrations and services wait for what they need themselves
-    wait_ready(f"{stack.gateway}/readyz", READY_SECONDS)
+    stack.start_prometheus(prometheus_config(stack, tmp_path / "prometheus"))
+    wait_until(lambda: requests.get(f"{stack.gateway}/readyz", timeout=2).status_code == 200, READY_SECONDS,
+               interval=0.5, what="the gateway's /readyz")
     ready_after = time.monotonic() - started
     print(f"\ncontainers: started to /readyz in {ready_after:.1f} s")
 
@@ -159,7 +167,18 @@ def test_the_platform_runs_in_containers(stack: Stack, tmp_path: Path) -> None:
     metrics = requests.get(f"http://127.0.0.1:{stack.ports['dataplane_metrics']}/metrics", timeout=5).text
     assert "lianxiao_relay_" in metrics
 
-    for service in ("rabbitmq", "postgres", *APP_SERVICES):
+    prometheus = f"http://127.0.0.1:{stack.ports['prometheus']}"
+    deadline = time.monotonic() + 30
+    while True:  # every process scraped, every rule of the repository evaluated without error
+        health = targets_up(prometheus)
+        rules = [rule["health"] for group in requests.get(f"{prometheus}/api/v1/rules", timeout=5).json()["data"]
+                 ["groups"] for rule in group["rules"]]
+        if set(health.values()) == {"up"} and len(health) == len(stack.scrape_targets()) and set(rules) == {"ok"}:
+            break
+        assert time.monotonic() < deadline, f"Prometheus targets {health}, rule health {set(rules)}"
+        time.sleep(1)
+
+    for service in ("rabbitmq", "postgres", "prometheus", *APP_SERVICES):
         found = problems(stack.logs(service))
         assert not found, f"{service}: {found[:5]}"
         if service != "migrate":  # every long-running process is still up, never restarted
