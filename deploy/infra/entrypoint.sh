@@ -55,8 +55,19 @@ postgres)
     setpriv --reuid postgres --regid postgres --init-groups "$bin/postgres" --single -D "$data" postgres \
       </usr/local/share/lianxiao/postgres-init.sql >/dev/null
   fi
-  as postgres "$bin/postgres" -D "$data" -c listen_addresses="$address" \
-    -p "${PGPORT:-5432}" -c unix_socket_directories=/tmp "$@"
+  # SIGTERM (what podman stop and Kubernetes send) is PostgreSQL's "smart" shutdown, which waits for every
+  # client to leave; the services never do. It gets SIGINT instead: a fast shutdown, clients disconnected.
+  setpriv --reuid postgres --regid postgres --init-groups "$bin/postgres" -D "$data" \
+    -c listen_addresses="$address" -p "${PGPORT:-5432}" -c unix_socket_directories=/tmp "$@" &
+  server=$!
+  trap 'kill -INT "$server"' TERM INT
+  status=0
+  wait "$server" || status=$?
+  if [ "$status" -gt 128 ]; then  # the wait was interrupted by the signal: wait for the shutdown itself
+    status=0
+    wait "$server" || status=$?
+  fi
+  exit "$status"
   ;;
 prometheus)
   chown prometheus:prometheus /prometheus

@@ -9,6 +9,7 @@ import re
 import secrets
 import socket
 import subprocess
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -165,6 +166,13 @@ class Stack:
     def logs(self, service: str) -> str:
         result = podman("logs", self.name(service), check=False)
         return result.stdout + result.stderr
+
+    def stop(self, service: str, grace_seconds: int) -> tuple[float, int]:
+        """`podman stop` (SIGTERM, then SIGKILL after the grace period): seconds taken and the exit code."""
+        started = time.monotonic()
+        podman("stop", f"--time={grace_seconds}", self.name(service), timeout=grace_seconds + 30)
+        seconds = time.monotonic() - started
+        return seconds, int(podman("inspect", "--format", "{{.State.ExitCode}}", self.name(service)).stdout)
 
     def state(self, service: str) -> str:
         return podman("inspect", "--format", "{{.State.Status}}", self.name(service)).stdout.strip()

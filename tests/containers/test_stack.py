@@ -34,6 +34,10 @@ APP_IMAGE = os.environ.get("LIANXIAO_IMAGE", "localhost/lianxiao:local")
 INFRA_IMAGE = os.environ.get("LIANXIAO_INFRA_IMAGE", "localhost/lianxiao-infra:local")
 READY_SECONDS = 150
 MBIT = 1_000_000
+# The application first, then what it uses; Kubernetes' default grace period is 30 s.
+STOP_ORDER = ("gateway", "accounts", "activities", "reporting", "classroom-relay", "relay-dataplane", "prometheus",
+              "rabbitmq", "postgres")
+STOP_GRACE_SECONDS = 20
 # What no process may log in a read-only container without capabilities (gunicorn's control socket was one).
 FORBIDDEN_IN_LOGS = ("Read-only file system", "[Errno 30]", "Permission denied", "[Errno 13]",
                      "Operation not permitted", "Control server error", "Failed to start control socket")
@@ -150,7 +154,12 @@ def test_the_platform_runs_in_containers(stack: Stack, tmp_path: Path) -> None:
     wait_until(lambda: requests.get(f"{stack.gateway}/readyz", timeout=2).status_code == 200, READY_SECONDS,
                interval=0.5, what="the gateway's /readyz")
     ready_after = time.monotonic() - started
-    print(f"\ncontainers: started to /readyz in {ready_after:.1f} s")
+    # /readyz covers the broker and accounts; every other service serves its metrics once it runs.
+    for target in stack.scrape_targets().values():
+        wait_until(lambda target=target: "lianxiao_" in requests.get(f"http://{target}/metrics", timeout=2).text,
+                   READY_SECONDS, interval=0.5, what=f"metrics at {target}")
+    print(f"\ncontainers: started to /readyz in {ready_after:.1f} s, every process up in "
+          f"{time.monotonic() - started:.1f} s")
 
     assert stack.exit_code("migrate", timeout=30) == 0, stack.logs("migrate")
     for service in ("accounts", "gateway", "relay-dataplane"):
@@ -183,4 +192,12 @@ def test_the_platform_runs_in_containers(stack: Stack, tmp_path: Path) -> None:
         assert not found, f"{service}: {found[:5]}"
         if service != "migrate":  # every long-running process is still up, never restarted
             assert stack.state(service) == "running", f"{service}: {stack.state(service)}"
+
+    # Stopped as podman-compose down and Kubernetes do (SIGTERM): each within the grace period, none killed.
+    stopped = {service: stack.stop(service, STOP_GRACE_SECONDS) for service in STOP_ORDER}
+    print("containers: stop (s, exit code) " + ", ".join(f"{name} {seconds:.1f} {code}"
+                                                          for name, (seconds, code) in stopped.items()))
+    killed = {name: result for name, result in stopped.items()
+              if result[0] >= STOP_GRACE_SECONDS or result[1] == 137}
+    assert not killed, f"not stopped by SIGTERM within {STOP_GRACE_SECONDS} s: {killed}"
     print(f"containers: whole run {time.monotonic() - started:.1f} s")
