@@ -16,6 +16,8 @@ import sys
 import time
 from collections.abc import Callable
 
+from services.common.config import WAIT_FOR_TIMEOUT
+
 log = logging.getLogger("lianxiao.wait_for")
 
 
@@ -32,10 +34,10 @@ def databases_answer() -> None:
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
 
+    from services import platform
     from services.common.config import database_url
-    from services.common.migrations import SERVICES_WITH_DATABASES
 
-    for service in SERVICES_WITH_DATABASES:
+    for service in platform.SERVICE_NAMES:
         url = make_url(database_url(service))
         if url.get_backend_name() == "postgresql":
             url = url.set(database="postgres")  # the service's own database may not exist before migrating
@@ -51,10 +53,11 @@ def databases_migrated() -> None:
     from alembic.runtime.migration import MigrationContext
     from alembic.script import ScriptDirectory
 
+    from services import platform
     from services.common.db import make_engine
-    from services.common.migrations import SERVICES_WITH_DATABASES, alembic_config
+    from services.common.migrations import alembic_config
 
-    for service in SERVICES_WITH_DATABASES:
+    for service in platform.SERVICE_NAMES:
         config = alembic_config(service)
         heads = set(ScriptDirectory.from_config(config).get_heads())
         engine = make_engine(config.attributes["url"])
@@ -90,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--broker", action="store_true", help="RabbitMQ at AMQP_URI accepts a connection")
     parser.add_argument("--databases", action="store_true", help="every service's PostgreSQL server answers")
     parser.add_argument("--migrated", action="store_true", help="every service's database is at its head revision")
-    parser.add_argument("--timeout", type=float, default=float(os.environ.get("WAIT_FOR_TIMEOUT", "180")))
+    parser.add_argument("--timeout", type=float, default=WAIT_FOR_TIMEOUT.get())
     parser.add_argument("command", nargs=argparse.REMAINDER, help="-- then the command to run")
     args = parser.parse_args(argv)
     command = args.command[1:] if args.command[:1] == ["--"] else args.command

@@ -41,7 +41,7 @@ proc_name = "lianxiao-gateway"
 # gunicorn's control socket (for `gunicornc`) defaults to $HOME/.gunicorn/gunicorn.ctl: one path shared
 # by every gateway on a machine (the last one started takes it over), and an error at every start on
 # a read-only root filesystem. Off unless GATEWAY_CONTROL_SOCKET names a path of this instance's own.
-control_socket = os.environ.get("GATEWAY_CONTROL_SOCKET", "")
+control_socket = settings.CONTROL_SOCKET.get() or ""
 control_socket_disable = not control_socket
 
 

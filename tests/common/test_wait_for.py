@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from services import platform
 from services.common import migrations
 from services.common.wait_for import broker_answers, databases_migrated, wait
 
@@ -50,7 +51,7 @@ def test_migrated_means_every_service_at_its_head(tmp_path: Path, monkeypatch: p
     monkeypatch.setenv("DATABASE_URL", url)
     with pytest.raises(LookupError, match="accounts's database is at no revision"):
         databases_migrated()
-    for service in migrations.SERVICES_WITH_DATABASES:
+    for service in platform.SERVICE_NAMES:
         migrations.upgrade(service, url.replace("{service}", service))
     databases_migrated()
 
