@@ -1,6 +1,9 @@
 #!/bin/sh
 # One piece of the compose stack's infrastructure, as its own (non-root) user, in the foreground:
 #   lianxiao-infra rabbitmq | postgres | prometheus [extra arguments of the server]
+# Started as that user (`--user rabbitmq|postgres|prometheus`, every capability dropped: the image's
+# directories and new volumes already belong to it) or as root, which takes the volume over and drops
+# to the user.
 # Ports, the listening address (LISTEN_ADDRESS, default all) and credentials come from the environment,
 # so a stack can also share a host network with other servers (as tests/containers does, on 127.0.0.1).
 set -eu
@@ -8,14 +11,26 @@ address=${LISTEN_ADDRESS:-0.0.0.0}
 role=${1:?usage: lianxiao-infra rabbitmq|postgres|prometheus}
 shift
 
-as() { user=$1; shift; exec setpriv --reuid "$user" --regid "$user" --init-groups "$@"; }
+# Run (or `exec`) a command as the role's user; as that user already, run it as it is.
+as_user() {
+  user=$1
+  shift
+  if [ "$(id -u)" -eq 0 ]; then setpriv --reuid "$user" --regid "$user" --init-groups "$@"; else "$@"; fi
+}
+own() { if [ "$(id -u)" -eq 0 ]; then chown "$1:$1" "$2"; fi; }
+as() {
+  user=$1
+  shift
+  if [ "$(id -u)" -eq 0 ]; then exec setpriv --reuid "$user" --regid "$user" --init-groups "$@"; fi
+  exec "$@"
+}
 
 case $role in
 rabbitmq)
   # RabbitMQ 3.10 from Debian: the configuration file lives in the data volume (the root filesystem
   # stays as built); a node name and Erlang ports of its own, so it never meets a host's RabbitMQ.
   data=/var/lib/rabbitmq
-  chown rabbitmq:rabbitmq "$data"
+  own rabbitmq "$data"
   cat >"$data/rabbitmq.conf" <<CONF
 listeners.tcp.1 = $address:${RABBITMQ_NODE_PORT:-5672}
 management.tcp.ip = $address
@@ -26,7 +41,7 @@ default_user = ${RABBITMQ_DEFAULT_USER:-lianxiao}
 default_pass = ${RABBITMQ_DEFAULT_PASS:?set RABBITMQ_DEFAULT_PASS}
 loopback_users = none
 CONF
-  chown rabbitmq:rabbitmq "$data/rabbitmq.conf"
+  own rabbitmq "$data/rabbitmq.conf"
   chmod 600 "$data/rabbitmq.conf"
   export HOME=$data RABBITMQ_CONFIG_FILE=$data/rabbitmq.conf RABBITMQ_MNESIA_BASE=$data/mnesia \
     RABBITMQ_LOG_BASE=$data/log RABBITMQ_LOGS=- RABBITMQ_NODENAME=${RABBITMQ_NODENAME:-rabbit@localhost} \
@@ -42,23 +57,24 @@ postgres)
   # from anywhere the container's network lets in, one database per service.
   bin=/usr/lib/postgresql/15/bin
   data=${PGDATA:-/var/lib/postgresql/data}
-  chown postgres:postgres "$data"
+  own postgres "$data"
   chmod 700 "$data"
+  trap 'exit 143' TERM INT  # this shell is PID 1: without a trap it would ignore a stop during initdb
   if [ ! -s "$data/PG_VERSION" ]; then
     password_file=$(mktemp)
     printf '%s\n' "${POSTGRES_PASSWORD:?set POSTGRES_PASSWORD}" >"$password_file"
-    chown postgres "$password_file"
-    setpriv --reuid postgres --regid postgres --init-groups "$bin/initdb" -D "$data" \
+    own postgres "$password_file"
+    as_user postgres "$bin/initdb" -D "$data" \
       -U "${POSTGRES_USER:-lianxiao}" --pwfile="$password_file" --auth=scram-sha-256 -E UTF8 >/dev/null
     rm -f "$password_file"
     echo "host all all all scram-sha-256" >>"$data/pg_hba.conf"
-    setpriv --reuid postgres --regid postgres --init-groups "$bin/postgres" --single -D "$data" postgres \
+    as_user postgres "$bin/postgres" --single -D "$data" postgres \
       </usr/local/share/lianxiao/postgres-init.sql >/dev/null
   fi
   # SIGTERM (what podman stop and Kubernetes send) is PostgreSQL's "smart" shutdown, which waits for every
   # client to leave; the services never do. It gets SIGINT instead: a fast shutdown, clients disconnected.
-  setpriv --reuid postgres --regid postgres --init-groups "$bin/postgres" -D "$data" \
-    -c listen_addresses="$address" -p "${PGPORT:-5432}" -c unix_socket_directories=/tmp "$@" &
+  (as postgres "$bin/postgres" -D "$data" \
+    -c listen_addresses="$address" -p "${PGPORT:-5432}" -c unix_socket_directories=/tmp "$@") &
   server=$!
   trap 'kill -INT "$server"' TERM INT
   status=0
@@ -70,7 +86,7 @@ postgres)
   exit "$status"
   ;;
 prometheus)
-  chown prometheus:prometheus /prometheus
+  own prometheus /prometheus
   as prometheus /usr/bin/prometheus --config.file=/etc/prometheus/prometheus.yml --storage.tsdb.path=/prometheus \
     --web.listen-address="$address:${PROMETHEUS_PORT:-9090}" "$@"
   ;;

@@ -38,8 +38,9 @@ def podman(*args: str, timeout: float = 60, check: bool = True) -> subprocess.Co
 
 
 def lock_down(service: dict[str, Any]) -> list[str]:
-    """podman options for a compose service's read_only, cap_drop, tmpfs and security_opt."""
-    options = ["--read-only"] if service.get("read_only") else []
+    """podman options for a compose service's user, read_only, cap_drop, tmpfs and security_opt."""
+    options = [f"--user={service['user']}"] if service.get("user") else []
+    options += ["--read-only"] if service.get("read_only") else []
     options += [f"--cap-drop={capability}" for capability in service.get("cap_drop", [])]
     options += [f"--tmpfs={path}" for path in service.get("tmpfs", [])]
     options += [f"--security-opt={option}" for option in service.get("security_opt", [])]
@@ -93,11 +94,10 @@ class Stack:
         return podman(*args, image, *command, timeout=120)
 
     def start_infrastructure(self) -> None:
-        """RabbitMQ and PostgreSQL from deploy/infra (Debian's packages), read-only root, data in volumes."""
-        common = ["--read-only", "--tmpfs=/tmp", "--security-opt=no-new-privileges"]
+        """RabbitMQ and PostgreSQL from deploy/infra (Debian's packages), locked down as compose has them."""
         for service, data in (("rabbitmq", "/var/lib/rabbitmq"), ("postgres", "/var/lib/postgresql/data")):
             podman("volume", "create", f"--label={self.label}", self.name(service))
-            common_for = [*common, f"--volume={self.name(service)}:{data}"]
+            options = [*lock_down(COMPOSE[service]), f"--volume={self.name(service)}:{data}"]
             if service == "rabbitmq":
                 env = {"LISTEN_ADDRESS": LOCALHOST, "RABBITMQ_NODE_PORT": str(self.ports["amqp"]),
                        "RABBITMQ_MANAGEMENT_PORT": str(self.ports["rabbitmq_management"]),
@@ -108,13 +108,13 @@ class Stack:
             else:
                 env = {"LISTEN_ADDRESS": LOCALHOST, "PGPORT": str(self.ports["postgres"]),
                        "POSTGRES_USER": "lianxiao", "POSTGRES_PASSWORD": self.secrets["postgres"]}
-            self._run(service, self.infra_image, common_for, env, list(COMPOSE[service]["command"]))
+            self._run(service, self.infra_image, options, env, list(COMPOSE[service]["command"]))
 
     def start_prometheus(self, config_dir: Path) -> None:
         """Prometheus from the infrastructure image with the compose command, scraping `config_dir`'s targets."""
         podman("volume", "create", f"--label={self.label}", self.name("prometheus"))
-        options = ["--read-only", "--tmpfs=/tmp", "--security-opt=no-new-privileges",
-                   f"--volume={config_dir}:/etc/prometheus:ro", f"--volume={self.name('prometheus')}:/prometheus"]
+        options = [*lock_down(COMPOSE["prometheus"]), f"--volume={config_dir}:/etc/prometheus:ro",
+                   f"--volume={self.name('prometheus')}:/prometheus"]
         env = {"LISTEN_ADDRESS": LOCALHOST, "PROMETHEUS_PORT": str(self.ports["prometheus"])}
         self._run("prometheus", self.infra_image, options, env, list(COMPOSE["prometheus"]["command"]))
 

@@ -1,6 +1,6 @@
 """The whole platform in containers: RabbitMQ and PostgreSQL from the infrastructure image, migrations,
 the four services, the relay data plane and the gateway from the application image — all started at once
-(as podman-compose does, without waiting), read-only, every application process without capabilities.
+(as podman-compose does, without waiting), read-only, every process as its own user without capabilities.
 Then: /readyz, the demo bureau, teachers through the gateway, an RTP stream from an ffmpeg encoder
 through the containerised data plane to an ffmpeg receiver at a branch. Everything on 127.0.0.1."""
 
@@ -164,6 +164,8 @@ def test_the_platform_runs_in_containers(stack: Stack, tmp_path: Path) -> None:
     assert stack.exit_code("migrate", timeout=30) == 0, stack.logs("migrate")
     for service in ("accounts", "gateway", "relay-dataplane"):
         assert stack.user(service) == "10001", service  # the image's unprivileged user
+    for service in ("rabbitmq", "postgres"):
+        assert stack.user(service) != "0", service  # the Debian package's user
 
     tokens = json.loads(stack.run_once(["python", "-m", "services.accounts.cli", "demo"]))
     teachers = requests.get(f"{stack.gateway}/v1/schools/{tokens['schools']['QS-02']}/teachers",

@@ -67,9 +67,9 @@ def test_every_command_runs_something_that_exists() -> None:
 
 
 def test_app_containers_are_locked_down_and_wait_for_what_they_need() -> None:
-    for name in ("migrate", "accounts", "activities", "reporting", "classroom-relay", "relay-dataplane", "gateway"):
-        service = SERVICES[name]
+    for name, service in SERVICES.items():  # the infrastructure too, as its package's user
         assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+        assert service.get("user") in (None, "rabbitmq", "postgres", "prometheus"), name
     for name in ("accounts", "activities", "reporting", "classroom-relay", "gateway"):
         service = SERVICES[name]
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
