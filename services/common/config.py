@@ -33,6 +33,9 @@ QUEUE_TYPE = setting(
     "type of the durable event and dead-letter queues; `quorum` replicates them across a RabbitMQ cluster "
     "(an existing classic queue cannot change type: delete it first)",
     default_text="`classic` (Kubernetes: `quorum`)")
+WAIT_FOR_TIMEOUT = setting(
+    "WAIT_FOR_TIMEOUT", float, 180.0,
+    "how long `python -m services.common.wait_for` waits for the broker, databases or migrations (containers)")
 LOG_LEVEL = setting("LOG_LEVEL", str, "INFO", "log level of every process")
 
 

@@ -7,6 +7,8 @@ The app is loaded in each worker after fork (no preload), so no AMQP connection 
 Metrics: every worker writes its samples under PROMETHEUS_MULTIPROC_DIR and /metrics merges them.
 If the variable is not set, a fresh temporary directory is created (and removed on exit); it must be
 set before any worker imports prometheus_client, which is why it is done here, in the master.
+
+gunicorn's control socket is off unless GATEWAY_CONTROL_SOCKET gives this instance a path of its own.
 """
 
 from __future__ import annotations
@@ -36,6 +38,11 @@ accesslog = settings.ACCESS_LOG.get()  # "-" for stdout; never includes Authoriz
 errorlog = "-"
 loglevel = settings.GUNICORN_LOG_LEVEL.get()
 proc_name = "lianxiao-gateway"
+# gunicorn's control socket (for `gunicornc`) defaults to $HOME/.gunicorn/gunicorn.ctl: one path shared
+# by every gateway on a machine (the last one started takes it over), and an error at every start on
+# a read-only root filesystem. Off unless GATEWAY_CONTROL_SOCKET names a path of this instance's own.
+control_socket = settings.CONTROL_SOCKET.get() or ""
+control_socket_disable = not control_socket
 
 
 def on_starting(server: Any) -> None:

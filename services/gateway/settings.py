@@ -20,6 +20,10 @@ AUTH_CACHE_ENTRIES = setting("GATEWAY_AUTH_CACHE_ENTRIES", int, 10_000, "verifie
 RATE_LIMIT_PER_SECOND = setting(
     "GATEWAY_RATE_LIMIT_PER_SECOND", float, 20.0, "requests per second per token, per worker")
 RATE_LIMIT_BURST = setting("GATEWAY_RATE_LIMIT_BURST", int, 60, "burst of requests per token, per worker")
+CONTROL_SOCKET = setting(
+    "GATEWAY_CONTROL_SOCKET", str, None,
+    "a path of this instance's own for gunicorn's control socket (`gunicornc`); off when unset",
+    default_text="off")
 METRICS_DIR = setting(
     "PROMETHEUS_MULTIPROC_DIR", str, None,
     "where gunicorn's workers write their metrics samples for `/metrics` to merge",

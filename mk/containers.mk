@@ -1,0 +1,22 @@
+# Containers (issue 17): the base image without a registry, the image, the stack under podman, and
+# `make test-containers`. Included by the top-level Makefile (which defines PY, VENV and STAMP).
+
+# The development venv installs requirements.lock, which starts with `-r requirements-runtime.lock`.
+$(STAMP): requirements-runtime.lock
+
+.PHONY: containers-host
+## podman, podman-compose, buildah, debootstrap, runc from Debian and podman's settings for this machine
+## class (runtime runc, default_ulimits): deploy/containers/podman-host-setup.sh says what it changes.
+containers-host:
+	deploy/containers/podman-host-setup.sh
+
+.PHONY: test-containers containers-clean
+## The whole platform in containers under podman: base image without a registry, application and
+## infrastructure images, the stack on 127.0.0.1, /readyz, demo, teachers, RTP to a branch; removed after.
+## Bounded: 10 minutes after the packages are installed. Prints build times, sizes, start to /readyz.
+test-containers: deps system-deps containers-host
+	timeout --kill-after=20 600 deploy/containers/test-containers.sh
+
+## The images test-containers builds (the stacks remove themselves).
+containers-clean:
+	-podman rmi --force localhost/lianxiao:local localhost/lianxiao-infra:local localhost/lianxiao-base:bookworm
