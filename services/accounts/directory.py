@@ -317,7 +317,7 @@ def list_teachers(
     }
 
 
-def _group_out(group: Group) -> dict[str, Any]:
+def group_out(group: Group) -> dict[str, Any]:
     data = GROUP_OUT.dump(group)
     data["member_ids"] = sorted(member.teacher_id for member in group.members)
     return data
@@ -344,7 +344,7 @@ def create_group(session: Session, scope: Scope, data: dict[str, Any]) -> dict[s
     group = Group(**values, members=[GroupMember(teacher_id=tid) for tid in sorted(member_ids)])
     session.add(group)
     flush_or_conflict(session, f"A {values['kind']} group named {values['name']!r} already exists.")
-    result = _group_out(group)
+    result = group_out(group)
     outbox.add(session, "group.created", result, subject=f"group/{group.id}")
     for teacher_id in sorted(member_ids):
         outbox.add(session, "teacher.changed", teacher_event(session, _get(session, Teacher, teacher_id, "Teacher")),
@@ -359,7 +359,7 @@ def list_groups(session: Session, scope: Scope, school_id: int | None = None) ->
         query = query.where(Group.school_id == school_id)
     groups = session.scalars(query)
     return [
-        _group_out(group) for group in groups
+        group_out(group) for group in groups
         if group.school_id is None or _school_visible(session, scope, group.school_id)
     ]
 

@@ -6,7 +6,7 @@
 - `rpt_activity_facts`: one row per activity statement (what it counted); corrections and hiding
   flip `counted`, and a term redefinition rebuilds the tallies from here.
 - `rpt_tallies`: one wide row per (subject, id, period) with one column per quantity a rule can ask
-  for (all activities, online/offline hours, and per activity kind its count and online count), so a
+  for (all activities, and per activity kind its count, online count, time and online time in seconds), so a
   report reads one or two rows per teacher instead of summing many (period, kind) rows. Periods:
   `M2025-03` month, `W2025-10` ISO week (schools), `T<term>` term, and `T<term>@2025-04`, the term to
   date at the end of April (teachers), which makes a month's pro-rata term judgement a single row.
@@ -99,9 +99,9 @@ activity_facts = Table(
     Column("group_id", Integer),
     Column("kind", String(60), nullable=False),
     Column("online", Boolean, nullable=False),
-    # Hours in hundredths (activities credits two decimals): integer sums are exact in any order.
-    Column("online_centihours", Integer, nullable=False),
-    Column("offline_centihours", Integer, nullable=False),
+    # The recorded time in seconds (exact for minutes and for hundredths of an hour): integer sums
+    # are exact in any order. What it credits is decided by the rule set when judging (kinds.py).
+    Column("seconds", Integer, nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("local_date", Date, nullable=False),
     Column("corrects", String(64)),

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from sqlalchemy import delete, select, tuple_, update
@@ -22,7 +21,15 @@ from services.common.subscriber import ReceivedEvent
 from services.common.timeutil import as_utc
 from services.reporting import freshness, rules
 from services.reporting.exceptions import InvalidInput
-from services.reporting.kinds import ACTIVITY_KINDS, MEASURE_COLUMNS, count_column, online_count_column
+from services.reporting.kinds import (
+    ACTIVITY_KINDS,
+    MEASURE_COLUMNS,
+    count_column,
+    online_count_column,
+    online_seconds_column,
+    seconds_column,
+    statement_time,
+)
 from services.reporting.models import (
     activity_facts,
     alliance_members,
@@ -55,14 +62,9 @@ class ActivityFact:
     group_id: int | None
     kind: str
     online: bool
-    online_centihours: int
-    offline_centihours: int
+    seconds: int  # the recorded time, exact (what it credits is the rule set's business: kinds.py)
     occurred_at: datetime
     corrects: str | None = None
-
-
-def centihours(value: Any) -> int:
-    return int((Decimal(str(value or 0)) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def parse_moment(text: Any) -> datetime:
@@ -83,9 +85,12 @@ def fact_from_statement(statement: Mapping[str, Any], event_id: str) -> Activity
             raise InvalidInput(f"The actor {account_name!r} is not a teacher.")
         kind = extensions.get(EXTENSION_BASE + "kind") or str(
             statement["object"]["definition"]["type"]).removeprefix(ACTIVITY_TYPE_BASE)
-        result = statement.get("result", {}).get("extensions", {})
-        online_centi = centihours(result.get(EXTENSION_BASE + "online-hours"))
-        offline_centi = centihours(result.get(EXTENSION_BASE + "offline-hours"))
+        result = statement.get("result", {})
+        credited = result.get("extensions", {})
+        details = statement["object"].get("definition", {}).get("extensions", {}).get(EXTENSION_BASE + "details")
+        seconds, online = statement_time(str(kind), details if isinstance(details, dict) else {}, result,
+                                         credited.get(EXTENSION_BASE + "online-hours"),
+                                         credited.get(EXTENSION_BASE + "offline-hours"))
         group = extensions.get(EXTENSION_BASE + "group")
         corrected = (statement.get("context", {}).get("statement") or {}).get("id")
         return ActivityFact(
@@ -95,10 +100,8 @@ def fact_from_statement(statement: Mapping[str, Any], event_id: str) -> Activity
             school_id=int(extensions[EXTENSION_BASE + "school"]),
             group_id=int(group) if group is not None else None,
             kind=str(kind),
-            # A timed activity is online or offline; untimed ones (blog posts) credit online hours.
-            online=online_centi > 0 or (offline_centi == 0 and kind in ONLINE_BY_NATURE),
-            online_centihours=online_centi,
-            offline_centihours=offline_centi,
+            online=online,
+            seconds=seconds,
             occurred_at=parse_moment(statement["timestamp"]),
             corrects=str(corrected) if corrected else None,
         )
@@ -106,17 +109,15 @@ def fact_from_statement(statement: Mapping[str, Any], event_id: str) -> Activity
         raise InvalidInput(f"Not an activity statement reporting understands ({error!r}).") from error
 
 
-ONLINE_BY_NATURE = frozenset({"blog_post", "comment", "online_course_study"})
-
-
 def fact_delta(fact: ActivityFact, sign: int = 1) -> Delta:
     """What one fact adds to (or, with sign -1, takes from) every tally it counts in."""
-    delta = {"activities": sign, "online_centihours": sign * fact.online_centihours,
-             "offline_centihours": sign * fact.offline_centihours}
-    if fact.kind in KNOWN_KINDS:  # a kind no rule can name still counts as an activity, with its hours
+    delta = {"activities": sign}
+    if fact.kind in KNOWN_KINDS:  # a kind no rule can name still counts as an activity (crediting nothing)
         delta[count_column(fact.kind)] = sign
+        delta[seconds_column(fact.kind)] = sign * fact.seconds
         if fact.online:
             delta[online_count_column(fact.kind)] = sign
+            delta[online_seconds_column(fact.kind)] = sign * fact.seconds
     return delta
 
 
@@ -173,7 +174,7 @@ def _fact_row(fact: ActivityFact, calendar: Calendar, counted: bool) -> dict[str
     return {
         "event_id": fact.event_id, "bureau_id": fact.bureau_id, "teacher_id": fact.teacher_id,
         "school_id": fact.school_id, "group_id": fact.group_id, "kind": fact.kind, "online": fact.online,
-        "online_centihours": fact.online_centihours, "offline_centihours": fact.offline_centihours,
+        "seconds": fact.seconds,
         "occurred_at": fact.occurred_at, "local_date": calendar.local_date(fact.occurred_at),
         "corrects": fact.corrects, "counted": counted,
     }
@@ -184,7 +185,7 @@ def fact_of_row(row: Mapping[str, Any]) -> ActivityFact:
     return ActivityFact(
         event_id=row["event_id"], bureau_id=row["bureau_id"], teacher_id=row["teacher_id"],
         school_id=row["school_id"], group_id=row["group_id"], kind=row["kind"], online=bool(row["online"]),
-        online_centihours=row["online_centihours"], offline_centihours=row["offline_centihours"],
+        seconds=row["seconds"],
         occurred_at=as_utc(occurred), corrects=row["corrects"],
     )
 

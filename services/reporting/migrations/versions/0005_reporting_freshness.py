@@ -1,15 +1,15 @@
 """projection state: the newest event applied per source (reports' "as of")
 
-Revision ID: 0004_reporting_freshness
-Revises: 0003_reporting
+Revision ID: 0005_reporting_freshness
+Revises: 0004_reporting
 Create Date: 2026-11-29 23:10:00
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = '0004_reporting_freshness'
-down_revision = '0003_reporting'
+revision = '0005_reporting_freshness'
+down_revision = '0004_reporting'
 branch_labels = None
 depends_on = None
 
