@@ -17,8 +17,8 @@ Failures:
   `<service>.dead-letter` (publisher confirms) and only then acknowledged: never dropped.
 - An outage (database or broker unavailable) requeues the message after a short pause, however long.
 - Any other error is retried a bounded number of times (`MAX_ATTEMPTS`), then dead-lettered with its
-  reason: one poison message never blocks the queue. A failed batch is retried one event at a time,
-  so the good events of the batch are applied and only the poison one is set aside.
+  reason: one poison message never blocks the queue. A failed batch is split in halves until the poison
+  event is alone, so the good events of the batch are applied and only the poison one is set aside.
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ from typing import Any
 import eventlet
 from eventlet.event import Event
 from eventlet.queue import Empty, LightQueue
+from eventlet.semaphore import Semaphore
 from kombu import Connection, Exchange, Queue, binding
 from nameko.exceptions import ContainerBeingKilled
 from nameko.extensions import DependencyProvider
@@ -141,32 +142,56 @@ class ProcessedEvents:
         return fresh
 
 
-def dead_letter(
-    uri: str, service: str, message: Any, reason: str, *, ssl: Any = None
-) -> None:
-    """Publish a copy of `message` with `reason` to the service's dead-letter queue, confirmed."""
-    queue = Queue(dead_letter_queue_name(service), durable=True, auto_delete=False,
-                  queue_arguments=durable_queue_arguments())
-    headers = dict(message.headers or {})
-    headers[DEAD_LETTER_REASON_HEADER] = reason[:1000]
-    delivery = getattr(message, "delivery_info", {}) or {}
-    headers["x-lianxiao-original-exchange"] = str(delivery.get("exchange", ""))
-    headers["x-lianxiao-original-routing-key"] = str(delivery.get("routing_key", ""))
-    with Connection(uri, ssl=ssl, transport_options={"confirm_publish": True}) as connection:
-        producer = connection.Producer()
-        producer.publish(
-            message.body,
-            exchange="",
-            routing_key=queue.name,
-            declare=[queue],
-            headers=headers,
-            content_type=message.content_type or "application/octet-stream",
-            content_encoding=message.content_encoding or "binary",
-            delivery_mode=2,
-            retry=True,
-            retry_policy={"max_retries": 5},
-        )
-    log.warning("%s dead-lettered a message (%s)", service, reason)
+class DeadLetters:
+    """Publishes copies of messages with their reason to a service's dead-letter queue, confirmed, over one
+    connection kept open (a burst of poison messages must not cost a connection each)."""
+
+    def __init__(self, uri: str, service: str, ssl: Any = None) -> None:
+        self.uri, self.service, self.ssl = uri, service, ssl
+        self.queue = Queue(dead_letter_queue_name(service), durable=True, auto_delete=False,
+                           queue_arguments=durable_queue_arguments())
+        self.connection: Connection | None = None
+        self.lock = Semaphore(1)  # one connection, used by one greenthread at a time
+
+    def publish(self, message: Any, reason: str) -> None:
+        headers = dict(message.headers or {})
+        headers[DEAD_LETTER_REASON_HEADER] = reason[:1000]
+        delivery = getattr(message, "delivery_info", {}) or {}
+        headers["x-lianxiao-original-exchange"] = str(delivery.get("exchange", ""))
+        headers["x-lianxiao-original-routing-key"] = str(delivery.get("routing_key", ""))
+        with self.lock:
+            for attempt in range(2):  # a kept connection may have gone stale: one fresh one, then give up
+                try:
+                    if self.connection is None:
+                        self.connection = Connection(self.uri, ssl=self.ssl,
+                                                     transport_options={"confirm_publish": True})
+                    self.connection.Producer().publish(
+                        message.body, exchange="", routing_key=self.queue.name, declare=[self.queue],
+                        headers=headers, content_type=message.content_type or "application/octet-stream",
+                        content_encoding=message.content_encoding or "binary", delivery_mode=2,
+                        retry=True, retry_policy={"max_retries": 5},
+                    )
+                    break
+                except Exception:
+                    self.close()
+                    if attempt:
+                        raise
+        log.warning("%s dead-lettered a message (%s)", self.service, reason)
+
+    def close(self) -> None:
+        if self.connection is not None:
+            with contextlib.suppress(Exception):
+                self.connection.release()
+            self.connection = None
+
+
+def dead_letter(uri: str, service: str, message: Any, reason: str, *, ssl: Any = None) -> None:
+    """Publish one copy of `message` with `reason` to the service's dead-letter queue, confirmed."""
+    letters = DeadLetters(uri, service, ssl)
+    try:
+        letters.publish(message, reason)
+    finally:
+        letters.close()
 
 
 class DeadLetteringQueueConsumer(QueueConsumer):
@@ -219,10 +244,19 @@ class CloudEventHandler(Consumer):
         )
         self.uri = self.container.config.get("AMQP_URI") or amqp_uri()
         self.ssl = self.container.config.get("AMQP_SSL")
+        self.dead_letters = DeadLetters(self.uri, service, self.ssl)
         super().setup()
 
+    def stop(self) -> None:
+        super().stop()
+        self.dead_letters.close()
+
+    def kill(self) -> None:
+        super().kill()
+        self.dead_letters.close()
+
     def dead_letter(self, message: Any, reason: str) -> None:
-        dead_letter(self.uri, self.container.service_name, message, reason, ssl=self.ssl)
+        self.dead_letters.publish(message, reason)
 
     def received(self, body: Any, message: Any) -> ReceivedEvent | None:
         """The event in a message; None when the message was dead-lettered as unusable."""
@@ -389,21 +423,18 @@ class BatchCloudEventHandler(CloudEventHandler):
             for event in batch:
                 self.settle(event, "requeue")
             return
-        # Something in the batch cannot be applied: apply its events one by one, so only that one is held.
-        log.warning("handler %s: batch of %d failed (%s); applying one by one",
-                    self.method_name, len(batch), error)
-        for event in batch:
-            self._apply_alone(event)
+        if len(batch) == 1:
+            self._apply_alone(batch[0], error)
+            return
+        # Something in the batch cannot be applied: halve it until the poison is alone, so the good events
+        # are applied in a few transactions and only the poison is held (then retried, then set aside).
+        log.warning("handler %s: batch of %d failed (%s); splitting it", self.method_name, len(batch), error)
+        middle = len(batch) // 2
+        self._apply(batch[:middle])
+        self._apply(batch[middle:])
 
-    def _apply_alone(self, event: ReceivedEvent) -> None:
+    def _apply_alone(self, event: ReceivedEvent, error: BaseException) -> None:
         while True:
-            error = self._run([event])
-            if error is None:
-                self.settle(event, "done")
-                return
-            if isinstance(error, ContainerBeingKilled):
-                self.settle(event, "requeue")
-                return
             outcome, reason = self.judge_failure(event, error)
             if outcome == "dead":
                 self.settle(event, "dead", reason)
@@ -412,6 +443,14 @@ class BatchCloudEventHandler(CloudEventHandler):
                 eventlet.sleep(REQUEUE_PAUSE_SECONDS)
                 self.settle(event, "requeue")
                 return
+            retried = self._run([event])
+            if retried is None:
+                self.settle(event, "done")
+                return
+            if isinstance(retried, ContainerBeingKilled):
+                self.settle(event, "requeue")
+                return
+            error = retried
 
 
 def cloud_event_handler(
