@@ -311,3 +311,22 @@ class ActivityOut(Schema):
     hidden_at = fields.DateTime(allow_none=True)
     hidden_by_teacher_id = fields.Integer(allow_none=True)
     hidden_reason = fields.String(allow_none=True)
+
+
+# --- GET /xapi/statements: the query the gateway checks and activities answers --------------------
+
+XAPI_VERSION = "1.0.3"
+MAX_STATEMENTS = 500  # per page; `limit=0` asks for the most
+DEFAULT_STATEMENTS = 100
+
+
+class StatementQuery(StrictSchema):
+    statementId = fields.UUID(load_default=None, allow_none=True)
+    agent = fields.Raw(load_default=None, allow_none=True)
+    verb = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+    activity = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+    since = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
+    until = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
+    limit = fields.Integer(load_default=DEFAULT_STATEMENTS, validate=validate.Range(min=0))
+    ascending = fields.Boolean(load_default=False)
+    cursor = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))

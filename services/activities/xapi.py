@@ -20,25 +20,21 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlencode
 
-from marshmallow import fields, validate
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from services.activities.exceptions import InvalidInput, NotFound
 from services.activities.models import Activity
-from services.activities.schemas import KINDS, StrictSchema
+from services.activities.schemas import KINDS, MAX_STATEMENTS, XAPI_VERSION, StatementQuery
 from services.common.scope import Scope
 from services.common.timeutil import as_utc
 from services.common.validation import load
 
-XAPI_VERSION = "1.0.3"
 HOME_PAGE = "https://lianxiao.example"
 ACTIVITY_BASE = f"{HOME_PAGE}/xapi/activities/"
 ACTIVITY_TYPE_BASE = f"{HOME_PAGE}/xapi/activity-types/"
 EXTENSION_BASE = f"{HOME_PAGE}/xapi/extensions/"
 HID_VERB = f"{HOME_PAGE}/xapi/verbs/hid"
-MAX_LIMIT = 500
-DEFAULT_LIMIT = 100
 
 
 def extension(name: str) -> str:
@@ -128,18 +124,6 @@ def hide_statement(activity: Activity) -> dict[str, Any]:
 # --- GET /xapi/statements -------------------------------------------------------------------------
 
 
-class StatementQuery(StrictSchema):
-    statementId = fields.UUID(load_default=None, allow_none=True)
-    agent = fields.Raw(load_default=None, allow_none=True)
-    verb = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
-    activity = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
-    since = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
-    until = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
-    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=0))
-    ascending = fields.Boolean(load_default=False)
-    cursor = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
-
-
 def _teacher_of_agent(value: Any) -> int | None:
     """The teacher id an xAPI agent filter names; None when it names nobody known here."""
     if isinstance(value, str):
@@ -215,8 +199,8 @@ def query_statements(session: Session, scope: Scope, params: dict[str, Any]) -> 
         query = query.where(Activity.sequence > after if ascending else Activity.sequence < after)
     # `stored` order is insertion order; the sequence breaks ties between equal timestamps.
     query = query.order_by(Activity.sequence.asc() if ascending else Activity.sequence.desc())
-    limit = values["limit"] or MAX_LIMIT
-    limit = min(limit, MAX_LIMIT)
+    limit = values["limit"] or MAX_STATEMENTS
+    limit = min(limit, MAX_STATEMENTS)
     rows = list(session.scalars(query.limit(limit + 1)))
     more = ""
     if len(rows) > limit:

@@ -334,6 +334,7 @@ def _judged_teachers(bureau_id: int, period: Period, rule_set: RuleSet, school_i
         func.coalesce(own.c.activities, 0).label("activities"),
     ]
     for index, (rule, plan) in enumerate(judged):
+        assert plan.source is not None  # unjudged rules were left out above
         columns += [_done(sources[plan.source], rule, rule_set).label(f"done{index}"),
                     _required(rule, plan, role_sets).label(f"required{index}")]
     joined = teachers.outerjoin(own, and_(own.c.subject == "teacher", own.c.subject_id == teachers.c.id,
@@ -406,9 +407,9 @@ def evaluate(session: Session, bureau_id: int, period: Period, rule_set: RuleSet
     for row in session.execute(select(alliance_members).order_by(alliance_members.c.school_id)):
         if row.school_id in results:
             alliance_ids[row.school_id].append(row.alliance_id)
-            _name, members = evaluation.alliances.setdefault(
+            _name, alliance_schools = evaluation.alliances.setdefault(
                 row.alliance_id, (row.alliance_name or str(row.alliance_id), []))
-            members.append(row.school_id)
+            alliance_schools.append(row.school_id)
     # Schools grouped by the rule set that judges them; with no override, one group as before.
     by_rules: dict[tuple[str, int], tuple[RuleSet, dict[int, SchoolResult]]] = {}
     for school_id, school in results.items():
@@ -423,7 +424,7 @@ def evaluate(session: Session, bureau_id: int, period: Period, rule_set: RuleSet
         # None: every school of the bureau (no id list in the SQL) — only when one rule set judges them all.
         visible = list(members) if school_ids is not None or len(by_rules) > 1 else None
         best += _judge_teachers(session, bureau_id, period, own, members, visible, with_teachers, top_teachers,
-                                evaluation.through)
+                                judged_through(period, today))
         _judge_groups(session, bureau_id, period, own, members, visible, today)
         _judge_weeks(session, period, own, members, visible, today)
         if own is not rule_set:
@@ -538,7 +539,8 @@ def _judge_groups(session: Session, bureau_id: int, period: Period, rule_set: Ru
     where = groups.c.school_id.in_(visible) if visible is not None else groups.c.school_id.is_not(None)
     rows = [row for row in _group_rows(session, bureau_id, period, where) if row.school_id in results]
     for group in judge_group_rows(session, period, rule_set, rows, today):
-        results[group.school_id].groups.append(group)
+        if group.school_id is not None:
+            results[group.school_id].groups.append(group)
 
 
 def judge_cross_school_groups(session: Session, bureau_id: int, period: Period, rule_set: RuleSet,

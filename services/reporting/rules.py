@@ -1,4 +1,4 @@
-"""Quota rules: their kinds, the documents' presets, validation, and which rule set was in force.
+"""Quota rules: their kinds, the bureau's presets (`PRESET`), validation, and which rule set was in force.
 
 A rule set is one bureau's whole configuration (time zone, terms, school threshold, rules). Every
 change stores a new version; a report names the version it was judged by, chosen as the newest
@@ -22,7 +22,7 @@ from services.common.timeutil import as_utc
 from services.reporting.exceptions import InvalidInput
 from services.reporting.kinds import ACTIVITY_KINDS
 from services.reporting.models import rule_sets
-from services.reporting.periods import DEFAULT_TIMEZONE, Calendar, Term, zone
+from services.reporting.periods import DEFAULT_TIMEZONE, Calendar, Period, Term, zone
 from services.reporting.schemas import (
     CREDIT_BASES,
     CREDIT_SOURCES,
@@ -377,6 +377,18 @@ def in_force(session: Session, bureau_id: int, at: datetime | None = None, scope
     return build(json.loads(row["body"]), row["version"], row["scope_kind"], row["scope_id"])
 
 
+def period_and_rules(session: Session, bureau_id: int, kind: str, key: str) -> tuple[Period, RuleSet]:
+    """A month (`kind="month"`, key `2025-03`) or term (its code), and the bureau's rules in force when it
+    ended; the period is read with that rule set's calendar (its terms and time zone)."""
+    current = in_force(session, bureau_id).calendar
+    rule_set = in_force(session, bureau_id, current.end_moment(_period(current, kind, key)))
+    return _period(rule_set.calendar, kind, key), rule_set
+
+
+def _period(calendar: Calendar, kind: str, key: str) -> Period:
+    return calendar.month(key) if kind == "month" else calendar.term(key)
+
+
 def describe(rule_set: RuleSet) -> dict[str, Any]:
     """The rule set as published: every rule, and every activity kind with what it credits and why."""
     credits = {kind: {**entry, "label": KIND_LABELS[kind], "credits": credit_text(entry),
@@ -410,9 +422,6 @@ class Overrides:
 
     def __bool__(self) -> bool:
         return bool(self.districts or self.alliances)
-
-
-NO_OVERRIDES = Overrides({}, {})
 
 
 def overrides_in_force(session: Session, bureau_id: int, at: datetime | None = None) -> Overrides:
