@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.activities.exceptions import Forbidden, InvalidInput, UnknownTeacher
@@ -63,7 +64,19 @@ def apply_teacher_event(session: Session, routing_key: str, body: dict[str, Any]
 
 
 def teacher_in_scope(session: Session, scope: Scope, teacher_id: int) -> RosterTeacher:
-    teacher = session.get(RosterTeacher, teacher_id)
+    return check_teacher_scope(session.get(RosterTeacher, teacher_id), scope, teacher_id)
+
+
+def teachers_by_id(session: Session, teacher_ids: set[int]) -> dict[int, RosterTeacher]:
+    """Many teachers in one query (a batch's)."""
+    if not teacher_ids:
+        return {}
+    query = select(RosterTeacher).where(RosterTeacher.id.in_(sorted(teacher_ids)))
+    return {teacher.id: teacher for teacher in session.scalars(query)}
+
+
+def check_teacher_scope(teacher: RosterTeacher | None, scope: Scope, teacher_id: int) -> RosterTeacher:
+    """The teacher must be known and inside the caller's scope."""
     if teacher is None:
         raise UnknownTeacher(
             f"Teacher {teacher_id} is not known to activities (accounts has not announced them yet).",

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from typing import Any
 
@@ -29,6 +28,7 @@ from sqlalchemy.orm import Session
 
 from services.classroom_relay import dataplane_state, lessons, link_budgets, placement, relay_settings
 from services.classroom_relay.dataplane.protocol import ControlClient
+from services.classroom_relay.settings import CONTROL_SECRET, STATS_INTERVAL
 from services.common.config import database_url
 from services.common.db import make_engine
 from services.common.link_targets import LINK_TARGETS_BYTES_PER_SECOND
@@ -185,10 +185,8 @@ class DataPlaneLink(DependencyProvider):
         config = self.container.config
         self.settings = relay_settings.settings_from(config)
         self.specs = placement.dataplanes_from(config)
-        self.control_secret = config.get("RELAY_CONTROL_SECRET") or os.environ.get("RELAY_CONTROL_SECRET") or None
-        self.stats_interval = float(
-            config.get("RELAY_STATS_INTERVAL") or os.environ.get("RELAY_STATS_INTERVAL") or 2.0
-        )
+        self.control_secret = CONTROL_SECRET.get(config)
+        self.stats_interval = STATS_INTERVAL.get(config)
         self.engine = make_engine(database_url(self.service, config))
         self.channels = {spec.name: DataPlaneChannel(spec, self) for spec in self.specs}
         self._setup_metrics()

@@ -126,7 +126,7 @@ def branch_sdp(
         raise Conflict(f"Session {live.id} is not live; its SDP exists while it is.")
     outputs = outputs_by_dataplane.get(live.dataplane or "", {})
     output = outputs.get((session_key(live.id), classroom_key(member.classroom_id)))
-    if output is None:
+    if output is None or member.receive_port is None:  # a branch that has not joined has neither
         raise DataPlaneUnavailable(
             f"The relay has not confirmed classroom {member.classroom_id}'s stream yet; try again in a moment."
         )

@@ -60,6 +60,16 @@ def _columns(section: str) -> list[tuple[str, str]]:
                        {"section": ["Unknown section."]})
 
 
+FRESHNESS_COLUMNS = ["数据截至", "待处理事件"]  # as of (newest event included), events still waiting
+
+
+def freshness_cells(bulletin: dict[str, Any]) -> list[Any]:
+    """"As of" and how many events still wait ("未知" when the broker could not be asked)."""
+    freshness = bulletin.get("freshness") or {}
+    pending = freshness.get("pending_events")
+    return [freshness.get("as_of") or "无数据", pending if isinstance(pending, int) else "未知"]
+
+
 def rows(bulletin: dict[str, Any], section: str) -> tuple[list[str], list[list[Any]]]:
     columns = _columns(section)
     header = [label for _, label in columns]
@@ -74,12 +84,17 @@ def csv_text_cell(value: Any) -> Any:
 
 
 def to_csv(bulletin: dict[str, Any], section: str = "schools") -> bytes:
-    """One section as CSV, UTF-8 with a byte order mark (Excel otherwise guesses the encoding)."""
+    """One section as CSV, UTF-8 with a byte order mark (Excel otherwise guesses the encoding).
+
+    Every line ends with the report's freshness (as of, events still waiting), so a file passed on
+    alone still says whether its numbers were final."""
     header, body = rows(bulletin, section)
     text_columns = [index for index, (name, _) in enumerate(_columns(section)) if name in TEXT_FIELDS]
     for line in body:
         for index in text_columns:
             line[index] = csv_text_cell(line[index])
+    header = header + FRESHNESS_COLUMNS
+    body = [line + freshness_cells(bulletin) for line in body]
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\r\n")
     writer.writerow(header)
@@ -127,6 +142,12 @@ def to_xlsx(bulletin: dict[str, Any]) -> bytes:
         for index, name in enumerate(header, start=1):
             widest = max([_width(name)] + [_width(line[index - 1]) for line in body[:500]])
             sheet.column_dimensions[get_column_letter(index)].width = min(60, widest + 2)
+    notes = workbook.create_sheet("数据说明")  # about the data: as of, events still waiting
+    for label, value in zip(FRESHNESS_COLUMNS, freshness_cells(bulletin), strict=True):
+        notes.append([label, value])
+    notes.append(["说明", "待处理事件为 0 时，本表数字已包含截至时间前的全部活动。"])
+    notes.column_dimensions["A"].width = 14
+    notes.column_dimensions["B"].width = 60
     buffer = io.BytesIO()
     workbook.save(buffer)
     return buffer.getvalue()

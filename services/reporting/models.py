@@ -13,10 +13,12 @@
   Updated by adding deltas; sums commute, so out-of-order delivery within a period gives the same numbers.
 - `rpt_voided_statements`: statements hidden or corrected before they arrived (out of order).
 - `processed_events`: event ids already applied (idempotent consumers).
+- `rpt_projection_state`: per source service, the time of the newest event applied (reports' "as of").
 - `rpt_rule_sets`: quota rule sets, one row per version.
 """
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Date,
@@ -119,6 +121,14 @@ tallies = Table(
     Column("period", String(64), primary_key=True),  # M2025-03 | W2025-10 | T<term> | T<term>@2025-03
     *(Column(name, Integer, nullable=False, server_default="0") for name in MEASURE_COLUMNS),
     Index("ix_rpt_tallies_period_subject", "period", "subject"),
+)
+
+# What the read models include, per source service: the time of the newest event applied ("as of").
+projection_state = Table(
+    "rpt_projection_state", metadata,
+    Column("source", String(40), primary_key=True),
+    Column("newest_event_time", DateTime(timezone=True), nullable=False),
+    Column("events_applied", BigInteger, nullable=False, server_default="0"),
 )
 
 rule_sets = Table(
