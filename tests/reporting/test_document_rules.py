@@ -276,3 +276,15 @@ def test_what_a_clerk_sees_in_excel(spring):
     staff = teachers.cell(row=3, column=[c.value for c in teachers[2]].index("工号") + 1)
     assert (staff.value, staff.data_type, staff.number_format) == ("009067008", "s", "@")
     assert workbook["待改进学校"].cell(row=3, column=1).value == 12
+
+
+def test_the_api_description_lists_every_kind_and_what_it_credits():
+    from services.gateway.openapi import build_spec
+    from services.gateway.routes import all_routes
+
+    operations = build_spec(all_routes())["paths"]["/v1/rules"]
+    for method in ("get", "put"):
+        description = operations[method]["description"]
+        for kind in ACTIVITY_KINDS:
+            assert f"`{kind}`" in description
+        assert "| `blog_post` | 博文 | no study hours |" in description
