@@ -110,10 +110,29 @@ def build_city(accounts_url: str) -> City:
     return city
 
 
+def healthy(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/healthz", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def started_in_time(process: subprocess.Popen, ready: Any, timeout: float, what: str, log_path: Path) -> bool:
+    """Wait until `ready()`; False after `timeout`, RuntimeError (with its log) if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log_path.read_text(errors='replace')[-3000:]}")
+        if ready():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 class Gunicorn:
     """The gateway as it runs in production: a gunicorn subprocess on a free 127.0.0.1 port."""
 
-    def __init__(self, amqp_uri: str, log_path: Path, health_url: str | None = "", **env: str) -> None:
+    def __init__(self, amqp_uri: str, log_path: Path, **env: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -124,24 +143,15 @@ class Gunicorn:
             [str(GUNICORN), "-c", str(GUNICORN_CONF), "services.gateway.wsgi:app"],
             cwd=REPO_ROOT, env=environment, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        self._wait_until_up(timeout=20, unix_socket=health_url is None and env["GATEWAY_BIND"][5:])
+        bind = environment["GATEWAY_BIND"]
+        self._wait_until_up(timeout=20, unix_socket=bind[5:] if bind.startswith("unix:") else None)
 
-    def _wait_until_up(self, timeout: float, unix_socket: str | bool = False) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {self.log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                if unix_socket:
-                    if Path(str(unix_socket)).exists():
-                        return
-                elif requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"gunicorn did not answer within {timeout} s")
+    def _wait_until_up(self, timeout: float, unix_socket: str | None = None) -> None:
+        # Behind nginx only the socket can be checked here; ProxiedGateway asks /healthz through nginx.
+        ready = (lambda: Path(unix_socket).exists()) if unix_socket else (lambda: healthy(self.url))
+        if not started_in_time(self.process, ready, timeout, "gunicorn", self.log_path):
+            self.stop()
+            raise RuntimeError(f"gunicorn did not answer within {timeout} s")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -163,24 +173,16 @@ class ProxiedGateway:
         run_dir = Path(tempfile.mkdtemp(prefix="lxt-nginx-"))  # short: a socket path has at most 107 bytes
         socket_path = run_dir / "gateway.sock"
         self.run_dir = run_dir
-        self.gunicorn = Gunicorn(amqp_uri, workdir / "gateway.log", GATEWAY_BIND=f"unix:{socket_path}",
-                                 health_url=None, **env)
+        self.gunicorn = Gunicorn(amqp_uri, workdir / "gateway.log", GATEWAY_BIND=f"unix:{socket_path}", **env)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (workdir / "nginx.log").open("wb")
         config = write_config(run_dir, f"127.0.0.1:{self.port}", socket_path)
         self.process = subprocess.Popen(nginx_command(config), stdout=self.log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("nginx + gunicorn did not answer within 20 s")
+        if not started_in_time(self.process, lambda: healthy(self.url), 20, "nginx", workdir / "nginx.log"):
+            self.stop()
+            raise RuntimeError("nginx + gunicorn did not answer within 20 s")
 
     def stop(self) -> None:
         if self.process.poll() is None:
