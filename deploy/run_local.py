@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterable
 from pathlib import Path
@@ -26,6 +28,7 @@ from services.classroom_relay import settings as relay_settings  # noqa: E402
 from services.common.config import amqp_uri, database_url  # noqa: E402
 from services.common.migrations import upgrade  # noqa: E402
 from services.gateway import settings as gateway_settings  # noqa: E402
+from services.gateway.local_proxy import nginx_binary, nginx_command, write_config  # noqa: E402
 from services.platform import LOCAL_METRICS_PORT_BASE, SERVICE_NAMES  # noqa: E402
 
 PYTHON = sys.executable
@@ -112,6 +115,8 @@ def dataplane_available() -> bool:
 
 
 def main() -> None:
+    if nginx_binary() is None:
+        sys.exit("nginx is not installed; `make run` installs it (make system-deps), or: apt-get install nginx")
     ensure_broker()
     (REPO / "var").mkdir(exist_ok=True)
     for service in SERVICE_NAMES:
@@ -122,15 +127,21 @@ def main() -> None:
         commands[service] = [PYTHON, "-m", "services.common.runner", service]
         env[f"{service.upper()}_METRICS_PORT"] = str(port)
     env.setdefault("RELAY_CONTROL_ADDRESS", f"127.0.0.1:{DATAPLANE_PORTS['control']}")
+    # Services accept only scopes accounts signed with this (services/common/scope.py): a fresh one per run.
+    env.setdefault("LIANXIAO_SCOPE_SECRET", secrets.token_hex(32))
     if not env.get("RELAY_JOIN_SECRETS"):
         # One machine for trying things out: the relay's built-in development secret signs join tokens.
         # Production sets RELAY_JOIN_SECRETS (the service refuses to start without it otherwise).
         env["RELAY_ALLOW_DEV_SECRET"] = "1"
         print("RELAY_JOIN_SECRETS is not set: join tokens are signed with a development secret.")
+    # Clients reach nginx on GATEWAY_BIND; gunicorn listens only on a private Unix socket behind it.
+    run_dir = Path(tempfile.mkdtemp(prefix="lianxiao-run-"))
+    gateway_socket = run_dir / "gateway.sock"
     commands["gateway"] = [
         str(Path(PYTHON).with_name("gunicorn")), "-c", "services/gateway/gunicorn.conf.py",
-        "--bind", GATEWAY_BIND, "services.gateway.wsgi:app",
+        "--bind", f"unix:{gateway_socket}", "services.gateway.wsgi:app",
     ]
+    commands["nginx"] = nginx_command(write_config(run_dir, GATEWAY_BIND, gateway_socket))
     if dataplane_available():
         commands["relay-dataplane"] = [
             PYTHON, "-m", "services.classroom_relay.dataplane",
@@ -147,7 +158,7 @@ def main() -> None:
 
     print(
         "\nlianxiao is running:\n"
-        f"  API (gateway)     http://{GATEWAY_BIND}/  (OpenAPI: /openapi.json, health: /healthz, /readyz)\n"
+        f"  API (nginx → gateway) http://{GATEWAY_BIND}/  (OpenAPI: /openapi.json, health: /healthz, /readyz)\n"
         f"  gateway metrics   http://{GATEWAY_BIND}/metrics\n"
         + "".join(f"  {name:<17} metrics http://127.0.0.1:{port}/metrics\n" for name, port in METRICS_PORTS.items())
         + (f"  relay data plane  media udp://{RELAY_MEDIA_HOST}:{DATAPLANE_PORTS['media']}, "
@@ -175,6 +186,7 @@ def main() -> None:
                 break
         time.sleep(0.5)
     stop_all(processes.values())
+    shutil.rmtree(run_dir, ignore_errors=True)
     print("lianxiao stopped.")
     sys.exit(exit_code)
 

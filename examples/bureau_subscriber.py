@@ -5,6 +5,10 @@
     python examples/bureau_subscriber.py --amqp-uri amqp://user:pass@rabbitmq.lianxiao.example:5672/ \
         --queue bureau-b.activities --bind 'activity.recorded.*' --bind 'activity.hidden.*'
 
+With the broker user the platform team made for you (`python -m services.common.broker_permissions`),
+name the queue `subscriber.<your name>.<anything>` and add `--passive-exchange`: that user may read
+the event exchanges but not declare them.
+
 - Declares a durable queue (it keeps events while this script is not running) bound to the topic
   exchange `activities.events` with the routing keys you choose.
 - Acknowledges each message only after it is handled (a crash means redelivery, not loss).
@@ -49,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--queue", required=True, help="your durable queue's name")
     parser.add_argument("--bind", action="append", dest="routing_keys",
                         help="routing key pattern (repeatable; default activity.recorded.*)")
+    parser.add_argument("--passive-exchange", action="store_true",
+                        help="only check that the exchange exists (a subscriber user may not declare it)")
     parser.add_argument("--seen-db", default="bureau_subscriber_seen.sqlite3", help="deduplication file")
     parser.add_argument("--max-messages", type=int, default=0, help="stop after this many (0: run forever)")
     parser.add_argument("--idle-exit", type=float, default=0, help="stop after this many idle seconds (0: never)")
@@ -57,7 +63,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def run(args: argparse.Namespace, out: Any = sys.stdout) -> int:
     """Consume until stopped; returns how many new events were printed."""
-    exchange = Exchange(args.exchange, type="topic", durable=True)
+    exchange = Exchange(args.exchange, type="topic", durable=True, passive=args.passive_exchange)
     keys = args.routing_keys or ["activity.recorded.*"]
     queue = Queue(args.queue, bindings=[binding(exchange, routing_key=key) for key in keys],
                   durable=True, auto_delete=False)

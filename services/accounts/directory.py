@@ -37,13 +37,24 @@ TEACHER_OUT = schemas.TeacherOut()
 GROUP_OUT = schemas.GroupOut()
 
 
-def _get(session: Session, model: type, ident: Any, what: str) -> Any:
+def _get(session: Session, model: type, ident: Any, what: str, bureau_id: int | None = None) -> Any:
+    """The row, or `NotFound`; with `bureau_id`, another bureau's row is answered exactly like a missing
+    one (issue 12, item 15: a 403 for "not yours" beside a 404 for "not there" told which ids exist)."""
     if not isinstance(ident, int) or isinstance(ident, bool):
         raise InvalidInput(f"{what} id must be an integer.")
     instance = session.get(model, ident) if 0 < ident <= schemas.MAX_ID else None
-    if instance is None:
+    if instance is None or (bureau_id is not None and _bureau_of(session, instance) != bureau_id):
         raise NotFound(f"{what} {ident} does not exist.")
     return instance
+
+
+def _bureau_of(session: Session, instance: Any) -> int | None:
+    if isinstance(instance, Bureau):
+        return instance.id
+    if isinstance(instance, Teacher):
+        school = session.get(School, instance.school_id)
+        return school.bureau_id if school is not None else None
+    return getattr(instance, "bureau_id", None)
 
 
 # --- bureaus and districts ---------------------------------------------------------------------------
@@ -65,10 +76,7 @@ def create_bureau(session: Session, data: dict[str, Any]) -> dict[str, Any]:
 
 
 def get_bureau(session: Session, scope: Scope, bureau_id: int) -> dict[str, Any]:
-    bureau = _get(session, Bureau, bureau_id, "Bureau")
-    if bureau.id != scope.bureau_id:
-        raise Forbidden(f"Bureau {bureau_id} is outside this token's scope ({scope.describe()}).")
-    return BUREAU_OUT.dump(bureau)
+    return BUREAU_OUT.dump(_get(session, Bureau, bureau_id, "Bureau", scope.bureau_id))
 
 
 def find_bureau(session: Session, code: str) -> dict[str, Any]:
@@ -109,7 +117,7 @@ def _require_bureau_write(scope: Scope, bureau_id: int) -> None:
 
 
 def school_in_scope(session: Session, scope: Scope, school_id: Any) -> School:
-    school = _get(session, School, school_id, "School")
+    school = _get(session, School, school_id, "School", scope.bureau_id)
     if not scope.covers_school(school.bureau_id, school.district_id, school.id):
         raise Forbidden(f"School {school_id} is outside this token's scope ({scope.describe()}).")
     return school
@@ -119,9 +127,7 @@ def create_school(session: Session, scope: Scope, data: dict[str, Any]) -> dict[
     values = load(schemas.SchoolIn(), data)
     _require_bureau_write(scope, values["bureau_id"])
     if values["district_id"] is not None:
-        district = _get(session, District, values["district_id"], "District")
-        if district.bureau_id != values["bureau_id"]:
-            raise InvalidInput("The district belongs to another bureau.", {"district_id": ["Another bureau's."]})
+        _get(session, District, values["district_id"], "District", values["bureau_id"])
     if values["link_capacity_bps"] is None:
         is_master = values["kind"] == "master"
         values["link_capacity_bps"] = schemas.DEFAULT_MASTER_LINK_BPS if is_master else schemas.DEFAULT_SCHOOL_LINK_BPS
@@ -156,9 +162,7 @@ def create_alliance(session: Session, scope: Scope, data: dict[str, Any]) -> dic
     _require_bureau_write(scope, values["bureau_id"])
     member_ids = set(values.pop("member_school_ids")) | {values["lead_school_id"]}
     for school_id in sorted(member_ids):
-        school = _get(session, School, school_id, "School")
-        if school.bureau_id != values["bureau_id"]:
-            raise InvalidInput(f"School {school_id} belongs to another bureau.")
+        _get(session, School, school_id, "School", values["bureau_id"])
     alliance = Alliance(**values, members=[AllianceMember(school_id=sid) for sid in sorted(member_ids)])
     session.add(alliance)
     flush_or_conflict(session, f"An alliance named {values['name']!r} already exists in this bureau.")
@@ -174,11 +178,9 @@ def create_alliance(session: Session, scope: Scope, data: dict[str, Any]) -> dic
 
 
 def add_alliance_member(session: Session, scope: Scope, alliance_id: int, school_id: int) -> dict[str, Any]:
-    alliance = _get(session, Alliance, alliance_id, "Alliance")
+    alliance = _get(session, Alliance, alliance_id, "Alliance", scope.bureau_id)
     _require_bureau_write(scope, alliance.bureau_id)
-    school = _get(session, School, school_id, "School")
-    if school.bureau_id != alliance.bureau_id:
-        raise InvalidInput(f"School {school_id} belongs to another bureau.")
+    _get(session, School, school_id, "School", alliance.bureau_id)
     if all(member.school_id != school_id for member in alliance.members):
         alliance.members.append(AllianceMember(school_id=school_id))
         flush_or_conflict(session, "The school is already a member.")
@@ -255,7 +257,7 @@ def create_teacher(session: Session, scope: Scope, data: dict[str, Any]) -> dict
 
 
 def teacher_in_scope(session: Session, scope: Scope, teacher_id: Any) -> Teacher:
-    teacher = _get(session, Teacher, teacher_id, "Teacher")
+    teacher = _get(session, Teacher, teacher_id, "Teacher", scope.bureau_id)
     school_in_scope(session, scope, teacher.school_id)
     return teacher
 
@@ -317,7 +319,7 @@ def list_teachers(
     }
 
 
-def _group_out(group: Group) -> dict[str, Any]:
+def group_out(group: Group) -> dict[str, Any]:
     data = GROUP_OUT.dump(group)
     data["member_ids"] = sorted(member.teacher_id for member in group.members)
     return data
@@ -344,10 +346,10 @@ def create_group(session: Session, scope: Scope, data: dict[str, Any]) -> dict[s
     group = Group(**values, members=[GroupMember(teacher_id=tid) for tid in sorted(member_ids)])
     session.add(group)
     flush_or_conflict(session, f"A {values['kind']} group named {values['name']!r} already exists.")
-    result = _group_out(group)
+    result = group_out(group)
     outbox.add(session, "group.created", result, subject=f"group/{group.id}")
     for teacher_id in sorted(member_ids):
-        outbox.add(session, "teacher.changed", teacher_event(session, session.get(Teacher, teacher_id)),
+        outbox.add(session, "teacher.changed", teacher_event(session, _get(session, Teacher, teacher_id, "Teacher")),
                    subject=f"teacher/{teacher_id}")
     return result
 
@@ -359,7 +361,7 @@ def list_groups(session: Session, scope: Scope, school_id: int | None = None) ->
         query = query.where(Group.school_id == school_id)
     groups = session.scalars(query)
     return [
-        _group_out(group) for group in groups
+        group_out(group) for group in groups
         if group.school_id is None or _school_visible(session, scope, group.school_id)
     ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from marshmallow import Schema, fields, validate
 
 from services.common.link_targets import MASTER_SCHOOL_LINK_BPS, RECEIVING_DOWNLINK_BPS
-from services.common.validation import ID, MAX_ID, NAME, StrictSchema
+from services.common.validation import ID, MAX_ID, NAME, NormalisedCode, StrictSchema, name_field_validator
 
 SCHOOL_KINDS = ("master", "branch", "ordinary")
 GROUP_KINDS = ("research", "collaboration", "studio")
@@ -97,15 +97,15 @@ class AllianceOut(Schema):
 
 class TeacherIn(StrictSchema):
     school_id = fields.Integer(required=True, strict=True, validate=ID)
-    staff_number = fields.String(required=True, validate=CODE)
-    name = fields.String(required=True, validate=validate.Length(min=1, max=100))
+    staff_number = NormalisedCode(required=True, validate=CODE)
+    name = fields.String(required=True, validate=name_field_validator(100))
     subject = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=60))
     grade = fields.String(allow_none=True, load_default=None, validate=validate.Length(max=60))
     roles = fields.List(fields.String(validate=validate.OneOf(ROLES)), load_default=lambda: ["teacher"])
 
 
 class TeacherUpdate(StrictSchema):
-    name = fields.String(validate=validate.Length(min=1, max=100))
+    name = fields.String(validate=name_field_validator(100))
     subject = fields.String(allow_none=True, validate=validate.Length(max=60))
     grade = fields.String(allow_none=True, validate=validate.Length(max=60))
     roles = fields.List(fields.String(validate=validate.OneOf(ROLES)))

@@ -6,6 +6,7 @@ from typing import Any
 
 from services.accounts import directory, roster, tokens
 from services.accounts.models import outbox
+from services.accounts.roster_isolation import ImportSlots, read_table_isolated, yield_to_other_requests
 from services.common.db import Database
 from services.common.entrypoints import rpc
 from services.common.events import OutboxRelay
@@ -20,6 +21,7 @@ class AccountsService(HealthRpc):
     db = Database("accounts")
     metrics = ServiceMetrics("accounts")
     events = OutboxRelay(outbox)
+    roster_slots = ImportSlots()
 
     # --- organisation ---------------------------------------------------------------------------
     @rpc
@@ -103,8 +105,11 @@ class AccountsService(HealthRpc):
     @rpc
     def import_roster(self, scope: dict, school_id: int, filename: str, content_base64: str) -> dict[str, Any]:
         content = roster.decode_upload(content_base64)
-        with self.db.begin():
-            return roster.import_roster(self.db, Scope.from_dict(scope), school_id, filename, content)
+        with self.roster_slots, self.db.begin():
+            return roster.import_roster(
+                self.db, Scope.from_dict(scope), school_id, filename, content,
+                progress=yield_to_other_requests, reader=read_table_isolated,
+            )
 
     # --- tokens ---------------------------------------------------------------------------------
     @rpc

@@ -8,14 +8,14 @@ import secrets
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.accounts import schemas
 from services.accounts.directory import _get, school_in_scope
-from services.accounts.exceptions import Forbidden, InvalidInput, NotFound, TokenInvalid
+from services.accounts.exceptions import Forbidden, InvalidInput, NotFound, TokenInvalid, TooManyTokens
 from services.accounts.models import ApiToken, Bureau, District, School, outbox
-from services.common.scope import Scope
+from services.common.scope import Scope, sign_scope
 from services.common.timeutil import as_utc
 from services.common.validation import load
 
@@ -23,6 +23,10 @@ TOKEN_PREFIX = "lx_"
 TOKEN_OUT = schemas.TokenOut()
 ISSUED_OUT = schemas.IssuedTokenOut()
 SCOPE_RANK = {"bureau": 0, "district": 1, "school": 2}
+# Minting is bounded (issue 12, item 13): a leaked write token must not mint an unbounded supply of
+# credentials (each a way around revocation and per-token rate limits) or fill the table.
+MAX_ACTIVE_TOKENS_PER_SCOPE = 50  # unrevoked, unexpired tokens for one bureau/district/school
+MAX_TOKENS_PER_BUREAU_PER_HOUR = 200
 
 
 def hash_token(token: str) -> str:
@@ -41,12 +45,10 @@ def _resolve_target(session: Session, issuer: Scope, kind: str, ident: int) -> N
     if issuer.kind == "school":
         raise Forbidden("School tokens cannot issue tokens; ask the district or the bureau.")
     if kind == "bureau":
-        _get(session, Bureau, ident, "Bureau")
-        if ident != issuer.bureau_id:
-            raise Forbidden(f"Bureau {ident} is outside this token's scope.")
+        _get(session, Bureau, ident, "Bureau", issuer.bureau_id)
     elif kind == "district":
-        district = _get(session, District, ident, "District")
-        if district.bureau_id != issuer.bureau_id or (issuer.kind == "district" and ident != issuer.id):
+        _get(session, District, ident, "District", issuer.bureau_id)
+        if issuer.kind == "district" and ident != issuer.id:
             raise Forbidden(f"District {ident} is outside this token's scope ({issuer.describe()}).")
     else:
         school_in_scope(session, issuer, ident)
@@ -58,8 +60,9 @@ def issue_token(session: Session, issuer: Scope, data: dict[str, Any], now: date
     if values["access"] == "write" and issuer.access != "write":
         raise Forbidden("A read token cannot issue a write token.")
     _resolve_target(session, issuer, values["scope_kind"], values["scope_id"])
-    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     created = _now(now)
+    _check_minting_limits(session, issuer.bureau_id, values["scope_kind"], values["scope_id"], created)
+    secret = TOKEN_PREFIX + secrets.token_urlsafe(32)
     token = ApiToken(
         token_hash=hash_token(secret),
         prefix=secret[:10],
@@ -77,6 +80,30 @@ def issue_token(session: Session, issuer: Scope, data: dict[str, Any], now: date
     return {**ISSUED_OUT.dump(token), "token": secret}
 
 
+def _check_minting_limits(session: Session, bureau_id: int, kind: str, ident: int, now: datetime) -> None:
+    active = session.scalar(
+        select(func.count()).select_from(ApiToken).where(
+            ApiToken.scope_kind == kind, ApiToken.scope_id == ident, ApiToken.bureau_id == bureau_id,
+            ApiToken.revoked_at.is_(None), ApiToken.expires_at > now,
+        )
+    )
+    if active >= MAX_ACTIVE_TOKENS_PER_SCOPE:
+        raise TooManyTokens(
+            f"The {kind} {ident} already has {active} active tokens (at most {MAX_ACTIVE_TOKENS_PER_SCOPE}); "
+            "revoke unused ones first."
+        )
+    recent = session.scalar(
+        select(func.count()).select_from(ApiToken).where(
+            ApiToken.bureau_id == bureau_id, ApiToken.created_at > now - timedelta(hours=1)
+        )
+    )
+    if recent >= MAX_TOKENS_PER_BUREAU_PER_HOUR:
+        raise TooManyTokens(
+            f"This bureau issued {recent} tokens in the last hour (at most {MAX_TOKENS_PER_BUREAU_PER_HOUR}); "
+            "retry later."
+        )
+
+
 def verify_token(session: Session, secret: Any, now: datetime | None = None) -> dict[str, Any]:
     """The scope a bearer token grants; `TokenInvalid` for unknown, expired or revoked tokens."""
     if not isinstance(secret, str) or not secret.startswith(TOKEN_PREFIX) or len(secret) > 200:
@@ -85,12 +112,13 @@ def verify_token(session: Session, secret: Any, now: datetime | None = None) -> 
     token = session.scalar(select(ApiToken).where(ApiToken.token_hash == digest))
     if token is None or not hmac.compare_digest(token.token_hash, digest):
         raise TokenInvalid("The token is not valid.")
-    if token.revoked_at is not None:
-        raise TokenInvalid("The token has been revoked.")
-    if as_utc(token.expires_at) <= _now(now):
-        raise TokenInvalid("The token has expired.")
+    # Revoked or expired says no more than unknown (issue 12, item 15): whoever holds a leaked token
+    # learns nothing from it; the owner sees the state in GET /v1/tokens.
+    if token.revoked_at is not None or as_utc(token.expires_at) <= _now(now):
+        raise TokenInvalid("The token is not valid.")
     scope = Scope(token.bureau_id, token.scope_kind, token.scope_id, token.access, token.id)
-    return {**scope.to_dict(), "expires_at": as_utc(token.expires_at).isoformat()}
+    expires_at = as_utc(token.expires_at)
+    return sign_scope({**scope.to_dict(), "expires_at": expires_at.isoformat()}, expires_at, now)
 
 
 def _token_in_scope(session: Session, scope: Scope, token_id: Any) -> ApiToken:

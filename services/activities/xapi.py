@@ -17,6 +17,7 @@ import base64
 import binascii
 import json
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
 
@@ -35,6 +36,8 @@ ACTIVITY_BASE = f"{HOME_PAGE}/xapi/activities/"
 ACTIVITY_TYPE_BASE = f"{HOME_PAGE}/xapi/activity-types/"
 EXTENSION_BASE = f"{HOME_PAGE}/xapi/extensions/"
 HID_VERB = f"{HOME_PAGE}/xapi/verbs/hid"
+MAX_SEQUENCE = 2**63 - 1
+MAX_CURSOR_DIGITS = len(str(MAX_SEQUENCE))
 
 
 def extension(name: str) -> str:
@@ -56,7 +59,7 @@ def agent(teacher_id: int) -> dict[str, Any]:
     return {"objectType": "Agent", "account": {"homePage": HOME_PAGE, "name": f"teacher/{teacher_id}"}}
 
 
-def context_extensions(activity: Activity) -> dict[str, Any]:
+def context_extensions(activity: Activity | SimpleNamespace) -> dict[str, Any]:
     return {
         extension("bureau"): activity.bureau_id,
         extension("district"): activity.district_id,
@@ -66,8 +69,8 @@ def context_extensions(activity: Activity) -> dict[str, Any]:
     }
 
 
-def statement(activity: Activity) -> dict[str, Any]:
-    """The xAPI statement of one stored activity."""
+def statement(activity: Activity | SimpleNamespace) -> dict[str, Any]:
+    """The xAPI statement of one stored activity (or of a batch's row about to be inserted)."""
     kind = KINDS[activity.kind]
     details = json.loads(activity.details)
     result: dict[str, Any] = {
@@ -147,9 +150,12 @@ def encode_cursor(sequence: int) -> str:
 def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("s"):
+        if not text.startswith("s") or not 1 <= len(text) <= MAX_CURSOR_DIGITS + 1:
             raise ValueError(text)
-        return int(text[1:])
+        sequence = int(text[1:])
+        if not 0 <= sequence <= MAX_SEQUENCE:  # beyond the database's 64-bit sequence
+            raise ValueError(text)
+        return sequence
     except (binascii.Error, UnicodeDecodeError, ValueError) as error:
         raise InvalidInput("The cursor is not one this server gave out.", {"cursor": ["Invalid."]}) from error
 

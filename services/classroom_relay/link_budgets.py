@@ -20,8 +20,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from services.classroom_relay.exceptions import AdmissionRefused, InvalidInput
+from services.classroom_relay.settings import ADMISSION_HEADROOM
 
-DEFAULT_HEADROOM = 0.9
+DEFAULT_HEADROOM = ADMISSION_HEADROOM.default
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from typing import Any
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
 from services.common.link_targets import BROADCASTING_UPLINK_BPS, MASTER_SCHOOL_LINK_BPS, MBIT, RECEIVING_DOWNLINK_BPS
-from services.common.validation import ID, NAME, StrictSchema
+from services.common.validation import ID, NAME, StrictSchema, schedulable_moment
 
-# The bureau's link targets (services/common/links.py): master school 100M, broadcasting room ≥ 25M, branch ≥ 10M.
+# The bureau's link targets (services/common/link_targets.py): master school 100M, broadcasting ≥ 25M, branch ≥ 10M.
 DEFAULT_MASTER_SCHOOL_LINK_BPS = MASTER_SCHOOL_LINK_BPS
 DEFAULT_UPLINK_BPS = BROADCASTING_UPLINK_BPS
 DEFAULT_DOWNLINK_BPS = RECEIVING_DOWNLINK_BPS
@@ -66,10 +66,11 @@ class SessionIn(StrictSchema):
     title = fields.String(required=True, validate=NAME)
     master_classroom_id = fields.Integer(required=True, strict=True, validate=ID)
     teacher_id = fields.Integer(strict=True, load_default=None, allow_none=True, validate=ID)
-    starts_at = fields.AwareDateTime(required=True)
-    ends_at = fields.AwareDateTime(required=True)
+    # Within [2000-01-01, two years ahead]: a time the calendar and the database can hold (issue 12).
+    starts_at = fields.AwareDateTime(required=True, validate=schedulable_moment)
+    ends_at = fields.AwareDateTime(required=True, validate=schedulable_moment)
     recurrence = fields.String(load_default="none", validate=validate.OneOf(RECURRENCES))
-    recurrence_until = fields.AwareDateTime(load_default=None, allow_none=True)
+    recurrence_until = fields.AwareDateTime(load_default=None, allow_none=True, validate=schedulable_moment)
     source_bps = fields.Integer(strict=True, load_default=None, allow_none=True, validate=BITRATE)
     branch_bps = fields.Integer(strict=True, load_default=None, allow_none=True, validate=BITRATE)
     return_bps = fields.Integer(

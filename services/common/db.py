@@ -6,6 +6,8 @@ Entrypoints commit themselves (`with self.db.begin():`) because nameko sends an 
 
 from __future__ import annotations
 
+import sqlite3
+import threading
 from typing import Any
 
 import psycopg2
@@ -36,6 +38,57 @@ def service_metadata() -> MetaData:
     return MetaData(naming_convention=NAMING_CONVENTION)
 
 
+# SQLite (`make run`'s embedded default) allows one writer at a time. Its busy wait sleeps inside C, which
+# under eventlet stops the whole process: the greenlet holding the write lock can never finish, so the
+# waiter timed out with "database is locked" (issue 12, item 11). Writers in one process therefore take
+# turns on a lock that eventlet can wait on, from their first write statement to commit or rollback;
+# SQLite's own busy wait is left for other processes (the operator's CLI).
+SQLITE_WRITE_WAIT_SECONDS = 25.0
+SQLITE_WRITE_STATEMENTS = ("INSERT", "UPDATE", "DELETE", "REPLACE")
+_sqlite_write_locks: dict[str, threading.Semaphore] = {}
+_sqlite_write_locks_guard = threading.Lock()
+HOLDS_WRITE_LOCK = "lianxiao_holds_sqlite_write_lock"
+
+
+def sqlite_write_lock(url: str) -> threading.Semaphore:
+    """One lock per database file and process, shared by every engine on it (service and outbox relay)."""
+    with _sqlite_write_locks_guard:
+        return _sqlite_write_locks.setdefault(url, threading.Semaphore(1))
+
+
+def serialise_sqlite_writes(engine: Engine, lock: threading.Semaphore) -> None:
+    def release(info: dict[str, Any]) -> None:
+        if info.pop(HOLDS_WRITE_LOCK, False):
+            lock.release()
+
+    @event.listens_for(engine, "before_cursor_execute")
+    def _take_turn(connection: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if connection.info.get(HOLDS_WRITE_LOCK) or not statement.lstrip()[:7].upper().startswith(
+            SQLITE_WRITE_STATEMENTS
+        ):
+            return
+        if not lock.acquire(timeout=SQLITE_WRITE_WAIT_SECONDS):
+            raise ServiceUnavailable("The database is busy with other changes; please retry shortly.")
+        connection.info[HOLDS_WRITE_LOCK] = True
+
+    event.listen(engine, "commit", lambda connection: release(connection.info))
+    event.listen(engine, "rollback", lambda connection: release(connection.info))
+    # A connection returned or reset without either (an error, garbage collection) releases it too.
+    event.listen(engine.pool, "checkin", lambda _dbapi, record: release(record.info))
+    @event.listens_for(engine.pool, "reset")
+    def _reset(_dbapi: Any, record: Any, _reset_state: Any) -> None:
+        release(record.info)
+
+
+def sqlite_busy(context: ExceptionContext) -> ServiceUnavailable | None:
+    """Another process held SQLite's write lock past the busy timeout: 503 (retry), never a 500."""
+    if isinstance(context.original_exception, sqlite3.OperationalError) and "locked" in str(
+        context.original_exception
+    ):
+        return ServiceUnavailable("The database is busy with other changes; please retry shortly.")
+    return None
+
+
 def make_engine(url: str, **kwargs: Any) -> Engine:
     if url.startswith("sqlite"):
         engine = create_engine(url, connect_args={"check_same_thread": False}, **kwargs)
@@ -48,6 +101,8 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.execute("PRAGMA busy_timeout=5000")
             cursor.close()
 
+        serialise_sqlite_writes(engine, sqlite_write_lock(url))
+        event.listen(engine, "handle_error", sqlite_busy)
         return engine
     connect_args = {"connect_timeout": CONNECT_TIMEOUT_SECONDS, **kwargs.pop("connect_args", {})}
     engine = create_engine(

@@ -29,6 +29,7 @@ from services.common.errors import LianxiaoError, ServiceUnavailable
 from services.gateway import problems
 from services.gateway import settings as gateway_settings
 from services.gateway.auth import AuthenticationRequired, TokenVerifier
+from services.gateway.clients import client_key, parse_networks
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openapi import build_spec
 from services.gateway.ratelimit import TokenBuckets
@@ -51,6 +52,9 @@ class Settings:
     auth_cache_entries: int = gateway_settings.AUTH_CACHE_ENTRIES.default
     rate_limit_per_second: float = gateway_settings.RATE_LIMIT_PER_SECOND.default
     rate_limit_burst: int = gateway_settings.RATE_LIMIT_BURST.default
+    auth_attempts_per_second: float = gateway_settings.AUTH_ATTEMPTS_PER_SECOND.default
+    auth_attempts_burst: int = gateway_settings.AUTH_ATTEMPTS_BURST.default
+    trusted_proxies: str = gateway_settings.TRUSTED_PROXIES.default
 
     @classmethod
     def load(cls, config: Mapping[str, Any] | None = None) -> Settings:
@@ -63,6 +67,9 @@ class Settings:
             auth_cache_entries=gateway_settings.AUTH_CACHE_ENTRIES.get(config),
             rate_limit_per_second=gateway_settings.RATE_LIMIT_PER_SECOND.get(config),
             rate_limit_burst=gateway_settings.RATE_LIMIT_BURST.get(config),
+            auth_attempts_per_second=gateway_settings.AUTH_ATTEMPTS_PER_SECOND.get(config),
+            auth_attempts_burst=gateway_settings.AUTH_ATTEMPTS_BURST.get(config),
+            trusted_proxies=gateway_settings.TRUSTED_PROXIES.get(config),
         )
 
 
@@ -138,6 +145,8 @@ class Gateway:
             on_lookup=self.metrics.observe_auth_lookup,
         )
         self.buckets = TokenBuckets(settings.rate_limit_per_second, settings.rate_limit_burst)
+        self.attempt_buckets = TokenBuckets(settings.auth_attempts_per_second, settings.auth_attempts_burst)
+        self.trusted_proxies = parse_networks(settings.trusted_proxies)
         self.routes = [*SYSTEM_ROUTES, *all_routes()]
         self.routes_by_name = {route.name: route for route in self.routes}
         self.url_map = Map(
@@ -164,7 +173,7 @@ class Gateway:
         self.metrics.observe_request(route_label, request.method, response.status_code, time.perf_counter() - started)
         return response(environ, start_response)
 
-    def _match(self, request: Request) -> tuple[Route, dict[str, Any]]:
+    def _match(self, request: Request) -> tuple[Route, Mapping[str, Any]]:
         adapter = self.url_map.bind_to_environ(request.environ)
         try:
             endpoint, values = adapter.match()
@@ -185,16 +194,18 @@ class Gateway:
             return False
         return True
 
-    def _handle(self, request: Request, route: Route, values: dict[str, Any]) -> Response:
+    def _handle(self, request: Request, route: Route, values: Mapping[str, Any]) -> Response:
         scope = None
         limit_headers: dict[str, str] = {}
         try:
             if route.authenticated:
-                scope = self.verifier.scope_for(request.headers.get("Authorization"))
+                scope = self.verifier.scope_for(
+                    request.headers.get("Authorization"), before_verifying=lambda: self._admit_attempt(request)
+                )
                 decision = self.buckets.take(f"token:{scope.get('token_id')}")
                 limit_headers = decision.headers()
                 if not decision.allowed:
-                    self.metrics.observe_rate_limited()
+                    self.metrics.observe_rate_limited("token")
                     raise problems.HttpProblem(
                         429, f"Rate limit of this token reached; retry in {decision.retry_after_seconds} s.",
                         headers=limit_headers,
@@ -206,6 +217,16 @@ class Gateway:
         for name, value in limit_headers.items():
             response.headers.setdefault(name, value)
         return response
+
+    def _admit_attempt(self, request: Request) -> None:
+        """A token accounts has to check costs an RPC: each client address gets only so many (issue 12, item 13)."""
+        decision = self.attempt_buckets.take(f"address:{client_key(request.environ, self.trusted_proxies)}")
+        if not decision.allowed:
+            self.metrics.observe_rate_limited("address")
+            raise problems.HttpProblem(
+                429, "Too many token checks from this address; retry in "
+                f"{decision.retry_after_seconds} s.", headers={"Retry-After": str(decision.retry_after_seconds)},
+            )
 
     @staticmethod
     def _json_response(reply: Reply) -> Response:

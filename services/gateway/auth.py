@@ -85,11 +85,16 @@ class TokenVerifier:
         self._digests_by_token_id: dict[int, str] = {}
         self._lock = threading.Lock()
 
-    def scope_for(self, authorization: str | None) -> dict[str, Any]:
+    def scope_for(
+        self, authorization: str | None, before_verifying: Callable[[], None] | None = None
+    ) -> dict[str, Any]:
+        """`before_verifying` runs only when accounts must be asked (it may refuse, e.g. a rate limit)."""
         token = bearer_token(authorization)
         digest = token_digest(token)
         entry = self._cached(digest)
         if entry is None:
+            if before_verifying is not None:
+                before_verifying()
             self._count("miss")
             entry = self._verify(token)  # outside the lock: an RPC must never serialise the threads
             self._remember(digest, entry)
@@ -120,9 +125,10 @@ class TokenVerifier:
             # token that was invalid never becomes valid (secrets are random and never reissued).
             return _Entry(now + self.ttl, None, rejection.detail)
         lifetime = self.ttl
-        remaining = _seconds_until(scope.get("expires_at"), datetime.now(UTC))
-        if remaining is not None:
-            lifetime = max(0.0, min(lifetime, remaining))
+        for limit in ("expires_at", "signed_until"):  # never keep a scope past the token or its signature
+            remaining = _seconds_until(scope.get(limit), datetime.now(UTC))
+            if remaining is not None:
+                lifetime = max(0.0, min(lifetime, remaining))
         return _Entry(now + lifetime, scope, None)
 
     def _cached(self, digest: str) -> _Entry | None:

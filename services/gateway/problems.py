@@ -142,6 +142,8 @@ def from_domain_error(error: LianxiaoError, instance: str | None = None) -> Resp
         headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
     if error.status == 503:
         headers["Retry-After"] = "5"
+    if error.status == 429:
+        headers["Retry-After"] = "60"
     status = error.status if 400 <= error.status <= 599 else 500
     return problem_response(
         status, error.detail or error.title, title=error.title, errors=errors, headers=headers, instance=instance

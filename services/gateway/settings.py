@@ -28,3 +28,11 @@ METRICS_DIR = setting(
     "PROMETHEUS_MULTIPROC_DIR", str, None,
     "where gunicorn's workers write their metrics samples for `/metrics` to merge",
     default_text="a fresh temporary directory")
+AUTH_ATTEMPTS_PER_SECOND = setting(
+    "GATEWAY_AUTH_ATTEMPTS_PER_SECOND", float, 5.0,
+    "token verifications per second per client address (tokens not already cached), checked before accounts is asked")
+AUTH_ATTEMPTS_BURST = setting(
+    "GATEWAY_AUTH_ATTEMPTS_BURST", int, 20, "burst of token verifications per client address")
+TRUSTED_PROXIES = setting(
+    "GATEWAY_TRUSTED_PROXIES", str, "127.0.0.1/32,::1/128",
+    "peers (the reverse proxy) whose `X-Real-IP` names the client (see gateway/clients.py)")

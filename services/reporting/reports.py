@@ -54,7 +54,7 @@ def teacher_progress(session: Session, caller: Scope, teacher_id: int, period: A
     found = [result for result in school.teachers if result.teacher_id == row["id"]]
     if not found:
         raise NotFound(f"Teacher {teacher_id} has left; no progress is reported for them.")
-    return {"period": compliance.period_out(when), "rules_version": school.rules_version,
+    return {"period": compliance.period_out(when, evaluation.through), "rules_version": school.rules_version,
             "rules_scope": school.rules_scope, **compliance.teacher_out(found[0])}
 
 

@@ -16,11 +16,6 @@ ENVIRON_ALLOWED = {
     "services/common/settings.py": "the helper itself",
     "services/common/runner.py": "passes every *DATABASE_URL through to nameko's config",
     "services/gateway/gunicorn.conf.py": "sets PROMETHEUS_MULTIPROC_DIR before any worker starts",
-    # The relay's session settings, its data-plane link and the data plane's command line still read the
-    # environment with their own helpers; services/classroom_relay/settings.py declares the same names.
-    "services/classroom_relay/sessions.py": "pending the relay split",
-    "services/classroom_relay/dataplane_client.py": "pending the relay split",
-    "services/classroom_relay/dataplane/__main__.py": "pending the relay split",
 }
 
 

@@ -7,9 +7,11 @@ and a second bureau 白河 with one school, each school with one teacher whose n
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -108,6 +110,25 @@ def build_city(accounts_url: str) -> City:
     return city
 
 
+def healthy(url: str) -> bool:
+    try:
+        return requests.get(f"{url}/healthz", timeout=1).status_code == 200
+    except requests.RequestException:
+        return False
+
+
+def started_in_time(process: subprocess.Popen, ready: Any, timeout: float, what: str, log_path: Path) -> bool:
+    """Wait until `ready()`; False after `timeout`, RuntimeError (with its log) if the process exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{what} exited: {log_path.read_text(errors='replace')[-3000:]}")
+        if ready():
+            return True
+        time.sleep(0.1)
+    return False
+
+
 class Gunicorn:
     """The gateway as it runs in production: a gunicorn subprocess on a free 127.0.0.1 port."""
 
@@ -122,21 +143,15 @@ class Gunicorn:
             [str(GUNICORN), "-c", str(GUNICORN_CONF), "services.gateway.wsgi:app"],
             cwd=REPO_ROOT, env=environment, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-        self._wait_until_up(timeout=20)
+        bind = environment["GATEWAY_BIND"]
+        self._wait_until_up(timeout=20, unix_socket=bind[5:] if bind.startswith("unix:") else None)
 
-    def _wait_until_up(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"gunicorn exited: {self.log_path.read_text(errors='replace')[-3000:]}")
-            try:
-                if requests.get(f"{self.url}/healthz", timeout=1).status_code == 200:
-                    return
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"gunicorn did not answer within {timeout} s")
+    def _wait_until_up(self, timeout: float, unix_socket: str | None = None) -> None:
+        # Behind nginx only the socket can be checked here; ProxiedGateway asks /healthz through nginx.
+        ready = (lambda: Path(unix_socket).exists()) if unix_socket else (lambda: healthy(self.url))
+        if not started_in_time(self.process, ready, timeout, "gunicorn", self.log_path):
+            self.stop()
+            raise RuntimeError(f"gunicorn did not answer within {timeout} s")
 
     def stop(self) -> None:
         if self.process.poll() is None:
@@ -147,6 +162,35 @@ class Gunicorn:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait(timeout=5)
         self.log.close()
+
+
+class ProxiedGateway:
+    """The gateway as `make run` serves it: gunicorn on a Unix socket behind nginx on a free port."""
+
+    def __init__(self, amqp_uri: str, workdir: Path, **env: str) -> None:
+        from services.gateway.local_proxy import nginx_command, write_config
+
+        run_dir = Path(tempfile.mkdtemp(prefix="lxt-nginx-"))  # short: a socket path has at most 107 bytes
+        socket_path = run_dir / "gateway.sock"
+        self.run_dir = run_dir
+        self.gunicorn = Gunicorn(amqp_uri, workdir / "gateway.log", GATEWAY_BIND=f"unix:{socket_path}", **env)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (workdir / "nginx.log").open("wb")
+        config = write_config(run_dir, f"127.0.0.1:{self.port}", socket_path)
+        self.process = subprocess.Popen(nginx_command(config), stdout=self.log, stderr=subprocess.STDOUT,
+                                        start_new_session=True)
+        if not started_in_time(self.process, lambda: healthy(self.url), 20, "nginx", workdir / "nginx.log"):
+            self.stop()
+            raise RuntimeError("nginx + gunicorn did not answer within 20 s")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+        self.log.close()
+        self.gunicorn.stop()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def bearer(token: str) -> dict[str, str]:

@@ -125,15 +125,17 @@ def test_missing_or_malformed_credentials_give_401(gateway: str, header: str | N
 @pytest.mark.parametrize("token_name", ["expired", "revoked"])
 def test_expired_and_revoked_tokens_give_401(gateway: str, city: City, token_name: str) -> None:
     body = assert_problem(call(gateway, "GET", "/v1/me", city.tokens[token_name]), 401)
-    assert token_name[:6] in body["detail"]  # "expired" / "revoked"
+    unknown = assert_problem(call(gateway, "GET", "/v1/me", "lx_" + "Q" * 43), 401)
+    assert body["detail"] == unknown["detail"]  # a revoked token tells its holder nothing more (issue 12, item 15)
 
 
 # (token, method, path template, body, expected status, schools whose teachers may appear)
+# Another bureau's schools and teachers answer 404 like missing ones (issue 12, item 15).
 MATRIX = [
     ("school_read", "GET", "/v1/schools/{east_one}/teachers", None, 200, {"east_one"}),
     ("school_read", "GET", "/v1/schools/{east_two}/teachers", None, 403, set()),
     ("school_read", "GET", "/v1/schools/{west}/teachers", None, 403, set()),
-    ("school_read", "GET", "/v1/schools/{elsewhere}/teachers", None, 403, set()),
+    ("school_read", "GET", "/v1/schools/{elsewhere}/teachers", None, 404, set()),
     ("school_read", "GET", "/v1/teachers/{t_east_two}", None, 403, set()),
     ("school_read", "GET", "/v1/teachers/{t_east_one}", None, 200, {"east_one"}),
     ("school_read", "GET", "/v1/schools/{east_two}", None, 403, set()),
@@ -148,11 +150,11 @@ MATRIX = [
     ("east_read", "GET", "/v1/schools/{west}/teachers", None, 403, set()),
     ("east_read", "GET", "/v1/teachers/{t_west}", None, 403, set()),
     ("bureau_read", "GET", "/v1/schools/{west}/teachers", None, 200, {"west"}),
-    ("bureau_read", "GET", "/v1/schools/{elsewhere}/teachers", None, 403, set()),
+    ("bureau_read", "GET", "/v1/schools/{elsewhere}/teachers", None, 404, set()),
     ("bureau_read", "POST", "/v1/districts", {"bureau_id": "{bureau}", "name": "北片区"}, 403, set()),
-    ("other_bureau_write", "GET", "/v1/schools/{east_one}/teachers", None, 403, set()),
-    ("other_bureau_write", "GET", "/v1/teachers/{t_east_one}", None, 403, set()),
-    ("other_bureau_write", "PATCH", "/v1/teachers/{t_east_one}", {"grade": "八年级"}, 403, set()),
+    ("other_bureau_write", "GET", "/v1/schools/{east_one}/teachers", None, 404, set()),
+    ("other_bureau_write", "GET", "/v1/teachers/{t_east_one}", None, 404, set()),
+    ("other_bureau_write", "PATCH", "/v1/teachers/{t_east_one}", {"grade": "八年级"}, 404, set()),
 ]
 
 
@@ -211,6 +213,17 @@ def test_school_write_token_changes_its_own_school(gateway: str, city: City) -> 
     mismatch = call(gateway, "POST", f"/v1/schools/{school}/teachers", token,
                     json={"school_id": city.schools["east_two"], "staff_number": "G-101", "name": "宋知夏"})
     assert assert_problem(mismatch, 422)["errors"][0]["field"] == "school_id"
+
+
+def test_a_nul_in_a_name_is_a_422_on_postgresql(gateway: str, city: City) -> None:
+    school = city.schools["east_one"]
+    for name in ("宋\x00知", "宋\u202e知"):
+        refused = call(gateway, "POST", f"/v1/schools/{school}/teachers", city.tokens["school_write"],
+                       json={"staff_number": "G-200", "name": name})
+        assert assert_problem(refused, 422)["errors"][0]["field"] == "name"
+        changed = call(gateway, "PATCH", f"/v1/teachers/{city.teachers['east_one']}", city.tokens["school_write"],
+                       json={"name": name})
+        assert_problem(changed, 422)
 
 
 def test_bureau_token_builds_the_organisation(gateway: str, city: City) -> None:

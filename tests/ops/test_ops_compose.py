@@ -22,7 +22,7 @@ GRAFANA: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.grafana.yml").read_t
 def test_every_component_is_in_compose() -> None:
     assert set(SERVICES) == {
         "rabbitmq", "postgres", "migrate", "accounts", "activities", "reporting", "classroom-relay",
-        "relay-dataplane", "gateway", "prometheus",
+        "relay-dataplane", "gateway", "nginx", "prometheus",
     }
     # Infrastructure from Debian's packages, built here; only Grafana needs a registry, in its own profile.
     infra = (DEPLOY / "infra" / "Containerfile").read_text()
@@ -64,6 +64,15 @@ def test_every_command_runs_something_that_exists() -> None:
             assert attribute == "app"
             checked += 1
     assert checked == 7  # migrate, four services, the data plane, the gateway: nothing skipped
+
+
+def test_nginx_fronts_the_gateway() -> None:
+    nginx, gateway = SERVICES["nginx"], SERVICES["gateway"]
+    assert nginx["network_mode"] == "service:gateway" and nginx["read_only"] is True
+    assert gateway["environment"]["GATEWAY_BIND"] == "127.0.0.1:8081"  # reachable only through nginx
+    assert (REPO / nginx["build"]["dockerfile"]).exists()
+    config = (DEPLOY / "nginx" / "nginx.conf").read_text()
+    assert "server 127.0.0.1:8081" in config and "listen 8080" in config
 
 
 def test_app_containers_are_locked_down_and_wait_for_what_they_need() -> None:

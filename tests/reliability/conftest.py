@@ -1,4 +1,4 @@
-"""Reliability and security tests (issue 7): faults on the tests' own broker and database, hostile clients.
+"""Reliability and security tests: faults on the tests' own broker and database, hostile clients.
 
 Not part of `make test`: every test here is marked `reliability` and skipped unless the run selects
 that marker (`pytest -m reliability`, as `make test-reliability` does) or LIANXIAO_RELIABILITY=1.
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .figures import ROWS, Row, render
+from .figures import HOSTILE_ROWS, ROWS, Row, render, render_hostile
 from .infra import PostgresCluster, RabbitNode, rabbit_home
 
 HERE = Path(__file__).resolve().parent
@@ -46,11 +46,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if not ROWS:
-        return
-    terminalreporter.section("lianxiao reliability figures")
-    for line in render([*ROWS, *REFERENCED]):
-        terminalreporter.write_line(line)
+    if ROWS:
+        terminalreporter.section("lianxiao reliability figures")
+        for line in render([*ROWS, *REFERENCED]):
+            terminalreporter.write_line(line)
+    if HOSTILE_ROWS:
+        terminalreporter.section("hostile tenant (issue 12)")
+        for line in render_hostile(HOSTILE_ROWS):
+            terminalreporter.write_line(line)
 
 
 @pytest.fixture(scope="session")

@@ -36,3 +36,29 @@ def render(rows: list[Row]) -> list[str]:
         return "| " + " | ".join(value.ljust(width) for value, width in zip(values, widths, strict=True)) + " |"
 
     return [line(COLUMNS), "|" + "|".join("-" * (width + 2) for width in widths) + "|", *map(line, cells)]
+
+
+@dataclass
+class HostileRow:
+    """One line of the "hostile tenant" table (issue 12): an attack by one tenant and what still holds."""
+
+    item: str
+    attack: str
+    bound: str  # memory, latency, what was refused — as measured
+    other_tenant: str  # the effect on the other tenant, as measured
+
+
+HOSTILE_ROWS: list[HostileRow] = []
+HOSTILE_COLUMNS = ("item", "attack", "bound that held", "effect on the other tenant")
+
+
+def record_hostile(row: HostileRow) -> HostileRow:
+    HOSTILE_ROWS.append(row)
+    return row
+
+
+def render_hostile(rows: list[HostileRow]) -> list[str]:
+    lines = ["| " + " | ".join(HOSTILE_COLUMNS) + " |", "|" + "|".join("---" for _ in HOSTILE_COLUMNS) + "|"]
+    for row in sorted(rows, key=lambda row: int(row.item.split()[0])):
+        lines.append(f"| {row.item} | {row.attack} | {row.bound} | {row.other_tenant} |")
+    return lines

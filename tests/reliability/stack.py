@@ -63,11 +63,13 @@ class Stack:
         env = {**os.environ, "AMQP_URI": self.amqp_uri, "DATABASE_URL": self.database_url, "LOG_LEVEL": "INFO"}
         env.pop("METRICS_PORT", None)
         env["RELAY_JOIN_SECRETS"] = uuid.uuid4().hex  # the relay refuses to start without one
+        env["LIANXIAO_SCOPE_SECRET"] = uuid.uuid4().hex  # as deployed: services accept only signed scopes
         self.services = {
             name: ServiceProcess(name, env, workdir / f"{name}.log") for name in services
         }
         self.gateway: Gunicorn | None = None
         self.gateway_env = {"GATEWAY_RATE_LIMIT_PER_SECOND": "1000", "GATEWAY_RATE_LIMIT_BURST": "1000",
+                            "GATEWAY_AUTH_ATTEMPTS_PER_SECOND": "1000", "GATEWAY_AUTH_ATTEMPTS_BURST": "1000",
                             **gateway_env}
         self.city: City | None = None
         self.supervising = False
