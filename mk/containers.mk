@@ -6,14 +6,16 @@ $(STAMP): requirements-runtime.lock
 
 .PHONY: containers-host
 # deploy/containers/podman-host-setup.sh says what it changes (runtime runc, default_ulimits).
-containers-host: ## podman, podman-compose, buildah, debootstrap, runc from Debian, and podman's settings for this machine
+containers-host: ## Install podman, podman-compose, buildah, debootstrap, runc (Debian) and podman's settings
 	deploy/containers/podman-host-setup.sh
 
 .PHONY: test-containers containers-clean
-# Base image without a registry, application and infrastructure images, the stack on 127.0.0.1, /readyz,
-# demo, teachers, RTP to a branch; removed after. Prints build times, sizes, start to /readyz.
-test-containers: deps system-deps containers-host ## The whole platform in containers under podman (bounded: 10 min after packages)
+# Base image without a registry, application/infrastructure/nginx images, the stack on 127.0.0.1: /readyz,
+# demo, teachers, RTP to a branch, Prometheus, SIGTERM stops; removed after. Bounded: 10 minutes after the
+# packages are installed. Prints build times, sizes, start to /readyz.
+test-containers: deps system-deps containers-host ## Build the images and run the whole platform under podman (~6-8 min)
 	timeout --kill-after=20 600 deploy/containers/test-containers.sh
 
-containers-clean: ## Remove the images test-containers builds (the stacks remove themselves)
-	-podman rmi --force localhost/lianxiao:local localhost/lianxiao-infra:local localhost/lianxiao-base:bookworm
+containers-clean: ## Remove the images test-containers builds (its stacks remove themselves)
+	-podman rmi --force localhost/lianxiao:local localhost/lianxiao-infra:local localhost/lianxiao-nginx:local \
+		localhost/lianxiao-base:bookworm

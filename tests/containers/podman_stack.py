@@ -52,15 +52,16 @@ class Stack:
     run: str
     app_image: str
     infra_image: str
+    nginx_image: str
     ports: dict[str, int] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
     containers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("amqp", "rabbitmq_management", "rabbitmq_prometheus", "epmd", "erlang_dist", "postgres",
-                     "gateway", "media", "control", "dataplane_metrics", "prometheus", *NAMEKO_SERVICES):
+                     "gateway", "gunicorn", "media", "control", "dataplane_metrics", "prometheus", *NAMEKO_SERVICES):
             self.ports[name] = free_port()
-        for name in ("rabbitmq", "postgres", "join", "control"):
+        for name in ("rabbitmq", "postgres", "join", "control", "scope"):
             self.secrets[name] = secrets.token_hex(16)
 
     @property
@@ -80,6 +81,7 @@ class Stack:
             "DATABASE_URL": f"postgresql://lianxiao:{self.secrets['postgres']}@{LOCALHOST}:{self.ports['postgres']}"
                             "/lianxiao_{service}",
             "METRICS_ADDR": LOCALHOST,
+            "LIANXIAO_SCOPE_SECRET": self.secrets["scope"],
             "WAIT_FOR_TIMEOUT": "120",
         }
 
@@ -121,7 +123,7 @@ class Stack:
     def scrape_targets(self) -> dict[str, str]:
         """Prometheus jobs for this run's processes (the compose file's jobs name compose hosts instead)."""
         targets = {service: f"{LOCALHOST}:{self.ports[service]}" for service in NAMEKO_SERVICES}
-        targets["gateway"] = f"{LOCALHOST}:{self.ports['gateway']}"
+        targets["gateway"] = f"{LOCALHOST}:{self.ports['gunicorn']}"
         targets["relay-dataplane"] = f"{LOCALHOST}:{self.ports['dataplane_metrics']}"
         return targets
 
@@ -151,9 +153,21 @@ class Stack:
             if service == "relay-dataplane":
                 env = {"RELAY_CONTROL_SECRET": self.secrets["control"]}
             if service == "gateway":
-                env |= {"GATEWAY_BIND": f"{LOCALHOST}:{self.ports['gateway']}",
+                env |= {"GATEWAY_BIND": f"{LOCALHOST}:{self.ports['gunicorn']}",
                         "PROMETHEUS_MULTIPROC_DIR": COMPOSE["gateway"]["environment"]["PROMETHEUS_MULTIPROC_DIR"]}
             self._run(service, self.app_image, lock_down(COMPOSE[service]), env, self.app_command(service))
+
+    def start_nginx(self, config_dir: Path) -> None:
+        """nginx in front of gunicorn as compose has it, its nginx.conf with this run's two ports."""
+        config = (REPO / "deploy" / "nginx" / "nginx.conf").read_text()
+        ported = config.replace("server 127.0.0.1:8081;", f"server {LOCALHOST}:{self.ports['gunicorn']};")
+        ported = ported.replace("listen 8080;", f"listen {LOCALHOST}:{self.ports['gateway']};")
+        assert ported.count(str(self.ports["gunicorn"])) == 1 and ported.count(str(self.ports["gateway"])) == 1
+        config_dir.mkdir(parents=True, exist_ok=True)
+        (config_dir / "nginx.conf").write_text(ported)
+        (config_dir / "nginx.conf").chmod(0o644)
+        options = [*lock_down(COMPOSE["nginx"]), f"--volume={config_dir / 'nginx.conf'}:/etc/nginx/nginx.conf:ro"]
+        self._run("nginx", self.nginx_image, options, {}, [])
 
     def run_once(self, command: list[str]) -> str:
         """A one-off command in the application image (like `podman-compose run`), its stdout."""

@@ -1,5 +1,6 @@
 """The whole platform in containers: RabbitMQ and PostgreSQL from the infrastructure image, migrations,
-the four services, the relay data plane and the gateway from the application image — all started at once
+the four services, the relay data plane and the gateway from the application image, nginx in front of
+it from its own image — all started at once
 (as podman-compose does, without waiting), read-only, every process as its own user without capabilities.
 Then: /readyz, the demo bureau, teachers through the gateway, an RTP stream from an ffmpeg encoder
 through the containerised data plane to an ffmpeg receiver at a branch. Everything on 127.0.0.1."""
@@ -32,11 +33,13 @@ pytestmark = pytest.mark.timeout(420)
 
 APP_IMAGE = os.environ.get("LIANXIAO_IMAGE", "localhost/lianxiao:local")
 INFRA_IMAGE = os.environ.get("LIANXIAO_INFRA_IMAGE", "localhost/lianxiao-infra:local")
+NGINX_IMAGE = os.environ.get("LIANXIAO_NGINX_IMAGE", "localhost/lianxiao-nginx:local")
+CONTAINERS = ("rabbitmq", "postgres", "prometheus", *APP_SERVICES, "nginx")
 READY_SECONDS = 150
 MBIT = 1_000_000
 # The application first, then what it uses; Kubernetes' default grace period is 30 s.
-STOP_ORDER = ("gateway", "accounts", "activities", "reporting", "classroom-relay", "relay-dataplane", "prometheus",
-              "rabbitmq", "postgres")
+STOP_ORDER = ("nginx", "gateway", "accounts", "activities", "reporting", "classroom-relay", "relay-dataplane",
+              "prometheus", "rabbitmq", "postgres")
 STOP_GRACE_SECONDS = 20
 # What no process may log in a read-only container without capabilities (gunicorn's control socket was one).
 FORBIDDEN_IN_LOGS = ("Read-only file system", "[Errno 30]", "Permission denied", "[Errno 13]",
@@ -50,13 +53,13 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     assert FFMPEG, "ffmpeg is not installed: make system-deps"
     # The run id labels everything the run creates (deploy/containers/test-containers.sh cleans up by it too).
     run = os.environ.get("LIANXIAO_CONTAINERS_RUN") or uuid.uuid4().hex[:8]
-    running = Stack(run=run, app_image=APP_IMAGE, infra_image=INFRA_IMAGE)
+    running = Stack(run=run, app_image=APP_IMAGE, infra_image=INFRA_IMAGE, nginx_image=NGINX_IMAGE)
     try:
         yield running
     finally:
         logs = Path(os.environ.get("LIANXIAO_CONTAINERS_LOGS") or tmp_path / "logs")
         logs.mkdir(parents=True, exist_ok=True)
-        for service in ("rabbitmq", "postgres", "prometheus", *APP_SERVICES):
+        for service in CONTAINERS:
             if running.name(service) in running.containers:
                 (logs / f"{service}.log").write_text(running.logs(service))
         print(f"\ncontainers: logs of every container in {logs}")
@@ -150,6 +153,7 @@ def test_the_platform_runs_in_containers(stack: Stack, tmp_path: Path) -> None:
     started = time.monotonic()
     stack.start_infrastructure()
     stack.start_applications()  # at once: migrations and services wait for what they need themselves
+    stack.start_nginx(tmp_path / "nginx")
     stack.start_prometheus(prometheus_config(stack, tmp_path / "prometheus"))
     wait_until(lambda: requests.get(f"{stack.gateway}/readyz", timeout=2).status_code == 200, READY_SECONDS,
                interval=0.5, what="the gateway's /readyz")
@@ -164,8 +168,8 @@ def test_the_platform_runs_in_containers(stack: Stack, tmp_path: Path) -> None:
     assert stack.exit_code("migrate", timeout=30) == 0, stack.logs("migrate")
     for service in ("accounts", "gateway", "relay-dataplane"):
         assert stack.user(service) == "10001", service  # the image's unprivileged user
-    for service in ("rabbitmq", "postgres"):
-        assert stack.user(service) != "0", service  # the Debian package's user
+    for service in ("rabbitmq", "postgres", "nginx"):
+        assert stack.user(service) != "0", service  # the Debian package's user (nginx: the image's)
 
     tokens = json.loads(stack.run_once(["python", "-m", "services.accounts.cli", "demo"]))
     teachers = requests.get(f"{stack.gateway}/v1/schools/{tokens['schools']['QS-02']}/teachers",
@@ -189,7 +193,7 @@ def test_the_platform_runs_in_containers(stack: Stack, tmp_path: Path) -> None:
         assert time.monotonic() < deadline, f"Prometheus targets {health}, rule health {set(rules)}"
         time.sleep(1)
 
-    for service in ("rabbitmq", "postgres", "prometheus", *APP_SERVICES):
+    for service in CONTAINERS:
         found = problems(stack.logs(service))
         assert not found, f"{service}: {found[:5]}"
         if service != "migrate":  # every long-running process is still up, never restarted
