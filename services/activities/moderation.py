@@ -1,8 +1,8 @@
 """Moderation: a blog host or moderator hides a comment (or post) with a reason. Nothing is deleted.
 
-The record stays, marked hidden with who and why; an `activity.hidden.<kind>` event carries a
-statement (verb `.../verbs/hid`, object a StatementRef to the hidden one) so subscribers can stop
-showing or counting it. Hiding twice returns the first hiding.
+The record stays, marked hidden with who and why; an `activity.hidden.<kind>` event carries xAPI's
+voiding statement (verb `http://adlnet.gov/expapi/verbs/voided`, object a StatementRef to the hidden
+one, the reason in result.response) so subscribers and LRS readers stop showing or counting it. Hiding twice returns the first hiding.
 """
 
 from __future__ import annotations

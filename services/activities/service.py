@@ -14,7 +14,7 @@ from amqp.exceptions import NotFound as QueueMissing
 from kombu import Connection
 from nameko.dependency_providers import Config
 
-from services.activities import classroom, log, moderation, queries, replay, roster, xapi
+from services.activities import classroom, log, moderation, queries, replay, roster, statement_query
 from services.activities.exceptions import NotFound
 from services.activities.models import outbox, processed_events
 from services.common.config import amqp_uri
@@ -63,8 +63,12 @@ class ActivitiesService(HealthRpc):
         return queries.list_activities(self.db, Scope.from_dict(scope), params or {})
 
     @rpc
-    def query_statements(self, scope: dict, params: dict | None = None) -> dict[str, Any]:
-        return xapi.query_statements(self.db, Scope.from_dict(scope), params or {})
+    def query_statements(self, scope: dict, params: dict | None = None,
+                         languages: list | None = None) -> dict[str, Any]:
+        """{"body": a Statement or a StatementResult, "consistent_through": the xAPI header's value}."""
+        consistent_through = statement_query.consistent_through()  # taken before reading, as it promises
+        body = statement_query.query(self.db, Scope.from_dict(scope), params or {}, languages)
+        return {"body": body, "consistent_through": consistent_through}
 
     # --- the event stream -----------------------------------------------------------------------
     @rpc

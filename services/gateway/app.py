@@ -41,6 +41,8 @@ from services.gateway.schemas import Health
 
 log = logging.getLogger(__name__)
 
+# Bearer for API clients; Basic (the token as the secret) for xAPI tools that only speak Basic.
+AUTHENTICATE_CHALLENGES = 'Bearer realm="lianxiao", Basic realm="lianxiao"'
 UNMATCHED_ROUTE = "unmatched"  # metrics label for 404s, so probes of random paths cannot explode cardinality
 
 
@@ -231,7 +233,7 @@ class Gateway:
             return problems.from_http_problem(error, instance)
         if isinstance(error, AuthenticationRequired):
             return problems.problem_response(
-                401, error.detail, headers={"WWW-Authenticate": 'Bearer realm="lianxiao"'}, instance=instance
+                401, error.detail, headers={"WWW-Authenticate": AUTHENTICATE_CHALLENGES}, instance=instance
             )
         if isinstance(error, LianxiaoError):
             return problems.from_domain_error(error, instance)
