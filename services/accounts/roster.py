@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.accounts.directory import apply_teacher_changes, school_in_scope, teacher_event, teacher_out
+from services.accounts.directory import announce_teacher, apply_teacher_changes, school_in_scope, teacher_out
 from services.accounts.exceptions import InvalidInput, RosterRejected
 from services.accounts.models import ROLES, Group, GroupMember, School, Teacher, TeacherRole, outbox
 from services.common.scope import Scope
@@ -214,7 +214,7 @@ def _apply_row(session: Session, school: School, row: RosterRow) -> str:
         session.add(teacher)
         session.flush()
         _join_group(session, school, teacher, group_name)
-        outbox.add(session, "teacher.joined", teacher_event(session, teacher), subject=f"teacher/{teacher.id}")
+        announce_teacher(session, "teacher.joined", teacher)
         return "created"
     before = teacher_out(session, teacher)
     joined_group = _join_group(session, school, teacher, group_name)
@@ -222,7 +222,7 @@ def _apply_row(session: Session, school: School, row: RosterRow) -> str:
     if after == before:
         return "unchanged"
     if joined_group and after == {**before, "group_ids": after["group_ids"]}:
-        outbox.add(session, "teacher.changed", teacher_event(session, teacher), subject=f"teacher/{teacher.id}")
+        announce_teacher(session, "teacher.changed", teacher)
     return "updated"
 
 
@@ -239,7 +239,8 @@ def _join_group(session: Session, school: School, teacher: Teacher, group_name: 
         session.add(group)
         session.flush()
         outbox.add(session, "group.created", {"id": group.id, "kind": "research", "school_id": school.id,
-                                               "name": group_name}, subject=f"group/{group.id}")
+                                               "name": group_name},
+                   bureau_id=group.bureau_id, subject=f"group/{group.id}")
     if session.get(GroupMember, (group.id, teacher.id)) is not None:
         return False
     session.add(GroupMember(group_id=group.id, teacher_id=teacher.id))

@@ -219,7 +219,8 @@ def _store(session: Session, prepared: Prepared, recorded_by: str) -> Activity:
     verb = "corrected" if original is not None else "recorded"
     outbox.add(
         session, f"activity.{verb}.{activity.kind}", xapi.statement(activity),
-        subject=f"activity/{activity.id}", event_id=activity.id, time=activity.recorded_at,
+        bureau_id=activity.bureau_id, subject=f"activity/{activity.id}", event_id=activity.id,
+        time=activity.recorded_at,
     )
     session.flush()
     return activity

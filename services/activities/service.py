@@ -7,33 +7,26 @@ Consumed events: accounts' `teacher.joined/changed/left` (its roster) and the cl
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from amqp.exceptions import NotFound as QueueMissing
-from kombu import Connection
-from nameko.dependency_providers import Config
-
-from services.activities import classroom, log, moderation, queries, replay, roster, statement_query
-from services.activities.exceptions import NotFound
+from services.activities import classroom, log, moderation, queries, roster, statement_query
 from services.activities.models import outbox, processed_events
-from services.common.config import amqp_uri
 from services.common.db import Database
 from services.common.entrypoints import rpc
 from services.common.events import OutboxRelay
 from services.common.health import HealthRpc
 from services.common.metrics import ServiceMetrics
+from services.common.replay import ReplayRpc
 from services.common.scope import Scope
 from services.common.subscriber import cloud_event_handler
 
 
-class ActivitiesService(HealthRpc):
+class ActivitiesService(HealthRpc, ReplayRpc):
     name = "activities"
 
     db = Database("activities")
     metrics = ServiceMetrics("activities")
     events = OutboxRelay(outbox)
-    config = Config()
 
     # --- recording ------------------------------------------------------------------------------
     @rpc
@@ -69,33 +62,6 @@ class ActivitiesService(HealthRpc):
         consistent_through = statement_query.consistent_through()  # taken before reading, as it promises
         body = statement_query.query(self.db, Scope.from_dict(scope), params or {}, languages)
         return {"body": body, "consistent_through": consistent_through}
-
-    # --- the event stream -----------------------------------------------------------------------
-    @rpc
-    def replay_events(self, scope: dict, data: dict) -> dict[str, Any]:
-        """Re-publish events since `since` (matching `routing_keys`) to the existing queue `queue`."""
-        uri = self.config_uri()
-        with Connection(uri, transport_options={"confirm_publish": True}) as connection:
-            producer = connection.Producer()
-            checked: set[str] = set()
-
-            def publish(queue: str, body: bytes, headers: Mapping[str, Any], properties: Mapping[str, Any]) -> None:
-                if queue not in checked:
-                    try:
-                        connection.default_channel.queue_declare(queue=queue, passive=True)
-                    except QueueMissing as error:
-                        raise NotFound(f"Queue {queue!r} does not exist; declare and bind it first.") from error
-                    checked.add(queue)
-                producer.publish(
-                    body, exchange="", routing_key=queue, headers=dict(headers),
-                    content_type="application/json", content_encoding="utf-8", delivery_mode=2,
-                    message_id=properties["message_id"], type=properties["type"], retry=False,
-                )
-
-            return replay.replay(self.db, Scope.from_dict(scope), data, publish)
-
-    def config_uri(self) -> str:
-        return self.config.get("AMQP_URI") or amqp_uri()
 
     @cloud_event_handler("accounts", roster.TEACHER_EVENT_KEYS)
     def on_teacher_event(self, body: dict, attributes: dict) -> None:

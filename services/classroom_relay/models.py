@@ -22,7 +22,9 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
-outbox = Outbox("classroom_relay", metadata)
+# Payload schemas, named as in docs/events/asyncapi.yaml.
+outbox = Outbox("classroom_relay", metadata, schemas={
+    "session": "session_classroom", "classroom": "session_classroom", "stream": "stream_quality"})
 
 MBIT = 1_000_000
 # Targets from the source document (seed 004): master school 100M, broadcasting room ≥ 25M, branch ≥ 10M.

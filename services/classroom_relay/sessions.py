@@ -525,8 +525,10 @@ def _event_body(live: LiveSession, member: SessionClassroom) -> dict[str, Any]:
     }
 
 
-def _subject(live: LiveSession, member: SessionClassroom) -> str:
-    return f"session/{live.id}/classroom/{member.classroom_id}"
+def _routing(live: LiveSession, member: SessionClassroom) -> dict[str, Any]:
+    """An event's subject and bureau (the bureau of the classroom's school)."""
+    return {"subject": f"session/{live.id}/classroom/{member.classroom_id}",
+            "bureau_id": member.classroom.school.bureau_id}
 
 
 def _require_free(session: Session, live: LiveSession, member: SessionClassroom) -> None:
@@ -598,10 +600,10 @@ def start_session(
         _join(session, live, member, now)
     live.status = "live"
     live.started_at = now
-    outbox.add(session, "session.started", _event_body(live, master), subject=_subject(live, master))
+    outbox.add(session, "session.started", _event_body(live, master), **_routing(live, master))
     for member in joining:
         if member.role == "branch":
-            outbox.add(session, "classroom.joined", _event_body(live, member), subject=_subject(live, member))
+            outbox.add(session, "classroom.joined", _event_body(live, member), **_routing(live, member))
     session.flush()
     return dump_session(live)
 
@@ -611,7 +613,7 @@ def _leave(session: Session, live: LiveSession, member: SessionClassroom, now: d
     member.state = "left"
     member.left_at = now
     if was_joined and member.role == "branch":
-        outbox.add(session, "classroom.left", _event_body(live, member), subject=_subject(live, member))
+        outbox.add(session, "classroom.left", _event_body(live, member), **_routing(live, member))
 
 
 def end_session(session: Session, scope: Scope, session_id: Any, now: datetime | None = None) -> dict[str, Any]:
@@ -627,7 +629,7 @@ def end_session(session: Session, scope: Scope, session_id: Any, now: datetime |
     for member in branches:
         _leave(session, live, member, now)
     master.state, master.left_at = "left", now
-    outbox.add(session, "session.ended", _event_body(live, master), subject=_subject(live, master))
+    outbox.add(session, "session.ended", _event_body(live, master), **_routing(live, master))
     live.occurrences_held += 1
     live.started_at = None
     live.dataplane = None  # the next occurrence is placed again when it starts
@@ -672,7 +674,7 @@ def join_branch(
         session.add(member)
     _join(session, live, member, now)
     session.flush()
-    outbox.add(session, "classroom.joined", _event_body(live, member), subject=_subject(live, member))
+    outbox.add(session, "classroom.joined", _event_body(live, member), **_routing(live, member))
     return dump_member(member)
 
 
@@ -901,7 +903,7 @@ def record_stream_health(
             "send_rate_bps": int(output.get("send_rate_bytes_per_second", 0) * 8),
             "loss_ratio": output.get("loss_ratio", 0.0),
             "at": iso(now),
-        }, subject=_subject(live, member))
+        }, **_routing(live, member))
         added.append(routing_key)
     session.flush()
     return added

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import unquote, urlsplit
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_AMQP_URI = "amqp://guest:guest@127.0.0.1:5672/"
+MANAGEMENT_PORT = 15672
 # Each service owns its own database; `{service}` in the URL is replaced by the service name so one
 # variable can name a database per service (e.g. postgresql://db/lianxiao_{service}).
 DEFAULT_DATABASE_URL = f"sqlite:///{REPO_ROOT / 'var' / '{service}.db'}"
@@ -14,6 +17,24 @@ DEFAULT_DATABASE_URL = f"sqlite:///{REPO_ROOT / 'var' / '{service}.db'}"
 
 def amqp_uri() -> str:
     return os.environ.get("AMQP_URI", DEFAULT_AMQP_URI)
+
+
+@dataclass(frozen=True)
+class ManagementApi:
+    """RabbitMQ's management API for the broker and vhost of an AMQP URI, with that URI's user."""
+
+    base_url: str
+    auth: tuple[str, str]
+    vhost: str
+
+    @classmethod
+    def of(cls, amqp: str, management_url: str | None = None) -> ManagementApi:
+        parts = urlsplit(amqp)
+        vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+        default_url = f"http://{parts.hostname or '127.0.0.1'}:{MANAGEMENT_PORT}"
+        auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
+        return cls((management_url or os.environ.get("RABBITMQ_MANAGEMENT_URL") or default_url).rstrip("/"),
+                   auth, vhost)
 
 
 def database_url(service: str, config: dict | None = None) -> str:

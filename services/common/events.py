@@ -5,8 +5,9 @@ A domain module adds an outbox row in the same transaction as the change it desc
 between commit and publish delays an event, never loses it; consumers deduplicate on the event id.
 
 Messages go to the service's topic exchange `<service>.events` (the exchange nameko's own
-`@event_handler` binds to) with the routing key as the event type, a JSON body, and the CloudEvents
-attributes as AMQP application properties (`cloudEvents:<name>`, per the CloudEvents AMQP binding).
+`@event_handler` binds to) with the routing key `bureau.<bureau id>.<event type>` (see
+`bureau_routing_key`), a JSON body, and the CloudEvents attributes as AMQP application properties
+(`cloudEvents:<name>`, per the CloudEvents AMQP binding).
 """
 
 from __future__ import annotations
@@ -53,6 +54,35 @@ def event_exchange(service: str) -> Exchange:
     return Exchange(f"{service}.events", type="topic", durable=True, auto_delete=False)
 
 
+# --- routing keys: the bureau first, so a broker user can be limited to its bureaus -----------------
+
+BUREAU_KEY_PREFIX = "bureau"
+
+
+def bureau_routing_key(bureau_id: int, event_type: str) -> str:
+    """`bureau.<id>.<event type>`: RabbitMQ topic permissions (a regex on binding keys, see
+    services/accounts/broker_users.py) can then allow a subscriber its own bureaus' events only."""
+    return f"{BUREAU_KEY_PREFIX}.{int(bureau_id)}.{event_type}"
+
+
+def any_bureau(event_pattern: str) -> str:
+    """The binding key of an event-type pattern in every bureau (the platform's own consumers)."""
+    return f"{BUREAU_KEY_PREFIX}.*.{event_pattern}"
+
+
+def event_type_of(routing_key: str) -> str:
+    """The event type of a routing key (`bureau.3.teacher.joined` → `teacher.joined`)."""
+    prefix, _, rest = routing_key.partition(".")
+    if prefix != BUREAU_KEY_PREFIX:
+        return routing_key
+    return rest.partition(".")[2]
+
+
+def dataschema_url(service: str, schema: str, version: int) -> str:
+    """`cloudEvents:dataschema`: the payload's schema, named as in docs/events/asyncapi.yaml."""
+    return f"{SCHEMA_BASE}/{service}/{schema}/v{version}.json"
+
+
 def cloud_event_headers(row: Mapping[str, Any]) -> dict[str, str]:
     headers = {
         "id": row["event_id"],
@@ -67,6 +97,15 @@ def cloud_event_headers(row: Mapping[str, Any]) -> dict[str, str]:
     return {HEADER_PREFIX + name: value for name, value in headers.items() if value is not None}
 
 
+def outbox_message(row: Mapping[str, Any]) -> dict[str, Any]:
+    """How an outbox row goes on the wire (kombu `Producer.publish` arguments, exchange aside)."""
+    return {
+        "body": row["body"].encode(), "routing_key": row["routing_key"], "headers": cloud_event_headers(row),
+        "content_type": "application/json", "content_encoding": "utf-8", "message_id": row["event_id"],
+        "type": row["type"], "delivery_mode": 2,
+    }
+
+
 def read_cloud_event_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
     """The CloudEvents attributes of a received message, without the AMQP prefix."""
     return {
@@ -79,8 +118,11 @@ def read_cloud_event_headers(headers: Mapping[str, Any] | None) -> dict[str, Any
 class Outbox:
     """The outbox table of one service and the way domain code adds events to it."""
 
-    def __init__(self, service: str, metadata: MetaData, schema_version: int = 1) -> None:
+    def __init__(self, service: str, metadata: MetaData, schema_version: int = 1,
+                 schemas: Mapping[str, str] | None = None) -> None:
         self.service = service
+        # Payload schema by event type (or its first words); by default the event type's first word.
+        self.schemas = dict(schemas or {})
         self.source = f"/lianxiao/{service}"
         # Counts events added in this process, so the relay wakes only after workers that wrote some.
         self.added = 0
@@ -107,21 +149,22 @@ class Outbox:
         routing_key: str,
         data: Mapping[str, Any],
         *,
+        bureau_id: int,
         subject: str | None = None,
         event_id: str | None = None,
         time: datetime | None = None,
     ) -> str:
-        """Queue an event inside the caller's transaction; returns its id."""
+        """Queue an event (`routing_key`: its type, e.g. `teacher.joined`) of one bureau inside the
+        caller's transaction; returns its id."""
         event_id = event_id or str(uuid.uuid4())
-        kind = routing_key.split(".")[0]
         session.execute(
             self.table.insert().values(
                 event_id=event_id,
-                routing_key=routing_key,
+                routing_key=bureau_routing_key(bureau_id, routing_key),
                 type=f"cn.lianxiao.{self.service}.{routing_key}",
                 source=self.source,
                 subject=subject,
-                dataschema=f"{SCHEMA_BASE}/{self.service}/{kind}/v{self.schema_version}.json",
+                dataschema=dataschema_url(self.service, self.schema_of(routing_key), self.schema_version),
                 time=time or utcnow(),
                 body=json.dumps(data, ensure_ascii=False, default=str),
                 attempts=0,
@@ -129,6 +172,14 @@ class Outbox:
         )
         self.added += 1
         return event_id
+
+    def schema_of(self, event_type: str) -> str:
+        words = event_type.split(".")
+        for length in range(len(words), 0, -1):
+            schema = self.schemas.get(".".join(words[:length]))
+            if schema is not None:
+                return schema
+        return words[0]
 
     def backlog(self, session: Session) -> int:
         query = select(func.count()).select_from(self.table).where(self.table.c.published_at.is_(None))

@@ -1,9 +1,10 @@
 """Consuming other services' events: CloudEvents headers in, each event processed once, bad ones kept.
 
 `cloud_event_handler(source_service, routing_keys)` declares a durable queue
-`evt-<source>--<service>.<method>` bound to the exchange `<source>.events` with each routing key, and
-calls the decorated method with `(body, attributes)` where `attributes` are the message's CloudEvents
-attributes (`id`, `type`, `time`, ...) plus `routing_key`.
+`evt-<source>--<service>.<method>` bound to the exchange `<source>.events` with each event-type
+pattern in every bureau (`bureau.*.<pattern>`), and calls the decorated method with
+`(body, attributes)` where `attributes` are the message's CloudEvents attributes (`id`, `type`,
+`time`, ...) plus `routing_key`: the event type, without the bureau.
 
 - A message that can never be processed — a body that is not JSON, no event id, or a handler that
   raises `InvalidInput` — is re-published with its reason to the durable queue
@@ -30,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from services.common.config import amqp_uri, durable_queue_arguments
 from services.common.errors import InvalidInput
-from services.common.events import event_exchange, read_cloud_event_headers
+from services.common.events import any_bureau, event_exchange, event_type_of, read_cloud_event_headers
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class CloudEventHandler(Consumer):
         # Named after the handler, like nameko's own event handlers: renaming one leaves a queue behind.
         self.queue = Queue(
             f"evt-{self.source_service}--{service}.{self.method_name}",
-            bindings=[binding(exchange, routing_key=key) for key in self.routing_keys],
+            bindings=[binding(exchange, routing_key=any_bureau(key)) for key in self.routing_keys],
             durable=True,
             auto_delete=False,
             queue_arguments=durable_queue_arguments(),
@@ -142,7 +143,7 @@ class CloudEventHandler(Consumer):
     def handle_message(self, body: Any, message: Any) -> None:
         attributes = read_cloud_event_headers(message.headers)
         # Not a CloudEvents attribute: the routing key the event arrived with, for handlers of several.
-        attributes["routing_key"] = (message.delivery_info or {}).get("routing_key", "")
+        attributes["routing_key"] = event_type_of((message.delivery_info or {}).get("routing_key", ""))
         problem = None
         if not attributes.get("id"):
             problem = "No cloudEvents:id header: the event cannot be deduplicated."

@@ -11,8 +11,8 @@ from __future__ import annotations
 import base64
 import json
 import uuid
-from collections.abc import Callable, Iterator
-from datetime import datetime
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -22,9 +22,8 @@ from ralph.models.xapi.base.statements import BaseXapiStatement
 from sqlalchemy.orm import Session
 from tincan import Activity, Agent, AgentAccount, RemoteLRS, Verb
 
-from services.activities import log, roster, xapi
+from services.activities import log, xapi
 from services.activities.schemas import KINDS
-from services.activities.service import ActivitiesService
 from services.common.db import make_engine
 from tests.activities.every_kind import RELAY_KINDS, activity_of
 
@@ -35,30 +34,12 @@ XAPI = {"X-Experience-API-Version": "1.0.3"}
 
 
 @pytest.fixture(scope="module")
-def activities_service(platform_config: dict[str, Any], migrate: Callable[[str], str], city: City,
-                       ) -> Iterator[ServiceRunner]:
-    url = migrate("activities")
-    engine = make_engine(url)
-    with Session(engine) as session, session.begin():
-        for key, roles in (("east_one", ["teacher"]), ("east_two", ["teacher", "moderator"]),
-                           ("west", ["teacher"])):
-            district = city.districts["west" if key == "west" else "east"]
-            roster.apply_teacher_event(session, "teacher.joined", {
-                "id": city.teachers[key], "school_id": city.schools[key], "district_id": district,
-                "bureau_id": city.bureau_id, "roles": roles, "group_ids": [], "active": True}, "2025-01-01T00:00:00Z")
-    engine.dispose()
-    runner = ServiceRunner({**platform_config, "METRICS_PORT": 0})
-    runner.add_service(ActivitiesService)
-    runner.start()
-    yield runner
-    runner.kill()
-
-
-@pytest.fixture(scope="module")
 def recorded(gateway: str, city: City, activities_service: ServiceRunner, migrate: Callable[[str], str],
              ) -> dict[str, Any]:
     """Every kind by the east_one teacher, a correction, a hidden comment; what an LRS reader should see."""
     author, colleague = city.teachers["east_one"], city.teachers["east_two"]
+    # Other modules record in this bureau too: reads that count start from here.
+    since = xapi.iso(datetime.now(UTC) - timedelta(milliseconds=1))
     post = activity_of("blog_post", author, colleague, "")
     items = [post] + [activity_of(kind, author, colleague, post["id"])
                       for kind in KINDS if kind not in (*RELAY_KINDS, "blog_post")]
@@ -85,7 +66,7 @@ def recorded(gateway: str, city: City, activities_service: ServiceRunner, migrat
     assert answer.status_code == 200, answer.text
     counting = [item["id"] for item in items if item["id"] not in (original["id"], comment["id"])]
     return {"items": items, "post": post, "original": original, "correction": correction, "comment": comment,
-            "counting": [*counting, correction["id"]],
+            "counting": [*counting, correction["id"]], "since": since,
             "correction_voiding": xapi.correction_voiding_id(correction["id"])}
 
 
@@ -129,7 +110,7 @@ def test_about_and_headers(gateway: str, city: City, recorded: dict[str, Any]) -
 def test_a_stock_client_reads_every_kind_with_voiding_in_place_of_hidden_and_corrected(
         gateway: str, city: City, recorded: dict[str, Any]) -> None:
     client = lrs(gateway, city.tokens["bureau_read"])
-    statements = read_all(client, {"ascending": True, "limit": 4})
+    statements = read_all(client, {"ascending": True, "limit": 4, "since": recorded["since"]})
     by_id = {statement["id"]: statement for statement in statements}
     voiding = {statement["object"]["id"]: statement for statement in statements
                if statement["verb"]["id"] == xapi.VOIDED_VERB}
@@ -139,7 +120,7 @@ def test_a_stock_client_reads_every_kind_with_voiding_in_place_of_hidden_and_cor
     assert {statement["verb"]["id"] for statement in statements} == verbs | {xapi.VOIDED_VERB}
     stored = [statement["stored"] for statement in statements]
     assert stored == sorted(stored)
-    newest_first = read_all(client, {"limit": 0})
+    newest_first = read_all(client, {"limit": 0, "since": recorded["since"]})
     assert [statement["id"] for statement in newest_first] == [statement["id"] for statement in statements][::-1]
 
     one = client.retrieve_statement(recorded["post"]["id"])
@@ -155,14 +136,14 @@ def test_a_stock_client_reads_every_kind_with_voiding_in_place_of_hidden_and_cor
 def test_every_query_parameter(gateway: str, city: City, recorded: dict[str, Any]) -> None:
     client = lrs(gateway, city.tokens["bureau_read"])
     author, west = city.teachers["east_one"], city.teachers["west"]
-    by_author = read_all(client, {"agent": agent(author), "related_agents": True})
+    by_author = read_all(client, {"agent": agent(author), "related_agents": True, "since": recorded["since"]})
     others = [item for item in by_author if item["actor"]["account"]["name"] != f"teacher/{author}"]
     # The moderator's voiding statement matches through its target, the author's comment (xAPI's rule).
     assert [(item["verb"]["id"], item["object"]["id"]) for item in others] == [
         (xapi.VOIDED_VERB, recorded["comment"]["id"])]
     assert len(by_author) == len(recorded["counting"]) - 1 + 2  # minus west's post, plus two voiding
-    assert len(read_all(client, {"agent": agent(west)})) == 1
-    comments = read_all(client, {"verb": Verb(id=KINDS["comment"].verb)})
+    assert len(read_all(client, {"agent": agent(west), "since": recorded["since"]})) == 1
+    comments = read_all(client, {"verb": Verb(id=KINDS["comment"].verb), "since": recorded["since"]})
     assert [statement["verb"]["id"] for statement in comments] == [xapi.VOIDED_VERB]  # the comment was hidden
     about_post = read_all(client, {"activity": Activity(id=xapi.ACTIVITY_BASE + recorded["post"]["id"]),
                                    "related_activities": True, "ascending": True})

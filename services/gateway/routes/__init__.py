@@ -16,12 +16,13 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from services.gateway.routes import accounts, activities, relay, reporting
+from services.gateway.routes import accounts, activities, events, relay, reporting
 from services.gateway.routes.base import Route
 
 ROUTE_MODULES: list[ModuleType] = [
     accounts,
     activities,
+    events,
     relay,
     reporting,
 ]
