@@ -14,8 +14,6 @@ from sqlalchemy.orm import Session
 from services.accounts import schemas
 from services.accounts.exceptions import Conflict, Forbidden, InvalidInput, NotFound
 from services.accounts.models import (
-    DEFAULT_MASTER_LINK_BPS,
-    DEFAULT_SCHOOL_LINK_BPS,
     Alliance,
     AllianceMember,
     Bureau,
@@ -127,7 +125,7 @@ def create_school(session: Session, scope: Scope, data: dict[str, Any]) -> dict[
             raise InvalidInput("The district belongs to another bureau.", {"district_id": ["Another bureau's."]})
     if values["link_capacity_bps"] is None:
         is_master = values["kind"] == "master"
-        values["link_capacity_bps"] = DEFAULT_MASTER_LINK_BPS if is_master else DEFAULT_SCHOOL_LINK_BPS
+        values["link_capacity_bps"] = schemas.DEFAULT_MASTER_LINK_BPS if is_master else schemas.DEFAULT_SCHOOL_LINK_BPS
     school = School(**values)
     session.add(school)
     flush_or_conflict(session, f"School code {values['code']!r} is already used in this bureau.")

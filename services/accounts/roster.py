@@ -7,6 +7,8 @@ nothing. Teachers absent from the file are left as they are (leaving is an expli
 
 from __future__ import annotations
 
+import base64
+import binascii
 import csv
 import io
 import zipfile
@@ -19,10 +21,10 @@ from sqlalchemy.orm import Session
 
 from services.accounts.directory import announce_teacher, apply_teacher_changes, school_in_scope, teacher_out
 from services.accounts.exceptions import InvalidInput, RosterRejected
-from services.accounts.models import ROLES, Group, GroupMember, School, Teacher, TeacherRole, outbox
+from services.accounts.models import Group, GroupMember, School, Teacher, TeacherRole, outbox
+from services.accounts.schemas import ROLES, ROSTER_MAX_FILE_BYTES
 from services.common.scope import Scope
 
-MAX_FILE_BYTES = 5 * 1024 * 1024
 MAX_ROWS = 5000
 
 COLUMNS: dict[str, tuple[str, ...]] = {
@@ -59,10 +61,18 @@ class RosterRow:
     roles: list[str] = field(default_factory=list)
 
 
+def decode_upload(content_base64: str) -> bytes:
+    """The file's bytes from an RPC body (JSON carries them as base64)."""
+    try:
+        return base64.b64decode(content_base64, validate=True)
+    except (binascii.Error, TypeError, ValueError) as error:
+        raise InvalidInput("content_base64 is not valid base64.") from error
+
+
 def read_table(filename: str, content: bytes) -> list[list[str]]:
     """The cells of the file's first sheet as text, header row first."""
-    if len(content) > MAX_FILE_BYTES:
-        raise InvalidInput(f"The file is {len(content)} bytes; at most {MAX_FILE_BYTES} are accepted.")
+    if len(content) > ROSTER_MAX_FILE_BYTES:
+        raise InvalidInput(f"The file is {len(content)} bytes; at most {ROSTER_MAX_FILE_BYTES} are accepted.")
     lower = filename.lower()
     if lower.endswith(".xlsx"):
         return _read_xlsx(content)

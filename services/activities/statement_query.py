@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session, aliased
 from services.activities import xapi
 from services.activities.exceptions import InvalidInput, NotFound
 from services.activities.models import Activity
-from services.activities.schemas import KINDS
+from services.activities.schemas import KINDS, MAX_STATEMENTS, StatementQuery
 from services.common.scope import Scope
 from services.common.timeutil import as_utc, utcnow
 from services.common.validation import load
@@ -53,7 +53,7 @@ def query(session: Session, scope: Scope, params: dict[str, Any], languages: lis
           ) -> dict[str, Any]:
     """A single Statement (`statementId`/`voidedStatementId`) or a StatementResult {statements, more}."""
     given = {key: value for key, value in params.items() if value is not None}
-    values = load(xapi.StatementQuery(), given)
+    values = load(StatementQuery(), given)
     languages = languages or []
     if values["statementId"] is not None and values["voidedStatementId"] is not None:
         raise InvalidInput("Send statementId or voidedStatementId, not both.",
@@ -273,7 +273,7 @@ def statement_page(session: Session, scope: Scope, values: dict[str, Any]) -> Pa
         query = query.where(_after(rows, Position.decode(values["cursor"]), ascending))
     order = (rows.c.stored, rows.c.sequence, rows.c.part)
     query = query.order_by(*(column.asc() if ascending else column.desc() for column in order))
-    limit = min(values["limit"] or xapi.MAX_LIMIT, xapi.MAX_LIMIT)
+    limit = min(values["limit"] or MAX_STATEMENTS, MAX_STATEMENTS)
     found = session.execute(query.limit(limit + 1)).all()
     next_cursor = None
     if len(found) > limit:

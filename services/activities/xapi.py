@@ -24,15 +24,12 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from marshmallow import fields, validate
-
 from services.activities.exceptions import InvalidInput
 from services.activities.models import Activity
-from services.activities.schemas import KINDS, StrictSchema
+from services.activities.schemas import KINDS, XAPI_VERSION
 from services.common.scope import Scope
 from services.common.timeutil import as_utc
 
-XAPI_VERSION = "1.0.3"
 HOME_PAGE = "https://lianxiao.example"
 ACTIVITY_BASE = f"{HOME_PAGE}/xapi/activities/"
 ACTIVITY_TYPE_BASE = f"{HOME_PAGE}/xapi/activity-types/"
@@ -41,9 +38,6 @@ VOIDED_VERB = "http://adlnet.gov/expapi/verbs/voided"
 # A correction's voiding statement has the correction's id with these bits flipped (version and
 # variant bits untouched), so the id is stable, unique and leads back to the correction.
 CORRECTION_VOIDING_MASK = 0x5A5A5A5A_5A5A_0A5A_1A5A_5A5A5A5A5A5A
-MAX_LIMIT = 500
-DEFAULT_LIMIT = 100
-FORMATS = ("exact", "ids", "canonical")
 
 
 def extension(name: str) -> str:
@@ -190,25 +184,7 @@ def formatted(statement: dict[str, Any], form: str, languages: list[str]) -> dic
     return out
 
 
-# --- GET /xapi/statements parameters --------------------------------------------------------------
-
-
-class StatementQuery(StrictSchema):
-    statementId = fields.UUID(load_default=None, allow_none=True)
-    voidedStatementId = fields.UUID(load_default=None, allow_none=True)
-    agent = fields.Raw(load_default=None, allow_none=True)
-    verb = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
-    activity = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
-    registration = fields.UUID(load_default=None, allow_none=True)
-    related_activities = fields.Boolean(load_default=False)
-    related_agents = fields.Boolean(load_default=False)
-    since = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
-    until = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
-    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=0))
-    format = fields.String(load_default="exact", validate=validate.OneOf(FORMATS))
-    attachments = fields.Boolean(load_default=False)
-    ascending = fields.Boolean(load_default=False)
-    cursor = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
+# --- cursors and scope ------------------------------------------------------------------------------
 
 
 def encode_cursor(sequence: int) -> str:

@@ -8,12 +8,11 @@ and publishes `stream.degraded` / `stream.recovered`, and refreshes the placemen
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from nameko.timer import timer
 
-from services.classroom_relay import sessions
+from services.classroom_relay import sessions, settings
 from services.classroom_relay.dataplane_client import DataPlaneLink
 from services.classroom_relay.models import outbox
 from services.common.db import Database
@@ -24,7 +23,7 @@ from services.common.metrics import ServiceMetrics
 from services.common.replay import ReplayRpc
 from services.common.scope import Scope
 
-HEALTH_CHECK_SECONDS = float(os.environ.get("RELAY_HEALTH_INTERVAL", "2.0"))
+HEALTH_CHECK_SECONDS = settings.HEALTH_INTERVAL.get()
 
 
 class ClassroomRelayService(HealthRpc, ReplayRpc):

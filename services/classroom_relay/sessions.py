@@ -3,7 +3,7 @@ the SDP of each receiving classroom, the data plane's desired state and stream h
 
 Plain functions over a SQLAlchemy session; the caller owns the transaction. Every fact others react
 to is added to the outbox in the same transaction. Bandwidth is committed only while a classroom is
-`joined` to a live session; admission checks it against every link the flows cross (admission.py).
+`joined` to a live session; admission checks it against every link the flows cross (link_budgets.py).
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.classroom_relay import admission, placement, schemas
+from services.classroom_relay import link_budgets, placement, schemas
 from services.classroom_relay.dataplane.admission import issue_token, verify_token
 from services.classroom_relay.exceptions import (
     Conflict,
@@ -57,7 +57,7 @@ class RelaySettings:
     """Tunables from the environment (or nameko config): see `settings_from`."""
 
     join_secrets: list[str] = field(default_factory=lambda: [DEV_JOIN_SECRET])
-    headroom: float = admission.DEFAULT_HEADROOM
+    headroom: float = link_budgets.DEFAULT_HEADROOM
     branch_target_bps: int = 10 * MBIT
     loss_degraded_ratio: float = 0.05
     # A branch is "below target" when it gets less than this share of what it could get.
@@ -245,8 +245,8 @@ def create_classroom(session: Session, scope: Scope, data: dict[str, Any]) -> di
         raise Conflict(f"School {school.id} is already registered in bureau {school.bureau_id}.")
     elif link is not None and link != school.link_capacity_bps:
         raise Conflict(
-            f"School {school.id}'s link is registered as {admission.mbit(school.link_capacity_bps)}, "
-            f"not {admission.mbit(link)}; change it with set_school_link.",
+            f"School {school.id}'s link is registered as {link_budgets.mbit(school.link_capacity_bps)}, "
+            f"not {link_budgets.mbit(link)}; change it with set_school_link.",
             {"school_link_capacity_bps": school.link_capacity_bps},
         )
     room = Classroom(
@@ -274,11 +274,11 @@ def set_school_link(session: Session, scope: Scope, school_id: Any, link_capacit
         raise Forbidden(f"School {school_id} is outside this token's scope ({scope.describe()}).")
     if not isinstance(link_capacity_bps, int) or isinstance(link_capacity_bps, bool) or link_capacity_bps < MBIT:
         raise InvalidInput("link_capacity_bps must be an integer of at least 1 000 000.")
-    in_use = admission.total_by_link(committed_loads(session)).get(admission.school_link(school.id), 0)
+    in_use = link_budgets.total_by_link(committed_loads(session)).get(link_budgets.school_link(school.id), 0)
     if in_use > link_capacity_bps:
         raise Conflict(
-            f"School {school.id} has {admission.mbit(in_use)} committed now; "
-            f"its link cannot shrink to {admission.mbit(link_capacity_bps)} during live sessions."
+            f"School {school.id} has {link_budgets.mbit(in_use)} committed now; "
+            f"its link cannot shrink to {link_budgets.mbit(link_capacity_bps)} during live sessions."
         )
     school.link_capacity_bps = link_capacity_bps
     return {"school_id": school.id, "link_capacity_bps": link_capacity_bps}
@@ -299,25 +299,25 @@ def list_classrooms(session: Session, scope: Scope, school_id: int | None = None
     return [dump_classroom(room) for room in rooms if covers(scope, room)]
 
 
-# --- admission helpers ----------------------------------------------------------------------------------
+# --- link budget helpers ----------------------------------------------------------------------------------
 
 
-def _room(room: Classroom) -> admission.Room:
-    return admission.Room(room.id, room.school_id, room.uplink_capacity_bps, room.downlink_capacity_bps)
+def _room(room: Classroom) -> link_budgets.Room:
+    return link_budgets.Room(room.id, room.school_id, room.uplink_capacity_bps, room.downlink_capacity_bps)
 
 
-def _member_loads(live: LiveSession, member: SessionClassroom) -> list[admission.Load]:
+def _member_loads(live: LiveSession, member: SessionClassroom) -> list[link_budgets.Load]:
     master = _room(_master_member(live).classroom)
     if member.role == "master":
-        return admission.source_loads(master, member.source_bps)
-    return admission.branch_loads(master, _room(member.classroom), member.downlink_bps, member.return_bps)
+        return link_budgets.source_loads(master, member.source_bps)
+    return link_budgets.branch_loads(master, _room(member.classroom), member.downlink_bps, member.return_bps)
 
 
-def committed_loads(session: Session, excluding_session: int | None = None) -> list[admission.Load]:
+def committed_loads(session: Session, excluding_session: int | None = None) -> list[link_budgets.Load]:
     query = select(SessionClassroom).where(SessionClassroom.state == "joined")
     if excluding_session is not None:
         query = query.where(SessionClassroom.session_id != excluding_session)
-    loads: list[admission.Load] = []
+    loads: list[link_budgets.Load] = []
     for member in session.scalars(query):
         loads += _member_loads(member.session, member)
     return loads
@@ -340,7 +340,7 @@ def _admit(
     schools = session.scalars(
         select(RelaySchool).where(RelaySchool.id.in_(school_ids)).order_by(RelaySchool.id).with_for_update()
     ).all()
-    capacities = admission.capacities_of(
+    capacities = link_budgets.capacities_of(
         [_room(room) for room in rooms], {school.id: school.link_capacity_bps for school in schools}
     )
     if alone:
@@ -350,7 +350,7 @@ def _admit(
         ]
     else:
         committed = committed_loads(session)
-    admission.check(capacities, committed, requested, headroom=settings.headroom, what=what)
+    link_budgets.check(capacities, committed, requested, headroom=settings.headroom, what=what)
 
 
 def _busy_elsewhere(session: Session, classroom_id: int, session_id: int) -> int | None:

@@ -27,28 +27,19 @@ from urllib.parse import quote
 
 import requests
 from kombu import Connection, Exchange, Queue
-from marshmallow import fields, validate
 from nameko.dependency_providers import Config
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.common.config import ManagementApi, amqp_uri
+from services.common.config import AMQP_URI, RABBITMQ_MANAGEMENT_URL, ManagementApi
 from services.common.entrypoints import rpc
 from services.common.errors import Forbidden, NotFound, ServiceUnavailable
 from services.common.events import BUREAU_KEY_PREFIX, Outbox, event_exchange, outbox_message
+from services.common.replay_schemas import ReplayIn
 from services.common.scope import Scope
-from services.common.validation import StrictSchema, load
+from services.common.validation import load
 
-MAX_REPLAY = 10_000
-DEFAULT_REPLAY = 1_000
-QUEUE_NAME = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,199}$", error="Not a queue name.")
 MANAGEMENT_TIMEOUT_SECONDS = 5.0
-
-
-class ReplayIn(StrictSchema):
-    queue = fields.String(required=True, validate=QUEUE_NAME)
-    since = fields.AwareDateTime(required=True)
-    limit = fields.Integer(load_default=DEFAULT_REPLAY, validate=validate.Range(min=1, max=MAX_REPLAY))
 
 
 def topic_matches(pattern: str, routing_key: str) -> bool:
@@ -178,7 +169,7 @@ class ReplayRpc:
     @rpc
     def replay_events(self, scope: dict, data: dict) -> dict[str, Any]:
         """{"exchange", "bindings", "republished", "complete", "last_event_time"}; see this module's doc."""
-        config = self.replay_config
-        broker = RabbitReplayBroker(config.get("AMQP_URI") or amqp_uri(), config.get("RABBITMQ_MANAGEMENT_URL"))
+        config = dict(self.replay_config)
+        broker = RabbitReplayBroker(AMQP_URI.get(config), RABBITMQ_MANAGEMENT_URL.get(config))
         outbox = type(self).events.outbox  # the declared provider (the worker's attribute is its value)
         return replay(self.db, outbox, Scope.from_dict(scope), data, broker)

@@ -5,17 +5,14 @@ auth.py) → per-token rate limit → handler (validates input with the services
 RPC, see rpc.py) → JSON. Every failure becomes problem+json (problems.py); every request is counted
 and timed (metrics.py). Served by gunicorn gthread workers (gunicorn.conf.py); no eventlet here.
 
-Configuration (environment, or the `config` mapping given to `create_app`, same names):
-AMQP_URI, GATEWAY_RPC_TIMEOUT_SECONDS (5), GATEWAY_READINESS_TIMEOUT_SECONDS (2),
-GATEWAY_AUTH_CACHE_SECONDS (30), GATEWAY_AUTH_CACHE_ENTRIES (10000),
-GATEWAY_RATE_LIMIT_PER_SECOND (20), GATEWAY_RATE_LIMIT_BURST (60).
+Configuration: AMQP_URI and the GATEWAY_* settings of settings.py, from the environment or the `config`
+mapping given to `create_app` (same names).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -27,9 +24,10 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from services.common.config import DEFAULT_AMQP_URI
+from services.common.config import AMQP_URI
 from services.common.errors import LianxiaoError, ServiceUnavailable
 from services.gateway import problems
+from services.gateway import settings as gateway_settings
 from services.gateway.auth import AuthenticationRequired, TokenVerifier
 from services.gateway.metrics import GatewayMetrics
 from services.gateway.openapi import build_spec
@@ -48,31 +46,25 @@ UNMATCHED_ROUTE = "unmatched"  # metrics label for 404s, so probes of random pat
 
 @dataclass(frozen=True)
 class Settings:
-    amqp_uri: str = DEFAULT_AMQP_URI
-    rpc_timeout_seconds: float = 5.0
-    readiness_timeout_seconds: float = 2.0
-    auth_cache_seconds: float = 30.0
-    auth_cache_entries: int = 10_000
-    rate_limit_per_second: float = 20.0
-    rate_limit_burst: int = 60
+    amqp_uri: str = AMQP_URI.default
+    rpc_timeout_seconds: float = gateway_settings.RPC_TIMEOUT_SECONDS.default
+    readiness_timeout_seconds: float = gateway_settings.READINESS_TIMEOUT_SECONDS.default
+    auth_cache_seconds: float = gateway_settings.AUTH_CACHE_SECONDS.default
+    auth_cache_entries: int = gateway_settings.AUTH_CACHE_ENTRIES.default
+    rate_limit_per_second: float = gateway_settings.RATE_LIMIT_PER_SECOND.default
+    rate_limit_burst: int = gateway_settings.RATE_LIMIT_BURST.default
 
     @classmethod
     def load(cls, config: Mapping[str, Any] | None = None) -> Settings:
-        """Values from `config`, else from the environment, else the defaults above."""
-        config = config or {}
-
-        def value(name: str, default: Any) -> Any:
-            raw = config.get(name, os.environ.get(name))
-            return type(default)(raw) if raw not in (None, "") else default
-
+        """Values from `config`, else from the environment, else the declared defaults."""
         return cls(
-            amqp_uri=value("AMQP_URI", cls.amqp_uri),
-            rpc_timeout_seconds=value("GATEWAY_RPC_TIMEOUT_SECONDS", cls.rpc_timeout_seconds),
-            readiness_timeout_seconds=value("GATEWAY_READINESS_TIMEOUT_SECONDS", cls.readiness_timeout_seconds),
-            auth_cache_seconds=value("GATEWAY_AUTH_CACHE_SECONDS", cls.auth_cache_seconds),
-            auth_cache_entries=value("GATEWAY_AUTH_CACHE_ENTRIES", cls.auth_cache_entries),
-            rate_limit_per_second=value("GATEWAY_RATE_LIMIT_PER_SECOND", cls.rate_limit_per_second),
-            rate_limit_burst=value("GATEWAY_RATE_LIMIT_BURST", cls.rate_limit_burst),
+            amqp_uri=AMQP_URI.get(config),
+            rpc_timeout_seconds=gateway_settings.RPC_TIMEOUT_SECONDS.get(config),
+            readiness_timeout_seconds=gateway_settings.READINESS_TIMEOUT_SECONDS.get(config),
+            auth_cache_seconds=gateway_settings.AUTH_CACHE_SECONDS.get(config),
+            auth_cache_entries=gateway_settings.AUTH_CACHE_ENTRIES.get(config),
+            rate_limit_per_second=gateway_settings.RATE_LIMIT_PER_SECOND.get(config),
+            rate_limit_burst=gateway_settings.RATE_LIMIT_BURST.get(config),
         )
 
 

@@ -17,22 +17,24 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+from services.gateway import settings
+
+_own_metrics_dir = settings.METRICS_DIR.get() is None
 if _own_metrics_dir:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lianxiao-gateway-metrics-")
-METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    os.environ[settings.METRICS_DIR.name] = tempfile.mkdtemp(prefix="lianxiao-gateway-metrics-")
+METRICS_DIR = Path(os.environ[settings.METRICS_DIR.name])
 
 wsgi_app = "services.gateway.wsgi:app"
-bind = [os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")]
+bind = [settings.BIND.get()]
 worker_class = "gthread"
-workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
-threads = int(os.environ.get("GATEWAY_THREADS", "8"))
+workers = settings.WORKERS.get()
+threads = settings.THREADS.get()
 timeout = 30  # a worker silent for this long is restarted; every RPC gives up well before (5 s, roster 30 s)
 graceful_timeout = 10
 keepalive = 5
-accesslog = os.environ.get("GATEWAY_ACCESS_LOG") or None  # "-" for stdout; never includes Authorization
+accesslog = settings.ACCESS_LOG.get()  # "-" for stdout; never includes Authorization
 errorlog = "-"
-loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info")
+loglevel = settings.GUNICORN_LOG_LEVEL.get()
 proc_name = "lianxiao-gateway"
 
 

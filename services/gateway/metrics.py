@@ -10,18 +10,17 @@ Every series carries `service="gateway"` so dashboards can put it beside the nam
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from services.common.metrics import LATENCY_BUCKETS
+from services.gateway.settings import METRICS_DIR
 
 SERVICE = "gateway"
 
 
 def multiprocess_enabled() -> bool:
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    return METRICS_DIR.get() is not None
 
 
 class GatewayMetrics:

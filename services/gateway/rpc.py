@@ -15,6 +15,7 @@ Domain errors (`LianxiaoError`) are answers, not failures: they pass through and
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -26,13 +27,13 @@ from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
 from nameko.rpc import ServiceProxy
 from nameko.standalone.rpc import SingleThreadedReplyListener, StandaloneProxyBase
 
+from services.common.errors import LianxiaoError, ServiceUnavailable
+from services.platform import SERVICES
+
 # Importing each service's exceptions registers its typed errors, so they arrive here as themselves
 # (e.g. the relay's AdmissionRefused → 409) instead of as an untyped RemoteError (→ 500).
-import services.accounts.exceptions
-import services.activities.exceptions
-import services.classroom_relay.exceptions
-import services.reporting.exceptions  # noqa: F401
-from services.common.errors import LianxiaoError, ServiceUnavailable
+for _service in SERVICES:
+    importlib.import_module(_service.exceptions_module)
 
 log = logging.getLogger(__name__)
 

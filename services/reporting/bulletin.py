@@ -16,24 +16,16 @@ from sqlalchemy.orm import Session
 
 from services.reporting import compliance, rules
 from services.reporting.compliance import Evaluation
-from services.reporting.periods import Period
 
 TOP = 10
 # The sections whose lines are teachers (named through `names.name_lines`).
 TEACHER_SECTIONS = ("excellent_teachers",)
 
 
-def _period_of(calendar: Any, kind: str, key: str) -> Period:
-    return calendar.month(key) if kind == "month" else calendar.term(key)
-
-
 def build(session: Session, bureau_id: int, kind: str, key: str, school_ids: list[int] | None = None,
           today: date | None = None, top: int = TOP) -> dict[str, Any]:
     """The bulletin of a month (`kind="month"`, key `2025-03`) or a term (`kind="term"`, its code)."""
-    current = rules.in_force(session, bureau_id)
-    period = _period_of(current.calendar, kind, key)
-    rule_set = rules.in_force(session, bureau_id, current.calendar.end_moment(period))
-    period = _period_of(rule_set.calendar, kind, key)
+    period, rule_set = rules.period_and_rules(session, bureau_id, kind, key)
     # District and alliance overrides in force when the period ended; the previous period (only the
     # baseline of "most improved") is judged by the same rules, so a change of rules is not "progress".
     overrides = rules.overrides_in_force(session, bureau_id, rule_set.calendar.end_moment(period))

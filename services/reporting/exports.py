@@ -7,6 +7,7 @@ otherwise run it as a formula (formula injection). Numbers are left as numbers.
 
 from __future__ import annotations
 
+import base64
 import csv
 import io
 from typing import Any
@@ -15,42 +16,10 @@ from openpyxl import Workbook
 from openpyxl.utils import get_column_letter
 
 from services.reporting.exceptions import InvalidInput
+from services.reporting.schemas import SECTION_KEYS, SECTIONS
 
 FORMULA_PREFIXES = ("=", "+", "-", "@", "\t", "\r")
-
-# (section key in the bulletin, sheet title, [(field, column header)])
-SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
-    ("schools", "学校", [
-        ("school_id", "学校ID"), ("code", "学校代码"), ("name", "学校"), ("district_name", "片区"),
-        ("teachers", "教师数"), ("compliant_teachers", "达标教师"), ("noncompliant_teachers", "未达标教师"),
-        ("noncompliant_share", "未达标比例"), ("compliant", "学校达标"), ("online_hours", "网络研修学时"),
-        ("offline_hours", "线下研修学时"), ("online_hours_per_teacher", "人均网络学时"), ("activities", "活动数"),
-        ("groups", "教研组数"), ("compliant_groups", "达标教研组"),
-    ]),
-    ("districts", "片区", [
-        ("district_id", "片区ID"), ("name", "片区"), ("schools", "学校数"), ("compliant_schools", "达标学校"),
-        ("teachers", "教师数"), ("noncompliant_teachers", "未达标教师"), ("noncompliant_share", "未达标比例"),
-        ("online_hours", "网络研修学时"), ("offline_hours", "线下研修学时"), ("activities", "活动数"),
-    ]),
-    ("excellent_teachers", "优秀教师", [
-        ("rank", "名次"), ("teacher_id", "教师ID"), ("name", "姓名"), ("staff_number", "工号"),
-        ("school_name", "学校"),
-        ("online_hours", "网络研修学时"), ("offline_hours", "线下研修学时"), ("activities", "活动数"),
-    ]),
-    ("excellent_groups", "优秀教研组", [
-        ("rank", "名次"), ("group_id", "教研组ID"), ("name", "教研组"), ("school_name", "学校"),
-        ("activities", "活动数"),
-    ]),
-    ("most_improved", "进步最大", [
-        ("rank", "名次"), ("school_id", "学校ID"), ("name", "学校"), ("compliant_share_before", "上期达标比例"),
-        ("compliant_share_now", "本期达标比例"), ("improvement", "提升"),
-    ]),
-    ("lagging_schools", "待改进学校", [
-        ("school_id", "学校ID"), ("name", "学校"), ("teachers", "教师数"), ("noncompliant_teachers", "未达标教师"),
-        ("noncompliant_share", "未达标比例"), ("misses", "未达标项目"),
-    ]),
-]
-SECTION_KEYS = [key for key, _, _ in SECTIONS]
+XLSX_TYPE = "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet"
 
 
 def section_title(section: str) -> str:
@@ -111,3 +80,17 @@ def to_xlsx(bulletin: dict[str, Any]) -> bytes:
     buffer = io.BytesIO()
     workbook.save(buffer)
     return buffer.getvalue()
+
+
+def download(report: dict[str, Any], request: dict[str, Any]) -> dict[str, Any]:
+    """A loaded `ExportIn` of a bulletin as `{"filename", "display_filename", "content_type", "content_base64"}`
+    (RPC bodies are JSON); `display_filename` is the Chinese title a person sees when saving it."""
+    if request["format"] == "csv":
+        content, content_type = to_csv(report, request["section"]), "text/csv; charset=utf-8"
+        filename = f"bulletin-{request['key']}-{request['section']}.csv"
+        display = f"{report['title']}-{section_title(request['section'])}.csv"
+    else:
+        content, content_type, filename = to_xlsx(report), XLSX_TYPE, f"bulletin-{request['key']}.xlsx"
+        display = f"{report['title']}.xlsx"
+    return {"filename": filename, "display_filename": display, "content_type": content_type,
+            "content_base64": base64.b64encode(content).decode("ascii")}

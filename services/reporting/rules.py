@@ -22,7 +22,7 @@ from services.common.timeutil import as_utc
 from services.reporting.exceptions import InvalidInput
 from services.reporting.kinds import ACTIVITY_KINDS
 from services.reporting.models import rule_sets
-from services.reporting.periods import DEFAULT_TIMEZONE, Calendar, Term, zone
+from services.reporting.periods import DEFAULT_TIMEZONE, Calendar, Period, Term, zone
 
 ROLES = (
     "teacher", "group_leader", "blog_host", "moderator", "middle_manager", "dean", "principal",
@@ -277,6 +277,18 @@ def in_force(session: Session, bureau_id: int, at: datetime | None = None, scope
     if row is None:
         return preset()
     return build(json.loads(row["body"]), row["version"], row["scope_kind"], row["scope_id"])
+
+
+def period_and_rules(session: Session, bureau_id: int, kind: str, key: str) -> tuple[Period, RuleSet]:
+    """A month (`kind="month"`, key `2025-03`) or term (its code), and the bureau's rules in force when it
+    ended; the period is read with that rule set's calendar (its terms and time zone)."""
+    current = in_force(session, bureau_id).calendar
+    rule_set = in_force(session, bureau_id, current.end_moment(_period(current, kind, key)))
+    return _period(rule_set.calendar, kind, key), rule_set
+
+
+def _period(calendar: Calendar, kind: str, key: str) -> Period:
+    return calendar.month(key) if kind == "month" else calendar.term(key)
 
 
 def describe(rule_set: RuleSet) -> dict[str, Any]:

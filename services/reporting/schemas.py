@@ -7,11 +7,44 @@ import re
 from marshmallow import ValidationError, fields, validate, validates_schema
 
 from services.common.validation import ID, StrictSchema
-from services.reporting.exports import SECTION_KEYS
 
 MONTH = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
 # A period in a query string: `month:2025-03` or `term:<term code>`.
 PERIOD_TEXT = re.compile(r"^(month:\d{4}-(0[1-9]|1[0-2])|term:[^\s]{1,40})$")
+
+# The bulletin's sections as exported: (section key in the bulletin, sheet title, [(field, column header)]).
+SECTIONS: list[tuple[str, str, list[tuple[str, str]]]] = [
+    ("schools", "学校", [
+        ("school_id", "学校ID"), ("code", "学校代码"), ("name", "学校"), ("district_name", "片区"),
+        ("teachers", "教师数"), ("compliant_teachers", "达标教师"), ("noncompliant_teachers", "未达标教师"),
+        ("noncompliant_share", "未达标比例"), ("compliant", "学校达标"), ("online_hours", "网络研修学时"),
+        ("offline_hours", "线下研修学时"), ("online_hours_per_teacher", "人均网络学时"), ("activities", "活动数"),
+        ("groups", "教研组数"), ("compliant_groups", "达标教研组"),
+    ]),
+    ("districts", "片区", [
+        ("district_id", "片区ID"), ("name", "片区"), ("schools", "学校数"), ("compliant_schools", "达标学校"),
+        ("teachers", "教师数"), ("noncompliant_teachers", "未达标教师"), ("noncompliant_share", "未达标比例"),
+        ("online_hours", "网络研修学时"), ("offline_hours", "线下研修学时"), ("activities", "活动数"),
+    ]),
+    ("excellent_teachers", "优秀教师", [
+        ("rank", "名次"), ("teacher_id", "教师ID"), ("name", "姓名"), ("staff_number", "工号"),
+        ("school_name", "学校"),
+        ("online_hours", "网络研修学时"), ("offline_hours", "线下研修学时"), ("activities", "活动数"),
+    ]),
+    ("excellent_groups", "优秀教研组", [
+        ("rank", "名次"), ("group_id", "教研组ID"), ("name", "教研组"), ("school_name", "学校"),
+        ("activities", "活动数"),
+    ]),
+    ("most_improved", "进步最大", [
+        ("rank", "名次"), ("school_id", "学校ID"), ("name", "学校"), ("compliant_share_before", "上期达标比例"),
+        ("compliant_share_now", "本期达标比例"), ("improvement", "提升"),
+    ]),
+    ("lagging_schools", "待改进学校", [
+        ("school_id", "学校ID"), ("name", "学校"), ("teachers", "教师数"), ("noncompliant_teachers", "未达标教师"),
+        ("noncompliant_share", "未达标比例"), ("misses", "未达标项目"),
+    ]),
+]
+SECTION_KEYS = [key for key, _, _ in SECTIONS]
 
 
 class PeriodIn(StrictSchema):

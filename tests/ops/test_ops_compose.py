@@ -35,9 +35,9 @@ def test_every_command_runs_something_that_exists() -> None:
         if command[:2] == ["python", "-m"]:
             assert importlib.util.find_spec(command[2]) is not None, f"{name}: no module {command[2]}"
             if command[2] == "services.common.runner":
-                from services.common.runner import SERVICE_CLASSES
+                from services.platform import SERVICE_NAMES
 
-                assert command[3] in SERVICE_CLASSES, name
+                assert command[3] in SERVICE_NAMES, name
             checked += 1
         elif command[0] == "gunicorn":
             config = command[command.index("-c") + 1]
@@ -82,9 +82,9 @@ def test_dockerfile_is_non_root_and_built_from_the_lock() -> None:
     users = re.findall(r"^USER (\S+)", text, flags=re.MULTILINE)
     assert users and users[-1].split(":")[0] not in {"0", "root"}
     postgres_init = (DEPLOY / "postgres-init.sql").read_text()
-    from services.common.migrations import SERVICES_WITH_DATABASES
+    from services.platform import SERVICE_NAMES
 
-    for service in SERVICES_WITH_DATABASES:
+    for service in SERVICE_NAMES:
         assert f"lianxiao_{service};" in postgres_init
 
 

@@ -13,15 +13,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from services.common.link_targets import LINK_TARGETS_BYTES_PER_SECOND
+
 SERVICE = "classroom_relay_dataplane"
 PREFIX = "lianxiao_relay"
-
-# Link targets from the bureau's requirements, in bytes per second.
-LINK_TARGETS_BYTES_PER_SECOND = {
-    "master_school": 100e6 / 8,
-    "broadcasting_uplink": 25e6 / 8,
-    "receiving_downlink": 10e6 / 8,
-}
 
 _STREAM_LABELS = ("service", "session", "classroom")
 _OUTPUT_LABELS = ("service", "session", "classroom", "source_classroom")

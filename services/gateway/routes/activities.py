@@ -15,7 +15,7 @@ from marshmallow import Schema, fields
 from werkzeug.wrappers import Response
 
 from services.activities import schemas as activities
-from services.activities.xapi import XAPI_VERSION, StatementQuery
+from services.activities.schemas import XAPI_VERSION, StatementQuery
 from services.common.errors import LianxiaoError
 from services.gateway.problems import HttpProblem, field_errors
 from services.gateway.routes.base import Call, Reply, Route

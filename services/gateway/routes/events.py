@@ -10,7 +10,7 @@ from typing import Any
 
 from marshmallow import Schema, fields, validate
 
-from services.common.replay import ReplayIn
+from services.common.replay_schemas import ReplayIn
 from services.gateway.routes.base import Call, Reply, Route
 
 REPLAY_RPC_TIMEOUT = 60.0  # 10 000 confirmed publishes per exchange take seconds, not milliseconds

@@ -1,4 +1,4 @@
-"""Admission control: would these flows push any link past its budget? Pure functions, no database.
+"""Link budgets: would these flows push any link past its budget? Pure functions, no database.
 
 Where the traffic goes (documented assumption, as in the source document: the master school hosts the
 recording and live server, so the relay sits behind the master school's link):
