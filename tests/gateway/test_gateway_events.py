@@ -7,6 +7,7 @@ refuse what its permissions do not allow.
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -144,3 +145,24 @@ def test_replay_refusals(gateway: str, subscriber: dict[str, Any], city: City,
     bad = replay(gateway, token, queue="x y", since="yesterday", limit=0, scope={"bureau_id": 2})
     assert bad.status_code == 422
     assert {error["field"] for error in bad.json()["errors"]} == {"queue", "since", "limit", "scope"}
+
+
+def test_accounts_replays_the_bureaus_teacher_events_into_a_queue_bound_to_them(
+        gateway: str, subscriber: dict[str, Any], city: City) -> None:
+    uri, user = subscriber["uri"], subscriber["user"]
+    teachers = f"{user}.teachers"
+    with Connection(uri) as connection:
+        Queue(teachers, bindings=[binding(ACCOUNTS, routing_key=f"bureau.{city.bureau_id}.teacher.*")], durable=True,
+              channel=connection.channel()).declare()
+    answer = requests.post(f"{gateway}/v1/events/replay", headers=bearer(city.tokens["bureau_read"]), timeout=TIMEOUT,
+                           json={"queue": teachers, "since": "2000-01-01T00:00:00Z", "exchanges": ["accounts.events"]})
+    assert answer.status_code == 200, answer.text
+    [result] = answer.json()["exchanges"]
+    assert result["exchange"] == "accounts.events" and result["republished"] >= 3  # the city's three teachers
+    replayed = consume(uri, teachers, result["republished"])
+    assert len(replayed) == result["republished"]
+    assert {json.loads(message.body)["id"] for message in replayed} >= {
+        city.teachers[key] for key in ("east_one", "east_two", "west")}
+    assert city.teachers["elsewhere"] not in {json.loads(message.body)["id"] for message in replayed}
+    assert all(message.delivery_info["routing_key"].startswith(f"bureau.{city.bureau_id}.teacher.")
+               for message in replayed)
