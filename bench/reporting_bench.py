@@ -3,7 +3,7 @@ versus a straightforward GROUP BY over the raw activity rows.
 
     .venv/bin/python bench/reporting_bench.py --teachers 30000 --activities 3000000
 
-Generates schools, groups and teachers (roles as in the documents) and a term of activities, COPYs the
+Generates schools, groups and teachers (with the roles the preset quota rules name) and a term of activities, COPYs the
 activity facts in large chunks with their indexes dropped (rebuilt once at the end), derives the raw
 table and the tallies in SQL, and checks those tallies against the service's own projection
 (`projection.fold`) for a sample of teachers, groups and schools. Then times: the city's monthly

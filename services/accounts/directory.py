@@ -355,7 +355,7 @@ def create_group(session: Session, scope: Scope, data: dict[str, Any]) -> dict[s
     result = _group_out(group)
     outbox.add(session, "group.created", result, bureau_id=group.bureau_id, subject=f"group/{group.id}")
     for teacher_id in sorted(member_ids):
-        announce_teacher(session, "teacher.changed", session.get(Teacher, teacher_id))
+        announce_teacher(session, "teacher.changed", _get(session, Teacher, teacher_id, "Teacher"))
     return result
 
 

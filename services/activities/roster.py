@@ -38,6 +38,7 @@ def _parse_time(value: Any) -> datetime:
 def apply_teacher_event(session: Session, routing_key: str, body: dict[str, Any], event_time: Any = None) -> bool:
     """Apply one accounts event; False when it is older than what is already known (out of order)."""
     teacher_id = _as_int(body, "id")
+    announced_at = _parse_time(event_time)
     values = {
         "school_id": _as_int(body, "school_id"),
         "district_id": _as_int(body, "district_id", optional=True),
@@ -45,7 +46,7 @@ def apply_teacher_event(session: Session, routing_key: str, body: dict[str, Any]
         "active": routing_key != "teacher.left" and bool(body.get("active", True)),
         "roles": json.dumps(sorted(str(role) for role in body.get("roles") or [])),
         "group_ids": json.dumps(sorted(int(group) for group in body.get("group_ids") or [])),
-        "announced_at": _parse_time(event_time),
+        "announced_at": announced_at,
     }
     teacher = session.get(RosterTeacher, teacher_id)
     if teacher is None:
@@ -53,7 +54,7 @@ def apply_teacher_event(session: Session, routing_key: str, body: dict[str, Any]
         session.flush()
         return True
     known = as_utc(teacher.announced_at)
-    if values["announced_at"] < known:
+    if announced_at < known:
         return False
     for name, value in values.items():
         setattr(teacher, name, value)

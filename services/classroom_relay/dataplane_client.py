@@ -27,7 +27,7 @@ from nameko.extensions import DependencyProvider
 from prometheus_client import Counter, Gauge
 from sqlalchemy.orm import Session
 
-from services.classroom_relay import link_budgets, placement, sessions
+from services.classroom_relay import dataplane_state, lessons, link_budgets, placement, relay_settings
 from services.classroom_relay.dataplane.protocol import ControlClient
 from services.common.config import database_url
 from services.common.db import make_engine
@@ -82,7 +82,7 @@ class DataPlaneChannel:
 
     def outputs(self) -> dict[tuple[str, str], dict]:
         """Downstream outputs by (session, classroom) key, relay addresses as classrooms reach them."""
-        found = sessions.outputs_by_key(self.stats)
+        found = dataplane_state.outputs_by_key(self.stats)
         return {key: {**output, "relay_address": placement.public_address(output.get("relay_address"), self.spec)}
                 for key, output in found.items()}
 
@@ -156,7 +156,7 @@ class DataPlaneChannel:
         # Clear the flag before reading: a change committed meanwhile asks for another push.
         self.push_wanted = False
         with Session(self.link.engine) as db:
-            state = sessions.desired_state(db, self.link.settings, dataplane=self.name)
+            state = dataplane_state.desired_state(db, self.link.settings, dataplane=self.name)
         instance = self.hello.get("instance")
         reply = self._call("set_state", **state)
         for refused in reply.get("refused_senders", []):
@@ -183,7 +183,7 @@ class DataPlaneLink(DependencyProvider):
     # --- nameko lifecycle -----------------------------------------------------------------------------
     def setup(self) -> None:
         config = self.container.config
-        self.settings = sessions.settings_from(config)
+        self.settings = relay_settings.settings_from(config)
         self.specs = placement.dataplanes_from(config)
         self.control_secret = config.get("RELAY_CONTROL_SECRET") or os.environ.get("RELAY_CONTROL_SECRET") or None
         self.stats_interval = float(
@@ -289,8 +289,8 @@ class DataPlaneLink(DependencyProvider):
     def export_placements(self) -> None:
         """Refresh the gauges that describe live sessions and commitments from the database."""
         with Session(self.engine) as db:
-            labels = sessions.live_session_labels(db)
-            loads = sessions.committed_loads(db)
+            labels = dataplane_state.live_session_labels(db)
+            loads = lessons.committed_loads(db)
         self._export(labels, loads)
 
     def _export(self, labels: list[dict[str, str]], loads: list[link_budgets.Load]) -> None:

@@ -10,7 +10,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 from services.common.link_targets import BROADCASTING_UPLINK_BPS, MASTER_SCHOOL_LINK_BPS, MBIT, RECEIVING_DOWNLINK_BPS
 from services.common.validation import ID, NAME, StrictSchema
 
-# The bureau's link targets (services/common/links.py): master school 100M, broadcasting room ≥ 25M, branch ≥ 10M.
+# The bureau's link targets (services/common/link_targets.py): master school 100M, broadcasting ≥ 25M, branch ≥ 10M.
 DEFAULT_MASTER_SCHOOL_LINK_BPS = MASTER_SCHOOL_LINK_BPS
 DEFAULT_UPLINK_BPS = BROADCASTING_UPLINK_BPS
 DEFAULT_DOWNLINK_BPS = RECEIVING_DOWNLINK_BPS

@@ -97,7 +97,7 @@ def replay(session: Session, outbox: Outbox, scope: Scope, data: Any, broker: Re
             if outcome["republished"] >= values["limit"]:
                 outcome["complete"] = False
                 break
-            publish(row)
+            publish(dict(row))
             outcome["republished"] += 1
             last_time = row["time"]
     if last_time is not None:

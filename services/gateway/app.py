@@ -166,7 +166,7 @@ class Gateway:
         self.metrics.observe_request(route_label, request.method, response.status_code, time.perf_counter() - started)
         return response(environ, start_response)
 
-    def _match(self, request: Request) -> tuple[Route, dict[str, Any]]:
+    def _match(self, request: Request) -> tuple[Route, Mapping[str, Any]]:
         adapter = self.url_map.bind_to_environ(request.environ)
         try:
             endpoint, values = adapter.match()
@@ -187,7 +187,7 @@ class Gateway:
             return False
         return True
 
-    def _handle(self, request: Request, route: Route, values: dict[str, Any]) -> Response:
+    def _handle(self, request: Request, route: Route, values: Mapping[str, Any]) -> Response:
         scope = None
         limit_headers: dict[str, str] = {}
         try:

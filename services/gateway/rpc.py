@@ -1,8 +1,8 @@
 """RPC from gunicorn threads to the nameko services: one long-lived client per thread, every call bounded.
 
-Why this shape (measured, see STACK-NOTES): a proxy per request leaks reply queues and is ~4x slower; one
-proxy shared by threads deadlocks; eventlet monkey-patching inside a gthread worker hangs. So each
-worker thread lazily opens its own client (one AMQP connection, one reply queue) and keeps it. A
+Why this shape (each alternative was measured on this stack): a proxy per request leaks reply queues
+and is ~4x slower; one proxy shared by threads deadlocks; eventlet monkey-patching inside a gthread
+worker hangs. So each worker thread lazily opens its own client (one AMQP connection, one reply queue) and keeps it. A
 client that saw any transport error or timeout is closed and replaced on the next call, because
 nameko's standalone consumer cannot be trusted after one (a late reply may still arrive on it).
 

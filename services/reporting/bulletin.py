@@ -108,7 +108,7 @@ def _most_improved(evaluation: Evaluation, previous: Evaluation | None, top: int
 
 
 def _lagging(evaluation: Evaluation, labels: dict[str, str]) -> list[dict[str, Any]]:
-    lagging = []
+    lagging: list[dict[str, Any]] = []
     for school in evaluation.schools.values():
         weekly_short = school.weekly is not None and not school.weekly.met
         if school.compliant and not weekly_short:

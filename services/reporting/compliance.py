@@ -239,6 +239,7 @@ def _judged_teachers(bureau_id: int, period: Period, rule_set: RuleSet, school_i
         func.coalesce(own.c.activities, 0).label("activities"),
     ]
     for index, (rule, plan) in enumerate(judged):
+        assert plan.source is not None  # unjudged rules were left out above
         columns += [_done(sources[plan.source], rule).label(f"done{index}"),
                     _required(rule, plan, role_sets).label(f"required{index}")]
     joined = teachers.outerjoin(own, and_(own.c.subject == "teacher", own.c.subject_id == teachers.c.id,
@@ -309,9 +310,9 @@ def evaluate(session: Session, bureau_id: int, period: Period, rule_set: RuleSet
     for row in session.execute(select(alliance_members).order_by(alliance_members.c.school_id)):
         if row.school_id in results:
             alliance_ids[row.school_id].append(row.alliance_id)
-            _name, members = evaluation.alliances.setdefault(
+            _name, alliance_schools = evaluation.alliances.setdefault(
                 row.alliance_id, (row.alliance_name or str(row.alliance_id), []))
-            members.append(row.school_id)
+            alliance_schools.append(row.school_id)
     # Schools grouped by the rule set that judges them; with no override, one group as before.
     by_rules: dict[tuple[str, int], tuple[RuleSet, dict[int, SchoolResult]]] = {}
     for school_id, school in results.items():

@@ -1,4 +1,4 @@
-"""Quota rules: their kinds, the documents' presets, validation, and which rule set was in force.
+"""Quota rules: their kinds, the bureau's presets (`PRESET`), validation, and which rule set was in force.
 
 A rule set is one bureau's whole configuration (time zone, terms, school threshold, rules). Every
 change stores a new version; a report names the version it was judged by, chosen as the newest
@@ -320,9 +320,6 @@ class Overrides:
 
     def __bool__(self) -> bool:
         return bool(self.districts or self.alliances)
-
-
-NO_OVERRIDES = Overrides({}, {})
 
 
 def overrides_in_force(session: Session, bureau_id: int, at: datetime | None = None) -> Overrides:

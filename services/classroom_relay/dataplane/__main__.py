@@ -75,10 +75,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     media_host, media_port = engine.media_address
+    control_address = control.server_address  # a Unix socket's path, or (host, port)
     # One machine-readable line so supervisors and tests learn the bound ports (useful with port 0).
     print(
         f"relay-dataplane ready media={media_host}:{media_port} rtcp={engine.rtcp_address[1]} "
-        f"control={control.server_address if arguments.control_socket else control.server_address[1]} "
+        f"control={control_address[1] if isinstance(control_address, tuple) else control_address} "
         f"metrics={arguments.metrics_port} gso={int(engine.gso_enabled)}",
         flush=True,
     )

@@ -48,10 +48,12 @@ def _text(request: dict, field: str) -> str:
     return value
 
 
-def _budget(request: dict, field: str, required: bool = True) -> float | None:
+def _optional_budget(request: dict, field: str) -> float | None:
+    return None if request.get(field) is None else _budget(request, field)
+
+
+def _budget(request: dict, field: str) -> float:
     value = request.get(field)
-    if value is None and not required:
-        return None
     if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
         raise ControlError("bad_request", f"{field} must be a positive number of bytes per second")
     return float(value)
@@ -111,7 +113,7 @@ class ControlHandler:
             _text(request, "classroom"),
             _address(request.get("address"), "address"),
             _budget(request, "budget_bytes_per_second"),
-            _budget(request, "uplink_budget_bytes_per_second", required=False),
+            _optional_budget(request, "uplink_budget_bytes_per_second"),
             _address(return_address, "return_address") if return_address is not None else None,
         )
         return {"relay_address": list(output.relay_address), "ssrc": output.forwarder.out_ssrc}
@@ -210,7 +212,7 @@ class _LineHandler(socketserver.StreamRequestHandler):
         self.wfile.write(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
 
 
-class _ControlServerMixin:
+class _ControlServerMixin(socketserver.BaseServer):
     control: ControlHandler
     secret: bytes | None = None
     daemon_threads = True
@@ -228,12 +230,12 @@ class _UnixControlServer(_ControlServerMixin, socketserver.ThreadingUnixStreamSe
 def serve_control(
     engine: Engine, port: int | None = None, unix_path: str | None = None, host: str = "127.0.0.1",
     secret: str | None = None,
-) -> socketserver.BaseServer:
+) -> _ControlServerMixin:
     """Start the control server in a daemon thread; returns it (``server_address`` has the port)."""
     if unix_path:
         if os.path.exists(unix_path):
             os.unlink(unix_path)  # a stale socket from a previous run
-        server: socketserver.BaseServer = _UnixControlServer(unix_path, _LineHandler)
+        server: _ControlServerMixin = _UnixControlServer(unix_path, _LineHandler)
     else:
         server = _TcpControlServer((host, port or 0), _LineHandler)
     server.control = ControlHandler(engine)

@@ -38,12 +38,14 @@ class Egress:
         """Send what the GSO stages of the packet-by-packet path still hold."""
         if self.gso_enabled:
             for output in self.all_outputs:
-                if output.gso.segments:
+                stage = output.gso
+                if stage is not None and stage.segments:
                     self.flush_gso(output)
 
     def load_gather(self, batches: list[LayerBatch]) -> None:
         """Point the shared iovecs at this batch's packets, layer after layer; plan the GSO chunks."""
         gather = self.gather
+        assert gather is not None  # ingest.py calls this only with sendmmsg
         if len(batches) == 1:
             gather.load(batches[0].slots, batches[0].sizes)
         else:
@@ -73,9 +75,9 @@ class Egress:
                     arrival_order = sorted(slot for batch in by_ssrc.values() for slot in batch.slots)
                     self._forward_packetwise(output, arrival_order, now)
                     continue
-                batch = by_ssrc.get(forwarder.layer_ssrc)
-                if batch is not None:
-                    self._forward_run(output, batch, now)
+                followed = by_ssrc.get(forwarder.layer_ssrc)
+                if followed is not None:
+                    self._forward_run(output, followed, now)
 
     def _forward_run(self, output: Output, batch: LayerBatch, now: float) -> None:
         """Send one output its layer's packets of this batch: one rewrite loop, one send call."""
@@ -102,6 +104,7 @@ class Egress:
 
     def _send_gathered(self, output: Output, batch: LayerBatch) -> None:
         gather = self.gather
+        assert gather is not None  # _forward_run sends runs only with sendmmsg
         fd = output.fd
         if self.gso_enabled:
             for start, count, segment_bytes in batch.gso_chunks:
@@ -209,6 +212,7 @@ class Egress:
 
     def flush_gso(self, output: Output) -> None:
         stage = output.gso
+        assert stage is not None  # outputs have a GSO stage when GSO is on
         segments = stage.segments
         try:
             stage.flush(output.sock)

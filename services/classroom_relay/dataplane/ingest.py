@@ -10,7 +10,7 @@ sends them on.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from . import rtp
 from .buffer import PacketRing
@@ -93,7 +93,7 @@ class Ingest:
         flags: Sequence[int],
         keys: Sequence[int],
         fields: Sequence[int],
-    ) -> tuple[dict[Layer, Sequence[int]], list[tuple[Layer, int]]] | None:
+    ) -> tuple[Mapping[Layer, Sequence[int]], list[tuple[Layer, int]]] | None:
         """``_classify`` for the usual batch, checked column by column at C speed: every packet a plain RTP
         packet (fast-path header, not truncated) of one known layer from its pinned sender. None when any
         packet needs the per-packet path."""
@@ -131,14 +131,14 @@ class Ingest:
         keys: Sequence[int],
         fields: Sequence[int],
         now: float,
-    ) -> tuple[dict[Layer, Sequence[int]], list[tuple[Layer, int]]]:
+    ) -> tuple[Mapping[Layer, Sequence[int]], list[tuple[Layer, int]]]:
         """Validate and admit every packet: per layer, the batch indices of its packets in arrival order,
         and the (layer, index) of keyframe packets (also marked in the ring)."""
         data = self.ring.data
         slot_bytes = self.ring.slot_bytes
         ring_keyframe = self.ring.keyframe
         layers_get = self.layers.get
-        accepted: dict[Layer, Sequence[int]] = {}
+        accepted: dict[Layer, list[int]] = {}
         keyframes: list[tuple[Layer, int]] = []
         current_layer: Layer | None = None
         current_indices: list[int] = []
@@ -167,9 +167,10 @@ class Ingest:
                     keyframes.append((layer, index))
             if layer is not current_layer:
                 current_layer = layer
-                current_indices = accepted.get(layer)
-                if current_indices is None:
-                    current_indices = accepted[layer] = []
+                found = accepted.get(layer)
+                if found is None:
+                    found = accepted[layer] = []
+                current_indices = found
             current_indices.append(index)
         return accepted, keyframes
 

@@ -91,7 +91,7 @@ class DataPlaneCollector(Collector):
         def gauge(name: str, doc: str) -> GaugeMetricFamily:
             return GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=_OUTPUT_LABELS)
 
-        families = {
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
             "bytes_out": counter("sent_bytes", "RTP bytes sent to a receiving classroom (retransmissions included)"),
             "packets_out": counter("sent_packets", "RTP packets sent to a receiving classroom"),
             "keyframes_out": counter("sent_keyframes", "Keyframes forwarded to a receiving classroom"),

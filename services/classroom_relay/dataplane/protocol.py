@@ -107,8 +107,9 @@ class ControlClient:
             try:
                 if self._interrupted:
                     raise ConnectionAbortedError("control client interrupted")
-                if self._sock is None:
+                if self._sock is None or self._reader is None:
                     self._connect()
+                assert self._sock is not None and self._reader is not None  # _connect sets both
                 self._sock.sendall(line)
                 reply = self._reader.readline(MAX_LINE_BYTES + 1)
                 if not reply:
