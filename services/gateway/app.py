@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from services.activities.schemas import XAPI_VERSION
 from services.common.config import AMQP_URI
 from services.common.errors import LianxiaoError, ServiceUnavailable
 from services.gateway import problems
@@ -207,6 +208,8 @@ class Gateway:
             response = self._error_response(error, request)
         for name, value in limit_headers.items():
             response.headers.setdefault(name, value)
+        if route.path.startswith("/xapi/"):  # xAPI: every answer names the version, refusals included
+            response.headers.setdefault("X-Experience-API-Version", XAPI_VERSION)
         return response
 
     @staticmethod

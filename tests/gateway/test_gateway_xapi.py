@@ -180,7 +180,7 @@ def test_scope_credentials_and_errors(gateway: str, city: City, recorded: dict[s
     as_user = base64.b64encode(f"{token}:".encode()).decode()
     assert lrs(gateway, token, auth=f"Basic {as_user}").retrieve_statement(recorded["post"]["id"]).success
     wrong = lrs(gateway, token, username="key", password="lx_not-a-token").query_statements({})
-    assert wrong.response.status == 401
+    assert wrong.response.status == 401 and wrong.response.getheader("X-Experience-API-Version") == "1.0.3"
     assert not lrs(gateway, city.tokens["other_bureau_write"]).retrieve_statement(recorded["post"]["id"]).success
 
     def get(**params: str) -> requests.Response:
