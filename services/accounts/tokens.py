@@ -76,7 +76,7 @@ def issue_token(session: Session, issuer: Scope, data: dict[str, Any], now: date
     )
     session.add(token)
     session.flush()
-    outbox.add(session, "token.issued", TOKEN_OUT.dump(token), subject=f"token/{token.id}")
+    outbox.add(session, "token.issued", TOKEN_OUT.dump(token), bureau_id=token.bureau_id, subject=f"token/{token.id}")
     return {**ISSUED_OUT.dump(token), "token": secret}
 
 
@@ -142,7 +142,8 @@ def revoke_token(session: Session, scope: Scope, token_id: int, now: datetime | 
     if token.revoked_at is None:
         token.revoked_at = _now(now)
         session.flush()
-        outbox.add(session, "token.revoked", TOKEN_OUT.dump(token), subject=f"token/{token.id}")
+        outbox.add(session, "token.revoked", TOKEN_OUT.dump(token), bureau_id=token.bureau_id,
+                   subject=f"token/{token.id}")
     return TOKEN_OUT.dump(token)
 
 

@@ -250,7 +250,7 @@ def new_row(prepared: Prepared, recorded_by: str, recorded_at: datetime) -> dict
 
 def event_of(activity: Activity | SimpleNamespace, corrects: bool) -> OutboxEvent:
     verb = "corrected" if corrects else "recorded"
-    return OutboxEvent(f"activity.{verb}.{activity.kind}", xapi.statement(activity),
+    return OutboxEvent(f"activity.{verb}.{activity.kind}", xapi.statement(activity), bureau_id=activity.bureau_id,
                        subject=f"activity/{activity.id}", event_id=activity.id, time=activity.recorded_at)
 
 
