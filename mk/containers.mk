@@ -5,18 +5,16 @@
 $(STAMP): requirements-runtime.lock
 
 .PHONY: containers-host
-## podman, podman-compose, buildah, debootstrap, runc from Debian and podman's settings for this machine
-## class (runtime runc, default_ulimits): deploy/containers/podman-host-setup.sh says what it changes.
-containers-host:
+# deploy/containers/podman-host-setup.sh says what it changes (runtime runc, default_ulimits).
+containers-host: ## podman, podman-compose, buildah, debootstrap, runc from Debian and podman's settings
 	deploy/containers/podman-host-setup.sh
 
 .PHONY: test-containers containers-clean
-## The whole platform in containers under podman: base image without a registry, application and
-## infrastructure images, the stack on 127.0.0.1, /readyz, demo, teachers, RTP to a branch; removed after.
-## Bounded: 10 minutes after the packages are installed. Prints build times, sizes, start to /readyz.
-test-containers: deps system-deps containers-host
+# Base image without a registry, application and infrastructure images, the stack on 127.0.0.1, /readyz,
+# demo, teachers, RTP to a branch; removed after. Bounded: 10 minutes after the packages are installed.
+# Prints build times, sizes, start to /readyz.
+test-containers: deps system-deps containers-host ## The whole platform in containers under podman
 	timeout --kill-after=20 600 deploy/containers/test-containers.sh
 
-## The images test-containers builds (the stacks remove themselves).
-containers-clean:
+containers-clean: ## Remove the images test-containers builds (the stacks remove themselves)
 	-podman rmi --force localhost/lianxiao:local localhost/lianxiao-infra:local localhost/lianxiao-base:bookworm

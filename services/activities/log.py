@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from marshmallow import ValidationError
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,6 +36,7 @@ from services.common.events import OutboxEvent
 from services.common.scope import Scope
 
 ACTIVITY_OUT = schemas.ActivityOut()
+ACTIVITY_TABLE = cast(Table, Activity.__table__)  # a declarative class's table (typed as FromClause)
 # Schema instances are reused: building one deep-copies its fields, which cost more than loading an item.
 ACTIVITY_IN = schemas.ActivityIn()
 KIND_SCHEMAS: dict[str, schemas.KindSchema] = {name: kind() for name, kind in schemas.KINDS.items()}
@@ -86,7 +87,7 @@ def validate_activity(data: Any, *, from_client: bool = True) -> dict[str, Any]:
         values = error.valid_data if isinstance(error.valid_data, dict) else {}
     kind_name = data.get("kind")
     kind = schemas.KINDS.get(kind_name) if isinstance(kind_name, str) else None
-    if kind is not None and isinstance(data.get("details"), dict):
+    if kind is not None and isinstance(kind_name, str) and isinstance(data.get("details"), dict):
         try:
             values["details"] = KIND_SCHEMAS[kind_name].load(data["details"])
         except ValidationError as error:
@@ -390,7 +391,7 @@ def _insert_batch(session: Session, activities: list[SimpleNamespace], supersede
     corrected_here = set(superseded)
     for activity in activities:
         activity.superseded_by_id = superseded.get(activity.id)
-    session.execute(insert(Activity.__table__), [vars(activity) for activity in activities])
+    session.execute(insert(ACTIVITY_TABLE), [vars(activity) for activity in activities])
     outbox.add_many(session, [event_of(activity, activity.corrects_id is not None) for activity in activities])
     for original_id in corrected_here & set(known):
         known[original_id].superseded_by_id = superseded[original_id]  # a marker: content never changes
