@@ -43,6 +43,7 @@ CONSISTENCY_MARGIN = timedelta(seconds=60)
 MILLISECOND = timedelta(milliseconds=1)
 SINGLE_STATEMENT_PARAMETERS = {"statementId", "voidedStatementId", "format", "attachments"}
 ACTIVITY_STATEMENT, CORRECTION_VOIDING, HIDE_VOIDING = 0, 1, 2
+PARTS = (ACTIVITY_STATEMENT, CORRECTION_VOIDING, HIDE_VOIDING)
 
 
 def consistent_through() -> str:
@@ -142,7 +143,11 @@ class Position:
             if not text.startswith("p"):
                 raise ValueError(text)
             stored, sequence, part = text[1:].split("|")
-            return cls(as_utc(datetime.fromisoformat(stored)), int(sequence), int(part))
+            position = cls(as_utc(datetime.fromisoformat(stored)), int(sequence), int(part))
+            # Beyond the database's 64-bit sequence or the parts there are: never one we gave out.
+            if not 0 <= position.sequence <= xapi.MAX_SEQUENCE or position.part not in PARTS:
+                raise ValueError(text)
+            return position
         except (binascii.Error, UnicodeDecodeError, ValueError) as error:
             raise InvalidInput("The cursor is not one this server gave out.", {"cursor": ["Invalid."]}) from error
 
@@ -252,9 +257,11 @@ def _after(rows: Any, position: Position, ascending: bool) -> ColumnElement[bool
     )
 
 
-def _floor_to_millisecond(moment: datetime) -> datetime:
+def _after_shown_millisecond(moment: datetime) -> datetime:
+    """The first moment after `moment`'s millisecond (as `stored` is shown); the last one stays itself."""
     moment = as_utc(moment).astimezone(UTC)
-    return moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    floored = moment.replace(microsecond=moment.microsecond // 1000 * 1000)
+    return floored + MILLISECOND if floored <= datetime.max.replace(tzinfo=UTC) - MILLISECOND else moment
 
 
 def statement_page(session: Session, scope: Scope, values: dict[str, Any]) -> Page:
@@ -265,9 +272,9 @@ def statement_page(session: Session, scope: Scope, values: dict[str, Any]) -> Pa
     query = select(rows.c.sequence, rows.c.part, rows.c.stored, rows.c.activity_id)
     # `stored` is shown to the millisecond: compare what the client saw (since exclusive, until inclusive).
     if values["since"] is not None:
-        query = query.where(rows.c.stored >= _floor_to_millisecond(values["since"]) + MILLISECOND)
+        query = query.where(rows.c.stored >= _after_shown_millisecond(values["since"]))
     if values["until"] is not None:
-        query = query.where(rows.c.stored < _floor_to_millisecond(values["until"]) + MILLISECOND)
+        query = query.where(rows.c.stored < _after_shown_millisecond(values["until"]))
     ascending = values["ascending"]
     if values["cursor"]:
         query = query.where(_after(rows, Position.decode(values["cursor"]), ascending))
