@@ -23,7 +23,7 @@ from urllib.parse import quote
 import requests
 
 from services.common.config import ManagementApi
-from services.common.errors import Conflict, InvalidInput, ServiceUnavailable
+from services.common.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from services.common.events import BUREAU_KEY_PREFIX
 
 EVENT_EXCHANGES = ("activities.events", "accounts.events", "classroom_relay.events")
@@ -63,6 +63,13 @@ class BrokerAdmin:
 
     def user_exists(self, user: str) -> bool:
         return self._call("GET", f"users/{quote(user, safe='')}").status_code == 200
+
+    def delete_subscriber(self, user: str) -> dict[str, Any]:
+        """Remove the user (its permissions go with it; its queues stay until the operator deletes them)."""
+        if not self.user_exists(user):
+            raise NotFound(f"Broker user {user!r} does not exist.")
+        self._call("DELETE", f"users/{quote(user, safe='')}")
+        return {"user": user, "deleted": True}
 
     def create_subscriber(self, user: str, bureau_ids: list[int], *, replace: bool = False) -> dict[str, Any]:
         """Create (or, with `replace`, reset) the user; returns its settings and its password (shown once)."""

@@ -130,6 +130,10 @@ def cmd_broker_user_create(args: argparse.Namespace) -> Any:
     return admin.create_subscriber(args.user, bureau_ids, replace=args.replace)
 
 
+def cmd_broker_user_delete(args: argparse.Namespace) -> Any:
+    return BrokerAdmin(args.amqp_uri or amqp_uri(), args.management_url).delete_subscriber(args.user)
+
+
 def cmd_demo(args: argparse.Namespace) -> Any:
     from services.accounts.demo import load_demo_bureau
 
@@ -186,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_argument("--user", required=True, help="broker user name; its queues must be named <user>.<anything>")
     sub.add_argument("--bureau", required=True, action="append", help="bureau code (repeatable)")
     sub.add_argument("--replace", action="store_true", help="reset an existing user's password and permissions")
+    sub.add_argument("--amqp-uri", help="the platform's broker (default AMQP_URI): its vhost and operator user")
+    sub.add_argument("--management-url", help="RabbitMQ management API (default RABBITMQ_MANAGEMENT_URL or "
+                     "http://<broker host>:15672)")
+
+    sub = command("broker-user-delete", cmd_broker_user_delete, "remove a subscriber's RabbitMQ user")
+    sub.add_argument("--user", required=True, help="broker user name")
     sub.add_argument("--amqp-uri", help="the platform's broker (default AMQP_URI): its vhost and operator user")
     sub.add_argument("--management-url", help="RabbitMQ management API (default RABBITMQ_MANAGEMENT_URL or "
                      "http://<broker host>:15672)")

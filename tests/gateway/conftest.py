@@ -106,8 +106,9 @@ def admin(platform_config: dict[str, Any], *args: str) -> subprocess.CompletedPr
 
 
 @pytest.fixture(scope="package")
-def subscriber(platform_config: dict[str, Any], city: City) -> dict[str, Any]:
-    """`lianxiao-admin broker-user-create` for the city's first bureau, run as an operator would."""
+def subscriber(platform_config: dict[str, Any], city: City) -> Iterator[dict[str, Any]]:
+    """`lianxiao-admin broker-user-create` for the city's first bureau, run as an operator would (and
+    `broker-user-delete` afterwards)."""
     engine = make_engine(platform_config["DATABASE_URL"].replace("{service}", "accounts"))
     with Session(engine) as session:
         code = session.scalar(select(Bureau.code).where(Bureau.id == city.bureau_id))
@@ -119,7 +120,11 @@ def subscriber(platform_config: dict[str, Any], city: City) -> dict[str, Any]:
     assert created["binding_keys"] == [f"bureau.{city.bureau_id}.#"] and created["queue_prefix"] == f"{user}."
     again = admin(platform_config, "broker-user-create", "--user", user, "--bureau", code)
     assert again.returncode == 2 and "--replace" in again.stderr
-    return {"user": user, "uri": as_user(platform_config["AMQP_URI"], user, created["password"])}
+    yield {"user": user, "uri": as_user(platform_config["AMQP_URI"], user, created["password"])}
+    deleted = admin(platform_config, "broker-user-delete", "--user", user)
+    assert deleted.returncode == 0 and json.loads(deleted.stdout) == {"user": user, "deleted": True}, deleted.stderr
+    gone = admin(platform_config, "broker-user-delete", "--user", user)
+    assert gone.returncode != 0 and "does not exist" in gone.stderr
 
 
 

@@ -82,6 +82,16 @@ def test_the_broker_user_may_bind_only_its_bureau_and_do_nothing_else(subscriber
 
     assert refused(uri, publish_rpc)
 
+    def publish_to(exchange: str, key: str) -> Any:
+        def action(channel: Any) -> None:
+            channel.confirm_select()
+            channel.basic_publish_confirm(channel.prepare_message(b"{}"), exchange=exchange, routing_key=key)
+        return action
+
+    assert refused(uri, publish_to("activities.events", f"{own}.activity.recorded.blog_post"))  # forge events
+    assert refused(uri, publish_to("", "rpc-accounts"))  # the default exchange
+    assert refused(uri, lambda channel: Queue("rpc-accounts", channel=channel, no_declare=True).get())  # read RPC
+
 
 def record(gateway: str, token: str, teacher_id: int, kinds: tuple[str, ...]) -> list[str]:
     items = [activity_of(kind, teacher_id, teacher_id, "") for kind in kinds]
