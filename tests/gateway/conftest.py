@@ -26,7 +26,7 @@ from services.activities import roster
 from services.activities.service import ActivitiesService
 from services.common.db import make_engine
 
-from .gateway_support import REPO_ROOT, City, Gunicorn, build_city
+from .gateway_support import REPO_ROOT, City, Gunicorn, build_city, running
 
 
 @pytest.fixture(scope="package")
@@ -83,11 +83,8 @@ def activities_service(platform_config: dict[str, Any], migrate: Callable[[str],
                 "roles": ["teacher", "moderator"] if key == "east_two" else ["teacher"], "group_ids": [],
                 "active": True}, "2025-01-01T00:00:00Z")
     engine.dispose()
-    runner = ServiceRunner({**platform_config, "METRICS_PORT": 0})
-    runner.add_service(ActivitiesService)
-    runner.start()
-    yield runner
-    runner.kill()
+    with running(platform_config, ActivitiesService) as runner:
+        yield runner
 
 
 ADMIN = REPO_ROOT / ".venv" / "bin" / "lianxiao-admin"
