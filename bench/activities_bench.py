@@ -180,7 +180,8 @@ def broker_rate(uri: str, body: bytes, count: int, batch: int) -> float:
     else:
         with Connection(uri) as connection:
             batches = ConfirmedBatches(connection)
-            message = {"body": body, "routing_key": name, "headers": {}, "message_id": "", "type": "bench"}
+            message = {"body": body, "routing_key": name, "headers": {}, "message_id": "", "type": "bench",
+                       "content_type": "application/json", "content_encoding": "utf-8", "delivery_mode": 2}
             for offset in range(0, count, batch):
                 batches.publish(queue.exchange, [message] * min(batch, count - offset))
     consumer.join(130)

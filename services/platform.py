@@ -61,7 +61,6 @@ SERVICE_NAMES: tuple[str, ...] = tuple(service.name for service in SERVICES)
 # Modules that declare settings (services/common/settings.py); README's table lists them all.
 SETTINGS_MODULES = (
     "services.common.config",
-    "services.common.scope",
     "services.gateway.settings",
     "services.classroom_relay.settings",
 )

@@ -1,4 +1,4 @@
-"""`lianxiao-admin`: the operator's tool for bureaus, schools, roster imports and API tokens.
+"""`lianxiao-admin`: the operator's tool for bureaus, schools, roster imports, API tokens and broker users.
 
 It works on the accounts database directly, like the service itself; the events it causes go through
 the same outbox, so the accounts service publishes them when it runs.
@@ -19,9 +19,10 @@ from sqlalchemy.orm import Session
 
 import services  # noqa: F401  (keeps eventlet quiet)
 from services.accounts import directory, roster, tokens
+from services.accounts.broker_users import BrokerAdmin
 from services.accounts.exceptions import RosterRejected
 from services.accounts.models import District, School
-from services.common.config import database_url
+from services.common.config import amqp_uri, database_url
 from services.common.db import make_engine
 from services.common.errors import LianxiaoError, NotFound
 from services.common.migrations import upgrade
@@ -122,6 +123,17 @@ def cmd_token_revoke(args: argparse.Namespace) -> Any:
         return tokens.revoke_token(session, _bureau_scope(session, args.bureau), args.token_id)
 
 
+def cmd_broker_user_create(args: argparse.Namespace) -> Any:
+    with accounts_session() as session:
+        bureau_ids = [directory.find_bureau(session, code)["id"] for code in args.bureau]
+    admin = BrokerAdmin(args.amqp_uri or amqp_uri(), args.management_url)
+    return admin.create_subscriber(args.user, bureau_ids, replace=args.replace)
+
+
+def cmd_broker_user_delete(args: argparse.Namespace) -> Any:
+    return BrokerAdmin(args.amqp_uri or amqp_uri(), args.management_url).delete_subscriber(args.user)
+
+
 def cmd_demo(args: argparse.Namespace) -> Any:
     from services.accounts.demo import load_demo_bureau
 
@@ -172,6 +184,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = command("token-revoke", cmd_token_revoke, "revoke an API token")
     sub.add_argument("--bureau", required=True, help="bureau code")
     sub.add_argument("token_id", type=int)
+
+    sub = command("broker-user-create", cmd_broker_user_create,
+                  "create a RabbitMQ user that may bind only its bureaus' events (password shown once)")
+    sub.add_argument("--user", required=True, help="broker user name; its queues must be named <user>.<anything>")
+    sub.add_argument("--bureau", required=True, action="append", help="bureau code (repeatable)")
+    sub.add_argument("--replace", action="store_true", help="reset an existing user's password and permissions")
+    sub.add_argument("--amqp-uri", help="the platform's broker (default AMQP_URI): its vhost and operator user")
+    sub.add_argument("--management-url", help="RabbitMQ management API (default RABBITMQ_MANAGEMENT_URL or "
+                     "http://<broker host>:15672)")
+
+    sub = command("broker-user-delete", cmd_broker_user_delete, "remove a subscriber's RabbitMQ user")
+    sub.add_argument("--user", required=True, help="broker user name")
+    sub.add_argument("--amqp-uri", help="the platform's broker (default AMQP_URI): its vhost and operator user")
+    sub.add_argument("--management-url", help="RabbitMQ management API (default RABBITMQ_MANAGEMENT_URL or "
+                     "http://<broker host>:15672)")
 
     command("demo", cmd_demo, "load a small fictional bureau and print tokens to try the API")
     return parser

@@ -71,7 +71,7 @@ def create_bureau(session: Session, data: dict[str, Any]) -> dict[str, Any]:
     bureau = Bureau(**values)
     session.add(bureau)
     flush_or_conflict(session, f"Bureau code {values['code']!r} is already used.")
-    outbox.add(session, "bureau.created", BUREAU_OUT.dump(bureau), subject=f"bureau/{bureau.id}")
+    outbox.add(session, "bureau.created", BUREAU_OUT.dump(bureau), bureau_id=bureau.id, subject=f"bureau/{bureau.id}")
     return BUREAU_OUT.dump(bureau)
 
 
@@ -93,7 +93,8 @@ def create_district(session: Session, scope: Scope, data: dict[str, Any]) -> dic
     district = District(**values)
     session.add(district)
     flush_or_conflict(session, f"A district named {values['name']!r} already exists in this bureau.")
-    outbox.add(session, "district.created", DISTRICT_OUT.dump(district), subject=f"district/{district.id}")
+    outbox.add(session, "district.created", DISTRICT_OUT.dump(district), bureau_id=district.bureau_id,
+               subject=f"district/{district.id}")
     return DISTRICT_OUT.dump(district)
 
 
@@ -134,7 +135,8 @@ def create_school(session: Session, scope: Scope, data: dict[str, Any]) -> dict[
     school = School(**values)
     session.add(school)
     flush_or_conflict(session, f"School code {values['code']!r} is already used in this bureau.")
-    outbox.add(session, "school.created", SCHOOL_OUT.dump(school), subject=f"school/{school.id}")
+    outbox.add(session, "school.created", SCHOOL_OUT.dump(school), bureau_id=school.bureau_id,
+               subject=f"school/{school.id}")
     return SCHOOL_OUT.dump(school)
 
 
@@ -167,12 +169,12 @@ def create_alliance(session: Session, scope: Scope, data: dict[str, Any]) -> dic
     session.add(alliance)
     flush_or_conflict(session, f"An alliance named {values['name']!r} already exists in this bureau.")
     result = _alliance_out(alliance)
-    outbox.add(session, "alliance.created", result, subject=f"alliance/{alliance.id}")
+    outbox.add(session, "alliance.created", result, bureau_id=alliance.bureau_id, subject=f"alliance/{alliance.id}")
     for school_id in sorted(member_ids):
         outbox.add(
             session, "school.joined_alliance",
             {"alliance_id": alliance.id, "school_id": school_id, "lead": school_id == alliance.lead_school_id},
-            subject=f"school/{school_id}",
+            bureau_id=alliance.bureau_id, subject=f"school/{school_id}",
         )
     return result
 
@@ -187,7 +189,7 @@ def add_alliance_member(session: Session, scope: Scope, alliance_id: int, school
         outbox.add(
             session, "school.joined_alliance",
             {"alliance_id": alliance.id, "school_id": school_id, "lead": False},
-            subject=f"school/{school_id}",
+            bureau_id=alliance.bureau_id, subject=f"school/{school_id}",
         )
     return _alliance_out(alliance)
 
@@ -242,6 +244,12 @@ def teacher_event(session: Session, teacher: Teacher) -> dict[str, Any]:
     return data
 
 
+def announce_teacher(session: Session, event_type: str, teacher: Teacher) -> None:
+    """Add a `teacher.*` event (routed to the teacher's bureau) to the outbox."""
+    event = teacher_event(session, teacher)
+    outbox.add(session, event_type, event, bureau_id=event["bureau_id"], subject=f"teacher/{teacher.id}")
+
+
 def create_teacher(session: Session, scope: Scope, data: dict[str, Any]) -> dict[str, Any]:
     values = load(schemas.TeacherIn(), data)
     scope.require_write()
@@ -252,7 +260,7 @@ def create_teacher(session: Session, scope: Scope, data: dict[str, Any]) -> dict
     flush_or_conflict(
         session, f"Staff number {values['staff_number']!r} already exists in school {values['school_id']}."
     )
-    outbox.add(session, "teacher.joined", teacher_event(session, teacher), subject=f"teacher/{teacher.id}")
+    announce_teacher(session, "teacher.joined", teacher)
     return teacher_out(session, teacher)
 
 
@@ -290,7 +298,7 @@ def apply_teacher_changes(session: Session, teacher: Teacher, values: dict[str, 
             routing_key = "teacher.joined"
         else:
             routing_key = "teacher.changed"
-        outbox.add(session, routing_key, teacher_event(session, teacher), subject=f"teacher/{teacher.id}")
+        announce_teacher(session, routing_key, teacher)
     return after
 
 
@@ -347,10 +355,9 @@ def create_group(session: Session, scope: Scope, data: dict[str, Any]) -> dict[s
     session.add(group)
     flush_or_conflict(session, f"A {values['kind']} group named {values['name']!r} already exists.")
     result = group_out(group)
-    outbox.add(session, "group.created", result, subject=f"group/{group.id}")
+    outbox.add(session, "group.created", result, bureau_id=group.bureau_id, subject=f"group/{group.id}")
     for teacher_id in sorted(member_ids):
-        outbox.add(session, "teacher.changed", teacher_event(session, _get(session, Teacher, teacher_id, "Teacher")),
-                   subject=f"teacher/{teacher_id}")
+        announce_teacher(session, "teacher.changed", _get(session, Teacher, teacher_id, "Teacher"))
     return result
 
 

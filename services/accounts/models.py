@@ -20,7 +20,8 @@ from services.common.db import service_metadata
 from services.common.events import Outbox
 
 metadata = service_metadata()
-outbox = Outbox("accounts", metadata)
+# Payload schemas (docs/events/asyncapi.yaml) where the event type's first word does not name it.
+outbox = Outbox("accounts", metadata, schemas={"school.joined_alliance": "alliance_membership"})
 
 
 class Base(DeclarativeBase):

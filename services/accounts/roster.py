@@ -16,7 +16,13 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.accounts.directory import apply_teacher_changes, group_out, school_in_scope, teacher_event, teacher_out
+from services.accounts.directory import (
+    announce_teacher,
+    apply_teacher_changes,
+    group_out,
+    school_in_scope,
+    teacher_out,
+)
 from services.accounts.exceptions import InvalidInput, RosterRejected
 from services.accounts.models import Group, GroupMember, School, Teacher, TeacherRole, outbox
 from services.accounts.roster_files import MAX_FILE_BYTES, MAX_ROWS, read_table
@@ -192,7 +198,7 @@ def _apply_row(session: Session, school: School, row: RosterRow) -> str:
         session.add(teacher)
         session.flush()
         _join_group(session, school, teacher, group_name, leads)
-        outbox.add(session, "teacher.joined", teacher_event(session, teacher), subject=f"teacher/{teacher.id}")
+        announce_teacher(session, "teacher.joined", teacher)
         return "created"
     before = teacher_out(session, teacher)
     led_before = _leader_of(session, school, group_name)
@@ -201,7 +207,7 @@ def _apply_row(session: Session, school: School, row: RosterRow) -> str:
     if after == before and led_before == _leader_of(session, school, group_name):
         return "unchanged"
     if joined_group and after == {**before, "group_ids": after["group_ids"]}:
-        outbox.add(session, "teacher.changed", teacher_event(session, teacher), subject=f"teacher/{teacher.id}")
+        announce_teacher(session, "teacher.changed", teacher)
     return "updated"
 
 
@@ -243,5 +249,6 @@ def _join_group(session: Session, school: School, teacher: Teacher, group_name: 
     session.flush()
     if created:
         session.refresh(group)
-        outbox.add(session, "group.created", group_out(group), subject=f"group/{group.id}")
+        outbox.add(session, "group.created", group_out(group), bureau_id=group.bureau_id,
+                   subject=f"group/{group.id}")
     return joined

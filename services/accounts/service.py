@@ -12,10 +12,11 @@ from services.common.entrypoints import rpc
 from services.common.events import OutboxRelay
 from services.common.health import HealthRpc
 from services.common.metrics import ServiceMetrics
+from services.common.replay import ReplayRpc
 from services.common.scope import Scope
 
 
-class AccountsService(HealthRpc):
+class AccountsService(HealthRpc, ReplayRpc):
     name = "accounts"
 
     db = Database("accounts")

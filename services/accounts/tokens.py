@@ -76,7 +76,7 @@ def issue_token(session: Session, issuer: Scope, data: dict[str, Any], now: date
     )
     session.add(token)
     session.flush()
-    outbox.add(session, "token.issued", TOKEN_OUT.dump(token), subject=f"token/{token.id}")
+    outbox.add(session, "token.issued", TOKEN_OUT.dump(token), bureau_id=token.bureau_id, subject=f"token/{token.id}")
     return {**ISSUED_OUT.dump(token), "token": secret}
 
 
@@ -86,7 +86,7 @@ def _check_minting_limits(session: Session, bureau_id: int, kind: str, ident: in
             ApiToken.scope_kind == kind, ApiToken.scope_id == ident, ApiToken.bureau_id == bureau_id,
             ApiToken.revoked_at.is_(None), ApiToken.expires_at > now,
         )
-    )
+    ) or 0
     if active >= MAX_ACTIVE_TOKENS_PER_SCOPE:
         raise TooManyTokens(
             f"The {kind} {ident} already has {active} active tokens (at most {MAX_ACTIVE_TOKENS_PER_SCOPE}); "
@@ -96,7 +96,7 @@ def _check_minting_limits(session: Session, bureau_id: int, kind: str, ident: in
         select(func.count()).select_from(ApiToken).where(
             ApiToken.bureau_id == bureau_id, ApiToken.created_at > now - timedelta(hours=1)
         )
-    )
+    ) or 0
     if recent >= MAX_TOKENS_PER_BUREAU_PER_HOUR:
         raise TooManyTokens(
             f"This bureau issued {recent} tokens in the last hour (at most {MAX_TOKENS_PER_BUREAU_PER_HOUR}); "
@@ -142,7 +142,8 @@ def revoke_token(session: Session, scope: Scope, token_id: int, now: datetime | 
     if token.revoked_at is None:
         token.revoked_at = _now(now)
         session.flush()
-        outbox.add(session, "token.revoked", TOKEN_OUT.dump(token), subject=f"token/{token.id}")
+        outbox.add(session, "token.revoked", TOKEN_OUT.dump(token), bureau_id=token.bureau_id,
+                   subject=f"token/{token.id}")
     return TOKEN_OUT.dump(token)
 
 

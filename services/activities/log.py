@@ -21,10 +21,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, cast
 
 from marshmallow import ValidationError
-from sqlalchemy import insert, select
+from sqlalchemy import Table, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -36,9 +36,9 @@ from services.common.events import OutboxEvent
 from services.common.scope import Scope
 
 ACTIVITY_OUT = schemas.ActivityOut()
+ACTIVITY_TABLE = cast(Table, Activity.__table__)  # a declarative class's table (typed as FromClause)
 # Schema instances are reused: building one deep-copies its fields, which cost more than loading an item.
 ACTIVITY_IN = schemas.ActivityIn()
-ACTIVITIES = Activity.metadata.tables["activities"]  # Core: one multi-row INSERT, no mapped objects
 KIND_SCHEMAS: dict[str, schemas.KindSchema] = {name: kind() for name, kind in schemas.KINDS.items()}
 
 
@@ -251,7 +251,7 @@ def new_row(prepared: Prepared, recorded_by: str, recorded_at: datetime) -> dict
 
 def event_of(activity: Activity | SimpleNamespace, corrects: bool) -> OutboxEvent:
     verb = "corrected" if corrects else "recorded"
-    return OutboxEvent(f"activity.{verb}.{activity.kind}", xapi.statement(activity),
+    return OutboxEvent(f"activity.{verb}.{activity.kind}", xapi.statement(activity), bureau_id=activity.bureau_id,
                        subject=f"activity/{activity.id}", event_id=activity.id, time=activity.recorded_at)
 
 
@@ -391,7 +391,7 @@ def _insert_batch(session: Session, activities: list[SimpleNamespace], supersede
     corrected_here = set(superseded)
     for activity in activities:
         activity.superseded_by_id = superseded.get(activity.id)
-    session.execute(insert(ACTIVITIES), [vars(activity) for activity in activities])
+    session.execute(insert(ACTIVITY_TABLE), [vars(activity) for activity in activities])
     outbox.add_many(session, [event_of(activity, activity.corrects_id is not None) for activity in activities])
     for original_id in corrected_here & set(known):
         known[original_id].superseded_by_id = superseded[original_id]  # a marker: content never changes

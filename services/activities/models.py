@@ -26,7 +26,10 @@ from services.common.events import Outbox
 from services.common.subscriber import ProcessedEvents
 
 metadata = service_metadata()
-outbox = Outbox("activities", metadata)
+# Payload schemas, named as in docs/events/asyncapi.yaml.
+outbox = Outbox("activities", metadata, schemas={
+    "activity.recorded": "activity_statement", "activity.corrected": "activity_statement",
+    "activity.hidden": "hidden_statement"})
 processed_events = ProcessedEvents(metadata)
 
 # SQLite only auto-increments an INTEGER primary key; PostgreSQL gets a 64-bit sequence.

@@ -1,8 +1,9 @@
 """Moderation: a blog host or moderator hides a comment (or post) with a reason. Nothing is deleted.
 
-The record stays, marked hidden with who and why; an `activity.hidden.<kind>` event carries a
-statement (verb `.../verbs/hid`, object a StatementRef to the hidden one) so subscribers can stop
-showing or counting it. Hiding twice returns the first hiding.
+The record stays, marked hidden with who and why; an `activity.hidden.<kind>` event carries xAPI's
+voiding statement (verb `http://adlnet.gov/expapi/verbs/voided`, object a StatementRef to the hidden
+one, the reason in result.response) so subscribers and LRS readers stop showing or counting it.
+Hiding twice returns the first hiding.
 """
 
 from __future__ import annotations
@@ -46,6 +47,7 @@ def hide(session: Session, scope: Scope, activity_id: str, data: Any) -> dict[st
     session.flush()
     outbox.add(
         session, f"activity.hidden.{activity.kind}", xapi.hide_statement(activity),
-        subject=f"activity/{activity.id}", event_id=activity.hidden_statement_id, time=activity.hidden_at,
+        bureau_id=activity.bureau_id, subject=f"activity/{activity.id}", event_id=activity.hidden_statement_id,
+        time=activity.hidden_at,
     )
     return log.activity_out(activity)

@@ -321,17 +321,26 @@ class ActivityOut(Schema):
 XAPI_VERSION = "1.0.3"
 MAX_STATEMENTS = 500  # per page; `limit=0` asks for the most
 DEFAULT_STATEMENTS = 100
+STATEMENT_FORMATS = ("exact", "ids", "canonical")
 
 
 class StatementQuery(StrictSchema):
+    """GET /xapi/statements parameters (xAPI 1.0.3; services/activities/statement_query.py)."""
+
     statementId = fields.UUID(load_default=None, allow_none=True)
+    voidedStatementId = fields.UUID(load_default=None, allow_none=True)
     agent = fields.Raw(load_default=None, allow_none=True)
     verb = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
     activity = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+    registration = fields.UUID(load_default=None, allow_none=True)
+    related_activities = fields.Boolean(load_default=False)
+    related_agents = fields.Boolean(load_default=False)
     since = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC,
                                  validate=representable_moment)
     until = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC,
                                  validate=representable_moment)
     limit = fields.Integer(load_default=DEFAULT_STATEMENTS, validate=validate.Range(min=0, max=2**31 - 1))
+    format = fields.String(load_default="exact", validate=validate.OneOf(STATEMENT_FORMATS))
+    attachments = fields.Boolean(load_default=False)
     ascending = fields.Boolean(load_default=False)
-    cursor = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
+    cursor = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))

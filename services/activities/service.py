@@ -10,24 +10,24 @@ from __future__ import annotations
 
 from typing import Any
 
-from services.activities import classroom, log, moderation, queries, replay, roster, xapi
+from services.activities import classroom, log, moderation, queries, roster, statement_query
 from services.activities.models import outbox, processed_events
 from services.common.db import Database
 from services.common.entrypoints import rpc
-from services.common.events import OutboxRelay, QueuePublisher
+from services.common.events import OutboxRelay
 from services.common.health import HealthRpc
 from services.common.metrics import ServiceMetrics
+from services.common.replay import ReplayRpc
 from services.common.scope import Scope
 from services.common.subscriber import cloud_event_handler
 
 
-class ActivitiesService(HealthRpc):
+class ActivitiesService(HealthRpc, ReplayRpc):
     name = "activities"
 
     db = Database("activities")
     metrics = ServiceMetrics("activities")
     events = OutboxRelay(outbox)
-    queues = QueuePublisher()  # replay's straight-to-a-queue publishing
 
     # --- recording ------------------------------------------------------------------------------
     @rpc
@@ -57,15 +57,12 @@ class ActivitiesService(HealthRpc):
         return queries.list_activities(self.db, Scope.from_dict(scope), params or {})
 
     @rpc
-    def query_statements(self, scope: dict, params: dict | None = None) -> dict[str, Any]:
-        return xapi.query_statements(self.db, Scope.from_dict(scope), params or {})
-
-    # --- the event stream -----------------------------------------------------------------------
-    @rpc
-    def replay_events(self, scope: dict, data: dict) -> dict[str, Any]:
-        """Re-publish events since `since` (matching `routing_keys`) to the existing queue `queue`."""
-        with self.queues() as publish:
-            return replay.replay(self.db, Scope.from_dict(scope), data, publish)
+    def query_statements(self, scope: dict, params: dict | None = None,
+                         languages: list | None = None) -> dict[str, Any]:
+        """{"body": a Statement or a StatementResult, "consistent_through": the xAPI header's value}."""
+        consistent_through = statement_query.consistent_through()  # taken before reading, as it promises
+        body = statement_query.query(self.db, Scope.from_dict(scope), params or {}, languages)
+        return {"body": body, "consistent_through": consistent_through}
 
     @cloud_event_handler("accounts", roster.TEACHER_EVENT_KEYS, processed=processed_events)
     def on_teacher_event(self, body: dict, attributes: dict) -> None:

@@ -1,4 +1,4 @@
-"""xAPI: every activity as a statement, and the `/xapi/statements` query over them.
+"""xAPI: every activity as a statement, voiding statements for what no longer counts, output formats.
 
 Statements are built from the stored record (never stored twice), so the body of an event and the
 answer of a query are the same statement. IRIs are stable: subscribers and learning-record tools
@@ -9,6 +9,10 @@ filter on them.
   the activity it comments on); result.duration: ISO 8601; result.extensions: credited hours;
   context.extensions: bureau, district, school, group, kind; timestamp: when it happened; stored: when
   it was recorded; context.statement: the statement a correction replaces.
+- What no longer counts is voided the xAPI way (verb `http://adlnet.gov/expapi/verbs/voided`, object a
+  StatementRef): a moderator's hiding (the `activity.hidden.<kind>` event carries that statement, with
+  the reason in result.response), and a correction's original (voided by a statement stored with the
+  correction). The query over all of them is `statement_query.py`.
 """
 
 from __future__ import annotations
@@ -16,26 +20,25 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import uuid
 from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
-from urllib.parse import urlencode
 
-from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
-
-from services.activities.exceptions import InvalidInput, NotFound
+from services.activities.exceptions import InvalidInput
 from services.activities.models import Activity
-from services.activities.schemas import KINDS, MAX_STATEMENTS, XAPI_VERSION, StatementQuery
+from services.activities.schemas import KINDS, XAPI_VERSION
 from services.common.scope import Scope
 from services.common.timeutil import as_utc
-from services.common.validation import load
 
 HOME_PAGE = "https://lianxiao.example"
 ACTIVITY_BASE = f"{HOME_PAGE}/xapi/activities/"
 ACTIVITY_TYPE_BASE = f"{HOME_PAGE}/xapi/activity-types/"
 EXTENSION_BASE = f"{HOME_PAGE}/xapi/extensions/"
-HID_VERB = f"{HOME_PAGE}/xapi/verbs/hid"
+VOIDED_VERB = "http://adlnet.gov/expapi/verbs/voided"
+# A correction's voiding statement has the correction's id with these bits flipped (version and
+# variant bits untouched), so the id is stable, unique and leads back to the correction.
+CORRECTION_VOIDING_MASK = 0x5A5A5A5A_5A5A_0A5A_1A5A_5A5A5A5A5A5A
 MAX_SEQUENCE = 2**63 - 1
 MAX_CURSOR_DIGITS = len(str(MAX_SEQUENCE))
 
@@ -108,39 +111,83 @@ def statement(activity: Activity | SimpleNamespace) -> dict[str, Any]:
     }
 
 
-def hide_statement(activity: Activity) -> dict[str, Any]:
-    """A moderator hid a statement: who, why, which (the hidden one stays stored)."""
-    assert activity.hidden_at is not None and activity.hidden_by_teacher_id is not None
+def voiding(statement_id: str, voided_id: str, actor_teacher_id: int, moment: datetime,
+            activity: Activity) -> dict[str, Any]:
+    """An xAPI voiding statement: `voided_id` no longer counts (xAPI 1.0.3, "Voided")."""
     return {
-        "id": activity.hidden_statement_id,
-        "actor": agent(activity.hidden_by_teacher_id),
-        "verb": {"id": HID_VERB, "display": {"zh-CN": "屏蔽", "en-US": "hid"}},
-        "object": {"objectType": "StatementRef", "id": activity.id},
-        "result": {"response": activity.hidden_reason},
-        "context": {"platform": "lianxiao", "language": "zh-CN", "extensions": context_extensions(activity)},
-        "timestamp": iso(activity.hidden_at),
-        "stored": iso(activity.hidden_at),
+        "id": statement_id,
+        "actor": agent(actor_teacher_id),
+        "verb": {"id": VOIDED_VERB, "display": {"zh-CN": "作废", "en-US": "voided"}},
+        "object": {"objectType": "StatementRef", "id": voided_id},
+        # No platform or language: xAPI allows them only when the object is an Activity.
+        "context": {"extensions": context_extensions(activity)},
+        "timestamp": iso(moment),
+        "stored": iso(moment),
         "version": XAPI_VERSION,
     }
 
 
-# --- GET /xapi/statements -------------------------------------------------------------------------
+def hide_statement(activity: Activity) -> dict[str, Any]:
+    """A moderator hid a statement: it is voided, with the moderator as actor and the reason."""
+    assert activity.hidden_at is not None and activity.hidden_by_teacher_id is not None
+    assert activity.hidden_statement_id is not None
+    hidden = voiding(activity.hidden_statement_id, activity.id, activity.hidden_by_teacher_id,
+                     activity.hidden_at, activity)
+    hidden["verb"]["display"]["zh-CN"] = "屏蔽"
+    hidden["result"] = {"response": activity.hidden_reason}
+    return hidden
 
 
-def _teacher_of_agent(value: Any) -> int | None:
-    """The teacher id an xAPI agent filter names; None when it names nobody known here."""
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except ValueError as error:
-            raise InvalidInput("agent must be a JSON Agent object.", {"agent": ["Not JSON."]}) from error
-    if not isinstance(value, dict):
-        raise InvalidInput("agent must be a JSON Agent object.", {"agent": ["Not an object."]})
-    account = value.get("account")
-    if not isinstance(account, dict) or account.get("homePage") != HOME_PAGE:
-        return None
-    prefix, _, number = str(account.get("name", "")).partition("/")
-    return int(number) if prefix == "teacher" and number.isdigit() else None
+def correction_voiding_id(correction_id: str) -> str:
+    return str(uuid.UUID(int=uuid.UUID(correction_id).int ^ CORRECTION_VOIDING_MASK))
+
+
+def correction_of_voiding_id(statement_id: str) -> str:
+    return correction_voiding_id(statement_id)  # the mask is its own inverse
+
+
+def correction_voiding_statement(correction: Activity) -> dict[str, Any]:
+    """A correction voids the statement it replaces; `context.statement` names the replacement."""
+    assert correction.corrects_id is not None
+    voided = voiding(correction_voiding_id(correction.id), correction.corrects_id, correction.teacher_id,
+                     correction.recorded_at, correction)
+    voided["context"]["statement"] = {"objectType": "StatementRef", "id": correction.id}
+    return voided
+
+
+# --- output formats (xAPI `format`) --------------------------------------------------------------
+
+
+def pick_language(language_map: dict[str, str], languages: list[str]) -> dict[str, str]:
+    """`canonical`: one entry of a language map, the caller's first acceptable language if present."""
+    for wanted in languages:
+        for tag, text in language_map.items():
+            if tag.lower() == wanted.lower() or tag.lower().split("-")[0] == wanted.lower():
+                return {tag: text}
+    first = next(iter(language_map.items()), None)
+    return dict([first]) if first else {}
+
+
+def formatted(statement: dict[str, Any], form: str, languages: list[str]) -> dict[str, Any]:
+    """`exact` as stored; `ids`: agents, verbs and activities by their identifiers only;
+    `canonical`: one language per language map."""
+    if form == "exact":
+        return statement
+    out = json.loads(json.dumps(statement))
+    if form == "ids":
+        out["actor"] = {key: value for key, value in out["actor"].items() if key in ("objectType", "account")}
+        out["verb"] = {"id": out["verb"]["id"]}
+        if out["object"].get("objectType") == "Activity":
+            out["object"] = {"objectType": "Activity", "id": out["object"]["id"]}
+        return out
+    out["verb"]["display"] = pick_language(out["verb"].get("display", {}), languages)
+    definition = out["object"].get("definition")
+    if definition and "name" in definition:
+        definition["name"] = pick_language(definition["name"], languages)
+    return out
+
+
+# --- cursors and scope ------------------------------------------------------------------------------
 
 
 def encode_cursor(sequence: int) -> str:
@@ -160,61 +207,10 @@ def decode_cursor(cursor: str) -> int:
         raise InvalidInput("The cursor is not one this server gave out.", {"cursor": ["Invalid."]}) from error
 
 
-def in_scope(query: Any, scope: Scope) -> Any:
-    query = query.where(Activity.bureau_id == scope.bureau_id)
+def in_scope(query: Any, scope: Scope, table: Any = Activity) -> Any:
+    query = query.where(table.bureau_id == scope.bureau_id)
     if scope.kind == "district":
-        return query.where(Activity.district_id == scope.id)
+        return query.where(table.district_id == scope.id)
     if scope.kind == "school":
-        return query.where(Activity.school_id == scope.id)
+        return query.where(table.school_id == scope.id)
     return query
-
-
-def query_statements(session: Session, scope: Scope, params: dict[str, Any]) -> dict[str, Any]:
-    """xAPI StatementResult: `statements` and `more` (a relative URL of the next page, or "")."""
-    values = load(StatementQuery(), {key: value for key, value in params.items() if value is not None})
-    if values["statementId"] is not None:
-        query = in_scope(select(Activity).where(Activity.id == str(values["statementId"])), scope)
-        found = session.scalar(query.where(Activity.hidden.is_(False)))
-        if found is None:
-            raise NotFound(f"No statement {values['statementId']} in this scope.")
-        return {"statements": [statement(found)], "more": ""}
-
-    query = in_scope(select(Activity), scope).where(Activity.hidden.is_(False))  # hidden ≈ voided
-    if values["agent"] is not None:
-        teacher_id = _teacher_of_agent(values["agent"])
-        if teacher_id is None:
-            return {"statements": [], "more": ""}
-        query = query.where(Activity.teacher_id == teacher_id)
-    if values["verb"]:
-        kinds = [name for name, kind in KINDS.items() if kind.verb == values["verb"]]
-        if not kinds:
-            return {"statements": [], "more": ""}
-        query = query.where(Activity.kind.in_(kinds))
-    if values["activity"]:
-        if not values["activity"].startswith(ACTIVITY_BASE):
-            return {"statements": [], "more": ""}
-        object_id = values["activity"][len(ACTIVITY_BASE):]
-        query = query.where(or_(Activity.object_id == object_id, Activity.id == object_id))
-    if values["since"] is not None:
-        query = query.where(Activity.recorded_at > values["since"].astimezone(UTC))  # xAPI: since is exclusive
-    if values["until"] is not None:
-        query = query.where(Activity.recorded_at <= values["until"].astimezone(UTC))
-    ascending = values["ascending"]
-    if values["cursor"]:
-        after = decode_cursor(values["cursor"])
-        query = query.where(Activity.sequence > after if ascending else Activity.sequence < after)
-    # `stored` order is insertion order; the sequence breaks ties between equal timestamps.
-    query = query.order_by(Activity.sequence.asc() if ascending else Activity.sequence.desc())
-    limit = values["limit"] or MAX_STATEMENTS
-    limit = min(limit, MAX_STATEMENTS)
-    rows = list(session.scalars(query.limit(limit + 1)))
-    more = ""
-    if len(rows) > limit:
-        rows = rows[:limit]
-        next_params = {key: value for key, value in params.items() if value is not None and key != "cursor"}
-        if isinstance(next_params.get("agent"), dict):
-            next_params["agent"] = json.dumps(next_params["agent"], separators=(",", ":"))
-        next_params["cursor"] = encode_cursor(rows[-1].sequence)
-        more = "/xapi/statements?" + urlencode({key: str(value).lower() if isinstance(value, bool) else value
-                                                for key, value in next_params.items()})
-    return {"statements": [statement(row) for row in rows], "more": more}

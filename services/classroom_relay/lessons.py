@@ -277,8 +277,10 @@ def _event_body(live: LiveSession, member: SessionClassroom) -> dict[str, Any]:
     }
 
 
-def subject(live: LiveSession, member: SessionClassroom) -> str:
-    return f"session/{live.id}/classroom/{member.classroom_id}"
+def event_routing(live: LiveSession, member: SessionClassroom) -> dict[str, Any]:
+    """An event's subject and bureau (the bureau of the classroom's school: its routing key)."""
+    return {"subject": f"session/{live.id}/classroom/{member.classroom_id}",
+            "bureau_id": member.classroom.school.bureau_id}
 
 
 def _require_free(session: Session, live: LiveSession, member: SessionClassroom) -> None:
@@ -350,10 +352,10 @@ def start_session(
         _join(session, live, member, now)
     live.status = "live"
     live.started_at = now
-    outbox.add(session, "session.started", _event_body(live, master), subject=subject(live, master))
+    outbox.add(session, "session.started", _event_body(live, master), **event_routing(live, master))
     for member in joining:
         if member.role == "branch":
-            outbox.add(session, "classroom.joined", _event_body(live, member), subject=subject(live, member))
+            outbox.add(session, "classroom.joined", _event_body(live, member), **event_routing(live, member))
     session.flush()
     return dump_session(live)
 
@@ -363,7 +365,7 @@ def _leave(session: Session, live: LiveSession, member: SessionClassroom, now: d
     member.state = "left"
     member.left_at = now
     if was_joined and member.role == "branch":
-        outbox.add(session, "classroom.left", _event_body(live, member), subject=subject(live, member))
+        outbox.add(session, "classroom.left", _event_body(live, member), **event_routing(live, member))
 
 
 def end_session(session: Session, scope: Scope, session_id: Any, now: datetime | None = None) -> dict[str, Any]:
@@ -379,7 +381,7 @@ def end_session(session: Session, scope: Scope, session_id: Any, now: datetime |
     for member in branches:
         _leave(session, live, member, now)
     master.state, master.left_at = "left", now
-    outbox.add(session, "session.ended", _event_body(live, master), subject=subject(live, master))
+    outbox.add(session, "session.ended", _event_body(live, master), **event_routing(live, master))
     live.occurrences_held += 1
     live.started_at = None
     live.dataplane = None  # the next occurrence is placed again when it starts
@@ -424,7 +426,7 @@ def join_branch(
         session.add(member)
     _join(session, live, member, now)
     session.flush()
-    outbox.add(session, "classroom.joined", _event_body(live, member), subject=subject(live, member))
+    outbox.add(session, "classroom.joined", _event_body(live, member), **event_routing(live, member))
     return dump_member(member)
 
 

@@ -39,7 +39,9 @@ metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
-outbox = Outbox("classroom_relay", metadata)
+# Payload schemas, named as in docs/events/asyncapi.yaml.
+outbox = Outbox("classroom_relay", metadata, schemas={
+    "session": "session_classroom", "classroom": "session_classroom", "stream": "stream_quality"})
 
 
 class Base(DeclarativeBase):

@@ -23,12 +23,13 @@ from services.common.entrypoints import rpc
 from services.common.events import OutboxRelay
 from services.common.health import HealthRpc
 from services.common.metrics import ServiceMetrics
+from services.common.replay import ReplayRpc
 from services.common.scope import Scope
 
 HEALTH_CHECK_SECONDS = settings.HEALTH_INTERVAL.get()
 
 
-class ClassroomRelayService(HealthRpc):
+class ClassroomRelayService(HealthRpc, ReplayRpc):
     name = "classroom_relay"
 
     db = Database("classroom_relay")

@@ -10,7 +10,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.classroom_relay.lessons import subject
+from services.classroom_relay.lessons import event_routing
 from services.classroom_relay.models import (
     LiveSession,
     SessionClassroom,
@@ -85,7 +85,7 @@ def record_stream_health(
             "send_rate_bps": int(output.get("send_rate_bytes_per_second", 0) * 8),
             "loss_ratio": output.get("loss_ratio", 0.0),
             "at": iso(now),
-        }, subject=subject(live, member))
+        }, **event_routing(live, member))
         added.append(routing_key)
     session.flush()
     return added

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote, urlsplit
 
 from services.common.settings import setting
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_AMQP_URI = "amqp://guest:guest@127.0.0.1:5672/"
+MANAGEMENT_PORT = 15672
 # Each service owns its own database; `{service}` in the URL is replaced by the service name so one
 # variable can name a database per service (e.g. postgresql://db/lianxiao_{service}).
 DEFAULT_DATABASE_URL = f"sqlite:///{REPO_ROOT / 'var' / '{service}.db'}"
@@ -36,11 +39,36 @@ QUEUE_TYPE = setting(
 WAIT_FOR_TIMEOUT = setting(
     "WAIT_FOR_TIMEOUT", float, 180.0,
     "how long `python -m services.common.wait_for` waits for the broker, databases or migrations (containers)")
+RABBITMQ_MANAGEMENT_URL = setting(
+    "RABBITMQ_MANAGEMENT_URL", str, None,
+    "RabbitMQ's management API, with AMQP_URI's user: replay reads a queue's bindings there, "
+    "`lianxiao-admin broker-user-create` makes users there", default_text="`http://<AMQP_URI host>:15672`")
+SCOPE_SECRET = setting(
+    "LIANXIAO_SCOPE_SECRET", str, None,
+    "the key accounts signs verified scopes with and every service checks them with (HMAC-SHA256; "
+    "unset: scopes are neither signed nor checked)", default_text="none (`make run` generates one)")
 LOG_LEVEL = setting("LOG_LEVEL", str, "INFO", "log level of every process")
 
 
 def amqp_uri() -> str:
     return AMQP_URI.get()
+
+
+@dataclass(frozen=True)
+class ManagementApi:
+    """RabbitMQ's management API for the broker and vhost of an AMQP URI, with that URI's user."""
+
+    base_url: str
+    auth: tuple[str, str]
+    vhost: str
+
+    @classmethod
+    def of(cls, amqp: str, management_url: str | None = None) -> ManagementApi:
+        parts = urlsplit(amqp)
+        vhost = unquote(parts.path[1:]) if len(parts.path) > 1 else "/"
+        default_url = f"http://{parts.hostname or '127.0.0.1'}:{MANAGEMENT_PORT}"
+        auth = (unquote(parts.username or "guest"), unquote(parts.password or "guest"))
+        return cls((management_url or RABBITMQ_MANAGEMENT_URL.get() or default_url).rstrip("/"), auth, vhost)
 
 
 def database_url(service: str, config: dict[str, Any] | None = None) -> str:

@@ -6,8 +6,9 @@ batch) and marks them sent. A crash
 between commit and publish delays an event, never loses it; consumers deduplicate on the event id.
 
 Messages go to the service's topic exchange `<service>.events` (the exchange nameko's own
-`@event_handler` binds to) with the routing key as the event type, a JSON body, and the CloudEvents
-attributes as AMQP application properties (`cloudEvents:<name>`, per the CloudEvents AMQP binding).
+`@event_handler` binds to) with the routing key `bureau.<bureau id>.<event type>` (see
+`bureau_routing_key`), a JSON body, and the CloudEvents attributes as AMQP application properties
+(`cloudEvents:<name>`, per the CloudEvents AMQP binding).
 """
 
 from __future__ import annotations
@@ -17,14 +18,12 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
 from typing import Any
 
 import eventlet
-from amqp.exceptions import NotFound as QueueMissing
 from eventlet.queue import Empty, LightQueue
 from kombu import Connection, Exchange, Producer
 from nameko.extensions import DependencyProvider
@@ -44,7 +43,6 @@ from sqlalchemy.orm import Session
 
 from services.common.config import amqp_uri, database_url
 from services.common.db import make_engine
-from services.common.errors import NotFound
 from services.common.metrics import registry_for
 from services.common.timeutil import as_utc, utcnow
 
@@ -57,6 +55,35 @@ SCHEMA_BASE = "https://lianxiao.example/schemas/events"
 
 def event_exchange(service: str) -> Exchange:
     return Exchange(f"{service}.events", type="topic", durable=True, auto_delete=False)
+
+
+# --- routing keys: the bureau first, so a broker user can be limited to its bureaus -----------------
+
+BUREAU_KEY_PREFIX = "bureau"
+
+
+def bureau_routing_key(bureau_id: int, event_type: str) -> str:
+    """`bureau.<id>.<event type>`: RabbitMQ topic permissions (a regex on binding keys, see
+    services/accounts/broker_users.py) can then allow a subscriber its own bureaus' events only."""
+    return f"{BUREAU_KEY_PREFIX}.{int(bureau_id)}.{event_type}"
+
+
+def any_bureau(event_pattern: str) -> str:
+    """The binding key of an event-type pattern in every bureau (the platform's own consumers)."""
+    return f"{BUREAU_KEY_PREFIX}.*.{event_pattern}"
+
+
+def event_type_of(routing_key: str) -> str:
+    """The event type of a routing key (`bureau.3.teacher.joined` → `teacher.joined`)."""
+    prefix, _, rest = routing_key.partition(".")
+    if prefix != BUREAU_KEY_PREFIX:
+        return routing_key
+    return rest.partition(".")[2]
+
+
+def dataschema_url(service: str, schema: str, version: int) -> str:
+    """`cloudEvents:dataschema`: the payload's schema, named as in docs/events/asyncapi.yaml."""
+    return f"{SCHEMA_BASE}/{service}/{schema}/v{version}.json"
 
 
 def cloud_event_headers(row: Mapping[str, Any]) -> dict[str, str]:
@@ -73,6 +100,15 @@ def cloud_event_headers(row: Mapping[str, Any]) -> dict[str, str]:
     return {HEADER_PREFIX + name: value for name, value in headers.items() if value is not None}
 
 
+def outbox_message(row: Mapping[str, Any]) -> dict[str, Any]:
+    """How an outbox row goes on the wire (kombu `Producer.publish` arguments, exchange aside)."""
+    return {
+        "body": row["body"].encode(), "routing_key": row["routing_key"], "headers": cloud_event_headers(row),
+        "content_type": "application/json", "content_encoding": "utf-8", "message_id": row["event_id"],
+        "type": row["type"], "delivery_mode": 2,
+    }
+
+
 def read_cloud_event_headers(headers: Mapping[str, Any] | None) -> dict[str, Any]:
     """The CloudEvents attributes of a received message, without the AMQP prefix."""
     return {
@@ -84,10 +120,12 @@ def read_cloud_event_headers(headers: Mapping[str, Any] | None) -> dict[str, Any
 
 @dataclass(frozen=True)
 class OutboxEvent:
-    """One event to add to an outbox: its routing key (the event type's tail) and body."""
+    """One event of one bureau to add to an outbox: its type (e.g. `teacher.joined`; the routing key
+    adds the bureau, see `bureau_routing_key`) and body."""
 
     routing_key: str
     data: Mapping[str, Any]
+    bureau_id: int
     subject: str | None = None
     event_id: str | None = None
     time: datetime | None = None
@@ -96,8 +134,11 @@ class OutboxEvent:
 class Outbox:
     """The outbox table of one service and the way domain code adds events to it."""
 
-    def __init__(self, service: str, metadata: MetaData, schema_version: int = 1) -> None:
+    def __init__(self, service: str, metadata: MetaData, schema_version: int = 1,
+                 schemas: Mapping[str, str] | None = None) -> None:
         self.service = service
+        # Payload schema by event type (or its first words); by default the event type's first word.
+        self.schemas = dict(schemas or {})
         self.source = f"/lianxiao/{service}"
         # Counts events added in this process, so the relay wakes only after workers that wrote some.
         self.added = 0
@@ -124,12 +165,14 @@ class Outbox:
         routing_key: str,
         data: Mapping[str, Any],
         *,
+        bureau_id: int,
         subject: str | None = None,
         event_id: str | None = None,
         time: datetime | None = None,
     ) -> str:
-        """Queue an event inside the caller's transaction; returns its id."""
-        return self.add_many(session, [OutboxEvent(routing_key, data, subject, event_id, time)])[0]
+        """Queue an event (`routing_key`: its type, e.g. `teacher.joined`) of one bureau inside the
+        caller's transaction; returns its id."""
+        return self.add_many(session, [OutboxEvent(routing_key, data, bureau_id, subject, event_id, time)])[0]
 
     def add_many(self, session: Session, events: list[OutboxEvent]) -> list[str]:
         """Queue many events in one INSERT inside the caller's transaction; returns their ids."""
@@ -140,18 +183,25 @@ class Outbox:
         return [row["event_id"] for row in rows]
 
     def _row(self, event: OutboxEvent) -> dict[str, Any]:
-        kind = event.routing_key.split(".")[0]
         return {
             "event_id": event.event_id or str(uuid.uuid4()),
-            "routing_key": event.routing_key,
+            "routing_key": bureau_routing_key(event.bureau_id, event.routing_key),
             "type": f"cn.lianxiao.{self.service}.{event.routing_key}",
             "source": self.source,
             "subject": event.subject,
-            "dataschema": f"{SCHEMA_BASE}/{self.service}/{kind}/v{self.schema_version}.json",
+            "dataschema": dataschema_url(self.service, self.schema_of(event.routing_key), self.schema_version),
             "time": event.time or utcnow(),
             "body": json.dumps(event.data, ensure_ascii=False, default=str),
             "attempts": 0,
         }
+
+    def schema_of(self, event_type: str) -> str:
+        words = event_type.split(".")
+        for length in range(len(words), 0, -1):
+            schema = self.schemas.get(".".join(words[:length]))
+            if schema is not None:
+                return schema
+        return words[0]
 
     def backlog(self, session: Session) -> int:
         query = select(func.count()).select_from(self.table).where(self.table.c.published_at.is_(None))
@@ -265,13 +315,7 @@ class OutboxRelay(DependencyProvider):
                 .all()
             )
             if rows:
-                batches.publish(exchange, [
-                    {
-                        "body": row["body"].encode(), "routing_key": row["routing_key"],
-                        "headers": cloud_event_headers(row), "message_id": row["event_id"], "type": row["type"],
-                    }
-                    for row in rows
-                ])
+                batches.publish(exchange, [outbox_message(row) for row in rows])
                 connection.execute(
                     update(table)
                     .where(table.c.sequence.in_([row["sequence"] for row in rows]))
@@ -322,15 +366,12 @@ class ConfirmedBatches:
         self.confirmed = max(self.confirmed, delivery_tag)
 
     def publish(self, exchange: Exchange, messages: list[dict[str, Any]]) -> None:
+        """Publish `messages` (kombu `Producer.publish` arguments, see `outbox_message`) and wait for them."""
         if exchange.name not in self.declared:
             exchange(self.channel).declare()
             self.declared.add(exchange.name)
         for message in messages:
-            self.producer.publish(
-                message["body"], exchange=exchange, routing_key=message["routing_key"],
-                headers=message["headers"], content_type="application/json", content_encoding="utf-8",
-                message_id=message["message_id"], type=message["type"], delivery_mode=2, retry=False,
-            )
+            self.producer.publish(exchange=exchange, retry=False, **message)
             self.published += 1
         deadline = time.monotonic() + self.confirm_timeout_seconds
         while self.confirmed < self.published:
@@ -340,42 +381,3 @@ class ConfirmedBatches:
             self.connection.drain_events(timeout=remaining)
         if self.refused:
             raise PublishNotConfirmed("the broker refused a message of the batch")
-
-
-class QueuePublisher(DependencyProvider):
-    """Publishing straight to existing named queues (the default exchange), with publisher confirms.
-
-    `with self.<name>() as publish:` opens one broker connection for a unit of work; `publish(queue, body,
-    headers, properties)` refuses a queue that does not exist (`NotFound`) instead of losing messages.
-    """
-
-    def setup(self) -> None:
-        self.uri = self.container.config.get("AMQP_URI") or amqp_uri()
-
-    def get_dependency(self, worker_ctx: Any) -> Any:
-        return partial(open_queue_publisher, self.uri)
-
-
-QueuePublish = Callable[[str, bytes, Mapping[str, Any], Mapping[str, Any]], None]
-
-
-@contextlib.contextmanager
-def open_queue_publisher(uri: str) -> Iterator[QueuePublish]:
-    with Connection(uri, transport_options={"confirm_publish": True}) as connection:
-        producer = connection.Producer()
-        checked: set[str] = set()
-
-        def publish(queue: str, body: bytes, headers: Mapping[str, Any], properties: Mapping[str, Any]) -> None:
-            if queue not in checked:
-                try:
-                    connection.default_channel.queue_declare(queue=queue, passive=True)
-                except QueueMissing as error:
-                    raise NotFound(f"Queue {queue!r} does not exist; declare and bind it first.") from error
-                checked.add(queue)
-            producer.publish(
-                body, exchange="", routing_key=queue, headers=dict(headers),
-                content_type="application/json", content_encoding="utf-8", delivery_mode=2,
-                message_id=properties["message_id"], type=properties["type"], retry=False,
-            )
-
-        yield publish

@@ -17,13 +17,9 @@ from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from services.common.config import SCOPE_SECRET
 from services.common.errors import Forbidden, InvalidInput, Unauthenticated
-from services.common.settings import setting
 
-SCOPE_SECRET = setting(
-    "LIANXIAO_SCOPE_SECRET", str, None,
-    "HMAC secret accounts signs verified scopes with and every service checks (unset: scopes are not signed)",
-    default_text="unset (`make run`, compose and Kubernetes set one)")
 SCOPE_SECRET_VARIABLE = SCOPE_SECRET.name
 SIGNATURE_LIFETIME = timedelta(minutes=5)  # longer than any gateway cache entry (30 s) and RPC (30 s)
 log = logging.getLogger(__name__)

@@ -1,10 +1,11 @@
 """Consuming other services' events: CloudEvents headers in, each event applied once, bad ones kept.
 
 `cloud_event_handler(source_service, routing_keys, processed=...)` declares a durable queue
-`evt-<source>--<service>.<method>` bound to the exchange `<source>.events` with each routing key.
-Deduplication lives here, once for every consumer: the decorated method runs inside a transaction of
-the service's database (`self.db`), and only for events whose id is not yet in the service's
-`processed_events` table; the ids are recorded in that same transaction.
+`evt-<source>--<service>.<method>` bound to the exchange `<source>.events` with each event-type
+pattern in every bureau (`bureau.*.<pattern>`). Handlers see `routing_key` as the event type, without
+the bureau. Deduplication lives here, once for every consumer: the decorated method runs inside a
+transaction of the service's database (`self.db`), and only for events whose id is not yet in the
+service's `processed_events` table; the ids are recorded in that same transaction.
 
 - `batch=1`: the method is called with `(body, attributes)` (the message's CloudEvents attributes
   `id`, `type`, `time`, ... plus `routing_key`).
@@ -48,7 +49,7 @@ from sqlalchemy.orm import Session
 
 from services.common.config import amqp_uri, durable_queue_arguments
 from services.common.errors import InvalidInput, ServiceUnavailable
-from services.common.events import event_exchange, read_cloud_event_headers
+from services.common.events import any_bureau, event_exchange, event_type_of, read_cloud_event_headers
 from services.common.metrics import registry_for
 
 log = logging.getLogger(__name__)
@@ -237,7 +238,7 @@ class CloudEventHandler(Consumer):
         # Named after the handler, like nameko's own event handlers: renaming one leaves a queue behind.
         self.queue = Queue(
             f"evt-{self.source_service}--{service}.{self.method_name}",
-            bindings=[binding(exchange, routing_key=key) for key in self.routing_keys],
+            bindings=[binding(exchange, routing_key=any_bureau(key)) for key in self.routing_keys],
             durable=True,
             auto_delete=False,
             queue_arguments=durable_queue_arguments(),
@@ -262,7 +263,7 @@ class CloudEventHandler(Consumer):
         """The event in a message; None when the message was dead-lettered as unusable."""
         attributes = read_cloud_event_headers(message.headers)
         # Not a CloudEvents attribute: the routing key the event arrived with, for handlers of several.
-        attributes["routing_key"] = (message.delivery_info or {}).get("routing_key", "")
+        attributes["routing_key"] = event_type_of((message.delivery_info or {}).get("routing_key", ""))
         problem = None
         if not attributes.get("id"):
             problem = "No cloudEvents:id header: the event cannot be deduplicated."

@@ -24,6 +24,7 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
+from services.activities.schemas import XAPI_VERSION
 from services.common.config import AMQP_URI
 from services.common.errors import LianxiaoError, ServiceUnavailable
 from services.gateway import problems
@@ -40,6 +41,8 @@ from services.gateway.schemas import Health
 
 log = logging.getLogger(__name__)
 
+# Bearer for API clients; Basic (the token as the secret) for xAPI tools that only speak Basic.
+AUTHENTICATE_CHALLENGES = 'Bearer realm="lianxiao", Basic realm="lianxiao"'
 UNMATCHED_ROUTE = "unmatched"  # metrics label for 404s, so probes of random paths cannot explode cardinality
 
 
@@ -216,6 +219,8 @@ class Gateway:
             response = self._error_response(error, request)
         for name, value in limit_headers.items():
             response.headers.setdefault(name, value)
+        if route.path.startswith("/xapi/"):  # xAPI: every answer names the version, refusals included
+            response.headers.setdefault("X-Experience-API-Version", XAPI_VERSION)
         return response
 
     def _admit_attempt(self, request: Request) -> None:
@@ -244,7 +249,7 @@ class Gateway:
             return problems.from_http_problem(error, instance)
         if isinstance(error, AuthenticationRequired):
             return problems.problem_response(
-                401, error.detail, headers={"WWW-Authenticate": 'Bearer realm="lianxiao"'}, instance=instance
+                401, error.detail, headers={"WWW-Authenticate": AUTHENTICATE_CHALLENGES}, instance=instance
             )
         if isinstance(error, LianxiaoError):
             return problems.from_domain_error(error, instance)

@@ -1,4 +1,5 @@
-"""Bearer tokens: verified by the accounts service, remembered briefly by each gateway worker.
+"""API tokens (Bearer, or HTTP Basic with the token as the secret): verified by the accounts service,
+remembered briefly by each gateway worker.
 
 A verified scope (and a rejection) is cached for `ttl` seconds (30 by default, never past the token's
 own expiry), keyed by the SHA-256 of the token so the secret itself is never kept or logged. The cache
@@ -12,6 +13,8 @@ cache, at one accounts RPC per request).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import threading
 import time
@@ -55,6 +58,33 @@ def bearer_token(authorization: str | None) -> str:
     return token
 
 
+BASIC_PREFIX = "basic "
+
+
+def basic_token(authorization: str) -> str:
+    """The token sent as HTTP Basic credentials, for LRS tools that only speak Basic (key/secret).
+
+    The token is the password (the user name is free: e.g. the token's prefix), or the user name
+    with an empty password.
+    """
+    try:
+        decoded = base64.b64decode(authorization[len(BASIC_PREFIX):].strip(), validate=True).decode("utf-8")
+    except (binascii.Error, UnicodeDecodeError) as error:
+        raise AuthenticationRequired("The Basic credentials are not base64 of 'key:secret'.") from error
+    user, separator, password = decoded.partition(":")
+    token = password or user
+    if not separator or not token or " " in token or len(token) > MAX_TOKEN_CHARS:
+        raise AuthenticationRequired("Send the API token as the Basic password ('key:<token>').")
+    return token
+
+
+def request_token(authorization: str | None) -> str:
+    """The API token of a request: `Bearer <token>`, or HTTP Basic with the token as the secret."""
+    if authorization and authorization[: len(BASIC_PREFIX)].lower() == BASIC_PREFIX:
+        return basic_token(authorization)
+    return bearer_token(authorization)
+
+
 def _seconds_until(iso_moment: Any, now: datetime) -> float | None:
     if not isinstance(iso_moment, str):
         return None
@@ -89,7 +119,7 @@ class TokenVerifier:
         self, authorization: str | None, before_verifying: Callable[[], None] | None = None
     ) -> dict[str, Any]:
         """`before_verifying` runs only when accounts must be asked (it may refuse, e.g. a rate limit)."""
-        token = bearer_token(authorization)
+        token = request_token(authorization)
         digest = token_digest(token)
         entry = self._cached(digest)
         if entry is None:

@@ -73,7 +73,7 @@ def _operation(route: Route) -> dict[str, Any]:
     statuses = set(route.error_statuses) | {500}
     if route.authenticated:
         statuses |= {401, 403, 429, 503}
-        operation["security"] = [{"bearerAuth": []}]
+        operation["security"] = [{"bearerAuth": []}, {"basicAuth": []}]  # either: see auth.py
     else:
         operation["security"] = []
     if "<" in route.path or route.query_schema is not None:
@@ -108,6 +108,8 @@ def build_spec(routes: list[Route]) -> dict[str, Any]:
         info={"description": DESCRIPTION},
     )
     spec.components.security_scheme("bearerAuth", {"type": "http", "scheme": "bearer"})
+    spec.components.security_scheme("basicAuth", {
+        "type": "http", "scheme": "basic", "description": "The API token as the password (for xAPI tools)."})
     spec.components.schema("Problem", schema=Problem)
     operations_by_path: dict[str, dict[str, Any]] = {}
     for route in routes:

@@ -402,7 +402,8 @@ def evaluate(session: Session, bureau_id: int, period: Period, rule_set: RuleSet
                                 rules_scope=rule_set.scope_kind)
         for row in session.execute(school_query).mappings()
     }
-    evaluation = Evaluation(period, rule_set, results, {}, {}, through=judged_through(period, today))
+    through = judged_through(period, today)
+    evaluation = Evaluation(period, rule_set, results, {}, {}, through=through)
     alliance_ids: dict[int, list[int]] = defaultdict(list)
     for row in session.execute(select(alliance_members).order_by(alliance_members.c.school_id)):
         if row.school_id in results:
@@ -424,7 +425,7 @@ def evaluate(session: Session, bureau_id: int, period: Period, rule_set: RuleSet
         # None: every school of the bureau (no id list in the SQL) — only when one rule set judges them all.
         visible = list(members) if school_ids is not None or len(by_rules) > 1 else None
         best += _judge_teachers(session, bureau_id, period, own, members, visible, with_teachers, top_teachers,
-                                judged_through(period, today))
+                                through)
         _judge_groups(session, bureau_id, period, own, members, visible, today)
         _judge_weeks(session, period, own, members, visible, today)
         if own is not rule_set:

@@ -10,15 +10,16 @@ from sqlalchemy import select
 from services.accounts import directory
 from services.accounts.exceptions import Conflict, Forbidden, InvalidInput, NotFound
 from services.accounts.models import outbox
+from services.common.events import event_type_of
 from services.common.scope import Scope
 
 
 def events(session, routing_key=None):
     rows = session.execute(select(outbox.table).order_by(outbox.table.c.sequence)).mappings().all()
     return [
-        (row["routing_key"], json.loads(row["body"]))
+        (event_type_of(row["routing_key"]), json.loads(row["body"]))
         for row in rows
-        if routing_key is None or row["routing_key"] == routing_key
+        if routing_key is None or event_type_of(row["routing_key"]) == routing_key
     ]
 
 

@@ -56,7 +56,8 @@ def test_a_roster_group_leader_leads_the_group_and_the_event_says_so(session, ci
     leader = next(t for t in directory.list_teachers(session, city["admin"], city["master"]["id"])["items"]
                   if t["staff_number"] == "C021")
     assert group.leader_id == leader["id"]
-    rows = session.execute(select(outbox.table).where(outbox.table.c.routing_key == "group.created")).mappings()
+    created_key = f"bureau.{city['bureau']['id']}.group.created"
+    rows = session.execute(select(outbox.table).where(outbox.table.c.routing_key == created_key)).mappings()
     body = json.loads(next(iter(rows))["body"])
     # The roster's event is the body POST /v1/groups publishes: reporting needs bureau_id.
     assert body["bureau_id"] == city["bureau"]["id"] and body["school_id"] == city["master"]["id"]

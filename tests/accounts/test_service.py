@@ -114,7 +114,7 @@ def test_token_issued_over_rpc_verifies_and_revokes(runner_factory, service_conf
 
 @pytest.mark.integration
 def test_committed_changes_are_published_with_cloudevents_headers(runner_factory, service_config, bureau, unique):
-    queue = Queue(unique("subscriber-"), exchange=event_exchange("accounts"), routing_key="teacher.*",
+    queue = Queue(unique("subscriber-"), exchange=event_exchange("accounts"), routing_key="bureau.*.teacher.*",
                   durable=False, auto_delete=True)
     received: list = []
     with Connection(service_config["AMQP_URI"]) as connection:

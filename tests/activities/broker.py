@@ -10,12 +10,17 @@ from typing import Any
 
 from kombu import Connection, Exchange, Queue
 
-from services.common.events import HEADER_PREFIX, SCHEMA_BASE, event_exchange
+from services.common.events import HEADER_PREFIX, SCHEMA_BASE, bureau_routing_key, event_exchange
+
+DEFAULT_BUREAU = 31  # tests/activities/activity_fixtures.py's invented bureau
 
 
 def publish_event(uri: str, service: str, routing_key: str, body: Any, *, event_id: str | None = None,
-                  raw: bytes | None = None, with_id: bool = True) -> str:
-    """Publish like a service's outbox relay: CloudEvents headers, JSON body, confirmed."""
+                  raw: bytes | None = None, with_id: bool = True, bureau_id: int | None = None) -> str:
+    """Publish like a service's outbox relay: CloudEvents headers, JSON body, confirmed, routed to the
+    bureau (`bureau_id`, else the body's, else the tests' invented bureau)."""
+    if bureau_id is None:
+        bureau_id = body.get("bureau_id", DEFAULT_BUREAU) if isinstance(body, dict) else DEFAULT_BUREAU
     event_id = event_id or str(uuid.uuid4())
     headers = {
         f"{HEADER_PREFIX}type": f"cn.lianxiao.{service}.{routing_key}",
@@ -31,7 +36,7 @@ def publish_event(uri: str, service: str, routing_key: str, body: Any, *, event_
     with Connection(uri, transport_options={"confirm_publish": True}) as connection:
         connection.Producer().publish(
             raw if raw is not None else json.dumps(body).encode(), exchange=exchange, declare=[exchange],
-            routing_key=routing_key, headers=headers, content_type="application/json",
+            routing_key=bureau_routing_key(bureau_id, routing_key), headers=headers, content_type="application/json",
             content_encoding="utf-8", delivery_mode=2,
         )
     return event_id

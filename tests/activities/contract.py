@@ -11,6 +11,8 @@ from typing import Any
 import yaml
 from jsonschema import Draft7Validator, FormatChecker
 
+from services.common.events import SCHEMA_BASE, event_type_of
+
 ASYNCAPI = Path(__file__).resolve().parents[2] / "docs" / "events" / "asyncapi.yaml"
 
 
@@ -32,7 +34,7 @@ def channel_for(exchange: str, routing_key: str) -> dict[str, Any]:
     """The channel documenting this exchange and routing key (`{kind}` matches one word)."""
     for name, channel in document()["channels"].items():
         binding = resolve(channel["bindings"]["amqp"])
-        pattern = "^" + re.sub(r"\\\{[a-z_]+\\\}", "[a-z_]+", re.escape(name)) + "$"
+        pattern = "^" + re.sub(r"\\\{[a-z_]+\\\}", "[a-z0-9_]+", re.escape(name)) + "$"
         if binding["exchange"]["name"] == exchange and re.match(pattern, routing_key):
             return channel
     raise AssertionError(f"{exchange} {routing_key} is not in the AsyncAPI document")
@@ -50,9 +52,14 @@ def contract_errors(exchange: str, routing_key: str, headers: dict[str, Any], bo
     cloud_headers = {key: value for key, value in headers.items() if key.startswith("cloudEvents:")}
     header_errors = validator("#/components/schemas/CloudEventHeaders").iter_errors(cloud_headers)
     errors += [f"headers: {error.message}" for error in header_errors]
-    expected_type = f"cn.lianxiao.{exchange.split('.')[0]}.{routing_key}"
+    service = exchange.split(".")[0]
+    expected_type = f"cn.lianxiao.{service}.{event_type_of(routing_key)}"
     if headers.get("cloudEvents:type") != expected_type:
         errors.append(f"headers: type {headers.get('cloudEvents:type')!r} is not {expected_type!r}")
+    schema_name = re.sub(r"(?<!^)(?=[A-Z])", "_", message_pointer.rsplit("/", 1)[1]).lower()
+    expected_schema = f"{SCHEMA_BASE}/{service}/{schema_name}/v1.json"
+    if headers.get("cloudEvents:dataschema") != expected_schema:
+        errors.append(f"headers: dataschema {headers.get('cloudEvents:dataschema')!r} is not {expected_schema!r}")
     payload_errors = validator(f"{message_pointer}/payload").iter_errors(json.loads(body))
     errors += [f"body: {error.json_path}: {error.message}" for error in payload_errors]
     return errors

@@ -14,7 +14,7 @@ from services.accounts.service import AccountsService
 from services.activities import schemas
 from services.activities.models import RosterTeacher
 from services.activities.service import ActivitiesService
-from services.common.events import event_exchange
+from services.common.events import event_exchange, event_type_of
 from services.common.scope import Scope
 from tests.activities.activity_fixtures import BUREAU, EAST_DISTRICT, MASTER_SCHOOL, teacher_body
 from tests.activities.broker import declare_queue, drain, publish_event, wait_for
@@ -29,14 +29,30 @@ def test_the_document_names_every_kind_and_verb_the_code_uses():
     assert set(verb_enum["enum"]) == {kind.verb for kind in schemas.KINDS.values()}
     assert document()["asyncapi"].startswith("2.6")
     with pytest.raises(AssertionError, match="not in the AsyncAPI"):
-        channel_for("activities.events", "activity.deleted.comment")
+        channel_for("activities.events", "bureau.31.activity.deleted.comment")
+    with pytest.raises(AssertionError, match="not in the AsyncAPI"):
+        channel_for("activities.events", "activity.recorded.comment")  # no bureau: not a routing key we use
+
+
+def test_every_exchange_names_the_servers_vhost_and_every_relay_event_has_a_channel():
+    servers = document()["servers"]["city"]
+    assert servers["url"].endswith("/{vhost}") and "vhost" in servers["variables"]
+    for binding in document()["components"]["channelBindings"].values():
+        assert binding["exchange"]["vhost"] == "{vhost}"
+    for event_type in ("session.started", "session.ended", "classroom.joined", "classroom.left", "stream.degraded",
+                       "stream.recovered"):
+        assert channel_for("classroom_relay.events", f"bureau.7.{event_type}")
+    headers = resolve({"$ref": "#/components/schemas/CloudEventHeaders"})
+    assert "/lianxiao/classroom_relay" in headers["properties"]["cloudEvents:source"]["enum"]
 
 
 def test_a_message_that_breaks_the_contract_is_caught():
     headers = {"cloudEvents:id": "x", "cloudEvents:type": "cn.lianxiao.activities.activity.recorded.blog_post"}
-    errors = contract_errors("activities.events", "activity.recorded.blog_post", headers, b'{"id": "not-a-uuid"}')
+    errors = contract_errors("activities.events", "bureau.31.activity.recorded.blog_post", headers,
+                             b'{"id": "not-a-uuid"}')
     assert any("cloudEvents:source" in error for error in errors)
     assert any(error.startswith("body: $.id") for error in errors)
+    assert any("dataschema" in error for error in errors)
 
 
 @pytest.mark.integration
@@ -101,11 +117,12 @@ def test_published_activity_and_accounts_messages_follow_the_document(service_co
 
     activity_messages = drain(uri, "contract-activities", 5)
     account_messages = drain(uri, "contract-accounts", 15, timeout=15)  # 13 + the 2 joined above
-    keys = [message.delivery_info["routing_key"] for message in activity_messages]
+    keys = [event_type_of(message.delivery_info["routing_key"]) for message in activity_messages]
+    assert {message.delivery_info["routing_key"].split(".")[1] for message in activity_messages} == {str(BUREAU)}
     assert keys == ["activity.recorded.blog_post", "activity.recorded.collective_lesson_prep",
                     "activity.corrected.collective_lesson_prep", "activity.recorded.comment",
                     "activity.hidden.comment"]
-    account_keys = [message.delivery_info["routing_key"] for message in account_messages]
+    account_keys = [event_type_of(message.delivery_info["routing_key"]) for message in account_messages]
     assert {"bureau.created", "district.created", "school.created", "alliance.created", "school.joined_alliance",
             "teacher.joined", "group.created", "teacher.changed", "teacher.left", "token.issued",
             "token.revoked"} <= set(account_keys)

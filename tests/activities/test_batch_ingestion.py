@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import uuid
+from datetime import UTC, datetime
 
 import pytest
 
-from services.activities import log, queries, xapi
+from services.activities import log, queries, statement_query, xapi
 from services.activities.exceptions import InvalidInput
 from tests.activities.test_log import blog_post, events, lesson_prep
 
@@ -71,7 +72,24 @@ def test_queries_out_of_range_are_invalid_input(session, bureau_scope, params):
     statement_params = {name: value for name, value in params.items() if name != "teacher_id"}
     if statement_params:
         with pytest.raises(InvalidInput):
-            xapi.query_statements(session, bureau_scope, statement_params)
+            statement_query.query(session, bureau_scope, statement_params)
+
+
+@pytest.mark.parametrize("cursor", [
+    statement_query.Position(datetime(2026, 1, 1, tzinfo=UTC), 2**70, 0).encode(),
+    statement_query.Position(datetime(2026, 1, 1, tzinfo=UTC), 1, 2**40).encode(),
+    statement_query.Position(datetime(2026, 1, 1, tzinfo=UTC), -1, 0).encode(),
+])
+def test_statement_cursors_out_of_range_are_invalid_input(session, bureau_scope, cursor):
+    with pytest.raises(InvalidInput, match="cursor"):
+        statement_query.query(session, bureau_scope, {"cursor": cursor})
+
+
+def test_since_and_until_in_the_last_millisecond_of_year_9999_find_nothing_and_do_not_fail(session, bureau_scope):
+    log.record(session, bureau_scope, blog_post())
+    for name in ("since", "until"):
+        page = statement_query.query(session, bureau_scope, {name: "9999-12-31T23:59:59.9999Z"})
+        assert len(page["statements"]) == (0 if name == "since" else 1)
 
 
 def test_a_batch_of_500_reads_the_database_a_few_times_only(session, bureau_scope):

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from services.activities import classroom, log, moderation, queries
 from services.activities.exceptions import Conflict, Forbidden, InvalidInput, NotFound
 from services.activities.models import outbox
+from services.common.events import event_type_of
 from services.common.scope import Scope
 from tests.activities.activity_fixtures import BUREAU, EAST_DISTRICT, MASTER_SCHOOL
 
@@ -42,7 +43,8 @@ def blog_post(teacher_id=1, **overrides):
 
 def events(session):
     rows = session.execute(select(outbox.table).order_by(outbox.table.c.sequence)).mappings().all()
-    return [(row["routing_key"], row["event_id"], json.loads(row["body"])) for row in rows]
+    assert all(row["routing_key"].startswith(f"bureau.{BUREAU}.") for row in rows)
+    return [(event_type_of(row["routing_key"]), row["event_id"], json.loads(row["body"])) for row in rows]
 
 
 def test_collective_lesson_prep_credits_online_hours_and_publishes_its_statement(session, master_scope):

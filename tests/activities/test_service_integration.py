@@ -56,7 +56,8 @@ def blog_post(teacher_id: int, title: str = "教研随笔") -> dict:
 def test_recorded_activity_is_published_after_commit_with_cloud_event_headers(activities):
     teacher = new_teacher_id()
     announce_teacher(activities, teacher)
-    declare_queue(activities["uri"], "bureau-test", event_exchange("activities"), ("activity.recorded.*",))
+    declare_queue(activities["uri"], "bureau-test", event_exchange("activities"),
+                  (f"bureau.{BUREAU}.activity.recorded.*",))
     data = blog_post(teacher)
     with ClusterRpcProxy(activities["config"]) as rpc:
         outcome = rpc.activities.record_activity(SCOPE, data)
@@ -67,7 +68,7 @@ def test_recorded_activity_is_published_after_commit_with_cloud_event_headers(ac
     assert headers["cloudEvents:type"] == "cn.lianxiao.activities.activity.recorded.blog_post"
     assert headers["cloudEvents:source"] == "/lianxiao/activities"
     assert headers["cloudEvents:specversion"] == "1.0"
-    assert message.delivery_info["routing_key"] == "activity.recorded.blog_post"
+    assert message.delivery_info["routing_key"] == f"bureau.{BUREAU}.activity.recorded.blog_post"
     statement = json.loads(message.body)
     assert statement["id"] == data["id"] and statement["actor"]["account"]["name"] == f"teacher/{teacher}"
 
@@ -121,18 +122,18 @@ def test_messages_that_cannot_be_processed_are_dead_lettered_with_their_reason(a
     announce_teacher(activities, new_teacher_id())
 
 
-def test_replay_republishes_to_one_queue_with_the_original_ids(activities):
+def test_replay_delivers_into_one_queue_what_its_bindings_select_with_the_original_ids(activities):
     teacher = new_teacher_id()
     announce_teacher(activities, teacher)
-    declare_queue(activities["uri"], "live-subscriber", event_exchange("activities"), ("activity.#",))
+    declare_queue(activities["uri"], "live-subscriber", event_exchange("activities"), ("bureau.*.activity.#",))
     with ClusterRpcProxy(activities["config"]) as rpc:
         recorded = rpc.activities.record_activities(SCOPE, [blog_post(teacher) for _ in range(3)])
         live = drain(activities["uri"], "live-subscriber", 3)
-        declare_queue(activities["uri"], "late-bureau")
+        declare_queue(activities["uri"], "late-bureau", event_exchange("activities"),
+                      (f"bureau.{BUREAU}.activity.recorded.*",))
         # The database is shared by the run's tests: replay from this test's first record on.
         since = rpc.activities.get_activity(SCOPE, recorded["results"][0]["id"])["recorded_at"]
-        outcome = rpc.activities.replay_events(SCOPE, {
-            "queue": "late-bureau", "since": since, "routing_keys": ["activity.recorded.*"]})
+        outcome = rpc.activities.replay_events(SCOPE, {"queue": "late-bureau", "since": since})
         with pytest.raises(Exception, match="does not exist"):
             rpc.activities.replay_events(SCOPE, {"queue": "nobody-here", "since": "2000-01-01T00:00:00Z"})
     assert outcome["republished"] == 3
@@ -140,3 +141,5 @@ def test_replay_republishes_to_one_queue_with_the_original_ids(activities):
     expected = [result["id"] for result in recorded["results"]]
     assert [message.headers["cloudEvents:id"] for message in replayed] == expected
     assert [message.headers["cloudEvents:id"] for message in live] == expected
+    assert [message.delivery_info["routing_key"] for message in replayed] == [
+        message.delivery_info["routing_key"] for message in live]

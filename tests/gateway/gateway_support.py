@@ -14,12 +14,15 @@ import subprocess
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import requests
+from nameko.runners import ServiceRunner
 from sqlalchemy.orm import Session
 
 from services.accounts import directory, tokens
@@ -195,3 +198,15 @@ class ProxiedGateway:
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+@contextmanager
+def running(config: dict[str, Any], service: type) -> Iterator[ServiceRunner]:
+    """One nameko service (its /metrics on an ephemeral port) for the length of a fixture."""
+    runner = ServiceRunner({**config, "METRICS_PORT": 0})
+    runner.add_service(service)
+    runner.start()
+    try:
+        yield runner
+    finally:
+        runner.kill()

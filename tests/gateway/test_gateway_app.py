@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -11,7 +12,7 @@ from werkzeug.test import Client
 
 from services.common.errors import Unauthenticated
 from services.gateway.app import Gateway, create_app
-from services.gateway.auth import AuthenticationRequired, TokenVerifier, bearer_token
+from services.gateway.auth import AuthenticationRequired, TokenVerifier, bearer_token, request_token
 from services.gateway.problems import HttpProblem, field_errors
 from services.gateway.ratelimit import TokenBuckets
 from services.gateway.routes.base import parse_json
@@ -115,6 +116,20 @@ def test_verifier_is_bounded_and_keeps_no_secrets() -> None:
 def test_malformed_authorization_headers(header: str | None) -> None:
     with pytest.raises(AuthenticationRequired):
         bearer_token(header)
+
+
+def basic(credentials: str) -> str:
+    return "Basic " + base64.b64encode(credentials.encode()).decode()
+
+
+def test_http_basic_carries_the_token_as_the_secret_or_as_a_lone_key() -> None:
+    assert request_token(basic("lx_abcdefg:lx_the-token")) == "lx_the-token"
+    assert request_token(basic("lx_the-token:")) == "lx_the-token"
+    assert request_token("basic " + basic("k:lx_t")[6:]) == "lx_t"  # the scheme is case-insensitive
+    assert request_token("Bearer lx_t") == "lx_t"
+    for header in ("Basic !!!", basic("no-colon"), basic(":"), basic("k:a b"), "Basic " + "A" * 800, "Basic /w=="):
+        with pytest.raises(AuthenticationRequired):
+            request_token(header)
 
 
 # --- problems and JSON --------------------------------------------------------------------------------

@@ -28,7 +28,7 @@ from services.common.db import make_engine
 from services.reporting import projection
 from services.reporting.service import ReportingService
 
-from .gateway_support import City, bearer
+from .gateway_support import City, bearer, running
 
 TIMEOUT = 30
 MARCH = "month:2025-03"
@@ -87,11 +87,8 @@ def reporting_service(platform_config: dict[str, Any], migrate: Callable[[str], 
             with session.begin():
                 projection.apply_event(session, routing_key, body, attributes)
     engine.dispose()
-    runner = ServiceRunner({**platform_config, "METRICS_PORT": 0})
-    runner.add_service(ReportingService)
-    runner.start()
-    yield runner
-    runner.kill()
+    with running(platform_config, ReportingService) as runner:
+        yield runner
 
 
 @pytest.fixture(scope="module")

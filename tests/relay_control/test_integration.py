@@ -16,8 +16,9 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from services.classroom_relay.exceptions import AdmissionRefused, DataPlaneUnavailable
 from services.classroom_relay.models import MBIT
 from services.classroom_relay.service import ClassroomRelayService
-from services.common.events import event_exchange, read_cloud_event_headers
+from services.common.events import event_exchange, event_type_of, read_cloud_event_headers
 from services.common.scope import Scope
+from tests.activities.contract import contract_errors
 
 from .dataplane_process import free_port, start, wait_for
 
@@ -127,7 +128,11 @@ def test_sessions_reach_the_data_plane_survive_its_restart_and_publish_events(
             while len(received) < 6 and time.monotonic() < deadline:
                 with contextlib.suppress(TimeoutError):
                     connection.drain_events(timeout=0.5)
-    keys = [message.delivery_info["routing_key"] for message in received]
+    keys = [event_type_of(message.delivery_info["routing_key"]) for message in received]
+    assert {message.delivery_info["routing_key"].split(".")[1] for message in received} == {str(bureau)}
+    for message in received:  # as docs/events/asyncapi.yaml says
+        assert contract_errors("classroom_relay.events", message.delivery_info["routing_key"], message.headers,
+                               message.body) == [], message.delivery_info["routing_key"]
     assert keys == ["session.started", "classroom.joined", "classroom.joined", "classroom.left", "classroom.left",
                     "session.ended"]
     ended = json.loads(received[-1].body)

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from services.classroom_relay import dataplane_state, exceptions, lessons, media_access, relay_settings, stream_health
 from services.classroom_relay.exceptions import AdmissionRefused, Conflict, Forbidden, InvalidInput, NotFound
 from services.classroom_relay.models import MBIT, outbox
+from services.common.events import event_type_of
 from services.common.scope import Scope
 
 from .conftest import NOW, classroom, lesson
@@ -18,7 +19,7 @@ from .conftest import NOW, classroom, lesson
 
 def events(db) -> list[tuple[str, dict]]:
     rows = db.execute(select(outbox.table.c.routing_key, outbox.table.c.body).order_by(outbox.table.c.sequence))
-    return [(key, json.loads(body)) for key, body in rows]
+    return [(event_type_of(key), json.loads(body)) for key, body in rows]
 
 
 def schedule(db, admin, settings, school, kind="master_teacher", branches=2, **extra) -> dict:

@@ -132,7 +132,7 @@ class Stack:
 
     def declare_audit_queue(self) -> None:
         exchange = event_exchange("activities")
-        queue = Queue(AUDIT_QUEUE, bindings=[binding(exchange, routing_key="activity.#")], durable=True,
+        queue = Queue(AUDIT_QUEUE, bindings=[binding(exchange, routing_key="bureau.*.activity.#")], durable=True,
                       auto_delete=False)
         with Connection(self.amqp_uri, connect_timeout=5) as connection:
             queue.maybe_bind(connection.default_channel)

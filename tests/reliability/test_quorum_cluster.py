@@ -50,7 +50,7 @@ def cluster() -> Iterator[RabbitCluster]:
 
 
 def quorum_queue() -> Queue:
-    return Queue(QUORUM_QUEUE, bindings=[binding(event_exchange("activities"), routing_key="activity.#")],
+    return Queue(QUORUM_QUEUE, bindings=[binding(event_exchange("activities"), routing_key="bureau.*.activity.#")],
                  durable=True, auto_delete=False, queue_arguments={"x-queue-type": "quorum"})
 
 

@@ -14,7 +14,7 @@ from nameko.standalone.rpc import ClusterRpcProxy
 from nameko.testing.services import worker_factory
 from openpyxl import load_workbook
 
-from services.common.events import HEADER_PREFIX, event_exchange
+from services.common.events import HEADER_PREFIX, bureau_routing_key, event_exchange
 from services.common.scope import Scope
 from services.reporting.exceptions import Forbidden, InvalidInput
 from services.reporting.service import ReportingService
@@ -76,7 +76,8 @@ def publish(uri: str, source: str, item) -> None:
     with Connection(uri) as connection:
         connection.Producer().publish(
             json.dumps(item.body, ensure_ascii=False), exchange=event_exchange(source),
-            declare=[event_exchange(source)], routing_key=item.routing_key, headers=headers,
+            declare=[event_exchange(source)], routing_key=bureau_routing_key(item.body.get("bureau_id", 1),
+                                                                              item.routing_key), headers=headers,
             content_type="application/json", message_id=item.attributes["id"], retry=True,
         )
 

@@ -21,7 +21,8 @@ from services.gateway.routes.base import Route
 from services.platform import SERVICES
 
 ROUTE_MODULES: list[ModuleType] = [
-    importlib.import_module(service.gateway_routes) for service in SERVICES if service.gateway_routes
+    *(importlib.import_module(service.gateway_routes) for service in SERVICES if service.gateway_routes),
+    importlib.import_module("services.gateway.routes.events"),  # the event stream spans the services
 ]
 
 

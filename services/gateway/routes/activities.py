@@ -6,14 +6,18 @@ details, judges idempotency and scope, and answers per item in a batch.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import urlencode
 from uuid import UUID
 
 from marshmallow import Schema, fields
+from werkzeug.wrappers import Response
 
 from services.activities import schemas as activities
-from services.gateway.problems import HttpProblem
+from services.activities.schemas import XAPI_VERSION, StatementQuery
+from services.common.errors import LianxiaoError
+from services.gateway.problems import HttpProblem, field_errors
 from services.gateway.routes.base import Call, Reply, Route
 
 SERVICE = "activities"
@@ -78,16 +82,63 @@ def hide_activity(call: Call, activity_id: UUID) -> Reply:
     return Reply(call.remote(SERVICE, "hide_activity", call.scope, str(activity_id), body))
 
 
-def xapi_statements(call: Call) -> Reply:
-    """xAPI 1.0.x: the version header is required on requests and sent on every answer."""
+XAPI_HEADERS = {"X-Experience-API-Version": XAPI_VERSION}
+MULTIPART_BOUNDARY = "lianxiao-xapi-statements"
+
+
+def xapi_about(call: Call) -> Reply:
+    """xAPI's About resource: the versions this LRS speaks (no credentials needed)."""
+    return Reply({"version": [XAPI_VERSION], "extensions": {}}, headers=dict(XAPI_HEADERS))
+
+
+def _accepted_languages(header: str) -> list[str]:
+    """The Accept-Language tags in the client's order of preference (for `format=canonical`)."""
+    ranked = []
+    for position, part in enumerate(header.split(",")):
+        tag, _, parameters = part.strip().partition(";")
+        weight = 1.0
+        if parameters.strip().startswith("q="):
+            try:
+                weight = float(parameters.strip()[2:])
+            except ValueError:
+                weight = 0.0
+        if tag and tag != "*" and weight > 0:
+            ranked.append((-weight, position, tag))
+    return [tag for _weight, _position, tag in sorted(ranked)][:10]
+
+
+def _multipart(body: Any) -> bytes:
+    """`attachments=true`: the statements as the first (and, with no attachments here, only) part."""
+    return (f"--{MULTIPART_BOUNDARY}\r\nContent-Type: application/json\r\n\r\n"
+            f"{json.dumps(body, ensure_ascii=False)}\r\n--{MULTIPART_BOUNDARY}--\r\n").encode()
+
+
+def xapi_statements(call: Call) -> Reply | Response:
+    """xAPI 1.0.3 statements: the version header is required on requests and sent on every answer;
+    bad parameters are 400 (the spec's status), with every problem named."""
     version = call.request.headers.get("X-Experience-API-Version", "")
-    headers = {"X-Experience-API-Version": activities.XAPI_VERSION}
     if not version.startswith("1.0"):
-        raise HttpProblem(
-            400, f"Send 'X-Experience-API-Version: 1.0.x' (this server speaks {activities.XAPI_VERSION}).",
-            headers=headers)
-    result = call.remote(SERVICE, "query_statements", call.scope, _raw_query(call, activities.StatementQuery()))
-    return Reply(result, headers=headers)
+        raise HttpProblem(400, f"Send 'X-Experience-API-Version: 1.0.x' (this server speaks {XAPI_VERSION}).",
+                          headers=dict(XAPI_HEADERS))
+    try:
+        params = _raw_query(call, StatementQuery())
+        languages = _accepted_languages(call.request.headers.get("Accept-Language", ""))
+        result = call.remote(SERVICE, "query_statements", call.scope, params, languages)
+    except HttpProblem as problem:
+        status = 400 if problem.status == 422 else problem.status
+        raise HttpProblem(status, problem.detail, errors=problem.errors,
+                          headers={**problem.headers, **XAPI_HEADERS}) from problem
+    except LianxiaoError as error:
+        status = 400 if error.status == 422 else error.status
+        raise HttpProblem(status, error.detail or error.title, errors=field_errors(error.fields or {}),
+                          headers=dict(XAPI_HEADERS)) from error
+    headers = {**XAPI_HEADERS, "X-Experience-API-Consistent-Through": result["consistent_through"]}
+    if params.get("attachments", "").lower() in ("true", "1"):
+        response = Response(_multipart(result["body"]), mimetype="multipart/mixed")
+        response.headers["Content-Type"] = f'multipart/mixed; boundary="{MULTIPART_BOUNDARY}"'
+        response.headers.update(headers)
+        return response
+    return Reply(result["body"], headers=headers)
 
 
 ROUTES = [
@@ -106,6 +157,10 @@ ROUTES = [
           "Hide a comment or blog post (moderator, with a reason); it stays recorded", "activities",
           activities.ActivityOut, 200, activities.HideIn, writes=True),
     Route("GET", "/xapi/statements", xapi_statements,
-          "xAPI statements (agent, verb, activity, since, until, limit, ascending; follow `more`)", "xapi",
-          StatementResult, query_schema=activities.StatementQuery),
+          "xAPI 1.0.3 statements: one by statementId/voidedStatementId, or a StatementResult filtered by "
+          "agent, verb, activity, registration, since, until (follow `more`); hidden and corrected "
+          "statements are voided", "xapi", StatementResult, query_schema=StatementQuery,
+          error_statuses=(400, 404)),
+    Route("GET", "/xapi/about", xapi_about, "xAPI About: the versions this LRS speaks", "xapi",
+          authenticated=False),
 ]
