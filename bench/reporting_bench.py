@@ -3,7 +3,7 @@ versus a straightforward GROUP BY over the raw activity rows.
 
     .venv/bin/python bench/reporting_bench.py --teachers 30000 --activities 3000000
 
-Generates schools, groups and teachers (roles as in the documents) and a term of activities, COPYs the
+Generates schools, groups and teachers (with the roles the preset quota rules name) and a term of activities, COPYs the
 activity facts in large chunks with their indexes dropped (rebuilt once at the end), derives the raw
 table and the tallies in SQL, and checks those tallies against the service's own projection
 (`projection.fold`) for a sample of teachers, groups and schools. Then times: the city's monthly
@@ -36,7 +36,14 @@ from sqlalchemy.orm import Session
 from services.common import migrations
 from services.common.progress import ProgressBar
 from services.reporting import bulletin, compliance, projection, rules
-from services.reporting.kinds import ACTIVITY_KINDS, MEASURE_COLUMNS, count_column, online_count_column
+from services.reporting.kinds import (
+    ACTIVITY_KINDS,
+    MEASURE_COLUMNS,
+    count_column,
+    online_count_column,
+    online_seconds_column,
+    seconds_column,
+)
 from services.reporting.models import activity_facts, tallies
 from services.reporting.periods import Calendar, months_between
 
@@ -51,7 +58,7 @@ KINDS = [
 CHUNK = 500_000  # rows per COPY: large enough that round trips do not matter, small enough for memory
 SCHOOL_NAMES = ["青禾", "松涛", "云溪", "柳岸", "石泉", "枫林", "竹溪", "梅园", "桃源", "杏坛"]
 FACT_COLUMNS = ["event_id", "bureau_id", "teacher_id", "school_id", "group_id", "kind", "online",
-                "online_centihours", "offline_centihours", "occurred_at", "local_date", "counted"]
+                "seconds", "occurred_at", "local_date", "counted"]
 SAMPLE_TEACHERS = 40
 
 
@@ -104,9 +111,8 @@ def generate_facts(connection: Any, roster: dict[str, list], count: int, rng: ra
     span = int((datetime(2025, 7, 12, tzinfo=calendar.timezone).astimezone(UTC) - start).total_seconds())
     kinds = [kind for kind, *_ in KINDS]
     weights = [weight for _, weight, *_ in KINDS]
-    # Per kind, the COPY text that follows the school and group columns: kind, online, hours.
-    tails = {kind: f"{kind}\t{'t' if online else 'f'}\t{int(hours * 100) if online else 0}\t"
-                   f"{0 if online else int(hours * 100)}" for kind, _, online, hours in KINDS}
+    # Per kind, the COPY text that follows the school and group columns: kind, online, seconds.
+    tails = {kind: f"{kind}\t{'t' if online else 'f'}\t{int(hours * 3600)}" for kind, _, online, hours in KINDS}
     # Local dates by the hour: the bureau's zone decides them once, not three million times.
     hours = span // 3600 + 1
     local_dates = [calendar.local_date(start + timedelta(hours=hour)).isoformat() for hour in range(hours)]
@@ -133,11 +139,12 @@ def generate_facts(connection: Any, roster: dict[str, list], count: int, rng: ra
 
 def _aggregates() -> list[str]:
     """Each tally column as an aggregate over fact rows, in MEASURE_COLUMNS order."""
-    by_column = {"activities": "count(*)", "online_centihours": "sum(online_centihours)",
-                 "offline_centihours": "sum(offline_centihours)"}
+    by_column = {"activities": "count(*)"}
     for kind in ACTIVITY_KINDS:
         by_column[count_column(kind)] = f"count(*) FILTER (WHERE kind = '{kind}')"
         by_column[online_count_column(kind)] = f"count(*) FILTER (WHERE kind = '{kind}' AND online)"
+        by_column[seconds_column(kind)] = f"coalesce(sum(seconds) FILTER (WHERE kind = '{kind}'), 0)"
+        by_column[online_seconds_column(kind)] = f"coalesce(sum(seconds) FILTER (WHERE kind = '{kind}' AND online), 0)"
     return [by_column[name] for name in MEASURE_COLUMNS]
 
 
@@ -224,7 +231,7 @@ def indexes_dropped(engine: Engine) -> Iterator[None]:
             "ALTER TABLE rpt_tallies ADD CONSTRAINT rpt_tallies_pkey PRIMARY KEY (subject, subject_id, period)",
             "CREATE INDEX ix_rpt_tallies_period_subject ON rpt_tallies (period, subject)",
             "CREATE TABLE bench_raw_activities AS SELECT event_id, teacher_id, school_id, group_id, kind, online, "
-            "online_centihours, offline_centihours, occurred_at FROM rpt_activity_facts",
+            "seconds, occurred_at FROM rpt_activity_facts",
             "ALTER TABLE bench_raw_activities ADD PRIMARY KEY (event_id)",
             "CREATE INDEX ON bench_raw_activities (occurred_at)",
             "CREATE INDEX ON bench_raw_activities (school_id)",
@@ -235,9 +242,9 @@ def indexes_dropped(engine: Engine) -> Iterator[None]:
 
 RAW_GROUP_BY = """
 SELECT teacher_id,
-       sum(online_centihours) FILTER (WHERE occurred_at >= :month_start AND occurred_at < :month_end),
-       sum(offline_centihours) FILTER (WHERE occurred_at >= :month_start AND occurred_at < :month_end),
-       sum(online_centihours), sum(offline_centihours),
+       sum(seconds) FILTER (WHERE online AND occurred_at >= :month_start AND occurred_at < :month_end),
+       sum(seconds) FILTER (WHERE NOT online AND occurred_at >= :month_start AND occurred_at < :month_end),
+       sum(seconds) FILTER (WHERE online), sum(seconds) FILTER (WHERE NOT online),
        count(*) FILTER (WHERE kind = 'blog_post'), count(*) FILTER (WHERE kind = 'lesson_observation')
 FROM bench_raw_activities
 WHERE occurred_at >= :term_start AND occurred_at < :month_end {school}

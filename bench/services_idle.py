@@ -29,7 +29,8 @@ import services  # noqa: E402, F401
 from nameko.exceptions import UnknownService  # noqa: E402
 from nameko.standalone.rpc import ClusterRpcProxy  # noqa: E402
 
-from services.common.migrations import SERVICES_WITH_DATABASES, upgrade  # noqa: E402
+from services.common.migrations import upgrade  # noqa: E402
+from services.platform import SERVICE_NAMES  # noqa: E402
 
 MANAGEMENT = "http://127.0.0.1:15672/api"
 AUTH = ("guest", "guest")
@@ -81,12 +82,12 @@ def main() -> None:
     try:
         with tempfile.TemporaryDirectory() as folder:
             database_url = f"sqlite:///{folder}/{{service}}.db"
-            for service in SERVICES_WITH_DATABASES:
+            for service in SERVICE_NAMES:
                 upgrade(service, database_url.replace("{service}", service))
             env = {**os.environ, "AMQP_URI": amqp_uri, "DATABASE_URL": database_url, "LOG_LEVEL": "WARNING",
                    "RELAY_ALLOW_DEV_SECRET": "1"}
             print(f"{'service':<16} {'start→first RPC (s)':>20} {'idle RSS (MB)':>14} {'peak RSS (MB)':>14}  budget")
-            for service in SERVICES_WITH_DATABASES:
+            for service in SERVICE_NAMES:
                 results = [measure(service, env, amqp_uri, args.idle_seconds) for _ in range(args.rounds)]
                 ready, rss, peak = (statistics.median(column) for column in zip(*results, strict=True))
                 verdict = "ok" if peak <= 150 else "OVER"

@@ -24,25 +24,30 @@ from urllib.parse import urlparse
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from services.classroom_relay import settings as relay_settings  # noqa: E402
 from services.common.config import amqp_uri, database_url  # noqa: E402
-from services.common.migrations import SERVICES_WITH_DATABASES, upgrade  # noqa: E402
+from services.common.migrations import upgrade  # noqa: E402
+from services.gateway import settings as gateway_settings  # noqa: E402
 from services.gateway.local_proxy import nginx_binary, nginx_command, write_config  # noqa: E402
+from services.platform import LOCAL_METRICS_PORT_BASE, SERVICE_NAMES  # noqa: E402
 
 PYTHON = sys.executable
-GATEWAY_BIND = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
+GATEWAY_BIND = gateway_settings.BIND.get()
 # Every port can be moved (two copies on one machine, or a test): METRICS_PORT_BASE and the RELAY_* ports.
-METRICS_PORT_BASE = int(os.environ.get("METRICS_PORT_BASE", "9101"))
+METRICS_PORT_BASE = LOCAL_METRICS_PORT_BASE.get()
 METRICS_PORTS = {
     service: METRICS_PORT_BASE + offset
-    for offset, service in enumerate(("accounts", "activities", "reporting", "classroom_relay"))
+    for offset, service in enumerate(SERVICE_NAMES)
 }
 DATAPLANE_PORTS = {
-    "media": int(os.environ.get("RELAY_MEDIA_PORT", "5004")),
-    "control": int(os.environ.get("RELAY_CONTROL_PORT", "7070")),
-    "metrics": int(os.environ.get("RELAY_METRICS_PORT", str(METRICS_PORT_BASE + 4))),
+    "media": relay_settings.MEDIA_PORT.get(),
+    "control": relay_settings.CONTROL_PORT.get(),
+    # The data plane's metrics port follows the services' unless RELAY_METRICS_PORT is set.
+    "metrics": relay_settings.METRICS_PORT.get() if relay_settings.METRICS_PORT.raw() is not None
+    else METRICS_PORT_BASE + len(SERVICE_NAMES),
 }
 # Where encoders and branch classrooms reach the relay; 127.0.0.1 keeps a laptop's relay private.
-RELAY_MEDIA_HOST = os.environ.get("RELAY_MEDIA_HOST", "127.0.0.1")
+RELAY_MEDIA_HOST = relay_settings.MEDIA_HOST.get()
 
 
 def port_answers(host: str, port: int, timeout: float = 1.0) -> bool:
@@ -114,7 +119,7 @@ def main() -> None:
         sys.exit("nginx is not installed; `make run` installs it (make system-deps), or: apt-get install nginx")
     ensure_broker()
     (REPO / "var").mkdir(exist_ok=True)
-    for service in SERVICES_WITH_DATABASES:
+    for service in SERVICE_NAMES:
         upgrade(service)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     commands: dict[str, list[str]] = {}

@@ -3,5 +3,5 @@
 GATEWAY_BENCH_ARGS ?=
 
 .PHONY: bench-gateway
-bench-gateway: ## Gateway vs bare WSGI app, same PostgreSQL read, same load (< 2 min, 127.0.0.1 only)
+bench-gateway: deps services-up ## Gateway vs bare WSGI app, same PostgreSQL read, same load (< 2 min, 127.0.0.1 only)
 	$(PY) bench/gateway_bench.py $(GATEWAY_BENCH_ARGS)

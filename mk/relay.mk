@@ -3,15 +3,13 @@
 
 .PHONY: bench-relay test-relay
 
-## Forwarding benchmark of the relay data plane (127.0.0.1 only, bounded, ~1.5 min).
-## RELAY_BENCH_ARGS="--code-root DIR" measures another checkout's data plane with the same harness.
-bench-relay:
+# RELAY_BENCH_ARGS="--code-root DIR" measures another checkout's data plane with the same harness.
+bench-relay: deps ## Forwarding benchmark of the relay data plane (127.0.0.1 only, bounded, ~1.5 min)
 	$(PY) bench/relay_bench.py $(RELAY_BENCH_ARGS)
 
-## ffmpeg: the real encoder/decoder of the relay's end-to-end tests.
+# ffmpeg: the real encoder/decoder of the relay's end-to-end tests.
 system-deps::
 	@command -v ffmpeg >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ffmpeg; }
 
-## The relay's tests only (unit, subprocess, ffmpeg end to end, fuzz).
-test-relay:
+test-relay: deps system-deps ## The relay's data-plane tests only (unit, subprocess, ffmpeg end to end, fuzz)
 	$(PY) -m pytest tests/relay -q

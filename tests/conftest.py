@@ -23,6 +23,7 @@ from sqlalchemy.orm import Session
 
 from services.common import migrations
 from services.common.db import make_engine
+from services.platform import SERVICE_NAMES
 
 POSTGRES_SERVER = os.environ.get("TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 
@@ -69,7 +70,7 @@ def migrate(database_url: str) -> Callable[[str], str]:
 @pytest.fixture
 def service_config(rabbit_config: dict[str, Any], database_url: str, migrate: Callable[[str], str]) -> dict:
     """nameko config for services under test: this test's vhost, this run's databases, metrics on a free port."""
-    for service in migrations.SERVICES_WITH_DATABASES:
+    for service in SERVICE_NAMES:
         migrate(service)
     return {
         **rabbit_config,

@@ -14,8 +14,6 @@ from sqlalchemy.orm import Session
 from services.accounts import schemas
 from services.accounts.exceptions import Conflict, Forbidden, InvalidInput, NotFound
 from services.accounts.models import (
-    DEFAULT_MASTER_LINK_BPS,
-    DEFAULT_SCHOOL_LINK_BPS,
     Alliance,
     AllianceMember,
     Bureau,
@@ -132,7 +130,7 @@ def create_school(session: Session, scope: Scope, data: dict[str, Any]) -> dict[
         _get(session, District, values["district_id"], "District", values["bureau_id"])
     if values["link_capacity_bps"] is None:
         is_master = values["kind"] == "master"
-        values["link_capacity_bps"] = DEFAULT_MASTER_LINK_BPS if is_master else DEFAULT_SCHOOL_LINK_BPS
+        values["link_capacity_bps"] = schemas.DEFAULT_MASTER_LINK_BPS if is_master else schemas.DEFAULT_SCHOOL_LINK_BPS
     school = School(**values)
     session.add(school)
     flush_or_conflict(session, f"School code {values['code']!r} is already used in this bureau.")
@@ -321,7 +319,7 @@ def list_teachers(
     }
 
 
-def _group_out(group: Group) -> dict[str, Any]:
+def group_out(group: Group) -> dict[str, Any]:
     data = GROUP_OUT.dump(group)
     data["member_ids"] = sorted(member.teacher_id for member in group.members)
     return data
@@ -348,10 +346,10 @@ def create_group(session: Session, scope: Scope, data: dict[str, Any]) -> dict[s
     group = Group(**values, members=[GroupMember(teacher_id=tid) for tid in sorted(member_ids)])
     session.add(group)
     flush_or_conflict(session, f"A {values['kind']} group named {values['name']!r} already exists.")
-    result = _group_out(group)
+    result = group_out(group)
     outbox.add(session, "group.created", result, subject=f"group/{group.id}")
     for teacher_id in sorted(member_ids):
-        outbox.add(session, "teacher.changed", teacher_event(session, session.get(Teacher, teacher_id)),
+        outbox.add(session, "teacher.changed", teacher_event(session, _get(session, Teacher, teacher_id, "Teacher")),
                    subject=f"teacher/{teacher_id}")
     return result
 
@@ -363,7 +361,7 @@ def list_groups(session: Session, scope: Scope, school_id: int | None = None) ->
         query = query.where(Group.school_id == school_id)
     groups = session.scalars(query)
     return [
-        _group_out(group) for group in groups
+        group_out(group) for group in groups
         if group.school_id is None or _school_visible(session, scope, group.school_id)
     ]
 

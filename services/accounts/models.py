@@ -15,31 +15,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+from services.accounts.schemas import DEFAULT_SCHOOL_LINK_BPS
 from services.common.db import service_metadata
 from services.common.events import Outbox
 
 metadata = service_metadata()
 outbox = Outbox("accounts", metadata)
-
-SCHOOL_KINDS = ("master", "branch", "ordinary")
-GROUP_KINDS = ("research", "collaboration", "studio")
-SCOPE_KINDS = ("bureau", "district", "school")
-ACCESS_LEVELS = ("read", "write")
-# Roles a person can hold, several at once (the quotas in the source documents depend on them).
-ROLES = (
-    "teacher",
-    "group_leader",
-    "blog_host",
-    "moderator",
-    "middle_manager",
-    "dean",
-    "principal",
-    "researcher",
-    "centre_member",
-    "bureau_admin",
-)
-DEFAULT_MASTER_LINK_BPS = 100_000_000
-DEFAULT_SCHOOL_LINK_BPS = 10_000_000
 
 
 class Base(DeclarativeBase):

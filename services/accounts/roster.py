@@ -7,6 +7,8 @@ nothing. Teachers absent from the file are left as they are (leaving is an expli
 
 from __future__ import annotations
 
+import base64
+import binascii
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,10 +16,11 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.accounts.directory import apply_teacher_changes, school_in_scope, teacher_event, teacher_out
+from services.accounts.directory import apply_teacher_changes, group_out, school_in_scope, teacher_event, teacher_out
 from services.accounts.exceptions import InvalidInput, RosterRejected
-from services.accounts.models import ROLES, Group, GroupMember, School, Teacher, TeacherRole, outbox
+from services.accounts.models import Group, GroupMember, School, Teacher, TeacherRole, outbox
 from services.accounts.roster_files import MAX_FILE_BYTES, MAX_ROWS, read_table
+from services.accounts.schemas import ROLES
 from services.common.scope import Scope
 from services.common.validation import name_problem, normalise_code
 
@@ -32,22 +35,31 @@ COLUMNS: dict[str, tuple[str, ...]] = {
     "research_group": ("research_group", "教研组", "年组"),
 }
 REQUIRED = ("staff_number", "name")
+# The documents' own words for roles (000, 001, 003), each mapped to the platform role whose quotas
+# apply; the English role names are accepted as they are. Deputies count with the office they deputise
+# for, since document 001 sets their quotas together (e.g. the principal, deputy principal in charge of
+# teaching and dean of studies all observe >= 30 lessons in its fifth plan).
+ROLE_SYNONYMS: dict[str, tuple[str, ...]] = {
+    "teacher": ("教师", "任课教师", "专任教师", "骨干教师", "学科带头人"),
+    "group_leader": ("组长", "教研组长", "备课组长", "年组长", "学科组长", "研修组长", "协作组长"),
+    "blog_host": ("博主",),
+    "moderator": ("主持人",),
+    "middle_manager": ("中层", "中层干部", "中层领导"),
+    "dean": ("主任", "教导主任", "教务主任", "教导处主任", "教务处主任", "副主任", "教导副主任"),
+    "principal": ("校长", "副校长", "主管教学副校长", "教学副校长", "业务校长"),
+    "researcher": ("教研员",),
+    "centre_member": ("研训中心成员", "片级研训中心成员", "研训组成员"),
+    "bureau_admin": ("管理员",),
+}
 ROLE_LABELS: dict[str, str] = {
-    "教师": "teacher",
-    "组长": "group_leader",
-    "教研组长": "group_leader",
-    "博主": "blog_host",
-    "主持人": "moderator",
-    "中层": "middle_manager",
-    "中层干部": "middle_manager",
-    "主任": "dean",
-    "教导主任": "dean",
-    "校长": "principal",
-    "教研员": "researcher",
-    "研训中心成员": "centre_member",
-    "管理员": "bureau_admin",
+    **{label: role for role, labels in ROLE_SYNONYMS.items() for label in labels},
     **{role: role for role in ROLES},
 }
+
+
+def accepted_roles() -> str:
+    """The accepted role names, as an error lists them: `教师/任课教师/… (teacher); …`."""
+    return "; ".join(f"{'/'.join(labels)} ({role})" for role, labels in ROLE_SYNONYMS.items())
 
 
 @dataclass
@@ -55,6 +67,14 @@ class RosterRow:
     number: int  # as the school sees it in Excel: the header is row 1
     values: dict[str, str]
     roles: list[str] = field(default_factory=list)
+
+
+def decode_upload(content_base64: str) -> bytes:
+    """The file's bytes from an RPC body (JSON carries them as base64)."""
+    try:
+        return base64.b64decode(content_base64, validate=True)
+    except (binascii.Error, TypeError, ValueError) as error:
+        raise InvalidInput("content_base64 is not valid base64.") from error
 
 
 def parse_rows(table: list[list[str]]) -> tuple[list[RosterRow], list[dict[str, Any]]]:
@@ -88,6 +108,7 @@ def parse_rows(table: list[list[str]]) -> tuple[list[RosterRow], list[dict[str, 
 
     rows: list[RosterRow] = []
     seen: dict[str, int] = {}
+    leaders: dict[str, int] = {}  # research group -> the row naming its leader
     for number, cells in enumerate(table[1:], start=2):
         values = {name: (cells[index].strip() if index < len(cells) else "") for name, index in positions.items()}
         row = RosterRow(number, values)
@@ -106,9 +127,16 @@ def parse_rows(table: list[list[str]]) -> tuple[list[RosterRow], list[dict[str, 
         for label in _split_roles(values.get("roles", "")):
             role = ROLE_LABELS.get(label)
             if role is None:
-                problems.append({"row": number, "column": "roles", "reason": f"Unknown role {label!r}."})
+                problems.append({"row": number, "column": "roles",
+                                 "reason": f"Unknown role {label!r}; accepted: {accepted_roles()}."})
             elif role not in row.roles:
                 row.roles.append(role)
+        group_name = values.get("research_group", "")
+        if "group_leader" in row.roles and group_name:
+            if group_name in leaders:
+                problems.append({"row": number, "column": "roles", "reason":
+                                 f"A second 组长 (group leader) for {group_name!r} (also row {leaders[group_name]})."})
+            leaders.setdefault(group_name, number)
         rows.append(row)
     return rows, problems
 
@@ -156,41 +184,64 @@ def _apply_row(session: Session, school: School, row: RosterRow) -> str:
     if "roles" in values:
         wanted["roles"] = row.roles or ["teacher"]
     group_name = values.get("research_group") or ""
+    leads = "group_leader" in row.roles if "roles" in values else None  # None: the file says nothing of roles
     if teacher is None:
         roles = wanted.pop("roles", ["teacher"])
         teacher = Teacher(school_id=school.id, staff_number=staff_number,
                           roles=[TeacherRole(role=role) for role in roles], **wanted)
         session.add(teacher)
         session.flush()
-        _join_group(session, school, teacher, group_name)
+        _join_group(session, school, teacher, group_name, leads)
         outbox.add(session, "teacher.joined", teacher_event(session, teacher), subject=f"teacher/{teacher.id}")
         return "created"
     before = teacher_out(session, teacher)
-    joined_group = _join_group(session, school, teacher, group_name)
+    led_before = _leader_of(session, school, group_name)
+    joined_group = _join_group(session, school, teacher, group_name, leads)
     after = apply_teacher_changes(session, teacher, wanted)
-    if after == before:
+    if after == before and led_before == _leader_of(session, school, group_name):
         return "unchanged"
     if joined_group and after == {**before, "group_ids": after["group_ids"]}:
         outbox.add(session, "teacher.changed", teacher_event(session, teacher), subject=f"teacher/{teacher.id}")
     return "updated"
 
 
-def _join_group(session: Session, school: School, teacher: Teacher, group_name: str) -> bool:
-    """Put the teacher in the school's research group of that name (created on first use)."""
-    if not group_name:
-        return False
-    group = session.scalar(
+def _research_group(session: Session, school: School, group_name: str) -> Group | None:
+    return session.scalar(
         select(Group).where(Group.school_id == school.id, Group.kind == "research", Group.name == group_name)
     )
+
+
+def _leader_of(session: Session, school: School, group_name: str) -> int | None:
+    group = _research_group(session, school, group_name) if group_name else None
+    return group.leader_id if group is not None else None
+
+
+def _join_group(session: Session, school: School, teacher: Teacher, group_name: str, leads: bool | None) -> bool:
+    """Put the teacher in the school's research group of that name (created on first use).
+
+    A 组长 (group leader) in the roster becomes the group's leader; a leader whose row no longer says
+    组长 stops being it. The group's event is the same
+    body `POST /v1/groups` publishes (with `bureau_id`, `leader_id`, `member_ids`), so every
+    subscriber reads groups from either path alike.
+    """
+    if not group_name:
+        return False
+    group = _research_group(session, school, group_name)
+    created = group is None
     if group is None:
         group = Group(bureau_id=school.bureau_id, kind="research", school_id=school.id, name=group_name,
                       subject=teacher.subject)
         session.add(group)
         session.flush()
-        outbox.add(session, "group.created", {"id": group.id, "kind": "research", "school_id": school.id,
-                                               "name": group_name}, subject=f"group/{group.id}")
-    if session.get(GroupMember, (group.id, teacher.id)) is not None:
-        return False
-    session.add(GroupMember(group_id=group.id, teacher_id=teacher.id))
+    if leads:
+        group.leader_id = teacher.id
+    elif leads is False and group.leader_id == teacher.id:
+        group.leader_id = None
+    joined = session.get(GroupMember, (group.id, teacher.id)) is None
+    if joined:
+        session.add(GroupMember(group_id=group.id, teacher_id=teacher.id))
     session.flush()
-    return True
+    if created:
+        session.refresh(group)
+        outbox.add(session, "group.created", group_out(group), subject=f"group/{group.id}")
+    return joined

@@ -25,9 +25,10 @@ from dataclasses import dataclass
 from typing import Any
 from xml.parsers import expat
 
+from services.accounts.schemas import ROSTER_MAX_FILE_BYTES
 from services.common.errors import InvalidInput
 
-MAX_FILE_BYTES = 5 * 1024 * 1024
+MAX_FILE_BYTES = ROSTER_MAX_FILE_BYTES
 MAX_ROWS = 5000  # teachers; the header row comes on top
 MAX_COLUMNS = 64
 MAX_CELL_CHARS = 1000

@@ -4,8 +4,31 @@ from __future__ import annotations
 
 from marshmallow import Schema, fields, validate
 
-from services.accounts.models import ACCESS_LEVELS, GROUP_KINDS, ROLES, SCHOOL_KINDS, SCOPE_KINDS
+from services.common.link_targets import MASTER_SCHOOL_LINK_BPS, RECEIVING_DOWNLINK_BPS
 from services.common.validation import ID, MAX_ID, NAME, NormalisedCode, StrictSchema, name_field_validator
+
+SCHOOL_KINDS = ("master", "branch", "ordinary")
+GROUP_KINDS = ("research", "collaboration", "studio")
+SCOPE_KINDS = ("bureau", "district", "school")
+ACCESS_LEVELS = ("read", "write")
+# Roles a person can hold, several at once (the reporting rules' quotas depend on them).
+ROLES = (
+    "teacher",
+    "group_leader",
+    "blog_host",
+    "moderator",
+    "middle_manager",
+    "dean",
+    "principal",
+    "researcher",
+    "centre_member",
+    "bureau_admin",
+)
+# A school's link when registration does not say: a master school's, else one receiving classroom's.
+DEFAULT_MASTER_LINK_BPS = MASTER_SCHOOL_LINK_BPS
+DEFAULT_SCHOOL_LINK_BPS = RECEIVING_DOWNLINK_BPS
+# The largest roster file (CSV or XLSX) accepted; the gateway refuses a bigger upload before reading it all.
+ROSTER_MAX_FILE_BYTES = 5 * 1024 * 1024
 
 CODE = validate.Regexp(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$", error="Use 1–40 letters, digits, '_', '.', '-'.")
 

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import Any
 
 from services.accounts import directory, roster, tokens
-from services.accounts.exceptions import InvalidInput
 from services.accounts.models import outbox
 from services.accounts.roster_isolation import ImportSlots, read_table_isolated, yield_to_other_requests
 from services.common.db import Database
@@ -107,10 +104,7 @@ class AccountsService(HealthRpc):
 
     @rpc
     def import_roster(self, scope: dict, school_id: int, filename: str, content_base64: str) -> dict[str, Any]:
-        try:
-            content = base64.b64decode(content_base64, validate=True)
-        except (binascii.Error, TypeError, ValueError) as error:
-            raise InvalidInput("content_base64 is not valid base64.") from error
+        content = roster.decode_upload(content_base64)
         with self.roster_slots, self.db.begin():
             return roster.import_roster(
                 self.db, Scope.from_dict(scope), school_id, filename, content,

@@ -2,8 +2,10 @@
 
 - The same id with the same content returns the original (status "duplicate"); the same id with
   different content is a `Conflict`; one id twice inside a batch is `InvalidInput` for the batch.
-- In a batch every item is validated and stored on its own (a savepoint each): a bad item is
-  rejected with its reason and never costs the good ones.
+- In a batch every item is judged on its own by the same rules: a bad item is rejected with its
+  reason and never costs the good ones. The batch is recorded set-wise (a few queries and two bulk
+  INSERTs for up to 500 items, see `record_batch`). A database outage fails the whole batch
+  (`ServiceUnavailable`, 503): nothing is half stored, and a retry returns stored items as duplicates.
 - Every stored activity adds its xAPI statement to the outbox in the same transaction
   (`activity.recorded.<kind>`, or `activity.corrected.<kind>` for a correction). The event id is the
   statement id, so a subscriber's deduplication and xAPI's idempotency agree.
@@ -14,13 +16,15 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
+from types import SimpleNamespace
 from typing import Any
 
 from marshmallow import ValidationError
-from sqlalchemy import select
+from sqlalchemy import insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,9 +32,14 @@ from services.activities import roster, schemas, xapi
 from services.activities.exceptions import Conflict, InvalidInput, NotFound
 from services.activities.models import Activity, RosterTeacher, outbox
 from services.common.errors import LianxiaoError, ServiceUnavailable
+from services.common.events import OutboxEvent
 from services.common.scope import Scope
 
 ACTIVITY_OUT = schemas.ActivityOut()
+# Schema instances are reused: building one deep-copies its fields, which cost more than loading an item.
+ACTIVITY_IN = schemas.ActivityIn()
+ACTIVITIES = Activity.metadata.tables["activities"]  # Core: one multi-row INSERT, no mapped objects
+KIND_SCHEMAS: dict[str, schemas.KindSchema] = {name: kind() for name, kind in schemas.KINDS.items()}
 
 
 def _plain(value: Any) -> Any:
@@ -72,15 +81,15 @@ def validate_activity(data: Any, *, from_client: bool = True) -> dict[str, Any]:
         raise InvalidInput("Expected a JSON object.", {"_schema": ["Expected a JSON object."]})
     errors: dict[str, Any] = {}
     try:
-        values = schemas.ActivityIn().load(data)
+        values = ACTIVITY_IN.load(data)
     except ValidationError as error:
         errors.update(error.messages if isinstance(error.messages, dict) else {"_schema": error.messages})
         values = error.valid_data if isinstance(error.valid_data, dict) else {}
     kind_name = data.get("kind")
     kind = schemas.KINDS.get(kind_name) if isinstance(kind_name, str) else None
-    if kind is not None and isinstance(data.get("details"), dict):
+    if kind is not None and isinstance(kind_name, str) and isinstance(data.get("details"), dict):
         try:
-            values["details"] = kind().load(data["details"])
+            values["details"] = KIND_SCHEMAS[kind_name].load(data["details"])
         except ValidationError as error:
             errors["details"] = error.messages
         if from_client and not kind.recordable_by_clients:
@@ -111,20 +120,26 @@ def prepare(
 ) -> Prepared:
     """Validate an activity and resolve its teacher (scope None: the service's own event handlers)."""
     values = validate_activity(data, from_client=from_client)
+    teachers = {} if (found := session.get(RosterTeacher, values["teacher_id"])) is None else {found.id: found}
+    return resolve(values, teachers, scope)
+
+
+def resolve(values: dict[str, Any], teachers: Mapping[int, RosterTeacher], scope: Scope | None) -> Prepared:
+    """A validated activity with its teacher (looked up by the caller, one or many at once) checked."""
+    teacher = teachers.get(values["teacher_id"])
     if scope is None:
-        teacher = session.get(RosterTeacher, values["teacher_id"])
         if teacher is None:
             raise InvalidInput(f"Teacher {values['teacher_id']} is not known to activities.",
                                {"teacher_id": ["Unknown teacher."]})
     else:
-        teacher = roster.teacher_in_scope(session, scope, values["teacher_id"])
+        teacher = roster.check_teacher_scope(teacher, scope, values["teacher_id"])
     if not teacher.active:
         raise InvalidInput(f"Teacher {teacher.id} has left; activities can no longer be recorded for them.",
                            {"teacher_id": ["Teacher has left."]})
     if values["group_id"] is not None and values["group_id"] not in roster.groups_of(teacher):
         raise InvalidInput(f"Teacher {teacher.id} is not a member of group {values['group_id']}.",
                            {"group_id": ["Not a group of this teacher."]})
-    kind = schemas.KINDS[values["kind"]]()
+    kind = KIND_SCHEMAS[values["kind"]]
     minutes, online_hours, offline_hours = kind.credit(values["details"])
     details = _plain(values["details"])
     corrects_id = str(values["corrects"]) if values["corrects"] else None
@@ -162,37 +177,52 @@ def activity_out(activity: Activity) -> dict[str, Any]:
     return data
 
 
-def _existing(session: Session, prepared: Prepared) -> dict[str, Any] | None:
-    """xAPI's idempotency: None when the id is new, the original when the content is the same."""
-    original = session.scalar(select(Activity).where(Activity.id == prepared.id))
+def judge_repeat(prepared: Prepared, original: Activity | None) -> bool:
+    """xAPI's idempotency: False when the id is new, True when it repeats the same content."""
     if original is None:
-        return None
+        return False
     if original.content_hash != prepared.content_hash:
         raise Conflict(
             f"Activity {prepared.id} was already recorded with different content; "
             "record a correction (a new id with `corrects`) instead of reusing the id.",
             {"id": ["Already used for different content."]},
         )
+    return True
+
+
+def judge_correction(prepared: Prepared, original: Activity | SimpleNamespace | None,
+                     superseded_by: str | None) -> None:
+    """A correction names an existing activity of the same teacher and kind, not corrected yet."""
+    if original is None:
+        raise NotFound(f"Activity {prepared.corrects_id} (to be corrected) does not exist.",
+                       {"corrects": ["Unknown activity."]})
+    if original.teacher_id != prepared.teacher.id or original.kind != prepared.kind:
+        raise InvalidInput("A correction keeps the teacher and kind of the activity it corrects.",
+                           {"corrects": ["Different teacher or kind."]})
+    if superseded_by is not None:
+        raise Conflict(f"Activity {original.id} was already corrected by {superseded_by}; "
+                       "correct that one.", {"corrects": ["Already corrected."]})
+
+
+def _existing(session: Session, prepared: Prepared) -> dict[str, Any] | None:
+    original = session.scalar(select(Activity).where(Activity.id == prepared.id))
+    if not judge_repeat(prepared, original):
+        return None
+    assert original is not None
     return {"status": "duplicate", "activity": activity_out(original)}
 
 
-def _store(session: Session, prepared: Prepared, recorded_by: str) -> Activity:
-    original = None
-    if prepared.corrects_id is not None:
-        original = session.scalar(select(Activity).where(Activity.id == prepared.corrects_id))
-        if original is None:
-            raise NotFound(f"Activity {prepared.corrects_id} (to be corrected) does not exist.",
-                           {"corrects": ["Unknown activity."]})
-        if original.teacher_id != prepared.teacher.id or original.kind != prepared.kind:
-            raise InvalidInput("A correction keeps the teacher and kind of the activity it corrects.",
-                               {"corrects": ["Different teacher or kind."]})
-        if original.superseded_by_id is not None:
-            raise Conflict(f"Activity {original.id} was already corrected by {original.superseded_by_id}; "
-                           "correct that one.", {"corrects": ["Already corrected."]})
+def new_activity(prepared: Prepared, recorded_by: str, recorded_at: datetime) -> Activity:
+    """A new activity (not yet added to a session)."""
+    return Activity(**new_row(prepared, recorded_by, recorded_at))
+
+
+def new_row(prepared: Prepared, recorded_by: str, recorded_at: datetime) -> dict[str, Any]:
+    """The column values of a new activity."""
     object_id = prepared.id
     if prepared.kind == "comment":
         object_id = prepared.details["on_activity_id"]
-    activity = Activity(
+    return dict(
         id=prepared.id,
         kind=prepared.kind,
         object_id=object_id,
@@ -207,20 +237,35 @@ def _store(session: Session, prepared: Prepared, recorded_by: str) -> Activity:
         offline_hours=prepared.offline_hours,
         details=json.dumps(prepared.details, ensure_ascii=False, sort_keys=True),
         content_hash=prepared.content_hash,
-        recorded_at=datetime.now(UTC),
+        recorded_at=recorded_at,
         recorded_by=recorded_by[:100],
         corrects_id=prepared.corrects_id,
+        superseded_by_id=None,
         hidden=False,
+        hidden_at=None,
+        hidden_by_teacher_id=None,
+        hidden_reason=None,
+        hidden_statement_id=None,
     )
+
+
+def event_of(activity: Activity | SimpleNamespace, corrects: bool) -> OutboxEvent:
+    verb = "corrected" if corrects else "recorded"
+    return OutboxEvent(f"activity.{verb}.{activity.kind}", xapi.statement(activity),
+                       subject=f"activity/{activity.id}", event_id=activity.id, time=activity.recorded_at)
+
+
+def _store(session: Session, prepared: Prepared, recorded_by: str) -> Activity:
+    original = None
+    if prepared.corrects_id is not None:
+        original = session.scalar(select(Activity).where(Activity.id == prepared.corrects_id))
+        judge_correction(prepared, original, original.superseded_by_id if original is not None else None)
+    activity = new_activity(prepared, recorded_by, datetime.now(UTC))
     session.add(activity)
     session.flush()
     if original is not None:
         original.superseded_by_id = activity.id  # a marker: the original's content never changes
-    verb = "corrected" if original is not None else "recorded"
-    outbox.add(
-        session, f"activity.{verb}.{activity.kind}", xapi.statement(activity),
-        subject=f"activity/{activity.id}", event_id=activity.id, time=activity.recorded_at,
-    )
+    outbox.add_many(session, [event_of(activity, original is not None)])
     session.flush()
     return activity
 
@@ -253,7 +298,13 @@ def record(session: Session, scope: Scope, data: Any) -> dict[str, Any]:
 
 
 def record_batch(session: Session, scope: Scope, items: Any) -> dict[str, Any]:
-    """Record up to 500 activities; each gets accepted, duplicate or rejected with its reason."""
+    """Record up to 500 activities; each gets accepted, duplicate or rejected with its reason.
+
+    Set-based: every item is validated first, then the batch's teachers and the activities it names
+    (its own ids, the ones it corrects) are read in one query each, and the new activities and their
+    events are inserted in one statement each. Each item is judged by the same rules, in the same
+    order, as `record`; an item never costs the others.
+    """
     scope.require_write()
     if not isinstance(items, list):
         raise InvalidInput("A batch is a JSON array of activities.", {"_schema": ["Expected an array."]})
@@ -264,25 +315,87 @@ def record_batch(session: Session, scope: Scope, items: Any) -> dict[str, Any]:
                            {"_schema": [f"More than {schemas.MAX_BATCH} items."]})
     _refuse_repeated_ids(items)
     recorded_by = recorder_of(scope)
-    results = []
+    results: list[dict[str, Any]] = [{} for _ in items]
+
+    def settle(index: int, status: str, activity_id: str) -> None:
+        results[index] = {"index": index, "id": activity_id, "status": status}
+
+    def reject(index: int, error: LianxiaoError) -> None:
+        item_id = items[index].get("id") if isinstance(items[index], dict) else None
+        results[index] = {
+            "index": index, "id": item_id if isinstance(item_id, str) else None, "status": "rejected",
+            "error": type(error).__name__, "reason": error.detail, "fields": error.fields,
+        }
+
+    validated: dict[int, dict[str, Any]] = {}
     for index, item in enumerate(items):
         try:
-            prepared = prepare(session, scope, item)
-            outcome = record_prepared(session, prepared, recorded_by)
-            results.append({"index": index, "id": outcome["activity"]["id"], "status": outcome["status"]})
-        except ServiceUnavailable:
-            # Not this item's fault: the whole batch fails (503) and the client retries it; items stored
-            # before the outage come back as duplicates, so nothing is lost or doubled.
-            raise
+            validated[index] = validate_activity(item)
         except LianxiaoError as error:
-            item_id = item.get("id") if isinstance(item, dict) else None
-            results.append({
-                "index": index, "id": item_id if isinstance(item_id, str) else None, "status": "rejected",
-                "error": type(error).__name__, "reason": error.detail, "fields": error.fields,
-            })
+            reject(index, error)
+    teachers = roster.teachers_by_id(session, {values["teacher_id"] for values in validated.values()})
+    prepared: dict[int, Prepared] = {}
+    for index, values in validated.items():
+        try:
+            prepared[index] = resolve(values, teachers, scope)
+        except LianxiaoError as error:
+            reject(index, error)
+    named = {item.id for item in prepared.values()} | {item.corrects_id for item in prepared.values()
+                                                        if item.corrects_id is not None}
+    known = {row.id: row for row in session.scalars(select(Activity).where(Activity.id.in_(named)))} if named else {}
+
+    recorded_at = datetime.now(UTC)
+    # New in this batch, by id (a later item may correct an earlier one). Plain rows, not ORM objects:
+    # they are inserted with one Core INSERT, and building 500 mapped objects cost more than the insert.
+    fresh: dict[str, SimpleNamespace] = {}
+    superseded: dict[str, str] = {}  # corrected id -> the id of the correction in this batch
+    accepted: list[tuple[int, Prepared]] = []
+    for index, item in prepared.items():
+        try:
+            if judge_repeat(item, known.get(item.id)):
+                settle(index, "duplicate", item.id)
+                continue
+            if item.corrects_id is not None:
+                original: Activity | SimpleNamespace | None = known.get(item.corrects_id) or fresh.get(
+                    item.corrects_id)
+                earlier = superseded.get(item.corrects_id) or (original.superseded_by_id if original else None)
+                judge_correction(item, original, earlier)
+                superseded[item.corrects_id] = item.id
+            fresh[item.id] = SimpleNamespace(**new_row(item, recorded_by, recorded_at))
+            accepted.append((index, item))
+            settle(index, "accepted", item.id)
+        except LianxiaoError as error:
+            reject(index, error)
+    if accepted:
+        try:
+            with session.begin_nested():
+                _insert_batch(session, [fresh[item.id] for _, item in accepted], superseded, known)
+        except IntegrityError:
+            # A concurrent request stored one of these ids between our look-up and our insert: judge
+            # each item again on its own, exactly as `record` would.
+            for index, item in accepted:
+                try:
+                    settle(index, record_prepared(session, item, recorded_by)["status"], item.id)
+                except ServiceUnavailable:
+                    raise  # not this item's fault: the whole batch fails and is retried
+                except LianxiaoError as error:
+                    reject(index, error)
     counts = {status: sum(1 for result in results if result["status"] == status)
               for status in ("accepted", "duplicate", "rejected")}
     return {"results": results, **counts}
+
+
+def _insert_batch(session: Session, activities: list[SimpleNamespace], superseded: dict[str, str],
+                  known: Mapping[str, Activity]) -> None:
+    """One INSERT for the activities, one for their events; superseded originals get their marker."""
+    corrected_here = set(superseded)
+    for activity in activities:
+        activity.superseded_by_id = superseded.get(activity.id)
+    session.execute(insert(ACTIVITIES), [vars(activity) for activity in activities])
+    outbox.add_many(session, [event_of(activity, activity.corrects_id is not None) for activity in activities])
+    for original_id in corrected_here & set(known):
+        known[original_id].superseded_by_id = superseded[original_id]  # a marker: content never changes
+    session.flush()
 
 
 def _refuse_repeated_ids(items: list[Any]) -> None:

@@ -6,6 +6,7 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from services.activities.exceptions import Forbidden, InvalidInput, UnknownTeacher
@@ -38,6 +39,7 @@ def _parse_time(value: Any) -> datetime:
 def apply_teacher_event(session: Session, routing_key: str, body: dict[str, Any], event_time: Any = None) -> bool:
     """Apply one accounts event; False when it is older than what is already known (out of order)."""
     teacher_id = _as_int(body, "id")
+    announced_at = _parse_time(event_time)
     values = {
         "school_id": _as_int(body, "school_id"),
         "district_id": _as_int(body, "district_id", optional=True),
@@ -45,7 +47,7 @@ def apply_teacher_event(session: Session, routing_key: str, body: dict[str, Any]
         "active": routing_key != "teacher.left" and bool(body.get("active", True)),
         "roles": json.dumps(sorted(str(role) for role in body.get("roles") or [])),
         "group_ids": json.dumps(sorted(int(group) for group in body.get("group_ids") or [])),
-        "announced_at": _parse_time(event_time),
+        "announced_at": announced_at,
     }
     teacher = session.get(RosterTeacher, teacher_id)
     if teacher is None:
@@ -53,7 +55,7 @@ def apply_teacher_event(session: Session, routing_key: str, body: dict[str, Any]
         session.flush()
         return True
     known = as_utc(teacher.announced_at)
-    if values["announced_at"] < known:
+    if announced_at < known:
         return False
     for name, value in values.items():
         setattr(teacher, name, value)
@@ -62,7 +64,19 @@ def apply_teacher_event(session: Session, routing_key: str, body: dict[str, Any]
 
 
 def teacher_in_scope(session: Session, scope: Scope, teacher_id: int) -> RosterTeacher:
-    teacher = session.get(RosterTeacher, teacher_id)
+    return check_teacher_scope(session.get(RosterTeacher, teacher_id), scope, teacher_id)
+
+
+def teachers_by_id(session: Session, teacher_ids: set[int]) -> dict[int, RosterTeacher]:
+    """Many teachers in one query (a batch's)."""
+    if not teacher_ids:
+        return {}
+    query = select(RosterTeacher).where(RosterTeacher.id.in_(sorted(teacher_ids)))
+    return {teacher.id: teacher for teacher in session.scalars(query)}
+
+
+def check_teacher_scope(teacher: RosterTeacher | None, scope: Scope, teacher_id: int) -> RosterTeacher:
+    """The teacher must be known and inside the caller's scope."""
     if teacher is None:
         raise UnknownTeacher(
             f"Teacher {teacher_id} is not known to activities (accounts has not announced them yet).",

@@ -20,7 +20,7 @@ from zoneinfo import ZoneInfo
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from services.common.validation import StrictSchema
+from services.common.validation import ID, StrictSchema, plausible_moment, representable_moment
 
 BUREAU_TIMEZONE = ZoneInfo("Asia/Shanghai")
 MAX_BATCH = 500
@@ -214,8 +214,8 @@ class ClassroomSession(KindSchema):
     session_id = fields.String(required=True, validate=validate.Length(min=1, max=64))
     classroom_id = fields.Integer(required=True, strict=True)
     role = fields.String(required=True, validate=validate.OneOf(("master", "branch")))
-    started_at = fields.AwareDateTime(required=True, default_timezone=UTC)
-    ended_at = fields.AwareDateTime(required=True, default_timezone=UTC)
+    started_at = fields.AwareDateTime(required=True, default_timezone=UTC, validate=plausible_moment)
+    ended_at = fields.AwareDateTime(required=True, default_timezone=UTC, validate=plausible_moment)
 
     @validates_schema
     def ends_after_it_starts(self, data: dict[str, Any], **_kwargs: Any) -> None:
@@ -265,10 +265,11 @@ class ActivityIn(StrictSchema):
 
     id = fields.UUID(load_default=None, allow_none=True)
     kind = fields.String(required=True, validate=validate.OneOf(sorted(KINDS), error="Unknown kind {input!r}."))
-    teacher_id = fields.Integer(required=True, strict=True)
-    group_id = fields.Integer(load_default=None, allow_none=True, strict=True)
-    # Schools send local times; one without an offset is read in the bureau's time zone.
-    occurred_at = fields.AwareDateTime(required=True, default_timezone=BUREAU_TIMEZONE)
+    teacher_id = fields.Integer(required=True, strict=True, validate=ID)
+    group_id = fields.Integer(load_default=None, allow_none=True, strict=True, validate=ID)
+    # Schools send local times; one without an offset is read in the bureau's time zone. Only a
+    # plausible window is accepted: reports must be able to place every activity in a period.
+    occurred_at = fields.AwareDateTime(required=True, default_timezone=BUREAU_TIMEZONE, validate=plausible_moment)
     details = fields.Dict(required=True)
     corrects = fields.UUID(load_default=None, allow_none=True)
 
@@ -279,12 +280,14 @@ class HideIn(StrictSchema):
 
 
 class ActivityQuery(StrictSchema):
-    teacher_id = fields.Integer(load_default=None, allow_none=True)
-    school_id = fields.Integer(load_default=None, allow_none=True)
-    group_id = fields.Integer(load_default=None, allow_none=True)
+    teacher_id = fields.Integer(load_default=None, allow_none=True, validate=ID)
+    school_id = fields.Integer(load_default=None, allow_none=True, validate=ID)
+    group_id = fields.Integer(load_default=None, allow_none=True, validate=ID)
     kind = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(sorted(KINDS)))
-    since = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=BUREAU_TIMEZONE)
-    until = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=BUREAU_TIMEZONE)
+    since = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=BUREAU_TIMEZONE,
+                                 validate=representable_moment)
+    until = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=BUREAU_TIMEZONE,
+                                 validate=representable_moment)
     include_hidden = fields.Boolean(load_default=True)
     limit = fields.Integer(load_default=100, validate=validate.Range(min=1, max=MAX_BATCH))
     cursor = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=200))
@@ -311,3 +314,24 @@ class ActivityOut(Schema):
     hidden_at = fields.DateTime(allow_none=True)
     hidden_by_teacher_id = fields.Integer(allow_none=True)
     hidden_reason = fields.String(allow_none=True)
+
+
+# --- GET /xapi/statements: the query the gateway checks and activities answers --------------------
+
+XAPI_VERSION = "1.0.3"
+MAX_STATEMENTS = 500  # per page; `limit=0` asks for the most
+DEFAULT_STATEMENTS = 100
+
+
+class StatementQuery(StrictSchema):
+    statementId = fields.UUID(load_default=None, allow_none=True)
+    agent = fields.Raw(load_default=None, allow_none=True)
+    verb = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+    activity = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
+    since = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC,
+                                 validate=representable_moment)
+    until = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC,
+                                 validate=representable_moment)
+    limit = fields.Integer(load_default=DEFAULT_STATEMENTS, validate=validate.Range(min=0, max=2**31 - 1))
+    ascending = fields.Boolean(load_default=False)
+    cursor = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))

@@ -2,25 +2,19 @@
 
 Every RPC takes the caller's scope (a dict, as the gateway got it from accounts' `verify_token`) first.
 Consumed events: accounts' `teacher.joined/changed/left` (its roster) and the classroom relay's
-`session.ended` / `classroom.left` (see `classroom.py`). Published: see docs/events/asyncapi.yaml.
+`session.ended` / `classroom.left` (see `classroom.py`), each applied once (`cloud_event_handler`
+deduplicates). Published: see docs/events/asyncapi.yaml.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
-from amqp.exceptions import NotFound as QueueMissing
-from kombu import Connection
-from nameko.dependency_providers import Config
-
 from services.activities import classroom, log, moderation, queries, replay, roster, xapi
-from services.activities.exceptions import NotFound
 from services.activities.models import outbox, processed_events
-from services.common.config import amqp_uri
 from services.common.db import Database
 from services.common.entrypoints import rpc
-from services.common.events import OutboxRelay
+from services.common.events import OutboxRelay, QueuePublisher
 from services.common.health import HealthRpc
 from services.common.metrics import ServiceMetrics
 from services.common.scope import Scope
@@ -33,7 +27,7 @@ class ActivitiesService(HealthRpc):
     db = Database("activities")
     metrics = ServiceMetrics("activities")
     events = OutboxRelay(outbox)
-    config = Config()
+    queues = QueuePublisher()  # replay's straight-to-a-queue publishing
 
     # --- recording ------------------------------------------------------------------------------
     @rpc
@@ -70,37 +64,13 @@ class ActivitiesService(HealthRpc):
     @rpc
     def replay_events(self, scope: dict, data: dict) -> dict[str, Any]:
         """Re-publish events since `since` (matching `routing_keys`) to the existing queue `queue`."""
-        uri = self.config_uri()
-        with Connection(uri, transport_options={"confirm_publish": True}) as connection:
-            producer = connection.Producer()
-            checked: set[str] = set()
-
-            def publish(queue: str, body: bytes, headers: Mapping[str, Any], properties: Mapping[str, Any]) -> None:
-                if queue not in checked:
-                    try:
-                        connection.default_channel.queue_declare(queue=queue, passive=True)
-                    except QueueMissing as error:
-                        raise NotFound(f"Queue {queue!r} does not exist; declare and bind it first.") from error
-                    checked.add(queue)
-                producer.publish(
-                    body, exchange="", routing_key=queue, headers=dict(headers),
-                    content_type="application/json", content_encoding="utf-8", delivery_mode=2,
-                    message_id=properties["message_id"], type=properties["type"], retry=False,
-                )
-
+        with self.queues() as publish:
             return replay.replay(self.db, Scope.from_dict(scope), data, publish)
 
-    def config_uri(self) -> str:
-        return self.config.get("AMQP_URI") or amqp_uri()
-
-    @cloud_event_handler("accounts", roster.TEACHER_EVENT_KEYS)
+    @cloud_event_handler("accounts", roster.TEACHER_EVENT_KEYS, processed=processed_events)
     def on_teacher_event(self, body: dict, attributes: dict) -> None:
-        with self.db.begin():
-            if processed_events.first_time(self.db, attributes["id"], attributes.get("type", "")):
-                roster.apply_teacher_event(self.db, attributes["routing_key"], body, attributes.get("time"))
+        roster.apply_teacher_event(self.db, attributes["routing_key"], body, attributes.get("time"))
 
-    @cloud_event_handler("classroom_relay", classroom.CLASSROOM_ROUTING_KEYS)
+    @cloud_event_handler("classroom_relay", classroom.CLASSROOM_ROUTING_KEYS, processed=processed_events)
     def on_classroom_session(self, body: dict, attributes: dict) -> None:
-        with self.db.begin():
-            if processed_events.first_time(self.db, attributes["id"], attributes.get("type", "")):
-                classroom.record_session_event(self.db, attributes["routing_key"], body)
+        classroom.record_session_event(self.db, attributes["routing_key"], body)

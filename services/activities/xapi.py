@@ -17,28 +17,27 @@ import base64
 import binascii
 import json
 from datetime import UTC, datetime
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import urlencode
 
-from marshmallow import fields, validate
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from services.activities.exceptions import InvalidInput, NotFound
 from services.activities.models import Activity
-from services.activities.schemas import KINDS, StrictSchema
+from services.activities.schemas import KINDS, MAX_STATEMENTS, XAPI_VERSION, StatementQuery
 from services.common.scope import Scope
 from services.common.timeutil import as_utc
 from services.common.validation import load
 
-XAPI_VERSION = "1.0.3"
 HOME_PAGE = "https://lianxiao.example"
 ACTIVITY_BASE = f"{HOME_PAGE}/xapi/activities/"
 ACTIVITY_TYPE_BASE = f"{HOME_PAGE}/xapi/activity-types/"
 EXTENSION_BASE = f"{HOME_PAGE}/xapi/extensions/"
 HID_VERB = f"{HOME_PAGE}/xapi/verbs/hid"
-MAX_LIMIT = 500
-DEFAULT_LIMIT = 100
+MAX_SEQUENCE = 2**63 - 1
+MAX_CURSOR_DIGITS = len(str(MAX_SEQUENCE))
 
 
 def extension(name: str) -> str:
@@ -60,7 +59,7 @@ def agent(teacher_id: int) -> dict[str, Any]:
     return {"objectType": "Agent", "account": {"homePage": HOME_PAGE, "name": f"teacher/{teacher_id}"}}
 
 
-def context_extensions(activity: Activity) -> dict[str, Any]:
+def context_extensions(activity: Activity | SimpleNamespace) -> dict[str, Any]:
     return {
         extension("bureau"): activity.bureau_id,
         extension("district"): activity.district_id,
@@ -70,8 +69,8 @@ def context_extensions(activity: Activity) -> dict[str, Any]:
     }
 
 
-def statement(activity: Activity) -> dict[str, Any]:
-    """The xAPI statement of one stored activity."""
+def statement(activity: Activity | SimpleNamespace) -> dict[str, Any]:
+    """The xAPI statement of one stored activity (or of a batch's row about to be inserted)."""
     kind = KINDS[activity.kind]
     details = json.loads(activity.details)
     result: dict[str, Any] = {
@@ -128,18 +127,6 @@ def hide_statement(activity: Activity) -> dict[str, Any]:
 # --- GET /xapi/statements -------------------------------------------------------------------------
 
 
-class StatementQuery(StrictSchema):
-    statementId = fields.UUID(load_default=None, allow_none=True)
-    agent = fields.Raw(load_default=None, allow_none=True)
-    verb = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
-    activity = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=500))
-    since = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
-    until = fields.AwareDateTime(load_default=None, allow_none=True, default_timezone=UTC)
-    limit = fields.Integer(load_default=DEFAULT_LIMIT, validate=validate.Range(min=0))
-    ascending = fields.Boolean(load_default=False)
-    cursor = fields.String(load_default=None, allow_none=True, validate=validate.Length(max=100))
-
-
 def _teacher_of_agent(value: Any) -> int | None:
     """The teacher id an xAPI agent filter names; None when it names nobody known here."""
     if isinstance(value, str):
@@ -163,9 +150,12 @@ def encode_cursor(sequence: int) -> str:
 def decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("s"):
+        if not text.startswith("s") or not 1 <= len(text) <= MAX_CURSOR_DIGITS + 1:
             raise ValueError(text)
-        return int(text[1:])
+        sequence = int(text[1:])
+        if not 0 <= sequence <= MAX_SEQUENCE:  # beyond the database's 64-bit sequence
+            raise ValueError(text)
+        return sequence
     except (binascii.Error, UnicodeDecodeError, ValueError) as error:
         raise InvalidInput("The cursor is not one this server gave out.", {"cursor": ["Invalid."]}) from error
 
@@ -215,8 +205,8 @@ def query_statements(session: Session, scope: Scope, params: dict[str, Any]) -> 
         query = query.where(Activity.sequence > after if ascending else Activity.sequence < after)
     # `stored` order is insertion order; the sequence breaks ties between equal timestamps.
     query = query.order_by(Activity.sequence.asc() if ascending else Activity.sequence.desc())
-    limit = values["limit"] or MAX_LIMIT
-    limit = min(limit, MAX_LIMIT)
+    limit = values["limit"] or MAX_STATEMENTS
+    limit = min(limit, MAX_STATEMENTS)
     rows = list(session.scalars(query.limit(limit + 1)))
     more = ""
     if len(rows) > limit:

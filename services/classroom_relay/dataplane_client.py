@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import time
 from typing import Any
 
@@ -27,24 +26,15 @@ from nameko.extensions import DependencyProvider
 from prometheus_client import Counter, Gauge
 from sqlalchemy.orm import Session
 
-from services.classroom_relay import admission, placement, sessions
-from services.classroom_relay.dataplane.control import ControlClient
+from services.classroom_relay import dataplane_state, lessons, link_budgets, placement, relay_settings
+from services.classroom_relay.dataplane.protocol import ControlClient
+from services.classroom_relay.settings import CONTROL_SECRET, STATS_INTERVAL
 from services.common.config import database_url
 from services.common.db import make_engine
+from services.common.link_targets import LINK_TARGETS_BYTES_PER_SECOND
 from services.common.metrics import registry_for
 
 log = logging.getLogger(__name__)
-
-# Kept for callers of the single-data-plane era.
-DEFAULT_CONTROL_ADDRESS = placement.DEFAULT_CONTROL_ADDRESS
-parse_control_address = placement.parse_control_address
-# The link targets of the source document, exported so dashboards and alerts compare against them.
-LINK_TARGETS_BYTES_PER_SECOND = {
-    "master_school_link": 100_000_000 / 8,
-    "broadcasting_uplink": 25_000_000 / 8,
-    "receiving_downlink": 10_000_000 / 8,
-}
-
 
 class DataPlaneError(Exception):
     """The data plane answered a request with `ok: false`."""
@@ -65,7 +55,6 @@ class DataPlaneChannel:
         self.hello: dict[str, Any] = {}
         self.stats: dict[str, Any] | None = None
         self.stats_at: float | None = None
-        self.last_push_at: float | None = None
         self.client: ControlClient | None = None
 
     @property
@@ -82,16 +71,18 @@ class DataPlaneChannel:
         self.wakeups.put(None)
 
     def close(self) -> None:
+        """Wake the channel's thread (called from another green thread once ``link.running`` is False);
+        the thread closes its connection itself on the way out."""
         self.wakeups.put(None)
         if self.client is not None:
-            self.client.close()
+            self.client.interrupt()
 
     def media_address(self) -> list[Any] | None:
         return placement.public_address(self.hello.get("media_address"), self.spec)
 
     def outputs(self) -> dict[tuple[str, str], dict]:
         """Downstream outputs by (session, classroom) key, relay addresses as classrooms reach them."""
-        found = sessions.outputs_by_key(self.stats)
+        found = dataplane_state.outputs_by_key(self.stats)
         return {key: {**output, "relay_address": placement.public_address(output.get("relay_address"), self.spec)}
                 for key, output in found.items()}
 
@@ -107,6 +98,13 @@ class DataPlaneChannel:
 
     # --- the thread ---------------------------------------------------------------------------------------
     def run(self) -> None:
+        try:
+            self._keep_in_step()
+        finally:
+            if self.client is not None:
+                self.client.close()
+
+    def _keep_in_step(self) -> None:
         backoff = 0.0
         while self.link.running:
             try:
@@ -158,13 +156,12 @@ class DataPlaneChannel:
         # Clear the flag before reading: a change committed meanwhile asks for another push.
         self.push_wanted = False
         with Session(self.link.engine) as db:
-            state = sessions.desired_state(db, self.link.settings, dataplane=self.name)
+            state = dataplane_state.desired_state(db, self.link.settings, dataplane=self.name)
         instance = self.hello.get("instance")
         reply = self._call("set_state", **state)
         for refused in reply.get("refused_senders", []):
             log.warning("data plane %s refused a registered sender: %s", self.name, refused)
         self.pushed_instance = instance
-        self.last_push_at = time.monotonic()
         self.link.pushes_total.labels(self.name).inc()
         self.link.export_placements()
 
@@ -186,12 +183,10 @@ class DataPlaneLink(DependencyProvider):
     # --- nameko lifecycle -----------------------------------------------------------------------------
     def setup(self) -> None:
         config = self.container.config
-        self.settings = sessions.settings_from(config)
+        self.settings = relay_settings.settings_from(config)
         self.specs = placement.dataplanes_from(config)
-        self.control_secret = config.get("RELAY_CONTROL_SECRET") or os.environ.get("RELAY_CONTROL_SECRET") or None
-        self.stats_interval = float(
-            config.get("RELAY_STATS_INTERVAL") or os.environ.get("RELAY_STATS_INTERVAL") or 2.0
-        )
+        self.control_secret = CONTROL_SECRET.get(config)
+        self.stats_interval = STATS_INTERVAL.get(config)
         self.engine = make_engine(database_url(self.service, config))
         self.channels = {spec.name: DataPlaneChannel(spec, self) for spec in self.specs}
         self._setup_metrics()
@@ -292,18 +287,18 @@ class DataPlaneLink(DependencyProvider):
     def export_placements(self) -> None:
         """Refresh the gauges that describe live sessions and commitments from the database."""
         with Session(self.engine) as db:
-            labels = sessions.live_session_labels(db)
-            loads = sessions.committed_loads(db)
+            labels = dataplane_state.live_session_labels(db)
+            loads = lessons.committed_loads(db)
         self._export(labels, loads)
 
-    def _export(self, labels: list[dict[str, str]], loads: list[admission.Load]) -> None:
+    def _export(self, labels: list[dict[str, str]], loads: list[link_budgets.Load]) -> None:
         # Reset then set in one go without yielding (no I/O in between), so a scrape never sees a gap.
         self.session_info.clear()
         for entry in labels:
             self.session_info.labels(**entry).set(1)
         self.committed_gauge.clear()
         self.school_committed_gauge.clear()
-        for link, bps in admission.total_by_link(loads).items():
+        for link, bps in link_budgets.total_by_link(loads).items():
             self.committed_gauge.labels(link.kind, str(link.owner_id)).set(bps / 8)
             if link.kind == "school_link":
                 self.school_committed_gauge.labels(str(link.owner_id)).set(bps / 8)

@@ -12,6 +12,23 @@ from datetime import datetime
 from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, MetaData, String, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
+# The constants live in the face (schemas.py) so other processes can read them without the tables;
+# they stay importable from here for the relay's own modules.
+from services.classroom_relay.schemas import (  # noqa: F401
+    CLASSROOM_KINDS,
+    DEFAULT_DOWNLINK_BPS,
+    DEFAULT_MASTER_SCHOOL_LINK_BPS,
+    DEFAULT_RETURN_BPS,
+    DEFAULT_SOURCE_BPS,
+    DEFAULT_UPLINK_BPS,
+    MBIT,
+    MEMBER_STATES,
+    RECURRENCES,
+    ROLES,
+    SESSION_KINDS,
+    SESSION_STATUSES,
+    STREAM_STATES,
+)
 from services.common.events import Outbox
 
 metadata = MetaData(
@@ -23,23 +40,6 @@ metadata = MetaData(
     }
 )
 outbox = Outbox("classroom_relay", metadata)
-
-MBIT = 1_000_000
-# Targets from the source document (seed 004): master school 100M, broadcasting room ≥ 25M, branch ≥ 10M.
-DEFAULT_MASTER_SCHOOL_LINK_BPS = 100 * MBIT
-DEFAULT_UPLINK_BPS = 25 * MBIT
-DEFAULT_DOWNLINK_BPS = 10 * MBIT
-DEFAULT_SOURCE_BPS = 8 * MBIT  # what the broadcasting room sends (all simulcast layers together)
-DEFAULT_RETURN_BPS = 2 * MBIT  # a branch camera back to the master room, in interactive kinds
-
-CLASSROOM_KINDS = ("broadcasting", "receiving")
-SESSION_KINDS = ("dedicated_delivery", "master_teacher", "online_research")
-SESSION_STATUSES = ("scheduled", "live", "ended")
-RECURRENCES = ("none", "daily", "weekdays", "weekly")
-ROLES = ("master", "branch")
-# planned: named for the session, nothing committed; joined: bandwidth committed; left: released.
-MEMBER_STATES = ("planned", "joined", "left")
-STREAM_STATES = ("ok", "degraded")
 
 
 class Base(DeclarativeBase):

@@ -18,21 +18,21 @@ committed budget takes it. The placement is stored on the session (column `datap
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections import defaultdict
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.classroom_relay import settings
 from services.classroom_relay.exceptions import DataPlaneUnavailable
 from services.classroom_relay.models import Classroom, LiveSession, SessionClassroom
 
 DEFAULT_DATAPLANE = "default"
-DEFAULT_CONTROL_ADDRESS = "127.0.0.1:7070"
-DEFAULT_DATAPLANE_CAPACITY_BPS = 1_000_000_000
+DEFAULT_CONTROL_ADDRESS = settings.CONTROL_ADDRESS.default
+DEFAULT_DATAPLANE_CAPACITY_BPS = settings.DATAPLANE_CAPACITY_BPS.default
 
 
 @dataclass(frozen=True)
@@ -115,15 +115,9 @@ def parse_dataplanes(
 
 def dataplanes_from(config: Mapping[str, Any] | None = None) -> tuple[DataPlaneSpec, ...]:
     """The fleet's specs from nameko config, then the environment (see the module docstring)."""
-    config = config or {}
-
-    def value(name: str) -> str | None:
-        found = config.get(name)
-        return str(found) if found not in (None, "") else os.environ.get(name) or None
-
-    capacity = int(value("RELAY_DATAPLANE_CAPACITY_BPS") or DEFAULT_DATAPLANE_CAPACITY_BPS)
     return parse_dataplanes(
-        value("RELAY_DATAPLANES"), value("RELAY_CONTROL_ADDRESS"), value("RELAY_DATAPLANE_PUBLIC_HOSTS"), capacity
+        settings.DATAPLANES.get(config), settings.CONTROL_ADDRESS.get(config),
+        settings.DATAPLANE_PUBLIC_HOSTS.get(config), settings.DATAPLANE_CAPACITY_BPS.get(config),
     )
 
 
@@ -187,13 +181,6 @@ def choose_dataplane(session: Session, live: LiveSession, school_id: int, fleet:
     best = max(candidates, key=lambda spec: (spec.capacity_bps - committed.get(spec.name, 0),
                                              -fleet.names.index(spec.name)))
     return best.name
-
-
-def sessions_on(session: Session, dataplane: str) -> Collection[int]:
-    """Ids of the live sessions placed on `dataplane`."""
-    return session.scalars(
-        select(LiveSession.id).where(LiveSession.status == "live", LiveSession.dataplane == dataplane)
-    ).all()
 
 
 def public_address(address: Sequence[Any] | None, spec: DataPlaneSpec | None) -> list[Any] | None:

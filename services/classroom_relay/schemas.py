@@ -7,8 +7,24 @@ from typing import Any
 
 from marshmallow import Schema, ValidationError, fields, validate, validates_schema
 
-from services.classroom_relay.models import CLASSROOM_KINDS, MBIT, RECURRENCES, SESSION_KINDS
-from services.common.validation import ID, NAME, StrictSchema
+from services.common.link_targets import BROADCASTING_UPLINK_BPS, MASTER_SCHOOL_LINK_BPS, MBIT, RECEIVING_DOWNLINK_BPS
+from services.common.validation import ID, NAME, StrictSchema, schedulable_moment
+
+# The bureau's link targets (services/common/link_targets.py): master school 100M, broadcasting ≥ 25M, branch ≥ 10M.
+DEFAULT_MASTER_SCHOOL_LINK_BPS = MASTER_SCHOOL_LINK_BPS
+DEFAULT_UPLINK_BPS = BROADCASTING_UPLINK_BPS
+DEFAULT_DOWNLINK_BPS = RECEIVING_DOWNLINK_BPS
+DEFAULT_SOURCE_BPS = 8 * MBIT  # what the broadcasting room sends (all simulcast layers together)
+DEFAULT_RETURN_BPS = 2 * MBIT  # a branch camera back to the master room, in interactive kinds
+
+CLASSROOM_KINDS = ("broadcasting", "receiving")
+SESSION_KINDS = ("dedicated_delivery", "master_teacher", "online_research")
+SESSION_STATUSES = ("scheduled", "live", "ended")
+RECURRENCES = ("none", "daily", "weekdays", "weekly")
+ROLES = ("master", "branch")
+# planned: named for the session, nothing committed; joined: bandwidth committed; left: released.
+MEMBER_STATES = ("planned", "joined", "left")
+STREAM_STATES = ("ok", "degraded")
 
 BITRATE = validate.Range(min=64_000, max=10_000 * MBIT)
 PORT = validate.Range(min=1, max=65534)  # RTCP goes to port + 1
@@ -50,10 +66,11 @@ class SessionIn(StrictSchema):
     title = fields.String(required=True, validate=NAME)
     master_classroom_id = fields.Integer(required=True, strict=True, validate=ID)
     teacher_id = fields.Integer(strict=True, load_default=None, allow_none=True, validate=ID)
-    starts_at = fields.AwareDateTime(required=True)
-    ends_at = fields.AwareDateTime(required=True)
+    # Within [2000-01-01, two years ahead]: a time the calendar and the database can hold (issue 12).
+    starts_at = fields.AwareDateTime(required=True, validate=schedulable_moment)
+    ends_at = fields.AwareDateTime(required=True, validate=schedulable_moment)
     recurrence = fields.String(load_default="none", validate=validate.OneOf(RECURRENCES))
-    recurrence_until = fields.AwareDateTime(load_default=None, allow_none=True)
+    recurrence_until = fields.AwareDateTime(load_default=None, allow_none=True, validate=schedulable_moment)
     source_bps = fields.Integer(strict=True, load_default=None, allow_none=True, validate=BITRATE)
     branch_bps = fields.Integer(strict=True, load_default=None, allow_none=True, validate=BITRATE)
     return_bps = fields.Integer(

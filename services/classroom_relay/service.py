@@ -1,4 +1,7 @@
-"""The classroom_relay control plane: RPC entrypoints only; the logic lives in sessions and admission.
+"""The classroom_relay control plane: RPC entrypoints only.
+
+The logic lives in plain modules: classrooms.py, lessons.py (with link_budgets.py and placement.py),
+media_access.py, stream_health.py; dataplane_client.py keeps the data planes in step (dataplane_state.py).
 
 Every entrypoint takes the caller's scope dict first (as accounts does). Changes commit inside the
 entrypoint, then ask the data-plane link to push the new desired state to every data plane (each gets
@@ -8,12 +11,11 @@ and publishes `stream.degraded` / `stream.recovered`, and refreshes the placemen
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 from nameko.timer import timer
 
-from services.classroom_relay import sessions
+from services.classroom_relay import classrooms, lessons, media_access, settings, stream_health
 from services.classroom_relay.dataplane_client import DataPlaneLink
 from services.classroom_relay.models import outbox
 from services.common.db import Database
@@ -23,7 +25,7 @@ from services.common.health import HealthRpc
 from services.common.metrics import ServiceMetrics
 from services.common.scope import Scope
 
-HEALTH_CHECK_SECONDS = float(os.environ.get("RELAY_HEALTH_INTERVAL", "2.0"))
+HEALTH_CHECK_SECONDS = settings.HEALTH_INTERVAL.get()
 
 
 class ClassroomRelayService(HealthRpc):
@@ -38,39 +40,39 @@ class ClassroomRelayService(HealthRpc):
     @rpc
     def create_classroom(self, scope: dict, data: dict) -> dict[str, Any]:
         with self.db.begin():
-            return sessions.create_classroom(self.db, Scope.from_dict(scope), data)
+            return classrooms.create_classroom(self.db, Scope.from_dict(scope), data)
 
     @rpc
     def get_classroom(self, scope: dict, classroom_id: int) -> dict[str, Any]:
-        return sessions.get_classroom(self.db, Scope.from_dict(scope), classroom_id)
+        return classrooms.get_classroom(self.db, Scope.from_dict(scope), classroom_id)
 
     @rpc
     def list_classrooms(self, scope: dict, school_id: int | None = None) -> list[dict[str, Any]]:
-        return sessions.list_classrooms(self.db, Scope.from_dict(scope), school_id)
+        return classrooms.list_classrooms(self.db, Scope.from_dict(scope), school_id)
 
     @rpc
     def set_school_link(self, scope: dict, school_id: int, link_capacity_bps: int) -> dict[str, Any]:
         with self.db.begin():
-            return sessions.set_school_link(self.db, Scope.from_dict(scope), school_id, link_capacity_bps)
+            return classrooms.set_school_link(self.db, Scope.from_dict(scope), school_id, link_capacity_bps)
 
     # --- sessions ---------------------------------------------------------------------------------------
     @rpc
     def create_session(self, scope: dict, data: dict) -> dict[str, Any]:
         with self.db.begin():
-            return sessions.create_session(self.db, Scope.from_dict(scope), data, self.dataplane.settings)
+            return lessons.create_session(self.db, Scope.from_dict(scope), data, self.dataplane.settings)
 
     @rpc
     def get_session(self, scope: dict, session_id: int) -> dict[str, Any]:
-        return sessions.get_session(self.db, Scope.from_dict(scope), session_id)
+        return lessons.get_session(self.db, Scope.from_dict(scope), session_id)
 
     @rpc
     def list_sessions(self, scope: dict, status: str | None = None) -> list[dict[str, Any]]:
-        return sessions.list_sessions(self.db, Scope.from_dict(scope), status)
+        return lessons.list_sessions(self.db, Scope.from_dict(scope), status)
 
     @rpc
     def start_session(self, scope: dict, session_id: int) -> dict[str, Any]:
         with self.db.begin():
-            result = sessions.start_session(
+            result = lessons.start_session(
                 self.db, Scope.from_dict(scope), session_id, self.dataplane.settings, fleet=self.dataplane.fleet()
             )
         self.dataplane.request_push()
@@ -79,14 +81,14 @@ class ClassroomRelayService(HealthRpc):
     @rpc
     def end_session(self, scope: dict, session_id: int) -> dict[str, Any]:
         with self.db.begin():
-            result = sessions.end_session(self.db, Scope.from_dict(scope), session_id)
+            result = lessons.end_session(self.db, Scope.from_dict(scope), session_id)
         self.dataplane.request_push()
         return result
 
     @rpc
     def join_branch(self, scope: dict, session_id: int, classroom_id: int, data: dict | None = None) -> dict[str, Any]:
         with self.db.begin():
-            result = sessions.join_branch(
+            result = lessons.join_branch(
                 self.db, Scope.from_dict(scope), session_id, classroom_id, data, self.dataplane.settings
             )
         self.dataplane.request_push()
@@ -95,7 +97,7 @@ class ClassroomRelayService(HealthRpc):
     @rpc
     def leave_branch(self, scope: dict, session_id: int, classroom_id: int) -> dict[str, Any]:
         with self.db.begin():
-            result = sessions.leave_branch(self.db, Scope.from_dict(scope), session_id, classroom_id)
+            result = lessons.leave_branch(self.db, Scope.from_dict(scope), session_id, classroom_id)
         self.dataplane.request_push()
         return result
 
@@ -104,7 +106,7 @@ class ClassroomRelayService(HealthRpc):
     def issue_join_token(
         self, scope: dict, session_id: int, classroom_id: int, data: dict | None = None
     ) -> dict[str, Any]:
-        return sessions.issue_join_token(
+        return media_access.issue_join_token(
             self.db, Scope.from_dict(scope), session_id, classroom_id, data, self.dataplane.settings,
             media_addresses=self.dataplane.media_addresses(),
         )
@@ -112,7 +114,7 @@ class ClassroomRelayService(HealthRpc):
     @rpc
     def register_sender(self, scope: dict, session_id: int, classroom_id: int, data: dict) -> dict[str, Any]:
         with self.db.begin():
-            result = sessions.register_sender(
+            result = media_access.register_sender(
                 self.db, Scope.from_dict(scope), session_id, classroom_id, data, self.dataplane.settings
             )
         self.dataplane.request_push()
@@ -120,7 +122,7 @@ class ClassroomRelayService(HealthRpc):
 
     @rpc
     def get_branch_sdp(self, scope: dict, session_id: int, classroom_id: int) -> dict[str, str]:
-        sdp = sessions.branch_sdp(
+        sdp = media_access.branch_sdp(
             self.db, Scope.from_dict(scope), session_id, classroom_id, self.dataplane.outputs_by_dataplane()
         )
         return {"content_type": "application/sdp", "sdp": sdp}
@@ -139,4 +141,4 @@ class ClassroomRelayService(HealthRpc):
         if not stats:
             return
         with self.db.begin():
-            sessions.record_stream_health(self.db, stats, self.dataplane.settings)
+            stream_health.record_stream_health(self.db, stats, self.dataplane.settings)

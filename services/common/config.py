@@ -1,9 +1,11 @@
-"""Configuration from the environment, in one place for every service and the gateway."""
+"""The settings every service shares, read through services/common/settings.py."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import Any
+
+from services.common.settings import setting
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_AMQP_URI = "amqp://guest:guest@127.0.0.1:5672/"
@@ -11,37 +13,53 @@ DEFAULT_AMQP_URI = "amqp://guest:guest@127.0.0.1:5672/"
 # variable can name a database per service (e.g. postgresql://db/lianxiao_{service}).
 DEFAULT_DATABASE_URL = f"sqlite:///{REPO_ROOT / 'var' / '{service}.db'}"
 
+AMQP_URI = setting("AMQP_URI", str, DEFAULT_AMQP_URI, "RabbitMQ")
+DATABASE_URL = setting(
+    "DATABASE_URL", str, DEFAULT_DATABASE_URL,
+    "every service's database; `{service}` is replaced by the service's name (e.g. "
+    "`postgresql://db/lianxiao_{service}`)",
+    default_text="`sqlite:///<repo>/var/{service}.db`",
+)
+SERVICE_DATABASE_URL = setting(
+    "<SERVICE>_DATABASE_URL", str, None, "one service's database, e.g. `ACCOUNTS_DATABASE_URL`")
+SERVICE_METRICS_PORT = setting(
+    "<SERVICE>_METRICS_PORT", int, None, "where one service serves `/metrics`, e.g. `ACCOUNTS_METRICS_PORT`",
+    default_text="none (`make run`: 9101–9104)")
+METRICS_PORT = setting("METRICS_PORT", int, None, "where a service serves `/metrics` when no `<SERVICE>_METRICS_PORT`")
+METRICS_ADDR = setting("METRICS_ADDR", str, "0.0.0.0", "the address services' `/metrics` listen on")
+MAX_WORKERS = setting("MAX_WORKERS", int, 10, "nameko workers per service")
+QUEUE_TYPE = setting(
+    "LIANXIAO_QUEUE_TYPE", str, "classic",
+    "type of the durable event and dead-letter queues; `quorum` replicates them across a RabbitMQ cluster "
+    "(an existing classic queue cannot change type: delete it first)",
+    default_text="`classic` (Kubernetes: `quorum`)")
+WAIT_FOR_TIMEOUT = setting(
+    "WAIT_FOR_TIMEOUT", float, 180.0,
+    "how long `python -m services.common.wait_for` waits for the broker, databases or migrations (containers)")
+LOG_LEVEL = setting("LOG_LEVEL", str, "INFO", "log level of every process")
+
 
 def amqp_uri() -> str:
-    return os.environ.get("AMQP_URI", DEFAULT_AMQP_URI)
+    return AMQP_URI.get()
 
 
-def database_url(service: str, config: dict | None = None) -> str:
+def database_url(service: str, config: dict[str, Any] | None = None) -> str:
     """The database URL of one service: `<SERVICE>_DATABASE_URL`, else `DATABASE_URL` with `{service}`."""
-    config = config or {}
-    specific_key = f"{service.upper()}_DATABASE_URL"
-    url = (
-        config.get(specific_key)
-        or os.environ.get(specific_key)
-        or config.get("DATABASE_URL")
-        or os.environ.get("DATABASE_URL")
-        or DEFAULT_DATABASE_URL
-    )
+    url = SERVICE_DATABASE_URL.get(config, service) or DATABASE_URL.get(config)
     return url.replace("{service}", service)
 
 
-def env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
-
-
-def env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value not in (None, "") else default
+def metrics_port(service: str, config: dict[str, Any] | None = None) -> int | None:
+    """Where a service serves /metrics: nameko config's METRICS_PORT (0: any free port), else
+    `<SERVICE>_METRICS_PORT`, else `METRICS_PORT`; None: no metrics server."""
+    configured = (config or {}).get("METRICS_PORT")
+    if configured is not None and str(configured) != "":
+        return int(configured)
+    port = SERVICE_METRICS_PORT.get(service=service)
+    return port if port is not None else METRICS_PORT.get()
 
 
 def durable_queue_arguments() -> dict[str, str] | None:
-    """`LIANXIAO_QUEUE_TYPE=quorum` makes the platform's durable event queues quorum queues (replicated
-    across a RabbitMQ cluster). An existing classic queue cannot change type: delete it first."""
-    queue_type = os.environ.get("LIANXIAO_QUEUE_TYPE", "classic")
+    """`LIANXIAO_QUEUE_TYPE=quorum` makes the platform's durable event queues quorum queues."""
+    queue_type = QUEUE_TYPE.get()
     return {"x-queue-type": queue_type} if queue_type != "classic" else None

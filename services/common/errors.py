@@ -21,11 +21,10 @@ class LianxiaoError(Exception):
 
     def __init__(self, detail: str, fields: dict[str, Any] | str | None = None) -> None:
         # nameko stringifies every non-string argument on the way; JSON keeps numbers numbers.
-        if isinstance(fields, str):
-            fields = json.loads(fields)
-        super().__init__(detail, json.dumps(fields or {}, ensure_ascii=False, default=str))
+        parsed: dict[str, Any] = (json.loads(fields) if isinstance(fields, str) else fields) or {}
+        super().__init__(detail, json.dumps(parsed, ensure_ascii=False, default=str))
         self.detail = detail
-        self.fields: dict[str, Any] = fields or {}
+        self.fields = parsed
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

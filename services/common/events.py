@@ -1,7 +1,8 @@
 """Facts published only after they are committed: a transactional outbox and its relay.
 
 A domain module adds an outbox row in the same transaction as the change it describes; the
-`OutboxRelay` dependency publishes pending rows with publisher confirms and marks them sent. A crash
+`OutboxRelay` dependency publishes pending rows in batches with publisher confirms (one wait per
+batch) and marks them sent. A crash
 between commit and publish delays an event, never loses it; consumers deduplicate on the event id.
 
 Messages go to the service's topic exchange `<service>.events` (the exchange nameko's own
@@ -14,12 +15,16 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import Any
 
 import eventlet
+from amqp.exceptions import NotFound as QueueMissing
 from eventlet.queue import Empty, LightQueue
 from kombu import Connection, Exchange, Producer
 from nameko.extensions import DependencyProvider
@@ -39,6 +44,7 @@ from sqlalchemy.orm import Session
 
 from services.common.config import amqp_uri, database_url
 from services.common.db import make_engine
+from services.common.errors import NotFound
 from services.common.metrics import registry_for
 from services.common.timeutil import as_utc, utcnow
 
@@ -74,6 +80,17 @@ def read_cloud_event_headers(headers: Mapping[str, Any] | None) -> dict[str, Any
         for key, value in (headers or {}).items()
         if key.startswith(HEADER_PREFIX)
     }
+
+
+@dataclass(frozen=True)
+class OutboxEvent:
+    """One event to add to an outbox: its routing key (the event type's tail) and body."""
+
+    routing_key: str
+    data: Mapping[str, Any]
+    subject: str | None = None
+    event_id: str | None = None
+    time: datetime | None = None
 
 
 class Outbox:
@@ -112,23 +129,29 @@ class Outbox:
         time: datetime | None = None,
     ) -> str:
         """Queue an event inside the caller's transaction; returns its id."""
-        event_id = event_id or str(uuid.uuid4())
-        kind = routing_key.split(".")[0]
-        session.execute(
-            self.table.insert().values(
-                event_id=event_id,
-                routing_key=routing_key,
-                type=f"cn.lianxiao.{self.service}.{routing_key}",
-                source=self.source,
-                subject=subject,
-                dataschema=f"{SCHEMA_BASE}/{self.service}/{kind}/v{self.schema_version}.json",
-                time=time or utcnow(),
-                body=json.dumps(data, ensure_ascii=False, default=str),
-                attempts=0,
-            )
-        )
-        self.added += 1
-        return event_id
+        return self.add_many(session, [OutboxEvent(routing_key, data, subject, event_id, time)])[0]
+
+    def add_many(self, session: Session, events: list[OutboxEvent]) -> list[str]:
+        """Queue many events in one INSERT inside the caller's transaction; returns their ids."""
+        rows = [self._row(event) for event in events]
+        if rows:
+            session.execute(self.table.insert(), rows)
+            self.added += len(rows)
+        return [row["event_id"] for row in rows]
+
+    def _row(self, event: OutboxEvent) -> dict[str, Any]:
+        kind = event.routing_key.split(".")[0]
+        return {
+            "event_id": event.event_id or str(uuid.uuid4()),
+            "routing_key": event.routing_key,
+            "type": f"cn.lianxiao.{self.service}.{event.routing_key}",
+            "source": self.source,
+            "subject": event.subject,
+            "dataschema": f"{SCHEMA_BASE}/{self.service}/{kind}/v{self.schema_version}.json",
+            "time": event.time or utcnow(),
+            "body": json.dumps(event.data, ensure_ascii=False, default=str),
+            "attempts": 0,
+        }
 
     def backlog(self, session: Session) -> int:
         query = select(func.count()).select_from(self.table).where(self.table.c.published_at.is_(None))
@@ -138,7 +161,7 @@ class Outbox:
 class OutboxRelay(DependencyProvider):
     """Publishes committed outbox rows with publisher confirms; wakes after each worker, polls otherwise."""
 
-    batch_size = 200
+    batch_size = 500
     poll_seconds = 0.5
     max_backoff_seconds = 5.0
 
@@ -167,6 +190,10 @@ class OutboxRelay(DependencyProvider):
             "lianxiao_outbox_backlog_events", "Committed events not yet published",
             ["service"], registry=registry,
         ).labels(**labels)
+        self.newest_gauge = Gauge(
+            "lianxiao_events_newest_published_time_seconds",
+            "Time (Unix seconds) of the newest event published from the outbox", ["service"], registry=registry,
+        ).labels(**labels)
         self.lag_gauge = Gauge(
             "lianxiao_outbox_oldest_pending_age_seconds", "Age of the oldest unpublished event",
             ["service"], registry=registry,
@@ -194,11 +221,13 @@ class OutboxRelay(DependencyProvider):
         backoff = 0.0
         while self.running:
             try:
-                with Connection(self.uri, transport_options={"confirm_publish": True}) as connection:
-                    producer = Producer(connection)
+                # No kombu `confirm_publish`: it waits for each message's confirm in turn. The relay puts
+                # the channel in confirm mode itself and waits once per batch (`ConfirmedBatches`).
+                with Connection(self.uri) as connection:
+                    batches = ConfirmedBatches(connection)
                     backoff = 0.0
                     while self.running:
-                        if self.publish_pending(producer) < self.batch_size:
+                        if self.publish_pending(batches) < self.batch_size:
                             self._wait()
             except Exception:  # the broker or the database went away: back off and reconnect
                 if not self.running:
@@ -214,11 +243,15 @@ class OutboxRelay(DependencyProvider):
         while self.wakeups.qsize():
             self.wakeups.get_nowait()
 
-    def publish_pending(self, producer: Producer) -> int:
-        """Publish one batch in order; returns how many rows were published."""
+    def publish_pending(self, batches: ConfirmedBatches) -> int:
+        """Publish one batch in order and wait for the broker's confirms; returns how many were published.
+
+        Rows are marked published only after every message of the batch is confirmed, in the same
+        transaction that locked them: a crash or a nack leaves them pending, to be sent again (consumers
+        deduplicate by event id).
+        """
         table = self.outbox.table
         exchange = event_exchange(self.outbox.service)
-        published = 0
         with self.engine.begin() as connection:
             rows = (
                 connection.execute(
@@ -231,32 +264,118 @@ class OutboxRelay(DependencyProvider):
                 .mappings()
                 .all()
             )
-            for row in rows:
-                producer.publish(
-                    row["body"].encode(),
-                    exchange=exchange,
-                    declare=[exchange],
-                    routing_key=row["routing_key"],
-                    headers=cloud_event_headers(row),
-                    content_type="application/json",
-                    content_encoding="utf-8",
-                    message_id=row["event_id"],
-                    type=row["type"],
-                    delivery_mode=2,
-                    retry=False,
-                )
+            if rows:
+                batches.publish(exchange, [
+                    {
+                        "body": row["body"].encode(), "routing_key": row["routing_key"],
+                        "headers": cloud_event_headers(row), "message_id": row["event_id"], "type": row["type"],
+                    }
+                    for row in rows
+                ])
                 connection.execute(
                     update(table)
-                    .where(table.c.sequence == row["sequence"])
+                    .where(table.c.sequence.in_([row["sequence"] for row in rows]))
                     .values(published_at=utcnow(), attempts=table.c.attempts + 1)
                 )
-                published += 1
             pending = connection.execute(
                 select(func.count(), func.min(table.c.time)).where(table.c.published_at.is_(None))
             ).one()
-        self.published_total.inc(published)
+        self.published_total.inc(len(rows))
+        if rows:
+            self.newest_gauge.set(max(as_utc(row["time"]) for row in rows).timestamp())
         self.backlog_gauge.set(pending[0])
-        oldest = pending[1]
-        oldest = as_utc(oldest)
+        oldest = as_utc(pending[1])
         self.lag_gauge.set((utcnow() - oldest).total_seconds() if oldest else 0.0)
-        return published
+        return len(rows)
+
+
+class PublishNotConfirmed(Exception):
+    """The broker refused (nacked) a message, or did not confirm a batch in time."""
+
+
+class ConfirmedBatches:
+    """Publishes many persistent messages on one channel in confirm mode, then waits for all confirms.
+
+    RabbitMQ confirms with `basic.ack` carrying the highest delivery tag it covers (`multiple`), so one
+    round trip confirms a whole batch instead of one per message.
+    """
+
+    confirm_timeout_seconds = 10.0
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.channel = connection.channel()
+        self.channel.confirm_select()
+        self.producer = Producer(self.channel)
+        self.declared: set[str] = set()
+        self.published = 0  # delivery tags count from 1 per channel in confirm mode
+        self.confirmed = 0
+        self.refused = False
+        self.channel.events["basic_ack"].add(self._acked)
+        self.channel.events["basic_nack"].add(self._nacked)
+
+    def _acked(self, delivery_tag: int, multiple: bool) -> None:
+        self.confirmed = max(self.confirmed, delivery_tag)
+
+    def _nacked(self, delivery_tag: int, multiple: bool) -> None:
+        self.refused = True
+        self.confirmed = max(self.confirmed, delivery_tag)
+
+    def publish(self, exchange: Exchange, messages: list[dict[str, Any]]) -> None:
+        if exchange.name not in self.declared:
+            exchange(self.channel).declare()
+            self.declared.add(exchange.name)
+        for message in messages:
+            self.producer.publish(
+                message["body"], exchange=exchange, routing_key=message["routing_key"],
+                headers=message["headers"], content_type="application/json", content_encoding="utf-8",
+                message_id=message["message_id"], type=message["type"], delivery_mode=2, retry=False,
+            )
+            self.published += 1
+        deadline = time.monotonic() + self.confirm_timeout_seconds
+        while self.confirmed < self.published:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise PublishNotConfirmed(f"{self.published - self.confirmed} messages not confirmed in time")
+            self.connection.drain_events(timeout=remaining)
+        if self.refused:
+            raise PublishNotConfirmed("the broker refused a message of the batch")
+
+
+class QueuePublisher(DependencyProvider):
+    """Publishing straight to existing named queues (the default exchange), with publisher confirms.
+
+    `with self.<name>() as publish:` opens one broker connection for a unit of work; `publish(queue, body,
+    headers, properties)` refuses a queue that does not exist (`NotFound`) instead of losing messages.
+    """
+
+    def setup(self) -> None:
+        self.uri = self.container.config.get("AMQP_URI") or amqp_uri()
+
+    def get_dependency(self, worker_ctx: Any) -> Any:
+        return partial(open_queue_publisher, self.uri)
+
+
+QueuePublish = Callable[[str, bytes, Mapping[str, Any], Mapping[str, Any]], None]
+
+
+@contextlib.contextmanager
+def open_queue_publisher(uri: str) -> Iterator[QueuePublish]:
+    with Connection(uri, transport_options={"confirm_publish": True}) as connection:
+        producer = connection.Producer()
+        checked: set[str] = set()
+
+        def publish(queue: str, body: bytes, headers: Mapping[str, Any], properties: Mapping[str, Any]) -> None:
+            if queue not in checked:
+                try:
+                    connection.default_channel.queue_declare(queue=queue, passive=True)
+                except QueueMissing as error:
+                    raise NotFound(f"Queue {queue!r} does not exist; declare and bind it first.") from error
+                checked.add(queue)
+            producer.publish(
+                body, exchange="", routing_key=queue, headers=dict(headers),
+                content_type="application/json", content_encoding="utf-8", delivery_mode=2,
+                message_id=properties["message_id"], type=properties["type"], retry=False,
+            )
+
+        yield publish

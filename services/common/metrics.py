@@ -7,12 +7,13 @@ registry would refuse the second set of metrics). Extensions register their metr
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
 from nameko.extensions import DependencyProvider
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+from services.common.config import METRICS_ADDR, metrics_port
 
 REGISTRY_ATTRIBUTE = "lianxiao_metrics_registry"
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -57,10 +58,10 @@ class ServiceMetrics(DependencyProvider):
         self.up = Gauge("lianxiao_service_up", "1 while the service runs", ["service"], registry=registry)
 
     def start(self) -> None:
-        port = self.container.config.get("METRICS_PORT", os.environ.get(f"{self.service.upper()}_METRICS_PORT"))
-        if port is not None and str(port) != "":
+        port = metrics_port(self.service, self.container.config)
+        if port is not None:
             self.server, _thread = start_http_server(
-                int(port), addr=os.environ.get("METRICS_ADDR", "0.0.0.0"),
+                port, addr=METRICS_ADDR.get(),
                 registry=registry_for(self.container),
             )
             self.port = self.server.server_port

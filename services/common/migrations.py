@@ -16,10 +16,9 @@ from alembic.config import Config
 from sqlalchemy import MetaData, create_engine, text
 from sqlalchemy.engine import make_url
 
+from services import platform
 from services.common.config import REPO_ROOT, database_url
 from services.common.db import make_engine
-
-SERVICES_WITH_DATABASES = ("accounts", "activities", "reporting", "classroom_relay")
 
 
 def alembic_config(service: str, url: str | None = None) -> Config:
@@ -72,7 +71,7 @@ def upgrade(service: str, url: str | None = None, revision: str = "head") -> Non
 
 
 def service_metadata(service: str) -> MetaData:
-    return importlib.import_module(f"services.{service}.models").metadata
+    return importlib.import_module(platform.service(service).models_module).metadata
 
 
 def run_env() -> None:
@@ -94,7 +93,7 @@ def run_env() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="Migrate the databases of lianxiao's services.")
     parser.add_argument("action", choices=["upgrade", "revision"])
-    parser.add_argument("services", nargs="*", default=list(SERVICES_WITH_DATABASES))
+    parser.add_argument("services", nargs="*", default=list(platform.SERVICE_NAMES))
     parser.add_argument("-m", "--message", default="schema")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)

@@ -14,7 +14,6 @@ import services  # noqa: F401  (silences eventlet's notice before eventlet is im
 eventlet.monkey_patch()
 
 import argparse
-import importlib
 import logging
 import os
 import signal
@@ -22,31 +21,20 @@ from typing import Any
 
 from nameko.runners import ServiceRunner
 
-from services.common.config import amqp_uri
-
-SERVICE_CLASSES = {
-    "accounts": "services.accounts.service:AccountsService",
-    "activities": "services.activities.service:ActivitiesService",
-    "reporting": "services.reporting.service:ReportingService",
-    "classroom_relay": "services.classroom_relay.service:ClassroomRelayService",
-}
-
-
-def service_class(name: str) -> type:
-    module_name, _, class_name = SERVICE_CLASSES[name].partition(":")
-    return getattr(importlib.import_module(module_name), class_name)
+from services import platform
+from services.common.config import LOG_LEVEL, MAX_WORKERS, amqp_uri, metrics_port
 
 
 def service_config(name: str) -> dict[str, Any]:
     config: dict[str, Any] = {
         "AMQP_URI": amqp_uri(),
         "serializer": "json",
-        "max_workers": int(os.environ.get("MAX_WORKERS", "10")),
+        "max_workers": MAX_WORKERS.get(),
         "parent_calls_tracked": 10,
     }
-    port = os.environ.get(f"{name.upper()}_METRICS_PORT", os.environ.get("METRICS_PORT"))
-    if port:
-        config["METRICS_PORT"] = int(port)
+    port = metrics_port(name)
+    if port is not None:
+        config["METRICS_PORT"] = port
     for key, value in os.environ.items():
         if key.endswith("DATABASE_URL"):
             config[key] = value
@@ -55,14 +43,14 @@ def service_config(name: str) -> dict[str, Any]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description="Run one lianxiao nameko service.")
-    parser.add_argument("service", choices=sorted(SERVICE_CLASSES))
+    parser.add_argument("service", choices=sorted(platform.SERVICE_NAMES))
     args = parser.parse_args()
     logging.basicConfig(
-        level=os.environ.get("LOG_LEVEL", "INFO"),
+        level=LOG_LEVEL.get(),
         format=f"%(asctime)s {args.service} %(levelname)s %(name)s: %(message)s",
     )
     runner = ServiceRunner(service_config(args.service))
-    runner.add_service(service_class(args.service))
+    runner.add_service(platform.service(args.service).load_class())
 
     def stop(_signum: int, _frame: Any) -> None:
         eventlet.spawn_n(runner.stop)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import unicodedata
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from marshmallow import RAISE, Schema, ValidationError, fields, pre_load, validate
@@ -93,6 +95,42 @@ def load(schema: Schema, data: Any, *, partial: bool = False) -> Any:
         messages = error.messages if isinstance(error.messages, dict) else {"_schema": error.messages}
         fields = ", ".join(sorted(str(name) for name in messages))
         raise InvalidInput(f"Invalid fields: {fields}.", messages) from error
+
+
+# The platform records what teachers did from 2000 on; a recorded time further ahead than a day is a
+# client's clock or a typo, and a lesson is not scheduled years ahead. Refusing such times at the door
+# keeps every later step (local dates, periods, the database's own range) working with times it can place.
+EARLIEST_PLAUSIBLE = datetime(2000, 1, 1, tzinfo=UTC)
+RECORDED_AHEAD = timedelta(days=1)
+SCHEDULED_AHEAD = timedelta(days=2 * 366)
+
+
+def moment_within(ahead: timedelta, what: str) -> Callable[[datetime], None]:
+    """A marshmallow validator: a time in [2000-01-01, now + `ahead`]."""
+
+    def check(moment: datetime) -> None:
+        try:
+            utc = moment.astimezone(UTC)
+        except OverflowError as error:
+            raise ValidationError("Not a representable time.") from error
+        if utc < EARLIEST_PLAUSIBLE:
+            raise ValidationError("Times before 2000-01-01 are not accepted.")
+        if utc > datetime.now(UTC) + ahead:
+            raise ValidationError(f"Times more than {what} ahead are not accepted.")
+
+    return check
+
+
+plausible_moment = moment_within(RECORDED_AHEAD, "a day")  # when something happened
+schedulable_moment = moment_within(SCHEDULED_AHEAD, "two years")  # when something is planned
+
+
+def representable_moment(moment: datetime) -> None:
+    """A marshmallow validator for query bounds: any time that exists in UTC (years 1–9999)."""
+    try:
+        moment.astimezone(UTC)
+    except OverflowError as error:
+        raise ValidationError("Not a representable time (out of range in UTC).") from error
 
 
 def _hidden_in(value: Any, depth: int = 0) -> str | None:

@@ -5,20 +5,14 @@ auth.py) → per-token rate limit → handler (validates input with the services
 RPC, see rpc.py) → JSON. Every failure becomes problem+json (problems.py); every request is counted
 and timed (metrics.py). Served by gunicorn gthread workers (gunicorn.conf.py); no eventlet here.
 
-Configuration (environment, or the `config` mapping given to `create_app`, same names):
-AMQP_URI, GATEWAY_RPC_TIMEOUT_SECONDS (5), GATEWAY_READINESS_TIMEOUT_SECONDS (2),
-GATEWAY_AUTH_CACHE_SECONDS (30), GATEWAY_AUTH_CACHE_ENTRIES (10000),
-GATEWAY_RATE_LIMIT_PER_SECOND (20), GATEWAY_RATE_LIMIT_BURST (60),
-GATEWAY_AUTH_ATTEMPTS_PER_SECOND (5), GATEWAY_AUTH_ATTEMPTS_BURST (20): token verifications per client
-address (tokens not already in the cache), checked before accounts is asked,
-GATEWAY_TRUSTED_PROXIES (127.0.0.1/32,::1/128): peers whose X-Real-IP is believed (see clients.py).
+Configuration: AMQP_URI and the GATEWAY_* settings of settings.py, from the environment or the `config`
+mapping given to `create_app` (same names).
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -30,9 +24,10 @@ from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
-from services.common.config import DEFAULT_AMQP_URI
+from services.common.config import AMQP_URI
 from services.common.errors import LianxiaoError, ServiceUnavailable
 from services.gateway import problems
+from services.gateway import settings as gateway_settings
 from services.gateway.auth import AuthenticationRequired, TokenVerifier
 from services.gateway.clients import client_key, parse_networks
 from services.gateway.metrics import GatewayMetrics
@@ -50,37 +45,31 @@ UNMATCHED_ROUTE = "unmatched"  # metrics label for 404s, so probes of random pat
 
 @dataclass(frozen=True)
 class Settings:
-    amqp_uri: str = DEFAULT_AMQP_URI
-    rpc_timeout_seconds: float = 5.0
-    readiness_timeout_seconds: float = 2.0
-    auth_cache_seconds: float = 30.0
-    auth_cache_entries: int = 10_000
-    rate_limit_per_second: float = 20.0
-    rate_limit_burst: int = 60
-    auth_attempts_per_second: float = 5.0
-    auth_attempts_burst: int = 20
-    trusted_proxies: str = "127.0.0.1/32,::1/128"
+    amqp_uri: str = AMQP_URI.default
+    rpc_timeout_seconds: float = gateway_settings.RPC_TIMEOUT_SECONDS.default
+    readiness_timeout_seconds: float = gateway_settings.READINESS_TIMEOUT_SECONDS.default
+    auth_cache_seconds: float = gateway_settings.AUTH_CACHE_SECONDS.default
+    auth_cache_entries: int = gateway_settings.AUTH_CACHE_ENTRIES.default
+    rate_limit_per_second: float = gateway_settings.RATE_LIMIT_PER_SECOND.default
+    rate_limit_burst: int = gateway_settings.RATE_LIMIT_BURST.default
+    auth_attempts_per_second: float = gateway_settings.AUTH_ATTEMPTS_PER_SECOND.default
+    auth_attempts_burst: int = gateway_settings.AUTH_ATTEMPTS_BURST.default
+    trusted_proxies: str = gateway_settings.TRUSTED_PROXIES.default
 
     @classmethod
     def load(cls, config: Mapping[str, Any] | None = None) -> Settings:
-        """Values from `config`, else from the environment, else the defaults above."""
-        config = config or {}
-
-        def value(name: str, default: Any) -> Any:
-            raw = config.get(name, os.environ.get(name))
-            return type(default)(raw) if raw not in (None, "") else default
-
+        """Values from `config`, else from the environment, else the declared defaults."""
         return cls(
-            amqp_uri=value("AMQP_URI", cls.amqp_uri),
-            rpc_timeout_seconds=value("GATEWAY_RPC_TIMEOUT_SECONDS", cls.rpc_timeout_seconds),
-            readiness_timeout_seconds=value("GATEWAY_READINESS_TIMEOUT_SECONDS", cls.readiness_timeout_seconds),
-            auth_cache_seconds=value("GATEWAY_AUTH_CACHE_SECONDS", cls.auth_cache_seconds),
-            auth_cache_entries=value("GATEWAY_AUTH_CACHE_ENTRIES", cls.auth_cache_entries),
-            rate_limit_per_second=value("GATEWAY_RATE_LIMIT_PER_SECOND", cls.rate_limit_per_second),
-            rate_limit_burst=value("GATEWAY_RATE_LIMIT_BURST", cls.rate_limit_burst),
-            auth_attempts_per_second=value("GATEWAY_AUTH_ATTEMPTS_PER_SECOND", cls.auth_attempts_per_second),
-            auth_attempts_burst=value("GATEWAY_AUTH_ATTEMPTS_BURST", cls.auth_attempts_burst),
-            trusted_proxies=value("GATEWAY_TRUSTED_PROXIES", cls.trusted_proxies),
+            amqp_uri=AMQP_URI.get(config),
+            rpc_timeout_seconds=gateway_settings.RPC_TIMEOUT_SECONDS.get(config),
+            readiness_timeout_seconds=gateway_settings.READINESS_TIMEOUT_SECONDS.get(config),
+            auth_cache_seconds=gateway_settings.AUTH_CACHE_SECONDS.get(config),
+            auth_cache_entries=gateway_settings.AUTH_CACHE_ENTRIES.get(config),
+            rate_limit_per_second=gateway_settings.RATE_LIMIT_PER_SECOND.get(config),
+            rate_limit_burst=gateway_settings.RATE_LIMIT_BURST.get(config),
+            auth_attempts_per_second=gateway_settings.AUTH_ATTEMPTS_PER_SECOND.get(config),
+            auth_attempts_burst=gateway_settings.AUTH_ATTEMPTS_BURST.get(config),
+            trusted_proxies=gateway_settings.TRUSTED_PROXIES.get(config),
         )
 
 
@@ -184,7 +173,7 @@ class Gateway:
         self.metrics.observe_request(route_label, request.method, response.status_code, time.perf_counter() - started)
         return response(environ, start_response)
 
-    def _match(self, request: Request) -> tuple[Route, dict[str, Any]]:
+    def _match(self, request: Request) -> tuple[Route, Mapping[str, Any]]:
         adapter = self.url_map.bind_to_environ(request.environ)
         try:
             endpoint, values = adapter.match()
@@ -205,7 +194,7 @@ class Gateway:
             return False
         return True
 
-    def _handle(self, request: Request, route: Route, values: dict[str, Any]) -> Response:
+    def _handle(self, request: Request, route: Route, values: Mapping[str, Any]) -> Response:
         scope = None
         limit_headers: dict[str, str] = {}
         try:

@@ -7,6 +7,8 @@ The app is loaded in each worker after fork (no preload), so no AMQP connection 
 Metrics: every worker writes its samples under PROMETHEUS_MULTIPROC_DIR and /metrics merges them.
 If the variable is not set, a fresh temporary directory is created (and removed on exit); it must be
 set before any worker imports prometheus_client, which is why it is done here, in the master.
+
+gunicorn's control socket is off unless GATEWAY_CONTROL_SOCKET gives this instance a path of its own.
 """
 
 from __future__ import annotations
@@ -17,23 +19,30 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-_own_metrics_dir = not os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+from services.gateway import settings
+
+_own_metrics_dir = settings.METRICS_DIR.get() is None
 if _own_metrics_dir:
-    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="lianxiao-gateway-metrics-")
-METRICS_DIR = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    os.environ[settings.METRICS_DIR.name] = tempfile.mkdtemp(prefix="lianxiao-gateway-metrics-")
+METRICS_DIR = Path(os.environ[settings.METRICS_DIR.name])
 
 wsgi_app = "services.gateway.wsgi:app"
-bind = [os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")]
+bind = [settings.BIND.get()]
 worker_class = "gthread"
-workers = int(os.environ.get("GATEWAY_WORKERS", "2"))
-threads = int(os.environ.get("GATEWAY_THREADS", "8"))
+workers = settings.WORKERS.get()
+threads = settings.THREADS.get()
 timeout = 30  # a worker silent for this long is restarted; every RPC gives up well before (5 s, roster 30 s)
 graceful_timeout = 10
 keepalive = 5
-accesslog = os.environ.get("GATEWAY_ACCESS_LOG") or None  # "-" for stdout; never includes Authorization
+accesslog = settings.ACCESS_LOG.get()  # "-" for stdout; never includes Authorization
 errorlog = "-"
-loglevel = os.environ.get("GATEWAY_LOG_LEVEL", "info")
+loglevel = settings.GUNICORN_LOG_LEVEL.get()
 proc_name = "lianxiao-gateway"
+# gunicorn's control socket (for `gunicornc`) defaults to $HOME/.gunicorn/gunicorn.ctl: one path shared
+# by every gateway on a machine (the last one started takes it over), and an error at every start on
+# a read-only root filesystem. Off unless GATEWAY_CONTROL_SOCKET names a path of this instance's own.
+control_socket = settings.CONTROL_SOCKET.get() or ""
+control_socket_disable = not control_socket
 
 
 def on_starting(server: Any) -> None:

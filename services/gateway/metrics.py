@@ -10,12 +10,11 @@ Every series carries `service="gateway"` so dashboards can put it beside the nam
 
 from __future__ import annotations
 
-import os
-
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
 from services.common.metrics import LATENCY_BUCKETS
+from services.gateway.settings import METRICS_DIR
 
 SERVICE = "gateway"
 # Every label value comes from a fixed set (issue 12, item 10): a client chooses its method, so any other
@@ -33,7 +32,7 @@ def status_label(status: int) -> str:
 
 
 def multiprocess_enabled() -> bool:
-    return bool(os.environ.get("PROMETHEUS_MULTIPROC_DIR"))
+    return METRICS_DIR.get() is not None
 
 
 class GatewayMetrics:

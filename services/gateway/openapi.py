@@ -91,8 +91,11 @@ def _operation(route: Route) -> dict[str, Any]:
     # gunicorn itself refuses request lines over 4094 bytes (before the app, so not as a problem).
     responses["414"] = {"description": "URI too long (refused by the HTTP server)"}
     operation["responses"] = responses
+    notes = [route.description] if route.description else []
     if route.writes:
-        operation["description"] = "Needs a `write` token."
+        notes.append("Needs a `write` token.")
+    if notes:
+        operation["description"] = "\n\n".join(notes)
     return operation
 
 

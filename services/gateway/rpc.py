@@ -1,8 +1,8 @@
 """RPC from gunicorn threads to the nameko services: one long-lived client per thread, every call bounded.
 
-Why this shape (measured, see STACK-NOTES): a proxy per request leaks reply queues and is ~4x slower; one
-proxy shared by threads deadlocks; eventlet monkey-patching inside a gthread worker hangs. So each
-worker thread lazily opens its own client (one AMQP connection, one reply queue) and keeps it. A
+Why this shape (each alternative was measured on this stack): a proxy per request leaks reply queues
+and is ~4x slower; one proxy shared by threads deadlocks; eventlet monkey-patching inside a gthread
+worker hangs. So each worker thread lazily opens its own client (one AMQP connection, one reply queue) and keeps it. A
 client that saw any transport error or timeout is closed and replaced on the next call, because
 nameko's standalone consumer cannot be trusted after one (a late reply may still arrive on it).
 
@@ -15,6 +15,7 @@ Domain errors (`LianxiaoError`) are answers, not failures: they pass through and
 
 from __future__ import annotations
 
+import importlib
 import logging
 import threading
 import time
@@ -26,13 +27,13 @@ from nameko.exceptions import RemoteError, RpcTimeout, UnknownService
 from nameko.rpc import ServiceProxy
 from nameko.standalone.rpc import SingleThreadedReplyListener, StandaloneProxyBase
 
+from services.common.errors import LianxiaoError, ServiceUnavailable
+from services.platform import SERVICES
+
 # Importing each service's exceptions registers its typed errors, so they arrive here as themselves
 # (e.g. the relay's AdmissionRefused → 409) instead of as an untyped RemoteError (→ 500).
-import services.accounts.exceptions
-import services.activities.exceptions
-import services.classroom_relay.exceptions
-import services.reporting.exceptions  # noqa: F401
-from services.common.errors import LianxiaoError, ServiceUnavailable
+for _service in SERVICES:
+    importlib.import_module(_service.exceptions_module)
 
 log = logging.getLogger(__name__)
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-import os
 
 import services  # noqa: F401  (silences eventlet's notice before nameko imports eventlet)
+from services.common.config import LOG_LEVEL
 from services.gateway.app import create_app
 
 logging.basicConfig(
-    level=os.environ.get("LOG_LEVEL", "INFO"),
+    level=LOG_LEVEL.get(),
     format="%(asctime)s gateway[%(process)d] %(levelname)s %(name)s: %(message)s",
 )
 

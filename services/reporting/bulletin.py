@@ -4,7 +4,10 @@ Every line carries the numbers it rests on, so a school can check why it is wher
 - excellent teachers: compliant, ranked by study hours then activities;
 - excellent groups: every group rule met, ranked by activities;
 - most improved schools: the largest rise in the share of compliant teachers since the last period;
-- lagging schools: non-compliant (20 % rule) or short of weekly activities, with what they miss.
+- lagging schools: non-compliant by the school rule (003's 20 %), with everything they miss;
+- schools short of weekly activity (000: a school activity every week), listed apart, compliant or not;
+- groups across schools (collaboration groups, studios), judged like a school's groups.
+The period says how far it is judged (`judged_through`; `to_date` and a note while it runs).
 """
 
 from __future__ import annotations
@@ -16,24 +19,16 @@ from sqlalchemy.orm import Session
 
 from services.reporting import compliance, rules
 from services.reporting.compliance import Evaluation
-from services.reporting.periods import Period
 
 TOP = 10
 # The sections whose lines are teachers (named through `names.name_lines`).
 TEACHER_SECTIONS = ("excellent_teachers",)
 
 
-def _period_of(calendar: Any, kind: str, key: str) -> Period:
-    return calendar.month(key) if kind == "month" else calendar.term(key)
-
-
 def build(session: Session, bureau_id: int, kind: str, key: str, school_ids: list[int] | None = None,
           today: date | None = None, top: int = TOP) -> dict[str, Any]:
     """The bulletin of a month (`kind="month"`, key `2025-03`) or a term (`kind="term"`, its code)."""
-    current = rules.in_force(session, bureau_id)
-    period = _period_of(current.calendar, kind, key)
-    rule_set = rules.in_force(session, bureau_id, current.calendar.end_moment(period))
-    period = _period_of(rule_set.calendar, kind, key)
+    period, rule_set = rules.period_and_rules(session, bureau_id, kind, key)
     # District and alliance overrides in force when the period ended; the previous period (only the
     # baseline of "most improved") is judged by the same rules, so a change of rules is not "progress".
     overrides = rules.overrides_in_force(session, bureau_id, rule_set.calendar.end_moment(period))
@@ -55,7 +50,7 @@ def compose(evaluation: Evaluation, previous: Evaluation | None, top: int = TOP)
     labels = evaluation.rule_labels()
     return {
         "title": f"{evaluation.period.label}网络教研通报",
-        "period": compliance.period_out(evaluation.period),
+        "period": compliance.period_out(evaluation.period, evaluation.through),
         "rules_version": evaluation.rule_set.version,
         "rule_labels": labels,
         **compliance.roll_ups(evaluation),
@@ -64,6 +59,8 @@ def compose(evaluation: Evaluation, previous: Evaluation | None, top: int = TOP)
         "excellent_groups": _excellent_groups(evaluation, top),
         "most_improved": _most_improved(evaluation, previous, top),
         "lagging_schools": _lagging(evaluation, labels),
+        "weekly_activity_short": _weekly_short(evaluation),
+        "cross_school_groups": [_group_line(evaluation, group) for group in evaluation.cross_school_groups],
     }
 
 
@@ -72,23 +69,26 @@ def _excellent_teachers(evaluation: Evaluation, top: int) -> list[dict[str, Any]
     return [
         {"rank": rank, "teacher_id": teacher.teacher_id, "name": None, "staff_number": teacher.staff_number,
          "school_id": teacher.school_id, "school_name": evaluation.schools[teacher.school_id].name,
-         "online_hours": round(teacher.online_hours, 2), "offline_hours": round(teacher.offline_hours, 2),
+         "online_hours": compliance.display_hours(teacher.online_seconds),
+         "offline_hours": compliance.display_hours(teacher.offline_seconds),
          "activities": teacher.activities}
         for rank, teacher in enumerate(candidates[:top], start=1)
     ]
 
 
+def _group_line(evaluation: Evaluation, group: compliance.GroupResult) -> dict[str, Any]:
+    return {"group_id": group.group_id, "name": group.name, "kind": group.kind, "school_id": group.school_id,
+            "school_name": evaluation.schools[group.school_id].name if group.school_id in evaluation.schools else None,
+            "activities": group.activities, "judged": group.judged, "compliant": group.judged and group.compliant,
+            "months_missed": "、".join(sorted({m for result in group.rules for m in result.months_missed})),
+            "rules": {result.rule_id: round(result.done, 2) for result in group.rules}}
+
+
 def _excellent_groups(evaluation: Evaluation, top: int) -> list[dict[str, Any]]:
-    candidates = [group for school in evaluation.schools.values() for group in school.groups
-                  if group.compliant and group.rules]
+    everyone = [group for school in evaluation.schools.values() for group in school.groups]
+    candidates = [group for group in everyone + evaluation.cross_school_groups if group.judged and group.compliant]
     candidates.sort(key=lambda group: (-group.activities, group.group_id))
-    return [
-        {"rank": rank, "group_id": group.group_id, "name": group.name, "school_id": group.school_id,
-         "school_name": evaluation.schools[group.school_id].name if group.school_id else None,
-         "activities": group.activities,
-         "rules": {result.rule_id: round(result.done, 2) for result in group.rules}}
-        for rank, group in enumerate(candidates[:top], start=1)
-    ]
+    return [{"rank": rank, **_group_line(evaluation, group)} for rank, group in enumerate(candidates[:top], start=1)]
 
 
 def _compliant_share(school: compliance.SchoolResult) -> float:
@@ -116,17 +116,17 @@ def _most_improved(evaluation: Evaluation, previous: Evaluation | None, top: int
 
 
 def _lagging(evaluation: Evaluation, labels: dict[str, str]) -> list[dict[str, Any]]:
-    lagging = []
+    """Schools that fail the school rule (003), with every shortfall they must fix."""
+    lagging: list[dict[str, Any]] = []
     for school in evaluation.schools.values():
-        weekly_short = school.weekly is not None and not school.weekly.met
-        if school.compliant and not weekly_short:
+        if school.compliant:
             continue
         misses = [f"{labels.get(rule_id, rule_id)}未达标 {count} 人"
                   for rule_id, count in sorted(school.missing_by_rule().items())]
-        groups_short = [group for group in school.groups if not group.compliant]
+        groups_short = [group for group in school.groups if group.judged and not group.compliant]
         if groups_short:
             misses.append(f"教研组未达标 {len(groups_short)} 个")
-        if weekly_short and school.weekly is not None:
+        if school.weekly is not None and not school.weekly.met:
             misses.append(f"{school.weekly.label} {int(school.weekly.done)}/{int(school.weekly.required)} 周")
         lagging.append({
             "school_id": school.school_id, "name": school.name, "district_id": school.district_id,
@@ -139,3 +139,13 @@ def _lagging(evaluation: Evaluation, labels: dict[str, str]) -> list[dict[str, A
         })
     lagging.sort(key=lambda line: (-line["noncompliant_share"], line["school_id"]))
     return lagging
+
+
+def _weekly_short(evaluation: Evaluation) -> list[dict[str, Any]]:
+    """Schools with weeks without a school activity (000: at least one a week), compliant or not."""
+    return [
+        {"school_id": school.school_id, "name": school.name, "district_id": school.district_id,
+         "compliant": school.compliant, "weeks_with_activity": int(school.weekly.done),
+         "weeks_judged": int(school.weekly.required)}
+        for school in evaluation.schools.values() if school.weekly is not None and not school.weekly.met
+    ]

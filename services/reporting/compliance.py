@@ -4,8 +4,10 @@ Periods: a rule is judged in its own period. In a month's report, term rules are
 the term to date (one tally row) against the quota times the share of the term elapsed by the month's
 end — so a teacher learns in March, not in July, that they are behind. In a term's report, group rules
 (per month) are judged against the monthly quota times the months of the term.
-School rule: a school is non-compliant when the share of its non-compliant teachers reaches the
-threshold (20 % by default). Only active teachers count; a teacher with no activity is counted.
+School rule (document 003): a school is non-compliant when the share of its teachers who miss any
+of the rule set's `school_rule_ids` (003's study hours by default) reaches the threshold (20 % by
+default). Reports also show how many teachers meet every rule. Only active teachers count; a teacher
+with no activity is counted.
 
 Teachers are judged in SQL (`_judged_teachers`): one row per teacher with, per rule, what was done,
 what is required of their roles and whether it is missing. Schools' figures are sums over those rows
@@ -19,7 +21,7 @@ import math
 import operator
 from collections import defaultdict
 from dataclasses import dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, timedelta
 from functools import reduce
 from typing import Any
 
@@ -28,34 +30,91 @@ from sqlalchemy.orm import Session
 from sqlalchemy.sql import ColumnElement, FromClause
 
 from services.reporting import rules
-from services.reporting.kinds import count_column, online_count_column
+from services.reporting.kinds import count_column, online_count_column, online_seconds_column, seconds_column
 from services.reporting.models import alliance_members, districts, groups, schools, tallies, teachers
-from services.reporting.periods import Period, months_between, term_to_date_key, week_key, week_starts_between
-from services.reporting.rules import Overrides, Rule, RuleSet
+from services.reporting.periods import (
+    Period,
+    month_key,
+    month_range,
+    months_between,
+    term_to_date_key,
+    week_key,
+    week_starts_between,
+)
+from services.reporting.rules import TEACHER_RULE_KINDS, Overrides, Rule, RuleSet
 
-TEACHER_RULE_KINDS = ("teacher_hours", "teacher_activity_count", "role_activity_count")
+SECONDS_PER_HOUR = 3600
 
 
-@dataclass
-class RuleResult:
-    rule_id: str
-    label: str
-    done: float
-    required: float
-    pro_rata: bool = False
+def display_hours(seconds: float) -> float:
+    """Hours for display, cut (never rounded up) to two decimals: 49 h 59 min never reads 50.0."""
+    return math.floor(round(seconds) * 100 / SECONDS_PER_HOUR) / 100
 
-    @property
-    def missing(self) -> float:
-        return round(max(0.0, self.required - self.done), 2)
+
+def display_hours_up(seconds: float) -> float:
+    """Hours still missing, rounded up to two decimals (what is missing never reads smaller)."""
+    return math.ceil(round(seconds) * 100 / SECONDS_PER_HOUR) / 100
+
+
+@dataclass(frozen=True)
+class MonthResult:
+    """A monthly quota in one month: done, required (pro rata in a month the term only partly covers)."""
+
+    month: str  # YYYY-MM
+    done: int
+    required: int
 
     @property
     def met(self) -> bool:
         return self.done >= self.required
 
+
+@dataclass
+class RuleResult:
+    """One rule judged: counts for count rules; for hour rules `done` and `required` are exact seconds.
+
+    A monthly rule judged over several months (a term's report) has `months`: it is met only when
+    every month is, and `done` / `required` are the months' sums.
+    """
+
+    rule_id: str
+    label: str
+    done: float
+    required: float
+    pro_rata: bool = False
+    hours: bool = False
+    months: list[MonthResult] | None = None
+
+    @property
+    def missing(self) -> float:
+        if self.months is not None:
+            return float(sum(max(0, month.required - month.done) for month in self.months))
+        short = max(0.0, self.required - self.done)
+        return display_hours_up(short) if self.hours else round(short, 2)
+
+    @property
+    def met(self) -> bool:
+        if self.months is not None:
+            return all(month.met for month in self.months)
+        return self.done >= self.required
+
+    @property
+    def months_missed(self) -> list[str]:
+        return [month.month for month in self.months or [] if not month.met]
+
     def to_dict(self) -> dict[str, Any]:
-        return {"rule_id": self.rule_id, "label": self.label, "done": round(self.done, 2),
-                "required": round(self.required, 2), "missing": self.missing, "met": self.met,
-                "pro_rata": self.pro_rata}
+        out: dict[str, Any] = {"rule_id": self.rule_id, "label": self.label}
+        if self.hours:
+            out |= {"done": display_hours(self.done), "required": display_hours_up(self.required),
+                    "done_minutes": round(self.done / 60, 1), "required_minutes": round(self.required / 60, 1)}
+        else:
+            out |= {"done": round(self.done, 2), "required": round(self.required, 2)}
+        out |= {"missing": self.missing, "met": self.met, "pro_rata": self.pro_rata}
+        if self.months is not None:
+            out |= {"months": [{"month": month.month, "done": month.done, "required": month.required,
+                                "met": month.met} for month in self.months],
+                    "months_missed": self.months_missed}
+        return out
 
 
 class MeetsEveryRule:
@@ -75,10 +134,16 @@ class TeacherResult(MeetsEveryRule):
     staff_number: str
     subject: str | None
     roles: list[str]
-    online_hours: float
-    offline_hours: float
+    online_seconds: int
+    offline_seconds: int
     activities: int
     rules: list[RuleResult]
+    school_rule_ids: tuple[str, ...] = ()
+
+    @property
+    def meets_school_rules(self) -> bool:
+        """What the school's 20 % rule asks of this teacher (003: the study hours by default)."""
+        return all(result.met for result in self.rules if result.rule_id in self.school_rule_ids)
 
 
 @dataclass
@@ -88,6 +153,12 @@ class GroupResult(MeetsEveryRule):
     name: str
     activities: int
     rules: list[RuleResult]
+    kind: str = "research"
+
+    @property
+    def judged(self) -> bool:
+        """False while no month of the report has ended (nothing to judge yet)."""
+        return bool(self.rules)
 
 
 @dataclass
@@ -104,10 +175,12 @@ class SchoolResult:
     groups: list[GroupResult] = field(default_factory=list)
     weekly: RuleResult | None = None
     teacher_count: int = 0
-    noncompliant_teachers: int = 0
+    noncompliant_teachers: int = 0  # missing a school rule (003)
+    short_of_some_rule: int = 0  # missing any rule
+    school_rule_ids: tuple[str, ...] = ()
     missing: dict[str, int] = field(default_factory=dict)  # rule id -> teachers who miss it
-    online_centihours: int = 0
-    offline_centihours: int = 0
+    online_seconds: int = 0  # study time credited by the rule set, exact
+    offline_seconds: int = 0
     activities: int = 0
     rules_version: int = 0  # the version of the rule set that judged this school
     rules_scope: str = "bureau"  # bureau | district | alliance: whose rule set that is
@@ -126,17 +199,20 @@ class SchoolResult:
 
     def summary(self) -> dict[str, Any]:
         total = self.teacher_count
-        online, offline = self.online_centihours / 100, self.offline_centihours / 100
+        online = self.online_seconds / SECONDS_PER_HOUR
         return {
             "school_id": self.school_id, "code": self.code, "name": self.name, "district_id": self.district_id,
             "teachers": total, "compliant_teachers": total - self.noncompliant_teachers,
             "noncompliant_teachers": self.noncompliant_teachers,
             "noncompliant_share": round(self.noncompliant_share, 4), "threshold": self.threshold,
-            "compliant": self.compliant,
-            "online_hours": round(online, 2), "offline_hours": round(offline, 2),
+            "compliant": self.compliant, "school_rule_ids": list(self.school_rule_ids),
+            "teachers_meeting_every_rule": total - self.short_of_some_rule,
+            "teachers_meeting_every_rule_share": round((total - self.short_of_some_rule) / total, 4) if total else 0.0,
+            "online_hours": display_hours(self.online_seconds), "offline_hours": display_hours(self.offline_seconds),
             "online_hours_per_teacher": round(online / total, 2) if total else 0.0,
             "activities": self.activities,
-            "groups": len(self.groups), "compliant_groups": sum(1 for group in self.groups if group.compliant),
+            "groups": len(self.groups),
+            "compliant_groups": sum(1 for group in self.groups if group.judged and group.compliant),
             "weekly_activity": self.weekly.to_dict() if self.weekly else None,
             "teachers_missing_by_rule": self.missing_by_rule(),
             "rules_version": self.rules_version, "rules_scope": self.rules_scope,
@@ -151,6 +227,8 @@ class Evaluation:
     district_names: dict[int, str]
     alliances: dict[int, tuple[str, list[int]]]
     excellent_teachers: list[TeacherResult] = field(default_factory=list)
+    through: date | None = None  # the last day judged (`judged_through`)
+    cross_school_groups: list[GroupResult] = field(default_factory=list)  # collaboration groups, studios
     other_rule_sets: list[RuleSet] = field(default_factory=list)  # overrides that judged some schools
 
     def rule_labels(self) -> dict[str, str]:
@@ -170,20 +248,26 @@ class Plan:
     pro_rata: bool
 
 
-def _elapsed_share(period: Period, term_start: date, term_end: date) -> float:
-    elapsed = (min(period.ends_on, term_end) - term_start).days + 1
+def _elapsed_share(through: date, term_start: date, term_end: date) -> float:
+    elapsed = (min(through, term_end) - term_start).days + 1
     return max(0.0, min(1.0, elapsed / ((term_end - term_start).days + 1)))
 
 
-def _plan(rule: Rule, period: Period) -> Plan:
+def judged_through(period: Period, today: date) -> date:
+    """The last day a report judges: the period's end, or today while the period runs ("to date")."""
+    return min(period.ends_on, today)
+
+
+def _plan(rule: Rule, period: Period, through: date) -> Plan:
+    """How a teacher rule is judged: term quotas pro rata to `through` in a month or a running term."""
     if period.kind == "month":
         if rule.period == "month":
             return Plan("own", 1.0, False)
         if period.term is None:  # a month outside every term: term rules are not judged
             return Plan(None, 0.0, True)
-        return Plan("to_date", _elapsed_share(period, period.term.starts_on, period.term.ends_on), True)
-    if rule.period == "month":
-        return Plan("own", float(len(months_between(period.starts_on, period.ends_on))), False)
+        return Plan("to_date", _elapsed_share(through, period.term.starts_on, period.term.ends_on), True)
+    if through < period.ends_on:  # the term runs: its quotas to date, like a month's report
+        return Plan("own", _elapsed_share(through, period.starts_on, period.ends_on), True)
     return Plan("own", 1.0, False)
 
 
@@ -192,11 +276,22 @@ def _pro_rata(required: float, factor: float, count_rule: bool) -> float:
     return float(math.ceil(value - 1e-9)) if count_rule else round(value, 1)
 
 
-def _done(row: FromClause, rule: Rule) -> ColumnElement[Any]:
-    """What a tally row holds towards a rule: hours in centihours, or the count of the rule's kinds."""
+def credited_seconds(row: FromClause, rule_set: RuleSet, mode: str) -> ColumnElement[Any]:
+    """The study time a tally row credits in `mode` by the rule set's credit table, in seconds."""
+    terms: list[ColumnElement[Any]] = []
+    for kind, credit in rule_set.credits.items():
+        if credit.basis == "duration":
+            online = row.c[online_seconds_column(kind)]
+            terms.append(online if mode == "online" else row.c[seconds_column(kind)] - online)
+        elif credit.basis == "per_activity" and credit.mode == mode:
+            terms.append(row.c[count_column(kind)] * credit.seconds)
+    return func.coalesce(reduce(operator.add, terms), 0) if terms else literal(0)
+
+
+def _done(row: FromClause, rule: Rule, rule_set: RuleSet) -> ColumnElement[Any]:
+    """What a tally row holds towards a rule: credited seconds, or the count of the rule's kinds."""
     if rule.kind == "teacher_hours":
-        amount = row.c.online_centihours if rule.mode == "online" else row.c.offline_centihours
-        return func.coalesce(amount, 0)
+        return credited_seconds(row, rule_set, rule.mode or "online")
     column_of = online_count_column if rule.online_only else count_column
     return func.coalesce(reduce(operator.add, [row.c[column_of(kind)] for kind in rule.activity_kinds]), 0)
 
@@ -208,7 +303,7 @@ def _roles_of(stored: str) -> list[str]:
 def _required(rule: Rule, plan: Plan, role_sets: list[str]) -> ColumnElement[Any]:
     """A teacher's quota for the rule in this report, NULL when none of their roles has one.
 
-    In centihours for hours (integers compare exactly with the tallies), whole activities for counts.
+    In seconds for hours (integers compare exactly with the tallies), whole activities for counts.
     A role rule's quota depends on the teacher's whole set of roles (`Rule.required_for_roles`): it is
     worked out once per distinct stored role set and looked up by equality in SQL.
     """
@@ -216,7 +311,7 @@ def _required(rule: Rule, plan: Plan, role_sets: list[str]) -> ColumnElement[Any
 
     def scaled(required: float) -> int:
         value = _pro_rata(required, plan.factor, count_rule)
-        return int(value) if count_rule else round(value * 100)
+        return int(value) if count_rule else round(value * SECONDS_PER_HOUR)
 
     if rule.kind != "role_activity_count":
         return literal(scaled(rule.minimum))
@@ -226,20 +321,21 @@ def _required(rule: Rule, plan: Plan, role_sets: list[str]) -> ColumnElement[Any
 
 
 def _judged_teachers(bureau_id: int, period: Period, rule_set: RuleSet, school_ids: list[int] | None,
-                     role_sets: list[str]) -> tuple[Any, list[tuple[Rule, Plan]]]:
+                     role_sets: list[str], through: date) -> tuple[Any, list[tuple[Rule, Plan]]]:
     """One row per active teacher: figures of the period and, per judged rule, done / required / miss."""
     own, to_date = tallies.alias("own"), tallies.alias("to_date")
     judged = [(rule, plan) for rule in rule_set.of_kind(*TEACHER_RULE_KINDS)
-              if (plan := _plan(rule, period)).source is not None]
+              if (plan := _plan(rule, period, through)).source is not None]
     sources = {"own": own, "to_date": to_date}
     columns: list[Any] = [
         teachers.c.id, teachers.c.school_id, teachers.c.staff_number, teachers.c.subject, teachers.c.roles,
-        func.coalesce(own.c.online_centihours, 0).label("online"),
-        func.coalesce(own.c.offline_centihours, 0).label("offline"),
+        credited_seconds(own, rule_set, "online").label("online"),
+        credited_seconds(own, rule_set, "offline").label("offline"),
         func.coalesce(own.c.activities, 0).label("activities"),
     ]
     for index, (rule, plan) in enumerate(judged):
-        columns += [_done(sources[plan.source], rule).label(f"done{index}"),
+        assert plan.source is not None  # unjudged rules were left out above
+        columns += [_done(sources[plan.source], rule, rule_set).label(f"done{index}"),
                     _required(rule, plan, role_sets).label(f"required{index}")]
     joined = teachers.outerjoin(own, and_(own.c.subject == "teacher", own.c.subject_id == teachers.c.id,
                                           own.c.period == period.key))
@@ -256,30 +352,31 @@ def _judged_teachers(bureau_id: int, period: Period, rule_set: RuleSet, school_i
     misses = [case((and_(amounts.c[f"required{index}"].is_not(None),
                          amounts.c[f"done{index}"] < amounts.c[f"required{index}"]), 1), else_=0)
               for index in range(len(judged))]
+    school_misses = [miss for miss, (rule, _plan) in zip(misses, judged, strict=True)
+                     if rule.id in rule_set.school_rule_ids]
     applied = [case((amounts.c[f"required{index}"].is_not(None), 1), else_=0) for index in range(len(judged))]
     zero = literal(0)
     verdicts = select(
         amounts, *[miss.label(f"miss{index}") for index, miss in enumerate(misses)],
         case((reduce(operator.add, misses, zero) > 0, 1), else_=0).label("noncompliant"),
+        case((reduce(operator.add, school_misses, zero) > 0, 1), else_=0).label("school_noncompliant"),
         reduce(operator.add, applied, zero).label("applied"),
     )
     return verdicts.cte("judged"), judged
 
 
-def _teacher_result(row: Any, judged: list[tuple[Rule, Plan]]) -> TeacherResult:
+def _teacher_result(row: Any, judged: list[tuple[Rule, Plan]], school_rule_ids: tuple[str, ...]) -> TeacherResult:
     rule_results = []
     for index, (rule, plan) in enumerate(judged):
         required = row[f"required{index}"]
         if required is None:
             continue  # no quota for this person's roles
-        done = float(row[f"done{index}"])
-        if rule.kind == "teacher_hours":
-            done, required = done / 100, required / 100
-        rule_results.append(RuleResult(rule.id, rule.label, done, float(required), plan.pro_rata))
+        rule_results.append(RuleResult(rule.id, rule.label, float(row[f"done{index}"]), float(required),
+                                       plan.pro_rata, hours=rule.kind == "teacher_hours"))
     return TeacherResult(
         row["id"], row["school_id"], row["staff_number"], row["subject"],
         _roles_of(row["roles"]),
-        row["online"] / 100, row["offline"] / 100, int(row["activities"]), rule_results,
+        int(row["online"]), int(row["offline"]), int(row["activities"]), rule_results, school_rule_ids,
     )
 
 
@@ -295,6 +392,7 @@ def evaluate(session: Session, bureau_id: int, period: Period, rule_set: RuleSet
     """
     if overrides is None:
         overrides = rules.overrides_in_force(session, bureau_id, rule_set.calendar.end_moment(period))
+    today = today or rule_set.calendar.local_date(datetime.now(UTC))
     school_query = select(schools).where(schools.c.bureau_id == bureau_id).order_by(schools.c.id)
     if school_ids is not None:
         school_query = school_query.where(schools.c.id.in_(school_ids))
@@ -304,14 +402,14 @@ def evaluate(session: Session, bureau_id: int, period: Period, rule_set: RuleSet
                                 rules_scope=rule_set.scope_kind)
         for row in session.execute(school_query).mappings()
     }
-    evaluation = Evaluation(period, rule_set, results, {}, {})
+    evaluation = Evaluation(period, rule_set, results, {}, {}, through=judged_through(period, today))
     alliance_ids: dict[int, list[int]] = defaultdict(list)
     for row in session.execute(select(alliance_members).order_by(alliance_members.c.school_id)):
         if row.school_id in results:
             alliance_ids[row.school_id].append(row.alliance_id)
-            _name, members = evaluation.alliances.setdefault(
+            _name, alliance_schools = evaluation.alliances.setdefault(
                 row.alliance_id, (row.alliance_name or str(row.alliance_id), []))
-            members.append(row.school_id)
+            alliance_schools.append(row.school_id)
     # Schools grouped by the rule set that judges them; with no override, one group as before.
     by_rules: dict[tuple[str, int], tuple[RuleSet, dict[int, SchoolResult]]] = {}
     for school_id, school in results.items():
@@ -322,14 +420,18 @@ def evaluate(session: Session, bureau_id: int, period: Period, rule_set: RuleSet
         for school in members.values():
             school.threshold, school.rules_version, school.rules_scope = (
                 own.school_noncompliant_share, own.version, own.scope_kind)
+            school.school_rule_ids = own.school_rule_ids
         # None: every school of the bureau (no id list in the SQL) — only when one rule set judges them all.
         visible = list(members) if school_ids is not None or len(by_rules) > 1 else None
-        best += _judge_teachers(session, bureau_id, period, own, members, visible, with_teachers, top_teachers)
-        _judge_groups(session, bureau_id, period, own, members, visible)
-        _judge_weeks(session, period, own, members, visible, today or date.today())
+        best += _judge_teachers(session, bureau_id, period, own, members, visible, with_teachers, top_teachers,
+                                judged_through(period, today))
+        _judge_groups(session, bureau_id, period, own, members, visible, today)
+        _judge_weeks(session, period, own, members, visible, today)
         if own is not rule_set:
             evaluation.other_rule_sets.append(own)
-    best.sort(key=lambda teacher: (-(teacher.online_hours + teacher.offline_hours), -teacher.activities,
+    if school_ids is None:  # groups across schools belong to no school: only the whole bureau's view has them
+        evaluation.cross_school_groups = judge_cross_school_groups(session, bureau_id, period, rule_set, today)
+    best.sort(key=lambda teacher: (-(teacher.online_seconds + teacher.offline_seconds), -teacher.activities,
                                    teacher.teacher_id))
     evaluation.excellent_teachers = best[:top_teachers]
     evaluation.district_names = {
@@ -341,30 +443,32 @@ def evaluate(session: Session, bureau_id: int, period: Period, rule_set: RuleSet
 
 def _judge_teachers(session: Session, bureau_id: int, period: Period, rule_set: RuleSet,
                     results: dict[int, SchoolResult], visible: list[int] | None, with_teachers: bool,
-                    top_teachers: int) -> list[TeacherResult]:
+                    top_teachers: int, through: date) -> list[TeacherResult]:
     """Fill in the schools' figures (and detail); return the top compliant teachers among them."""
     roster = select(teachers.c.roles).where(teachers.c.bureau_id == bureau_id, teachers.c.active.is_(True))
     if visible is not None:
         roster = roster.where(teachers.c.school_id.in_(visible))
     role_sets = list(session.scalars(roster.distinct()))
-    judged_rows, judged = _judged_teachers(bureau_id, period, rule_set, visible, role_sets)
+    judged_rows, judged = _judged_teachers(bureau_id, period, rule_set, visible, role_sets, through)
     per_school = select(
-        judged_rows.c.school_id, func.count().label("teachers"), func.sum(judged_rows.c.noncompliant),
+        judged_rows.c.school_id, func.count().label("teachers"), func.sum(judged_rows.c.school_noncompliant),
+        func.sum(judged_rows.c.noncompliant),
         func.sum(judged_rows.c.online), func.sum(judged_rows.c.offline), func.sum(judged_rows.c.activities),
         *[func.sum(judged_rows.c[f"miss{index}"]) for index in range(len(judged))],
     ).group_by(judged_rows.c.school_id)
-    for school_id, count, noncompliant, online, offline, activities, *missed in session.execute(per_school):
+    for school_id, count, noncompliant, short, online, offline, activities, *missed in session.execute(per_school):
         school = results.get(school_id)
         if school is None:  # a teacher of a school reporting has not heard of yet
             continue
         school.teacher_count, school.noncompliant_teachers = int(count), int(noncompliant or 0)
-        school.online_centihours, school.offline_centihours = int(online or 0), int(offline or 0)
+        school.short_of_some_rule = int(short or 0)
+        school.online_seconds, school.offline_seconds = int(online or 0), int(offline or 0)
         school.activities = int(activities or 0)
         school.missing = {rule.id: int(total) for (rule, _plan), total in zip(judged, missed, strict=True) if total}
     if with_teachers:
         for row in session.execute(select(judged_rows).order_by(judged_rows.c.id)).mappings():
             if row["school_id"] in results:
-                results[row["school_id"]].teachers.append(_teacher_result(row, judged))
+                results[row["school_id"]].teachers.append(_teacher_result(row, judged, rule_set.school_rule_ids))
     if not top_teachers:
         return []
     best = (select(judged_rows)
@@ -373,38 +477,92 @@ def _judge_teachers(session: Session, bureau_id: int, period: Period, rule_set: 
             .order_by((judged_rows.c.online + judged_rows.c.offline).desc(), judged_rows.c.activities.desc(),
                       judged_rows.c.id)
             .limit(top_teachers))
-    return [_teacher_result(row, judged) for row in session.execute(best).mappings()]
+    return [_teacher_result(row, judged, rule_set.school_rule_ids) for row in session.execute(best).mappings()]
 
 
-def _judge_groups(session: Session, bureau_id: int, period: Period, rule_set: RuleSet,
-                  results: dict[int, SchoolResult], visible: list[int] | None) -> None:
-    group_rules = [(rule, _plan(rule, period)) for rule in rule_set.of_kind("group_activity_count")]
+def group_months(period: Period, today: date) -> list[tuple[str, str, float]]:
+    """The months a monthly group quota is judged in: (label, tally key, share of the month in the term).
+
+    Every month of the period that has ended by `today` (a running month is judged once it ends);
+    a month the term only partly covers asks its quota pro rata to the term's days in it.
+    """
+    months = []
+    for year, month in months_between(period.starts_on, period.ends_on):
+        first, last = month_range(year, month)
+        if last >= today:
+            continue
+        term = period.term
+        covered_first, covered_last = (max(first, term.starts_on), min(last, term.ends_on)) if term else (first, last)
+        share = ((covered_last - covered_first).days + 1) / ((last - first).days + 1)
+        months.append((f"{year:04d}-{month:02d}", month_key(first), share))
+    return months
+
+
+def judge_group_rows(session: Session, period: Period, rule_set: RuleSet, rows: list[Any],
+                     today: date) -> list[GroupResult]:
+    """Each group's monthly rules judged month by month (document 000: 'every month'), months missed named."""
+    group_rules = rule_set.of_kind("group_activity_count")
+    months = group_months(period, today)
+    done: dict[tuple[int, str], list[int]] = {}
+    if rows and months and group_rules:
+        query = select(tallies.c.subject_id, tallies.c.period,
+                       *[_done(tallies, rule, rule_set) for rule in group_rules]).where(
+            tallies.c.subject == "group", tallies.c.period.in_([key for _, key, _ in months]),
+            tallies.c.subject_id.in_([row.id for row in rows]))
+        done = {(group_id, key): list(amounts) for group_id, key, *amounts in session.execute(query)}
+    results = []
+    for row in rows:
+        rule_results = []
+        for index, rule in enumerate(group_rules):
+            per_month = [MonthResult(label, int((done.get((row.id, key)) or [0] * len(group_rules))[index]),
+                                     int(_pro_rata(rule.minimum, share, count_rule=True)))
+                         for label, key, share in months]
+            if per_month:
+                rule_results.append(RuleResult(
+                    rule.id, rule.label, float(sum(month.done for month in per_month)),
+                    float(sum(month.required for month in per_month)), months=per_month))
+        results.append(GroupResult(row.id, row.school_id, row.name, int(row.activities), rule_results, row.kind))
+    return results
+
+
+def _group_rows(session: Session, bureau_id: int, period: Period, where: Any) -> list[Any]:
     own = tallies.alias("own")
     joined = groups.outerjoin(own, and_(own.c.subject == "group", own.c.subject_id == groups.c.id,
                                         own.c.period == period.key))
-    query = select(groups.c.id, groups.c.school_id, groups.c.name, func.coalesce(own.c.activities, 0),
-                   *[_done(own, rule) for rule, _plan in group_rules]).select_from(joined)
-    query = query.where(groups.c.bureau_id == bureau_id, groups.c.school_id.is_not(None))
-    if visible is not None:
-        query = query.where(groups.c.school_id.in_(visible))
-    for group_id, school_id, name, activities, *done in session.execute(query.order_by(groups.c.id)):
-        if school_id not in results:
-            continue
-        rule_results = [RuleResult(rule.id, rule.label, float(amount), rule.minimum * plan.factor)
-                        for (rule, plan), amount in zip(group_rules, done, strict=True)]
-        results[school_id].groups.append(GroupResult(group_id, school_id, name, int(activities), rule_results))
+    query = select(groups.c.id, groups.c.school_id, groups.c.name, groups.c.kind,
+                   func.coalesce(own.c.activities, 0).label("activities")).select_from(joined)
+    return list(session.execute(query.where(groups.c.bureau_id == bureau_id, where).order_by(groups.c.id)))
+
+
+def _judge_groups(session: Session, bureau_id: int, period: Period, rule_set: RuleSet,
+                  results: dict[int, SchoolResult], visible: list[int] | None, today: date) -> None:
+    where = groups.c.school_id.in_(visible) if visible is not None else groups.c.school_id.is_not(None)
+    rows = [row for row in _group_rows(session, bureau_id, period, where) if row.school_id in results]
+    for group in judge_group_rows(session, period, rule_set, rows, today):
+        if group.school_id is not None:
+            results[group.school_id].groups.append(group)
+
+
+def judge_cross_school_groups(session: Session, bureau_id: int, period: Period, rule_set: RuleSet,
+                              today: date) -> list[GroupResult]:
+    """Collaboration groups and studios across schools, judged by the bureau's group rules."""
+    rows = _group_rows(session, bureau_id, period, groups.c.school_id.is_(None))
+    return judge_group_rows(session, period, rule_set, rows, today)
 
 
 def _judge_weeks(session: Session, period: Period, rule_set: RuleSet, results: dict[int, SchoolResult],
                  visible: list[int] | None, today: date) -> None:
     """Weeks that begin in the period (and have begun): how many had the school's activities."""
     for rule in rule_set.of_kind("school_activity_frequency"):
-        weeks = [week_key(monday) for monday in week_starts_between(period.starts_on, min(period.ends_on, today))]
+        # Weeks that have ended by today (a running week is judged once it ends, like a month).
+        weeks = [week_key(monday) for monday in week_starts_between(period.starts_on, min(period.ends_on, today))
+                 if monday + timedelta(days=6) < today]
         if not weeks:
             continue
         query = (
             select(tallies.c.subject_id, func.count())
-            .where(tallies.c.subject == "school", tallies.c.period.in_(weeks), _done(tallies, rule) >= rule.minimum)
+            .where(tallies.c.subject == "school", tallies.c.period.in_(weeks),
+                   _done(tallies, rule, rule_set) >= rule.minimum)
             .group_by(tallies.c.subject_id)
         )
         if visible is not None:
@@ -417,29 +575,40 @@ def _judge_weeks(session: Session, period: Period, rule_set: RuleSet, results: d
 # --- views -----------------------------------------------------------------------------------------
 
 
-def period_out(period: Period) -> dict[str, Any]:
+TO_DATE_NOTE = "截至{through}：学期指标按已过天数折算；每月、每周指标只评已结束的月份和周"
+
+
+def period_out(period: Period, through: date | None = None) -> dict[str, Any]:
+    """The period, and how far it is judged: `judged_through`, and `to_date` while it still runs."""
+    through = through or period.ends_on
+    to_date = through < period.ends_on
     return {"kind": period.kind, "key": period.key, "label": period.label,
             "starts_on": period.starts_on.isoformat(), "ends_on": period.ends_on.isoformat(),
-            "term": period.term.code if period.term else None}
+            "term": period.term.code if period.term else None,
+            "judged_through": through.isoformat(), "to_date": to_date,
+            "note": TO_DATE_NOTE.format(through=through.isoformat()) if to_date else None}
 
 
 def teacher_out(teacher: TeacherResult) -> dict[str, Any]:
     return {"teacher_id": teacher.teacher_id, "school_id": teacher.school_id, "staff_number": teacher.staff_number,
             "subject": teacher.subject, "roles": teacher.roles, "compliant": teacher.compliant,
-            "online_hours": round(teacher.online_hours, 2), "offline_hours": round(teacher.offline_hours, 2),
+            "meets_school_rules": teacher.meets_school_rules,
+            "online_hours": display_hours(teacher.online_seconds),
+            "offline_hours": display_hours(teacher.offline_seconds),
             "activities": teacher.activities, "rules": [result.to_dict() for result in teacher.rules]}
 
 
 def group_out(group: GroupResult) -> dict[str, Any]:
-    return {"group_id": group.group_id, "school_id": group.school_id, "name": group.name,
-            "activities": group.activities, "compliant": group.compliant,
+    return {"group_id": group.group_id, "school_id": group.school_id, "name": group.name, "kind": group.kind,
+            "activities": group.activities, "judged": group.judged, "compliant": group.judged and group.compliant,
+            "months_missed": sorted({month for result in group.rules for month in result.months_missed}),
             "rules": [result.to_dict() for result in group.rules]}
 
 
 def school_report(evaluation: Evaluation, school_id: int) -> dict[str, Any]:
     school = evaluation.schools[school_id]
     return {
-        "period": period_out(evaluation.period),
+        "period": period_out(evaluation.period, evaluation.through),
         **school.summary(),
         "district_name": evaluation.district_names.get(school.district_id or -1),
         "group_results": [group_out(group) for group in school.groups],
@@ -451,14 +620,15 @@ def roll_up(members: list[SchoolResult]) -> dict[str, Any]:
     """District, alliance or city totals: schools and teachers, compliant and not, and hours."""
     teachers_total = sum(school.teacher_count for school in members)
     noncompliant = sum(school.noncompliant_teachers for school in members)
-    online = sum(school.online_centihours for school in members) / 100
-    offline = sum(school.offline_centihours for school in members) / 100
+    online = sum(school.online_seconds for school in members)
+    offline = sum(school.offline_seconds for school in members)
     return {
         "schools": len(members), "compliant_schools": sum(1 for school in members if school.compliant),
         "teachers": teachers_total, "noncompliant_teachers": noncompliant,
+        "teachers_meeting_every_rule": sum(school.teacher_count - school.short_of_some_rule for school in members),
         "noncompliant_share": round(noncompliant / teachers_total, 4) if teachers_total else 0.0,
-        "online_hours": round(online, 2), "offline_hours": round(offline, 2),
-        "online_hours_per_teacher": round(online / teachers_total, 2) if teachers_total else 0.0,
+        "online_hours": display_hours(online), "offline_hours": display_hours(offline),
+        "online_hours_per_teacher": round(online / SECONDS_PER_HOUR / teachers_total, 2) if teachers_total else 0.0,
         "activities": sum(school.activities for school in members),
     }
 

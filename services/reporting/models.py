@@ -6,17 +6,19 @@
 - `rpt_activity_facts`: one row per activity statement (what it counted); corrections and hiding
   flip `counted`, and a term redefinition rebuilds the tallies from here.
 - `rpt_tallies`: one wide row per (subject, id, period) with one column per quantity a rule can ask
-  for (all activities, online/offline hours, and per activity kind its count and online count), so a
+  for (all activities, and per activity kind its count, online count, time and online time in seconds), so a
   report reads one or two rows per teacher instead of summing many (period, kind) rows. Periods:
   `M2025-03` month, `W2025-10` ISO week (schools), `T<term>` term, and `T<term>@2025-04`, the term to
   date at the end of April (teachers), which makes a month's pro-rata term judgement a single row.
   Updated by adding deltas; sums commute, so out-of-order delivery within a period gives the same numbers.
 - `rpt_voided_statements`: statements hidden or corrected before they arrived (out of order).
 - `processed_events`: event ids already applied (idempotent consumers).
+- `rpt_projection_state`: per source service, the time of the newest event applied (reports' "as of").
 - `rpt_rule_sets`: quota rule sets, one row per version.
 """
 
 from sqlalchemy import (
+    BigInteger,
     Boolean,
     Column,
     Date,
@@ -97,9 +99,9 @@ activity_facts = Table(
     Column("group_id", Integer),
     Column("kind", String(60), nullable=False),
     Column("online", Boolean, nullable=False),
-    # Hours in hundredths (activities credits two decimals): integer sums are exact in any order.
-    Column("online_centihours", Integer, nullable=False),
-    Column("offline_centihours", Integer, nullable=False),
+    # The recorded time in seconds (exact for minutes and for hundredths of an hour): integer sums
+    # are exact in any order. What it credits is decided by the rule set when judging (kinds.py).
+    Column("seconds", Integer, nullable=False),
     Column("occurred_at", DateTime(timezone=True), nullable=False),
     Column("local_date", Date, nullable=False),
     Column("corrects", String(64)),
@@ -119,6 +121,14 @@ tallies = Table(
     Column("period", String(64), primary_key=True),  # M2025-03 | W2025-10 | T<term> | T<term>@2025-03
     *(Column(name, Integer, nullable=False, server_default="0") for name in MEASURE_COLUMNS),
     Index("ix_rpt_tallies_period_subject", "period", "subject"),
+)
+
+# What the read models include, per source service: the time of the newest event applied ("as of").
+projection_state = Table(
+    "rpt_projection_state", metadata,
+    Column("source", String(40), primary_key=True),
+    Column("newest_event_time", DateTime(timezone=True), nullable=False),
+    Column("events_applied", BigInteger, nullable=False, server_default="0"),
 )
 
 rule_sets = Table(

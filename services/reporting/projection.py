@@ -1,4 +1,4 @@
-"""Applying one event to the read models, idempotently; and rebuilding them from all facts.
+"""Applying events to the read models, many per transaction; and rebuilding them from all facts.
 
 Incremental and rebuilt read models agree by construction: both turn facts into the same tally
 deltas (`tally_deltas`) and add them up; integer sums do not depend on order. Roster rows keep the
@@ -11,17 +11,25 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
+from services.common.subscriber import ReceivedEvent
 from services.common.timeutil import as_utc
-from services.reporting import rules
+from services.reporting import freshness, rules
 from services.reporting.exceptions import InvalidInput
-from services.reporting.kinds import ACTIVITY_KINDS, MEASURE_COLUMNS, count_column, online_count_column
+from services.reporting.kinds import (
+    ACTIVITY_KINDS,
+    MEASURE_COLUMNS,
+    count_column,
+    online_count_column,
+    online_seconds_column,
+    seconds_column,
+    statement_time,
+)
 from services.reporting.models import (
     activity_facts,
     alliance_members,
@@ -54,14 +62,9 @@ class ActivityFact:
     group_id: int | None
     kind: str
     online: bool
-    online_centihours: int
-    offline_centihours: int
+    seconds: int  # the recorded time, exact (what it credits is the rule set's business: kinds.py)
     occurred_at: datetime
     corrects: str | None = None
-
-
-def centihours(value: Any) -> int:
-    return int((Decimal(str(value or 0)) * 100).quantize(Decimal(1), rounding=ROUND_HALF_UP))
 
 
 def parse_moment(text: Any) -> datetime:
@@ -82,9 +85,12 @@ def fact_from_statement(statement: Mapping[str, Any], event_id: str) -> Activity
             raise InvalidInput(f"The actor {account_name!r} is not a teacher.")
         kind = extensions.get(EXTENSION_BASE + "kind") or str(
             statement["object"]["definition"]["type"]).removeprefix(ACTIVITY_TYPE_BASE)
-        result = statement.get("result", {}).get("extensions", {})
-        online_centi = centihours(result.get(EXTENSION_BASE + "online-hours"))
-        offline_centi = centihours(result.get(EXTENSION_BASE + "offline-hours"))
+        result = statement.get("result", {})
+        credited = result.get("extensions", {})
+        details = statement["object"].get("definition", {}).get("extensions", {}).get(EXTENSION_BASE + "details")
+        seconds, online = statement_time(str(kind), details if isinstance(details, dict) else {}, result,
+                                         credited.get(EXTENSION_BASE + "online-hours"),
+                                         credited.get(EXTENSION_BASE + "offline-hours"))
         group = extensions.get(EXTENSION_BASE + "group")
         corrected = (statement.get("context", {}).get("statement") or {}).get("id")
         return ActivityFact(
@@ -94,10 +100,8 @@ def fact_from_statement(statement: Mapping[str, Any], event_id: str) -> Activity
             school_id=int(extensions[EXTENSION_BASE + "school"]),
             group_id=int(group) if group is not None else None,
             kind=str(kind),
-            # A timed activity is online or offline; untimed ones (blog posts) credit online hours.
-            online=online_centi > 0 or (offline_centi == 0 and kind in ONLINE_BY_NATURE),
-            online_centihours=online_centi,
-            offline_centihours=offline_centi,
+            online=online,
+            seconds=seconds,
             occurred_at=parse_moment(statement["timestamp"]),
             corrects=str(corrected) if corrected else None,
         )
@@ -105,17 +109,15 @@ def fact_from_statement(statement: Mapping[str, Any], event_id: str) -> Activity
         raise InvalidInput(f"Not an activity statement reporting understands ({error!r}).") from error
 
 
-ONLINE_BY_NATURE = frozenset({"blog_post", "comment", "online_course_study"})
-
-
 def fact_delta(fact: ActivityFact, sign: int = 1) -> Delta:
     """What one fact adds to (or, with sign -1, takes from) every tally it counts in."""
-    delta = {"activities": sign, "online_centihours": sign * fact.online_centihours,
-             "offline_centihours": sign * fact.offline_centihours}
-    if fact.kind in KNOWN_KINDS:  # a kind no rule can name still counts as an activity, with its hours
+    delta = {"activities": sign}
+    if fact.kind in KNOWN_KINDS:  # a kind no rule can name still counts as an activity (crediting nothing)
         delta[count_column(fact.kind)] = sign
+        delta[seconds_column(fact.kind)] = sign * fact.seconds
         if fact.online:
             delta[online_count_column(fact.kind)] = sign
+            delta[online_seconds_column(fact.kind)] = sign * fact.seconds
     return delta
 
 
@@ -144,11 +146,7 @@ def tally_deltas(fact: ActivityFact, calendar: Calendar, sign: int = 1) -> list[
 def fold(facts: Iterable[ActivityFact], calendar_of: Callable[[int], Calendar]) -> dict[TallyKey, Delta]:
     """The tallies of many facts, summed in memory (rebuilds, and the benchmark's consistency check)."""
     totals: dict[TallyKey, Delta] = {}
-    for fact in facts:
-        for key, delta in tally_deltas(fact, calendar_of(fact.bureau_id)):
-            row = totals.setdefault(key, {})
-            for name, amount in delta.items():
-                row[name] = row.get(name, 0) + amount
+    sum_into(totals, facts, calendar_of)
     return totals
 
 
@@ -157,22 +155,6 @@ def _upsert(session: Session) -> Any:
 
 
 ZERO_MEASURES = dict.fromkeys(MEASURE_COLUMNS, 0)
-
-
-def add_to_tallies(session: Session, deltas: Iterable[tuple[TallyKey, Delta]]) -> None:
-    insert = _upsert(session)
-    for (subject, subject_id, period), delta in deltas:
-        statement = insert(tallies).values(subject=subject, subject_id=subject_id, period=period,
-                                           **{**ZERO_MEASURES, **delta})
-        session.execute(statement.on_conflict_do_update(
-            index_elements=["subject", "subject_id", "period"],
-            set_={name: tallies.c[name] + amount for name, amount in delta.items()},
-        ))
-        if delta["activities"] < 0:  # a voided fact leaves no empty row behind (a rebuild would not have it)
-            session.execute(delete(tallies).where(
-                tallies.c.subject == subject, tallies.c.subject_id == subject_id, tallies.c.period == period,
-                tallies.c.activities == 0,
-            ))
 
 
 class CalendarCache:
@@ -192,7 +174,7 @@ def _fact_row(fact: ActivityFact, calendar: Calendar, counted: bool) -> dict[str
     return {
         "event_id": fact.event_id, "bureau_id": fact.bureau_id, "teacher_id": fact.teacher_id,
         "school_id": fact.school_id, "group_id": fact.group_id, "kind": fact.kind, "online": fact.online,
-        "online_centihours": fact.online_centihours, "offline_centihours": fact.offline_centihours,
+        "seconds": fact.seconds,
         "occurred_at": fact.occurred_at, "local_date": calendar.local_date(fact.occurred_at),
         "corrects": fact.corrects, "counted": counted,
     }
@@ -203,37 +185,75 @@ def fact_of_row(row: Mapping[str, Any]) -> ActivityFact:
     return ActivityFact(
         event_id=row["event_id"], bureau_id=row["bureau_id"], teacher_id=row["teacher_id"],
         school_id=row["school_id"], group_id=row["group_id"], kind=row["kind"], online=bool(row["online"]),
-        online_centihours=row["online_centihours"], offline_centihours=row["offline_centihours"],
+        seconds=row["seconds"],
         occurred_at=as_utc(occurred), corrects=row["corrects"],
     )
 
 
-def void_statement(session: Session, statement_id: str, reason: str, calendar_of: CalendarCache) -> None:
-    """Stop counting a statement, and remember it (it may not have arrived yet: order must not matter)."""
-    exists = session.execute(
-        select(voided_statements.c.statement_id).where(voided_statements.c.statement_id == statement_id)
-    ).first()
-    if exists is None:
-        session.execute(voided_statements.insert().values(statement_id=statement_id, reason=reason))
-    row = session.execute(select(activity_facts).where(activity_facts.c.event_id == statement_id)).mappings().first()
-    if row is None:
+def remember_voids(session: Session, voids: Mapping[str, str]) -> None:
+    """Statements hidden or corrected, remembered (they may not have arrived yet: order must not matter)."""
+    if not voids:
         return
-    if row["counted"]:
-        fact = fact_of_row(row)
-        add_to_tallies(session, tally_deltas(fact, calendar_of(fact.bureau_id), sign=-1))
-        session.execute(update(activity_facts).where(activity_facts.c.event_id == statement_id).values(counted=False))
+    known = set(session.scalars(
+        select(voided_statements.c.statement_id).where(voided_statements.c.statement_id.in_(list(voids)))))
+    fresh = [{"statement_id": key, "reason": reason} for key, reason in voids.items() if key not in known]
+    if fresh:
+        session.execute(voided_statements.insert(), fresh)
 
 
-def record_fact(session: Session, fact: ActivityFact, calendar_of: CalendarCache) -> None:
-    if fact.corrects:
-        void_statement(session, fact.corrects, "corrected", calendar_of)
-    voided = session.execute(
-        select(voided_statements.c.statement_id).where(voided_statements.c.statement_id == fact.event_id)
-    ).first()
-    calendar = calendar_of(fact.bureau_id)
-    session.execute(activity_facts.insert().values(**_fact_row(fact, calendar, counted=voided is None)))
-    if voided is None:
-        add_to_tallies(session, tally_deltas(fact, calendar))
+def record_facts(session: Session, facts: list[ActivityFact], voids: Mapping[str, str],
+                 calendar_of: CalendarCache) -> None:
+    """Store new facts and stop counting voided ones, the tallies changed by one set-wise upsert.
+
+    The same end state as applying the events one at a time in any order: a fact voided in this batch
+    or earlier is stored uncounted; a counted fact voided now is taken back out of its tallies.
+    """
+    remember_voids(session, voids)
+    totals: dict[TallyKey, Delta] = {}
+    if voids:
+        undone = [fact_of_row(row) for row in session.execute(select(activity_facts).where(
+            activity_facts.c.event_id.in_(list(voids)), activity_facts.c.counted.is_(True))).mappings()]
+        if undone:
+            sum_into(totals, undone, calendar_of, sign=-1)
+            session.execute(update(activity_facts).where(
+                activity_facts.c.event_id.in_([fact.event_id for fact in undone])).values(counted=False))
+    if facts:
+        voided = set(voids) | set(session.scalars(select(voided_statements.c.statement_id).where(
+            voided_statements.c.statement_id.in_([fact.event_id for fact in facts]))))
+        session.execute(activity_facts.insert(), [
+            _fact_row(fact, calendar_of(fact.bureau_id), counted=fact.event_id not in voided) for fact in facts])
+        sum_into(totals, [fact for fact in facts if fact.event_id not in voided], calendar_of)
+    add_totals(session, totals)
+
+
+def sum_into(totals: dict[TallyKey, Delta], facts: Iterable[ActivityFact], calendar_of: Callable[[int], Calendar],
+              sign: int = 1) -> None:
+    for fact in facts:
+        for key, delta in tally_deltas(fact, calendar_of(fact.bureau_id), sign):
+            row = totals.setdefault(key, {})
+            for name, amount in delta.items():
+                row[name] = row.get(name, 0) + amount
+
+
+def add_totals(session: Session, totals: Mapping[TallyKey, Delta]) -> None:
+    """Add summed deltas to their tally rows: one upsert for all of them (sorted, so two consumers lock
+    rows in the same order), then drop rows a void emptied (a rebuild would not have them)."""
+    if not totals:
+        return
+    keys = sorted(totals)
+    statement = _upsert(session)(tallies)
+    statement = statement.on_conflict_do_update(
+        index_elements=["subject", "subject_id", "period"],
+        set_={name: tallies.c[name] + statement.excluded[name] for name in MEASURE_COLUMNS},
+    )
+    session.execute(statement, [
+        {"subject": subject, "subject_id": subject_id, "period": period, **ZERO_MEASURES, **totals[key]}
+        for key in keys for subject, subject_id, period in [key]])
+    emptied = [key for key in keys if totals[key].get("activities", 0) < 0]
+    if emptied:
+        session.execute(delete(tallies).where(
+            tuple_(tallies.c.subject, tallies.c.subject_id, tallies.c.period).in_(emptied),
+            tallies.c.activities == 0))
 
 
 # --- the roster ------------------------------------------------------------------------------------
@@ -314,37 +334,60 @@ def apply_alliance_member(session: Session, body: Mapping[str, Any]) -> None:
          ["alliance_id", "school_id"])
 
 
-# --- one event -------------------------------------------------------------------------------------
+# --- events ----------------------------------------------------------------------------------------
+
+ROSTER_APPLIERS: dict[str, Callable[[Session, Mapping[str, Any]], None]] = {
+    "school.created": apply_school,
+    "district.created": apply_district,
+    "group.created": apply_group,
+    "alliance.created": apply_alliance,
+    "school.joined_alliance": apply_alliance_member,
+}
+TEACHER_EVENTS = ("teacher.joined", "teacher.changed", "teacher.left")
+
+
+def apply_events(session: Session, source: str, events: list[ReceivedEvent]) -> None:
+    """Apply events not applied before (the subscriber deduplicates) in the caller's transaction.
+
+    Activity facts are gathered and recorded set-wise (`record_facts`); roster events are applied in
+    turn (they keep the newest by time, so order does not matter). The newest event time is kept as
+    the read models' "as of" for `source`.
+    """
+    facts: list[ActivityFact] = []
+    voids: dict[str, str] = {}
+    for event in events:
+        routing_key, body = event.routing_key, event.body
+        try:
+            if routing_key.startswith("activity.hidden."):
+                voids.setdefault(str(body["object"]["id"]), "hidden")
+            elif routing_key.startswith(("activity.recorded.", "activity.corrected.")):
+                fact = fact_from_statement(body, event.id)
+                facts.append(fact)
+                if fact.corrects:
+                    voids.setdefault(fact.corrects, "corrected")
+            elif routing_key in TEACHER_EVENTS:
+                moment = parse_moment(event.attributes.get("time") or datetime.now(UTC).isoformat())
+                apply_teacher(session, body, moment, event.id)
+            elif routing_key in ROSTER_APPLIERS:
+                ROSTER_APPLIERS[routing_key](session, body)
+        except (KeyError, TypeError, ValueError, OverflowError) as error:
+            raise InvalidInput(f"A {routing_key} event reporting cannot read ({error!r}).") from error
+    try:
+        record_facts(session, facts, voids, CalendarCache(session))
+    except OverflowError as error:  # a time whose local date is beyond the calendar (year 9999 + zone)
+        raise InvalidInput(f"An activity's time cannot be placed in a period ({error}).") from error
+    freshness.note_applied(session, source, events)
 
 
 def apply_event(session: Session, routing_key: str, body: Mapping[str, Any], attributes: Mapping[str, Any]) -> bool:
-    """Apply one event inside the caller's transaction; False if it was applied before."""
-    event_id = str(attributes.get("id") or "")
-    if not event_id:
+    """Apply one event inside the caller's transaction, once; False if it was applied before."""
+    if not attributes.get("id"):
         raise InvalidInput("An event without an id cannot be deduplicated.")
-    if not processed_events.first_time(session, event_id, str(attributes.get("type") or routing_key)):
+    event = ReceivedEvent(dict(body), {**attributes, "routing_key": routing_key})
+    if not processed_events.new_events(session, [event]):
         return False
-    moment = parse_moment(attributes.get("time") or datetime.now(UTC).isoformat())
-    try:
-        if routing_key.startswith("activity.hidden."):
-            hidden = str(body["object"]["id"])
-            void_statement(session, hidden, "hidden", CalendarCache(session))
-        elif routing_key.startswith(("activity.recorded.", "activity.corrected.")):
-            record_fact(session, fact_from_statement(body, event_id), CalendarCache(session))
-        elif routing_key in ("teacher.joined", "teacher.changed", "teacher.left"):
-            apply_teacher(session, body, moment, event_id)
-        elif routing_key == "school.created":
-            apply_school(session, body)
-        elif routing_key == "district.created":
-            apply_district(session, body)
-        elif routing_key == "group.created":
-            apply_group(session, body)
-        elif routing_key == "alliance.created":
-            apply_alliance(session, body)
-        elif routing_key == "school.joined_alliance":
-            apply_alliance_member(session, body)
-    except (KeyError, TypeError, ValueError) as error:
-        raise InvalidInput(f"A {routing_key} event reporting cannot read ({error!r}).") from error
+    source = "activities" if routing_key.startswith("activity.") else "accounts"
+    apply_events(session, source, [event])
     return True
 
 

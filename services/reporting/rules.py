@@ -1,4 +1,4 @@
-"""Quota rules: their kinds, the documents' presets, validation, and which rule set was in force.
+"""Quota rules: their kinds, the bureau's presets (`PRESET`), validation, and which rule set was in force.
 
 A rule set is one bureau's whole configuration (time zone, terms, school threshold, rules). Every
 change stores a new version; a report names the version it was judged by, chosen as the newest
@@ -22,12 +22,21 @@ from services.common.timeutil import as_utc
 from services.reporting.exceptions import InvalidInput
 from services.reporting.kinds import ACTIVITY_KINDS
 from services.reporting.models import rule_sets
-from services.reporting.periods import DEFAULT_TIMEZONE, Calendar, Term, zone
+from services.reporting.periods import DEFAULT_TIMEZONE, Calendar, Period, Term, zone
+from services.reporting.schemas import (
+    CREDIT_BASES,
+    CREDIT_SOURCES,
+    DEFAULT_CREDITS,
+    KIND_LABELS,
+    MODES,
+    credit_text,
+)
 
 ROLES = (
     "teacher", "group_leader", "blog_host", "moderator", "middle_manager", "dean", "principal",
     "researcher", "centre_member", "bureau_admin",
 )
+BASE_ROLE = "teacher"  # the role whose quota every person has
 # Rule kind → the period granularities it may be judged in.
 RULE_KINDS: dict[str, tuple[str, ...]] = {
     "teacher_hours": ("month", "term"),
@@ -37,6 +46,7 @@ RULE_KINDS: dict[str, tuple[str, ...]] = {
     "school_activity_frequency": ("week",),
 }
 SCOPE_KINDS = ("bureau", "district", "alliance")
+TEACHER_RULE_KINDS = ("teacher_hours", "teacher_activity_count", "role_activity_count")
 # School-level teaching-research activities: what makes "a school activity" in a week.
 SCHOOL_ACTIVITY_KINDS = [
     "collective_lesson_prep", "demonstration_lesson", "research_lesson", "open_lesson",
@@ -47,6 +57,8 @@ PRESET: dict[str, Any] = {
     "timezone": DEFAULT_TIMEZONE,
     "terms": [],
     "school_noncompliant_share": 0.2,
+    # "school_rule_ids" left out: it defaults to the set's hour rules (003), whatever rules a bureau sends.
+    "credits": DEFAULT_CREDITS,
     "rules": [
         {"id": "online_hours", "kind": "teacher_hours", "mode": "online", "period": "term", "minimum": 50,
          "label": "网络研修学时"},
@@ -56,7 +68,8 @@ PRESET: dict[str, Any] = {
          "period": "term", "minimum": 3, "label": "博文"},
         {"id": "lessons_observed", "kind": "role_activity_count", "activity_kinds": ["lesson_observation"],
          "period": "term", "label": "听课节数",
-         "minimum_by_role": {"teacher": 10, "middle_manager": 12, "dean": 20, "principal": 20, "centre_member": 30}},
+         "minimum_by_role": {"teacher": 10, "middle_manager": 12, "group_leader": 20, "dean": 20, "principal": 20,
+                             "centre_member": 30}},
         {"id": "group_online_preps", "kind": "group_activity_count", "activity_kinds": ["collective_lesson_prep"],
          "online_only": True, "period": "month", "minimum": 2, "label": "网络集体备课"},
         {"id": "group_small_topics", "kind": "group_activity_count", "activity_kinds": ["small_research_topic"],
@@ -80,11 +93,26 @@ class Rule:
     minimum_by_role: dict[str, float]
 
     def required_for_roles(self, roles: list[str]) -> float | None:
-        """A person's quota by role: the highest of their roles' quotas; None when none applies."""
+        """A person's quota by role: the highest of their roles' quotas, never below the base quota.
+
+        Everyone on the roster is a teacher, so the `teacher` quota is the base every person has
+        (document 001: every teacher observes at least 10 lessons a term); other roles only raise it
+        (group leaders 20, principals 20, …).
+        None only when the rule sets no quota for teachers nor for any of the person's roles.
+        """
         if self.kind != "role_activity_count":
             return self.minimum
-        quotas = [self.minimum_by_role[role] for role in roles if role in self.minimum_by_role]
+        quotas = [self.minimum_by_role[role] for role in {BASE_ROLE, *roles} if role in self.minimum_by_role]
         return max(quotas) if quotas else None
+
+
+@dataclass(frozen=True)
+class Credit:
+    """What one activity of a kind credits as study hours (see `kinds.CREDIT_BASES`)."""
+
+    basis: str
+    seconds: int = 0  # per_activity only
+    mode: str = "online"  # per_activity only
 
 
 @dataclass(frozen=True)
@@ -96,6 +124,8 @@ class RuleSet:
     school_noncompliant_share: float
     rules: tuple[Rule, ...]
     body: dict[str, Any]
+    credits: dict[str, Credit]
+    school_rule_ids: tuple[str, ...]  # the teacher rules a school's 20 % rule counts misses of
 
     def of_kind(self, *kinds: str) -> list[Rule]:
         return [rule for rule in self.rules if rule.kind in kinds]
@@ -119,7 +149,8 @@ def validate(body: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise InvalidInput("A rule set is a JSON object.", {"_schema": ["Expected an object."]})
     errors: dict[str, list[str]] = {}
-    unknown = sorted(set(body) - {"timezone", "terms", "school_noncompliant_share", "rules"})
+    unknown = sorted(set(body) - {"timezone", "terms", "school_noncompliant_share", "rules", "credits",
+                                  "school_rule_ids"})
     for name in unknown:
         _problem(errors, name, "Unknown field.")
     timezone = body.get("timezone", DEFAULT_TIMEZONE)
@@ -131,6 +162,7 @@ def validate(body: Any) -> dict[str, Any]:
     if isinstance(share, bool) or not isinstance(share, int | float) or not 0 < share <= 1:
         _problem(errors, "school_noncompliant_share", "A share between 0 (exclusive) and 1.")
     terms = _validate_terms(errors, body.get("terms", []))
+    credits = _validate_credits(errors, body.get("credits", {}))
     rules = body.get("rules")
     if not isinstance(rules, list) or not rules:
         _problem(errors, "rules", "A non-empty list of rules.")
@@ -138,14 +170,72 @@ def validate(body: Any) -> dict[str, Any]:
     seen_ids: set[str] = set()
     for index, rule in enumerate(rules):
         _validate_rule(errors, f"rules.{index}", rule, seen_ids)
+    school_rule_ids = _validate_school_rule_ids(errors, body.get("school_rule_ids"), rules)
     if errors:
         raise InvalidInput(f"Invalid rule set: {', '.join(sorted(errors))}.", errors)
     return {
         "timezone": str(timezone),
         "terms": terms,
         "school_noncompliant_share": float(share),
+        "school_rule_ids": school_rule_ids,
+        "credits": credits,
         "rules": copy.deepcopy(rules),
     }
+
+
+def default_school_rule_ids(rules: list[Any]) -> list[str]:
+    """Document 003's school rule: a teacher fails it by missing the study hours (its hour rules)."""
+    return [rule["id"] for rule in rules if isinstance(rule, dict) and rule.get("kind") == "teacher_hours"]
+
+
+def _validate_school_rule_ids(errors: dict[str, list[str]], ids: Any, rules: list[Any]) -> list[str]:
+    """Which teacher rules decide the school's verdict; 003's study hours unless the bureau says otherwise."""
+    teacher_rule_ids = [rule.get("id") for rule in rules
+                        if isinstance(rule, dict) and rule.get("kind") in TEACHER_RULE_KINDS]
+    if ids is None:
+        ids = default_school_rule_ids(rules) or teacher_rule_ids
+    if not isinstance(ids, list) or not ids or not all(isinstance(rule_id, str) for rule_id in ids):
+        _problem(errors, "school_rule_ids", "A non-empty list of teacher rule ids.")
+        return []
+    for rule_id in ids:
+        if rule_id not in teacher_rule_ids:
+            _problem(errors, "school_rule_ids", f"{rule_id!r} is not a teacher rule of this set "
+                     f"(one of {', '.join(map(str, teacher_rule_ids)) or 'none'}).")
+    return list(dict.fromkeys(ids))
+
+
+def _validate_credits(errors: dict[str, list[str]], credits: Any) -> dict[str, dict[str, Any]]:
+    """The whole credit table: the kinds a bureau names, the documents' default for the rest.
+
+    Stored complete, so a version says what every kind credited whatever the defaults become.
+    """
+    if not isinstance(credits, dict):
+        _problem(errors, "credits", "An object: activity kind -> {basis, minutes, mode}.")
+        return copy.deepcopy(DEFAULT_CREDITS)
+    table = copy.deepcopy(DEFAULT_CREDITS)
+    for kind, credit in credits.items():
+        where = f"credits.{kind}"
+        if kind not in ACTIVITY_KINDS:
+            _problem(errors, where, f"Unknown activity kind {kind!r}.")
+            continue
+        if not isinstance(credit, dict) or credit.get("basis") not in CREDIT_BASES:
+            _problem(errors, f"{where}.basis", f"One of {', '.join(CREDIT_BASES)}.")
+            continue
+        unknown = sorted(set(credit) - {"basis", "minutes", "mode"})
+        for name in unknown:
+            _problem(errors, f"{where}.{name}", "Unknown field.")
+        if credit["basis"] == "per_activity":
+            minutes = credit.get("minutes")
+            if isinstance(minutes, bool) or not isinstance(minutes, int | float) or not 0 < minutes <= 24 * 60:
+                _problem(errors, f"{where}.minutes", "Minutes per activity, more than 0 and at most 1440.")
+            if credit.get("mode") not in MODES:
+                _problem(errors, f"{where}.mode", "online or offline: which study hours it credits.")
+            table[kind] = {"basis": "per_activity", "minutes": minutes, "mode": credit.get("mode")}
+        else:
+            if "minutes" in credit or "mode" in credit:
+                _problem(errors, where, f"A {credit['basis']} credit takes no minutes or mode.")
+            table[kind] = {"basis": credit["basis"]}
+    return table
 
 
 def _validate_terms(errors: dict[str, list[str]], terms: Any) -> list[dict[str, str]]:
@@ -236,8 +326,16 @@ def build(body: dict[str, Any], version: int = 0, scope_kind: str = "bureau", sc
         )
         for rule in body["rules"]
     )
+    # Versions stored before credits were part of a rule set are read with the documents' table.
+    table = {**DEFAULT_CREDITS, **body.get("credits", {})}
+    credits = {kind: Credit(entry["basis"], round(float(entry.get("minutes") or 0) * 60), entry.get("mode") or "online")
+               for kind, entry in table.items()}
+    # Versions stored before the school's rules were chosen are read with 003's (the hour rules).
+    school_rule_ids = body.get("school_rule_ids") or default_school_rule_ids(body["rules"]) or [
+        rule.id for rule in rules if rule.kind in TEACHER_RULE_KINDS]
     return RuleSet(version, scope_kind, scope_id, Calendar(body["timezone"], terms),
-                   body["school_noncompliant_share"], rules, body)
+                   body["school_noncompliant_share"], rules,
+                   {**body, "credits": table, "school_rule_ids": school_rule_ids}, credits, tuple(school_rule_ids))
 
 
 def preset() -> RuleSet:
@@ -279,9 +377,25 @@ def in_force(session: Session, bureau_id: int, at: datetime | None = None, scope
     return build(json.loads(row["body"]), row["version"], row["scope_kind"], row["scope_id"])
 
 
+def period_and_rules(session: Session, bureau_id: int, kind: str, key: str) -> tuple[Period, RuleSet]:
+    """A month (`kind="month"`, key `2025-03`) or term (its code), and the bureau's rules in force when it
+    ended; the period is read with that rule set's calendar (its terms and time zone)."""
+    current = in_force(session, bureau_id).calendar
+    rule_set = in_force(session, bureau_id, current.end_moment(_period(current, kind, key)))
+    return _period(rule_set.calendar, kind, key), rule_set
+
+
+def _period(calendar: Calendar, kind: str, key: str) -> Period:
+    return calendar.month(key) if kind == "month" else calendar.term(key)
+
+
 def describe(rule_set: RuleSet) -> dict[str, Any]:
+    """The rule set as published: every rule, and every activity kind with what it credits and why."""
+    credits = {kind: {**entry, "label": KIND_LABELS[kind], "credits": credit_text(entry),
+                      "default": DEFAULT_CREDITS[kind], "source": CREDIT_SOURCES[kind]}
+               for kind, entry in rule_set.body["credits"].items()}
     return {"version": rule_set.version, "scope_kind": rule_set.scope_kind, "scope_id": rule_set.scope_id,
-            **rule_set.body}
+            **rule_set.body, "credits": credits}
 
 
 @dataclass(frozen=True)
@@ -308,9 +422,6 @@ class Overrides:
 
     def __bool__(self) -> bool:
         return bool(self.districts or self.alliances)
-
-
-NO_OVERRIDES = Overrides({}, {})
 
 
 def overrides_in_force(session: Session, bureau_id: int, at: datetime | None = None) -> Overrides:

@@ -8,7 +8,7 @@ import pytest
 from openpyxl import Workbook
 from sqlalchemy import func, select
 
-from services.accounts import directory, roster
+from services.accounts import directory, roster, schemas
 from services.accounts.exceptions import Forbidden, InvalidInput, RosterRejected
 from services.accounts.models import Teacher, outbox
 from services.common.scope import Scope
@@ -103,7 +103,7 @@ def test_unknown_and_missing_columns_are_named(session, city):
         ("r.xlsx", b"not a zip file", "cannot be opened"),
         ("r.csv", b"", "empty"),
         ("r.csv", b"a,b\x00c", "NUL"),
-        ("r.csv", b"x" * (roster.MAX_FILE_BYTES + 1), "at most"),
+        ("r.csv", b"x" * (schemas.ROSTER_MAX_FILE_BYTES + 1), "at most"),
     ],
 )
 def test_broken_files_are_refused_clearly(session, city, filename, content, message):

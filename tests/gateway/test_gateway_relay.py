@@ -1,6 +1,6 @@
 """Live classrooms over real HTTP: gunicorn → RPC → classroom_relay → a real data plane process.
 
-The issue's walk-through as a school's software sees it: register classrooms, schedule and start a
+A live lesson as a school's software sees it: register classrooms, schedule and start a
 lesson, fetch a branch's SDP, and see a branch refused with 409 and the numbers when the master
 school's 100 Mbit/s link would be exceeded.
 """

@@ -171,9 +171,10 @@ def test_xlsx_download_carries_the_json_numbers(reporting: str, city: City) -> N
 
     workbook = load_workbook(io.BytesIO(response.content))
     sheet = workbook["学校"]
-    assert sheet.freeze_panes == "A2"
-    header = [cell.value for cell in sheet[1]]
-    rows = [dict(zip(header, row, strict=True)) for row in sheet.iter_rows(min_row=2, values_only=True)]
+    assert sheet.freeze_panes == "A3"  # row 1: the title with period and rule version; row 2: the header
+    assert "规则版本" in sheet["A1"].value
+    header = [cell.value for cell in sheet[2]]
+    rows = [dict(zip(header, row, strict=True)) for row in sheet.iter_rows(min_row=3, values_only=True)]
     assert [row["学校ID"] for row in rows] == [line["school_id"] for line in report["schools"]]
     for row, line in zip(rows, report["schools"], strict=True):
         assert (row["教师数"], row["未达标教师"], row["未达标比例"]) == (
@@ -181,7 +182,7 @@ def test_xlsx_download_carries_the_json_numbers(reporting: str, city: City) -> N
         assert (row["网络研修学时"], row["线下研修学时"]) == (line["online_hours"], line["offline_hours"])
     mine = next(row for row in rows if row["学校ID"] == city.schools["east_one"])
     assert mine["网络研修学时"] >= 30.0
-    districts = {row[0]: row for row in workbook["片区"].iter_rows(min_row=2, values_only=True)}
+    districts = {row[0]: row for row in workbook["片区"].iter_rows(min_row=3, values_only=True)}
     for line in report["districts"]:
         assert districts[line["district_id"]][4] == line["teachers"]
 

@@ -1,5 +1,6 @@
-"""docker-compose.yml and the Dockerfile, checked without Docker (none on this machine): parsed, every
-command's module exists, every component is there, mounts point at files of the repository."""
+"""docker-compose.yml and the Dockerfiles, checked without a container engine: parsed, every command's
+module exists, every component is there, mounts point at files of the repository. `make test-containers`
+(tests/containers) builds the images and runs the stack."""
 
 from __future__ import annotations
 
@@ -15,29 +16,45 @@ from .ops_helpers import REPO
 DEPLOY = REPO / "deploy"
 COMPOSE = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
 SERVICES: dict[str, Any] = COMPOSE["services"]
+GRAFANA: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.grafana.yml").read_text())["services"]
 
 
 def test_every_component_is_in_compose() -> None:
     assert set(SERVICES) == {
         "rabbitmq", "postgres", "migrate", "accounts", "activities", "reporting", "classroom-relay",
-        "relay-dataplane", "gateway", "nginx", "prometheus", "grafana",
+        "relay-dataplane", "gateway", "nginx", "prometheus",
     }
-    assert "rabbitmq_prometheus" in SERVICES["rabbitmq"]["command"]
-    assert "rabbitmq_management" in SERVICES["rabbitmq"]["command"]
+    # Infrastructure from Debian's packages, built here; only Grafana needs a registry, in its own profile.
+    infra = (DEPLOY / "infra" / "Containerfile").read_text()
+    assert "rabbitmq_management rabbitmq_prometheus" in infra
+    for name in ("rabbitmq", "postgres", "prometheus"):
+        assert SERVICES[name]["build"]["dockerfile"] == "deploy/infra/Containerfile", name
+        assert SERVICES[name]["command"][0] == name, name
+    # Grafana's image needs a registry: a file of its own (podman-compose 1.0 ignores compose profiles).
+    assert all("build" in service for service in SERVICES.values())
+    assert set(GRAFANA) == {"grafana"} and GRAFANA["grafana"]["depends_on"] == ["prometheus"]
+
+
+def unwrapped(command: list[str]) -> list[str]:
+    """The command services.common.wait_for runs once its dependencies answer."""
+    if command[:3] == ["python", "-m", "services.common.wait_for"]:
+        return command[command.index("--") + 1:]
+    return command
 
 
 def test_every_command_runs_something_that_exists() -> None:
     checked = 0
     for name, service in SERVICES.items():
         command = service.get("command")
-        if not isinstance(command, list):
+        if not isinstance(command, list) or service.get("build", {}).get("dockerfile") != "deploy/Dockerfile":
             continue
+        command = unwrapped(command)
         if command[:2] == ["python", "-m"]:
             assert importlib.util.find_spec(command[2]) is not None, f"{name}: no module {command[2]}"
             if command[2] == "services.common.runner":
-                from services.common.runner import SERVICE_CLASSES
+                from services.platform import SERVICE_NAMES
 
-                assert command[3] in SERVICE_CLASSES, name
+                assert command[3] in SERVICE_NAMES, name
             checked += 1
         elif command[0] == "gunicorn":
             config = command[command.index("-c") + 1]
@@ -58,16 +75,30 @@ def test_nginx_fronts_the_gateway() -> None:
     assert "server 127.0.0.1:8081" in config and "listen 8080" in config
 
 
-def test_app_containers_are_locked_down_and_depend_on_migrations() -> None:
+def test_app_containers_are_locked_down_and_wait_for_what_they_need() -> None:
+    for name, service in SERVICES.items():  # the infrastructure too, as its package's user
+        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
+        assert service.get("user") in (None, "rabbitmq", "postgres", "prometheus"), name
     for name in ("accounts", "activities", "reporting", "classroom-relay", "gateway"):
         service = SERVICES[name]
-        assert service["read_only"] is True and service["cap_drop"] == ["ALL"], name
         assert service["depends_on"]["migrate"]["condition"] == "service_completed_successfully", name
         assert "{service}" in service["environment"]["DATABASE_URL"], name
+        # podman-compose does not enforce the conditions: the process waits itself.
+        waits_for = service["command"][3:service["command"].index("--")]
+        assert "--broker" in waits_for, name
+        assert ("--migrated" in waits_for) == (name != "gateway"), name
+    assert "--databases" in SERVICES["migrate"]["command"]
+    assert SERVICES["migrate"]["restart"] == "no"
+
+
+def test_published_ports_listen_on_the_publish_address() -> None:
+    for name, service in (SERVICES | GRAFANA).items():
+        for port in service.get("ports", []):
+            assert port.startswith("${PUBLISH_ADDRESS:-127.0.0.1}:"), f"{name}: {port}"
 
 
 def test_mounted_files_exist() -> None:
-    for name, service in SERVICES.items():
+    for name, service in (SERVICES | GRAFANA).items():
         for volume in service.get("volumes", []):
             source = volume.split(":")[0]
             if source.startswith("."):
@@ -87,17 +118,37 @@ def test_prometheus_in_compose_scrapes_the_compose_services() -> None:
 
 def test_dockerfile_is_non_root_and_built_from_the_lock() -> None:
     text = (DEPLOY / "Dockerfile").read_text()
-    assert "requirements.lock" in text
+    assert "requirements-runtime.lock" in text
     users = re.findall(r"^USER (\S+)", text, flags=re.MULTILINE)
     assert users and users[-1].split(":")[0] not in {"0", "root"}
     postgres_init = (DEPLOY / "postgres-init.sql").read_text()
-    from services.common.migrations import SERVICES_WITH_DATABASES
+    from services.platform import SERVICE_NAMES
 
-    for service in SERVICES_WITH_DATABASES:
+    for service in SERVICE_NAMES:
         assert f"lianxiao_{service};" in postgres_init
 
 
 def test_compose_file_is_the_one_the_readme_documents() -> None:
     readme = (DEPLOY / "README.md").read_text()
-    assert "docker compose -f deploy/docker-compose.yml up --build" in readme
+    assert "podman-compose -f deploy/docker-compose.yml" in readme
     assert Path(DEPLOY / "docker-compose.yml").exists()
+
+
+def test_kubernetes_runs_the_commands_compose_runs() -> None:
+    """One image: every Kubernetes container runs what the compose stack (and tests/containers) runs."""
+    compose_commands = {tuple(unwrapped(service["command"])) for service in SERVICES.values()
+                        if service.get("build", {}).get("dockerfile") == "deploy/Dockerfile"}
+    checked = 0
+    for path in sorted((REPO / "k8s" / "base").rglob("*.yaml")):
+        for document in yaml.safe_load_all(path.read_text()):
+            pod = ((document or {}).get("spec", {}).get("template") or {}).get("spec", {})
+            for container in pod.get("containers", []):
+                if container.get("image") != "lianxiao":
+                    continue
+                command = tuple(container["command"])
+                if command[2:3] == ("services.classroom_relay.dataplane",):
+                    assert any(other[:3] == command[:3] for other in compose_commands), path.name
+                else:
+                    assert command in compose_commands, f"{path.name}: {command}"
+                checked += 1
+    assert checked == 7  # migrations, four services, the data plane, the gateway

@@ -126,7 +126,7 @@ def test_provisioning_points_at_the_dashboards_and_datasource() -> None:
     assert [source["uid"] for source in datasources] == [DATASOURCE_UID]
     providers = yaml.safe_load((PROVISIONING / "dashboards" / "lianxiao.yml").read_text())["providers"]
     dashboards_path = providers[0]["options"]["path"]
-    compose = yaml.safe_load((REPO / "deploy" / "docker-compose.yml").read_text())
+    compose = yaml.safe_load((REPO / "deploy" / "compose.grafana.yml").read_text())
     mounts = compose["services"]["grafana"]["volumes"]
     # The provider's path must be where compose mounts deploy/grafana/dashboards.
     assert f"./grafana/dashboards:{dashboards_path}:ro" in mounts

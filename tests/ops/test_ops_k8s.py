@@ -48,7 +48,7 @@ def workloads(objects: list[dict[str, Any]]) -> list[dict[str, Any]]:
 @pytest.mark.parametrize("version", ["1.30.0", "newest"])
 def test_every_core_object_validates_strictly(overlay: str, version: str, tmp_path: Path) -> None:
     if not shutil.which(str(KUBERNETES_VALIDATE)):
-        pytest.fail("kubernetes-validate is missing: .venv/bin/pip install kubernetes-validate (make system-deps)")
+        pytest.fail("kubernetes-validate is missing from .venv: it is pinned in requirements.lock (make deps)")
     version = newest_kubernetes_version() if version == "newest" else version
     core = [item for item in rendered(overlay) if not item["apiVersion"].startswith(CUSTOM_GROUPS)]
     path = tmp_path / f"{overlay}.yaml"

@@ -231,11 +231,11 @@ def test_every_metric_used_by_rules_and_dashboards_is_exported(
     relay: Relay, runner_factory: Any, service_config: dict[str, Any]
 ) -> None:
     from services.common.metrics import ServiceMetrics, registry_for
-    from services.common.runner import SERVICE_CLASSES, service_class
+    from services.platform import SERVICES
 
     # The relay refuses to start without join secrets unless told this is a development setup.
     config = {**service_config, "RELAY_ALLOW_DEV_SECRET": "1"}
-    runner = runner_factory(config, *(service_class(name) for name in SERVICE_CLASSES))
+    runner = runner_factory(config, *(service.load_class() for service in SERVICES))
     runner.start()
     exported: set[str] = set(PROMETHEUS_OWN)
     for container in runner.containers:

@@ -123,5 +123,6 @@ def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_conf
             pytest.fail("make run did not stop within 30 s of Ctrl-C")
     assert platform.returncode == 0, output[-3000:]
     assert "lianxiao stopped." in output
+    assert "Traceback" not in output, output[-3000:]  # e.g. a channel closed under a reader (dataplane_client.py)
     leftovers = sorted(pid for pid in started if running(pid))
     assert leftovers == [], f"processes left running after Ctrl-C: {leftovers}"

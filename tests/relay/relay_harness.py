@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from services.classroom_relay.dataplane.control import ControlClient
+from services.classroom_relay.dataplane.protocol import ControlClient
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_PATTERN = re.compile(rb"relay-dataplane ready media=([\d.]+):(\d+) rtcp=(\d+) control=(\d+)")

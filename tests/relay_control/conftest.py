@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy.orm import Session
 
-from services.classroom_relay import sessions
+from services.classroom_relay import classrooms, relay_settings
 from services.classroom_relay.models import MBIT, metadata
 from services.common.scope import Scope
 
@@ -23,8 +23,8 @@ def db(sqlite_session) -> Iterator[Session]:
 
 
 @pytest.fixture
-def settings() -> sessions.RelaySettings:
-    return sessions.RelaySettings(join_secrets=["unit-test-secret"], headroom=0.9)
+def settings() -> relay_settings.RelaySettings:
+    return relay_settings.RelaySettings(join_secrets=["unit-test-secret"], headroom=0.9)
 
 
 @pytest.fixture
@@ -34,7 +34,7 @@ def admin() -> Scope:
 
 def classroom(db: Session, scope: Scope, school_id: int, name: str, kind: str, **extra) -> dict:
     data = {"school_id": school_id, "bureau_id": BUREAU, "name": name, "kind": kind, **extra}
-    return sessions.create_classroom(db, scope, data)
+    return classrooms.create_classroom(db, scope, data)
 
 
 @pytest.fixture

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from services.classroom_relay.dataplane.control import ControlClient
+from services.classroom_relay.dataplane.protocol import ControlClient
 from tests.relay.relay_harness import DataPlane, start_dataplane, stop_process
 
 SECRET = "control-test-secret"

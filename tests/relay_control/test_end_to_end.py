@@ -1,4 +1,4 @@
-"""The issue's "Done means", through the control plane: classrooms and a dedicated delivery session over
+"""A live lesson from end to end, through the control plane: classrooms and a dedicated delivery session over
 RPC, a real ffmpeg encoder admitted with the join token's hello, two ffmpeg receivers playing the SDPs
 the control plane hands out (one on a budget only the lower simulcast layer fits), the data plane's
 /metrics showing each branch under its budget, and a third branch refused with the master school's

@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from services.classroom_relay import placement, sessions
+from services.classroom_relay import dataplane_state, lessons, placement, relay_settings
 from services.classroom_relay.exceptions import DataPlaneUnavailable
 from services.classroom_relay.models import MBIT
 from services.classroom_relay.placement import DataPlaneSpec, Fleet
@@ -59,10 +59,10 @@ def rooms(db, admin, school) -> dict:
 
 
 def start(db, admin, settings, master: int, fleet: Fleet, branches: list[int] = (), **extra) -> dict:
-    created = sessions.create_session(
+    created = lessons.create_session(
         db, admin, lesson(master_classroom_id=master, branch_classroom_ids=list(branches), **extra), settings
     )
-    return sessions.start_session(db, admin, created["id"], settings, now=NOW, fleet=fleet)
+    return lessons.start_session(db, admin, created["id"], settings, now=NOW, fleet=fleet)
 
 
 def test_the_most_free_data_plane_takes_a_new_school_and_the_school_stays_there(db, admin, settings, rooms):
@@ -76,11 +76,11 @@ def test_the_most_free_data_plane_takes_a_new_school_and_the_school_stays_there(
     assert second["dataplane"] == "relay-0"
     assert placement.committed_by_dataplane(db) == {"relay-0": 36 * MBIT, "relay-1": 8 * MBIT}
     # Each data plane is sent only its own sessions.
-    pushed = {name: [entry["session"] for entry in sessions.desired_state(db, settings, name)["sessions"]]
+    pushed = {name: [entry["session"] for entry in dataplane_state.desired_state(db, settings, name)["sessions"]]
               for name in ("relay-0", "relay-1")}
     assert pushed == {"relay-0": [f"session-{first['id']}", f"session-{second['id']}"],
                       "relay-1": [f"session-{other['id']}"]}
-    assert sessions.live_session_labels(db)[0] == {
+    assert dataplane_state.live_session_labels(db)[0] == {
         "session": f"session-{first['id']}", "dataplane": "relay-0",
         "master_classroom": f"classroom-{rooms['first']}", "master_school": "101",
     }
@@ -98,15 +98,16 @@ def test_unreachable_data_planes_are_skipped_and_none_reachable_refuses(db, admi
 
 def test_ending_clears_the_placement_for_the_next_occurrence(db, admin, settings, rooms):
     live = start(db, admin, settings, rooms["first"], Fleet(TWO, frozenset({"relay-1"})), recurrence="daily")
-    ended = sessions.end_session(db, admin, live["id"], now=NOW + timedelta(minutes=40))
+    ended = lessons.end_session(db, admin, live["id"], now=NOW + timedelta(minutes=40))
     assert ended["status"] == "scheduled" and ended["dataplane"] is None
-    assert sessions.desired_state(db, settings, "relay-1")["sessions"] == []
+    assert dataplane_state.desired_state(db, settings, "relay-1")["sessions"] == []
 
 
 def test_the_service_refuses_to_start_without_join_secrets(monkeypatch) -> None:
     monkeypatch.delenv("RELAY_JOIN_SECRETS", raising=False)
     monkeypatch.delenv("RELAY_ALLOW_DEV_SECRET", raising=False)
     with pytest.raises(ValueError, match="RELAY_JOIN_SECRETS"):
-        sessions.settings_from({})
-    assert sessions.settings_from({"RELAY_ALLOW_DEV_SECRET": "1"}).join_secrets == [sessions.DEV_JOIN_SECRET]
-    assert sessions.settings_from({"RELAY_JOIN_SECRETS": "new, old"}).join_secrets == ["new", "old"]
+        relay_settings.settings_from({})
+    development = relay_settings.settings_from({"RELAY_ALLOW_DEV_SECRET": "1"})
+    assert development.join_secrets == [relay_settings.DEV_JOIN_SECRET]
+    assert relay_settings.settings_from({"RELAY_JOIN_SECRETS": "new, old"}).join_secrets == ["new", "old"]

@@ -10,7 +10,7 @@ import pytest
 from nameko.testing.services import worker_factory
 from sqlalchemy import select
 
-from services.classroom_relay import placement, sessions
+from services.classroom_relay import dataplane_state, placement
 from services.classroom_relay.exceptions import AdmissionRefused, DataPlaneUnavailable, InvalidInput
 from services.classroom_relay.models import MBIT, outbox
 from services.classroom_relay.service import ClassroomRelayService
@@ -44,7 +44,7 @@ def test_start_commits_and_asks_for_a_push(service, db, admin, school, link):
     assert started["status"] == "live"
     link.request_push.assert_called_once()
     db.expire_all()
-    assert sessions.desired_state(db, link.settings)["sessions"][0]["session"] == f"session-{created['id']}"
+    assert dataplane_state.desired_state(db, link.settings)["sessions"][0]["session"] == f"session-{created['id']}"
 
 
 def test_refusal_rolls_back_and_pushes_nothing(service, db, admin, school, link):

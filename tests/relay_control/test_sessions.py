@@ -8,7 +8,7 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select
 
-from services.classroom_relay import sessions
+from services.classroom_relay import dataplane_state, exceptions, lessons, media_access, relay_settings, stream_health
 from services.classroom_relay.exceptions import AdmissionRefused, Conflict, Forbidden, InvalidInput, NotFound
 from services.classroom_relay.models import MBIT, outbox
 from services.common.scope import Scope
@@ -24,29 +24,29 @@ def events(db) -> list[tuple[str, dict]]:
 def schedule(db, admin, settings, school, kind="master_teacher", branches=2, **extra) -> dict:
     data = lesson(kind, master_classroom_id=school["master"]["id"], teacher_id=501,
                   branch_classroom_ids=[room["id"] for room in school["branches"][:branches]], **extra)
-    return sessions.create_session(db, admin, data, settings)
+    return lessons.create_session(db, admin, data, settings)
 
 
 def test_third_branch_is_refused_with_the_master_links_numbers(db, admin, settings, school):
     live = schedule(db, admin, settings, school)
-    sessions.start_session(db, admin, live["id"], settings, now=NOW)
+    lessons.start_session(db, admin, live["id"], settings, now=NOW)
     third = school["branches"][2]["id"]
     with pytest.raises(AdmissionRefused) as refused:
-        sessions.join_branch(db, admin, live["id"], third, {}, settings, now=NOW)
+        lessons.join_branch(db, admin, live["id"], third, {}, settings, now=NOW)
     assert "school 101" in str(refused.value)
     assert refused.value.fields["committed_bps"] == 80 * MBIT
     assert refused.value.fields["requested_bps"] == 40 * MBIT
     assert refused.value.fields["capacity_bps"] == 100 * MBIT
     # A smaller budget fits in what is left (90 − 80 = 10 Mbit/s).
-    joined = sessions.join_branch(db, admin, live["id"], third, {"downlink_bps": 10 * MBIT}, settings, now=NOW)
+    joined = lessons.join_branch(db, admin, live["id"], third, {"downlink_bps": 10 * MBIT}, settings, now=NOW)
     assert joined["state"] == "joined"
 
 
 def test_start_and_end_publish_session_and_classroom_events_with_times(db, admin, settings, school):
     live = schedule(db, admin, settings, school)
-    sessions.start_session(db, admin, live["id"], settings, now=NOW)
+    lessons.start_session(db, admin, live["id"], settings, now=NOW)
     later = NOW + timedelta(minutes=40)
-    sessions.end_session(db, admin, live["id"], now=later)
+    lessons.end_session(db, admin, live["id"], now=later)
     published = events(db)
     keys = [key for key, _ in published]
     assert keys == ["session.started", "classroom.joined", "classroom.joined",
@@ -61,13 +61,13 @@ def test_start_and_end_publish_session_and_classroom_events_with_times(db, admin
 
 def test_ending_releases_bandwidth_for_the_next_session(db, admin, settings, school):
     first = schedule(db, admin, settings, school)
-    sessions.start_session(db, admin, first["id"], settings, now=NOW)
-    sessions.end_session(db, admin, first["id"], now=NOW + timedelta(minutes=1))
+    lessons.start_session(db, admin, first["id"], settings, now=NOW)
+    lessons.end_session(db, admin, first["id"], now=NOW + timedelta(minutes=1))
     second = schedule(db, admin, settings, school, branches=0)
-    sessions.start_session(db, admin, second["id"], settings, now=NOW)
+    lessons.start_session(db, admin, second["id"], settings, now=NOW)
     for room in school["branches"][:2]:
-        sessions.join_branch(db, admin, second["id"], room["id"], {}, settings, now=NOW)
-    assert sessions.get_session(db, admin, second["id"])["status"] == "live"
+        lessons.join_branch(db, admin, second["id"], room["id"], {}, settings, now=NOW)
+    assert lessons.get_session(db, admin, second["id"])["status"] == "live"
 
 
 def test_dedicated_delivery_has_fixed_branches_named_when_scheduled_and_recurs(db, admin, settings, school):
@@ -75,24 +75,24 @@ def test_dedicated_delivery_has_fixed_branches_named_when_scheduled_and_recurs(d
                     recurrence_until=(NOW + timedelta(days=30)).isoformat(), branch_bps=20 * MBIT)
     third = school["branches"][2]["id"]
     with pytest.raises(Conflict, match="fixed branch classes") as refused:
-        sessions.join_branch(db, admin, live["id"], third, {}, settings)  # not while scheduled ...
+        lessons.join_branch(db, admin, live["id"], third, {}, settings)  # not while scheduled ...
     assert refused.value.fields["branch_classroom_ids"] == [room["id"] for room in school["branches"][:2]]
-    started = sessions.start_session(db, admin, live["id"], settings, now=NOW)
+    started = lessons.start_session(db, admin, live["id"], settings, now=NOW)
     assert [member["state"] for member in started["classrooms"]] == ["joined", "joined", "joined"]
     with pytest.raises(Conflict, match="fixed branch classes"):
-        sessions.join_branch(db, admin, live["id"], third, {}, settings, now=NOW)  # ... nor while live
+        lessons.join_branch(db, admin, live["id"], third, {}, settings, now=NOW)  # ... nor while live
     # A named class that dropped out may come back.
     first = school["branches"][0]["id"]
-    sessions.leave_branch(db, admin, live["id"], first, now=NOW)
-    assert sessions.join_branch(db, admin, live["id"], first, {}, settings, now=NOW)["state"] == "joined"
-    after = sessions.end_session(db, admin, live["id"], now=NOW + timedelta(minutes=40))
+    lessons.leave_branch(db, admin, live["id"], first, now=NOW)
+    assert lessons.join_branch(db, admin, live["id"], first, {}, settings, now=NOW)["state"] == "joined"
+    after = lessons.end_session(db, admin, live["id"], now=NOW + timedelta(minutes=40))
     assert after["status"] == "scheduled" and after["occurrences_held"] == 1
     assert after["starts_at"] == "2026-03-03T08:00:00Z"
     assert [member["state"] for member in after["classrooms"]] == ["planned", "planned", "planned"]
     # Friday's lesson is followed by Monday's.
     friday = NOW + timedelta(days=4)
-    sessions.start_session(db, admin, live["id"], settings, now=friday)
-    monday = sessions.end_session(db, admin, live["id"], now=friday + timedelta(minutes=40))
+    lessons.start_session(db, admin, live["id"], settings, now=friday)
+    monday = lessons.end_session(db, admin, live["id"], now=friday + timedelta(minutes=40))
     assert monday["starts_at"] == "2026-03-09T08:00:00Z"
 
 
@@ -104,25 +104,25 @@ def test_dedicated_delivery_without_branches_is_invalid(db, admin, settings, sch
 
 def test_master_teacher_sessions_stay_open_to_joins(db, admin, settings, school):
     live = schedule(db, admin, settings, school, branches=0, branch_bps=20 * MBIT)
-    sessions.start_session(db, admin, live["id"], settings, now=NOW)
+    lessons.start_session(db, admin, live["id"], settings, now=NOW)
     for room in school["branches"]:
-        assert sessions.join_branch(db, admin, live["id"], room["id"], {}, settings, now=NOW)["state"] == "joined"
+        assert lessons.join_branch(db, admin, live["id"], room["id"], {}, settings, now=NOW)["state"] == "joined"
 
 
 def test_starting_far_before_the_timetable_is_refused(db, admin, settings, school):
     live = schedule(db, admin, settings, school)
     with pytest.raises(Conflict, match="starts at"):
-        sessions.start_session(db, admin, live["id"], settings, now=NOW - timedelta(hours=2))
+        lessons.start_session(db, admin, live["id"], settings, now=NOW - timedelta(hours=2))
 
 
 def test_a_classroom_cannot_be_live_in_two_sessions(db, admin, settings, school):
     first = schedule(db, admin, settings, school, branches=1)
-    sessions.start_session(db, admin, first["id"], settings, now=NOW)
+    lessons.start_session(db, admin, first["id"], settings, now=NOW)
     other_master = classroom(db, admin, 101, "录播教室二", "broadcasting")
-    second = sessions.create_session(db, admin, lesson(master_classroom_id=other_master["id"]), settings)
-    sessions.start_session(db, admin, second["id"], settings, now=NOW)
+    second = lessons.create_session(db, admin, lesson(master_classroom_id=other_master["id"]), settings)
+    lessons.start_session(db, admin, second["id"], settings, now=NOW)
     with pytest.raises(Conflict, match="is live in session"):
-        sessions.join_branch(db, admin, second["id"], school["branches"][0]["id"], {}, settings, now=NOW)
+        lessons.join_branch(db, admin, second["id"], school["branches"][0]["id"], {}, settings, now=NOW)
 
 
 def test_a_session_that_can_never_fit_is_refused_when_scheduled(db, admin, settings, school):
@@ -133,22 +133,22 @@ def test_a_session_that_can_never_fit_is_refused_when_scheduled(db, admin, setti
 def test_a_branch_without_a_receiving_address_cannot_go_live(db, admin, settings, school):
     bare = classroom(db, admin, 105, "无地址教室", "receiving", school_link_capacity_bps=50 * MBIT)
     live = schedule(db, admin, settings, school, branches=0)
-    sessions.start_session(db, admin, live["id"], settings, now=NOW)
+    lessons.start_session(db, admin, live["id"], settings, now=NOW)
     with pytest.raises(InvalidInput, match="receiving address"):
-        sessions.join_branch(db, admin, live["id"], bare["id"], {}, settings, now=NOW)
+        lessons.join_branch(db, admin, live["id"], bare["id"], {}, settings, now=NOW)
 
 
 def test_join_token_is_bound_to_its_classroom_and_session_and_expires(db, admin, settings, school):
     live = schedule(db, admin, settings, school)
     room = school["branches"][0]["id"]
-    issued = sessions.issue_join_token(db, admin, live["id"], room, {"ttl_seconds": 60}, settings, now=NOW)
+    issued = media_access.issue_join_token(db, admin, live["id"], room, {"ttl_seconds": 60}, settings, now=NOW)
     at = NOW.timestamp() + 30
-    assert sessions.check_join_token(settings, issued["token"], live["id"], room, now=at)
-    assert not sessions.check_join_token(settings, issued["token"], live["id"], school["branches"][1]["id"], now=at)
-    assert not sessions.check_join_token(settings, issued["token"], live["id"] + 1, room, now=at)
-    assert not sessions.check_join_token(settings, issued["token"], live["id"], room, now=NOW.timestamp() + 61)
-    other_secret = sessions.RelaySettings(join_secrets=["another"])
-    assert not sessions.check_join_token(other_secret, issued["token"], live["id"], room, now=at)
+    assert media_access.check_join_token(settings, issued["token"], live["id"], room, now=at)
+    assert not media_access.check_join_token(settings, issued["token"], live["id"], school["branches"][1]["id"], now=at)
+    assert not media_access.check_join_token(settings, issued["token"], live["id"] + 1, room, now=at)
+    assert not media_access.check_join_token(settings, issued["token"], live["id"], room, now=NOW.timestamp() + 61)
+    other_secret = relay_settings.RelaySettings(join_secrets=["another"])
+    assert not media_access.check_join_token(other_secret, issued["token"], live["id"], room, now=at)
     assert issued["hello"] == f"LXHELLO1 {issued['token']}"
     assert issued["expires_at"] == "2026-03-02T08:01:00Z"
 
@@ -156,41 +156,41 @@ def test_join_token_is_bound_to_its_classroom_and_session_and_expires(db, admin,
 def test_join_token_only_for_members_and_their_own_school(db, admin, settings, school):
     live = schedule(db, admin, settings, school, branches=1)
     with pytest.raises(NotFound):
-        sessions.issue_join_token(db, admin, live["id"], school["branches"][2]["id"], {}, settings, now=NOW)
+        media_access.issue_join_token(db, admin, live["id"], school["branches"][2]["id"], {}, settings, now=NOW)
     neighbour = Scope(bureau_id=7, kind="school", id=103, access="write")
     with pytest.raises(NotFound):  # school 103 is not in this session at all
-        sessions.issue_join_token(db, neighbour, live["id"], school["branches"][0]["id"], {}, settings, now=NOW)
+        media_access.issue_join_token(db, neighbour, live["id"], school["branches"][0]["id"], {}, settings, now=NOW)
     branch_school = Scope(bureau_id=7, kind="school", id=102, access="write")
     with pytest.raises(Forbidden):
-        sessions.issue_join_token(db, branch_school, live["id"], school["master"]["id"], {}, settings, now=NOW)
+        media_access.issue_join_token(db, branch_school, live["id"], school["master"]["id"], {}, settings, now=NOW)
     with pytest.raises(InvalidInput):
-        sessions.issue_join_token(db, admin, live["id"], school["master"]["id"], {"ttl_seconds": "x"}, settings)
+        media_access.issue_join_token(db, admin, live["id"], school["master"]["id"], {"ttl_seconds": "x"}, settings)
 
 
 def test_read_tokens_cannot_schedule(db, settings, school):
     reader = Scope(bureau_id=7, kind="bureau", id=7, access="read")
     with pytest.raises(Forbidden):
-        sessions.create_session(db, reader, lesson(master_classroom_id=school["master"]["id"]), settings)
+        lessons.create_session(db, reader, lesson(master_classroom_id=school["master"]["id"]), settings)
 
 
 def test_bad_input_is_typed(db, admin, settings, school):
     with pytest.raises(InvalidInput) as invalid:
-        sessions.create_session(db, admin, {"kind": "lecture", "title": ""}, settings)
+        lessons.create_session(db, admin, {"kind": "lecture", "title": ""}, settings)
     assert {"kind", "title", "master_classroom_id", "starts_at"} <= set(invalid.value.fields)
     with pytest.raises(InvalidInput, match="ends_at"):
-        sessions.create_session(db, admin, lesson(master_classroom_id=school["master"]["id"],
+        lessons.create_session(db, admin, lesson(master_classroom_id=school["master"]["id"],
                                                   ends_at=NOW.isoformat()), settings)
     with pytest.raises(InvalidInput):
-        sessions.get_session(db, admin, "1")
+        lessons.get_session(db, admin, "1")
     with pytest.raises(InvalidInput, match="receive_port"):
         classroom(db, admin, 106, "半个地址", "receiving", receive_host="127.0.0.1")
 
 
 def test_desired_state_and_sdp_follow_the_live_session(db, admin, settings, school):
     live = schedule(db, admin, settings, school)
-    assert sessions.desired_state(db, settings)["sessions"] == []
-    sessions.start_session(db, admin, live["id"], settings, now=NOW)
-    state = sessions.desired_state(db, settings)
+    assert dataplane_state.desired_state(db, settings)["sessions"] == []
+    lessons.start_session(db, admin, live["id"], settings, now=NOW)
+    state = dataplane_state.desired_state(db, settings)
     assert state["secrets"] == ["unit-test-secret"]
     [entry] = state["sessions"]
     first = school["branches"][0]
@@ -199,17 +199,17 @@ def test_desired_state_and_sdp_follow_the_live_session(db, admin, settings, scho
                                     "budget_bytes_per_second": 40 * MBIT / 8}
     outputs = {(entry["session"], entry["branches"][0]["classroom"]): {"relay_address": ["127.0.0.1", 51000],
                                                                       "ssrc": 1234}}
-    sdp = sessions.branch_sdp(db, admin, live["id"], first["id"], {"default": outputs})
+    sdp = media_access.branch_sdp(db, admin, live["id"], first["id"], {"default": outputs})
     assert "m=video 40002 RTP/AVP 96" in sdp and "c=IN IP4 127.0.0.1" in sdp and "a=rtcp:51000" in sdp
-    with pytest.raises(sessions.DataPlaneUnavailable):
-        sessions.branch_sdp(db, admin, live["id"], school["branches"][1]["id"], {"default": outputs})
-    with pytest.raises(sessions.DataPlaneUnavailable):  # another data plane's view does not count
-        sessions.branch_sdp(db, admin, live["id"], first["id"], {"relay-1": outputs})
+    with pytest.raises(exceptions.DataPlaneUnavailable):
+        media_access.branch_sdp(db, admin, live["id"], school["branches"][1]["id"], {"default": outputs})
+    with pytest.raises(exceptions.DataPlaneUnavailable):  # another data plane's view does not count
+        media_access.branch_sdp(db, admin, live["id"], first["id"], {"relay-1": outputs})
 
 
 def test_stream_health_publishes_only_changes(db, admin, settings, school):
     live = schedule(db, admin, settings, school, branches=1)
-    sessions.start_session(db, admin, live["id"], settings, now=NOW)
+    lessons.start_session(db, admin, live["id"], settings, now=NOW)
     key, room, master = f"session-{live['id']}", f"classroom-{school['branches'][0]['id']}", \
         f"classroom-{school['master']['id']}"
 
@@ -219,10 +219,10 @@ def test_stream_health_publishes_only_changes(db, admin, settings, school):
             "outputs": [{"classroom": room, "source_classroom": master, "loss_ratio": loss,
                          "budget_bytes_per_second": 5_000_000, "send_rate_bytes_per_second": send_bytes_per_second}]}}}
 
-    assert sessions.record_stream_health(db, stats(500_000, 0.0), settings) == []
-    assert sessions.record_stream_health(db, stats(100_000, 0.0), settings) == ["stream.degraded"]
-    assert sessions.record_stream_health(db, stats(100_000, 0.2), settings) == []  # still degraded
-    assert sessions.record_stream_health(db, stats(490_000, 0.0), settings) == ["stream.recovered"]
+    assert stream_health.record_stream_health(db, stats(500_000, 0.0), settings) == []
+    assert stream_health.record_stream_health(db, stats(100_000, 0.0), settings) == ["stream.degraded"]
+    assert stream_health.record_stream_health(db, stats(100_000, 0.2), settings) == []  # still degraded
+    assert stream_health.record_stream_health(db, stats(490_000, 0.0), settings) == ["stream.recovered"]
     degraded = [body for routing_key, body in events(db) if routing_key == "stream.degraded"]
     assert degraded[0]["reasons"] == ["below_target"] and degraded[0]["send_rate_bps"] == 800_000
 

@@ -1,4 +1,4 @@
-"""Reliability and security tests (issue 7): faults on the tests' own broker and database, hostile clients.
+"""Reliability and security tests: faults on the tests' own broker and database, hostile clients.
 
 Not part of `make test`: every test here is marked `reliability` and skipped unless the run selects
 that marker (`pytest -m reliability`, as `make test-reliability` does) or LIANXIAO_RELIABILITY=1.

@@ -32,7 +32,7 @@ def schemathesis_version() -> str:
 @pytest.mark.timeout(600)
 def test_gateway_honours_its_openapi_document(broker: RabbitNode, postgres: PostgresCluster, tmp_path: Path) -> None:
     if not ST.exists():
-        pytest.fail(f"schemathesis is not installed in the venv ({ST}); `make test-reliability` installs it")
+        pytest.fail(f"schemathesis is not installed in the venv ({ST}); it is pinned in requirements.lock (make deps)")
     services = ("accounts", "activities", "classroom_relay", "reporting")
     with running_stack(broker, postgres, tmp_path, services) as stack:
         assert stack.city is not None

@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from services.activities import xapi
 from services.activities.models import Activity
+from services.activities.schemas import KINDS
 from services.reporting.models import metadata
 
 BUREAU = 7
@@ -78,6 +79,21 @@ class CityEvents:
         )
         verb = "corrected" if corrects else "recorded"
         self.events.append(event(f"activity.{verb}.{kind}", xapi.statement(activity), event_id=activity.id))
+        return activity.id
+
+    def recorded(self, teacher_id: int, school_id: int, kind: str, occurred_at: str, details: dict[str, Any],
+                 *, group_id: int | None = None, district_id: int = 1) -> str:
+        """An activity exactly as activities records it: its details, and the minutes and hours its
+        own schema credits (services/activities/schemas.py)."""
+        loaded = KINDS[kind]().load(details)
+        minutes, online, offline = KINDS[kind]().credit(loaded)
+        activity = Activity(
+            id=str(uuid.uuid4()), kind=kind, object_id=str(uuid.uuid4()), teacher_id=teacher_id,
+            school_id=school_id, district_id=district_id, bureau_id=BUREAU, group_id=group_id,
+            occurred_at=datetime.fromisoformat(occurred_at), duration_minutes=minutes, online_hours=online,
+            offline_hours=offline, details=json.dumps(details, ensure_ascii=False), recorded_at=datetime.now(UTC),
+        )
+        self.events.append(event(f"activity.recorded.{kind}", xapi.statement(activity), event_id=activity.id))
         return activity.id
 
     def hide(self, statement_id: str, kind: str = "blog_post") -> None:

@@ -98,8 +98,8 @@ def test_exports_carry_a_name_column(ranked: Session) -> None:
     assert lines[0][:4] == ["名次", "教师ID", "姓名", "工号"]
     assert [line[2] for line in lines[1:]] == ["王丽", "李强", "赵敏"]
     sheet = load_workbook(io.BytesIO(exports.to_xlsx(report)))["优秀教师"]
-    header = [cell.value for cell in sheet[1]]
-    rows = [dict(zip(header, row, strict=True)) for row in sheet.iter_rows(min_row=2, values_only=True)]
+    header = [cell.value for cell in sheet[2]]  # row 1 is the sheet's title
+    rows = [dict(zip(header, row, strict=True)) for row in sheet.iter_rows(min_row=3, values_only=True)]
     assert [(row["教师ID"], row["姓名"]) for row in rows] == [(201, "王丽"), (202, "李强"), (203, "赵敏")]
 
 

@@ -45,8 +45,8 @@ def judged_in_term(session: Session) -> dict[int, compliance.TeacherResult]:
     return {teacher.teacher_id: teacher for school in evaluation.schools.values() for teacher in school.teachers}
 
 
-def online_rule(teacher: compliance.TeacherResult) -> compliance.RuleResult:
-    return next(result for result in teacher.rules if result.rule_id == "online_hours")
+def online_rule(teacher: compliance.TeacherResult) -> dict:
+    return next(result for result in teacher.rules if result.rule_id == "online_hours").to_dict()
 
 
 def test_a_district_override_raises_the_quota_only_in_that_district(city_of_two_districts: Session) -> None:
@@ -55,8 +55,8 @@ def test_a_district_override_raises_the_quota_only_in_that_district(city_of_two_
     rules.save(session, BUREAU, stricter(60), "district", 2, now=BEFORE_TERM)
     session.commit()
     teachers = judged_in_term(session)
-    assert online_rule(teachers[301]).required == 60.0 and not teachers[301].compliant
-    assert online_rule(teachers[201]).required == 50.0 and teachers[201].compliant  # district 1: the bureau's
+    assert online_rule(teachers[301])["required"] == 60.0 and not teachers[301].compliant
+    assert online_rule(teachers[201])["required"] == 50.0 and teachers[201].compliant  # district 1: the bureau's
 
     report = bulletin.build(session, BUREAU, "term", "2025-spring", today=TODAY)
     lines = {line["school_id"]: line for line in report["schools"]}
@@ -74,11 +74,11 @@ def test_alliance_override_applies_where_no_district_one_does(city_of_two_distri
     rules.save(session, BUREAU, stricter(52), "alliance", 4, now=BEFORE_TERM)
     session.commit()
     teachers = judged_in_term(session)
-    assert online_rule(teachers[201]).required == 55.0  # school 12 is only in alliance 9
-    assert online_rule(teachers[301]).required == 52.0  # school 21 is in 4 and 9: the lowest id wins
+    assert online_rule(teachers[201])["required"] == 55.0  # school 12 is only in alliance 9
+    assert online_rule(teachers[301])["required"] == 52.0  # school 21 is in 4 and 9: the lowest id wins
     rules.save(session, BUREAU, stricter(70), "district", 2, now=BEFORE_TERM)
     session.commit()
-    assert online_rule(judged_in_term(session)[301]).required == 70.0  # the district's rules come first
+    assert online_rule(judged_in_term(session)[301])["required"] == 70.0  # the district's rules come first
 
 
 def test_an_override_written_after_the_period_does_not_change_its_report(city_of_two_districts: Session) -> None:

@@ -53,7 +53,8 @@ def test_an_activity_counts_in_month_term_week_for_teacher_school_and_group(sess
                                         ("school", 11, "W2025-10"), ("group", 501, "M2025-03")]:
         row = tally_of(session, subject, subject_id, period)
         assert (row["activities"], row["count_online_course_study"], row["online_online_course_study"],
-                row["online_centihours"], row["count_blog_post"]) == (1, 1, 1, 250, 0), (subject, period)
+                row["online_seconds_online_course_study"], row["count_blog_post"]) == (1, 1, 1, 9000, 0), \
+            (subject, period)
     assert tally_of(session, "teacher", 101, "T2025-spring@2025-02") is None
     assert tally_of(session, "teacher", 101, "W2025-10") is None  # weeks are kept for schools only
 
@@ -65,7 +66,7 @@ def test_redelivery_changes_nothing(session):
     with session.begin():
         assert projection.apply_event(session, city.events[-1].routing_key, city.events[-1].body,
                                       city.events[-1].attributes) is False
-    assert tally_of(session, "teacher", 101, "M2025-03")["offline_centihours"] == 200
+    assert tally_of(session, "teacher", 101, "M2025-03")["seconds_offline_study"] == 7200
 
 
 def test_corrections_and_hiding_stop_counting_even_when_they_arrive_first(session):
@@ -74,7 +75,7 @@ def test_corrections_and_hiding_stop_counting_even_when_they_arrive_first(sessio
     roster = [item for item in city.events if not item.routing_key.startswith("activity.")]
     apply_all(session, roster + list(reversed(activity_events)))  # corrections and the hiding come first
     march = tally_of(session, "teacher", 101, "M2025-03")
-    assert (march["offline_centihours"], march["count_offline_study"]) == (400, 1)
+    assert (march["seconds_offline_study"], march["count_offline_study"]) == (4 * 3600, 1)
     assert tally_of(session, "teacher", 102, "M2025-03") is None  # hidden: no empty row is left behind
     # 00:30 on 1 April in Shanghai is April, though it is still 31 March in UTC.
     assert tally_of(session, "teacher", 102, "M2025-04")["count_blog_post"] == 1

@@ -57,10 +57,12 @@ def test_teacher_progress_shows_done_required_missing(judged):
     assert teachers[201].compliant
     results = {result.rule_id: result.to_dict() for result in teachers[301].rules}
     assert results["online_hours"] == {"rule_id": "online_hours", "label": "网络研修学时", "done": 0.0,
-                                       "required": 50.0, "missing": 50.0, "met": False, "pro_rata": False}
+                                       "required": 50.0, "done_minutes": 0.0, "required_minutes": 3000.0,
+                                       "missing": 50.0, "met": False, "pro_rata": False}
     principal = {result.rule_id: result for result in teachers[106].rules}
     assert principal["lessons_observed"].required == 20  # the highest quota of their roles
-    assert teachers[201].online_hours == 51.5 and teachers[201].offline_hours == 20.0
+    # Blog posts credit no study hours (document 003 counts study hours only): 50 h, not 51.5.
+    assert (teachers[201].online_seconds, teachers[201].offline_seconds) == (50 * 3600, 20 * 3600)
 
 
 def test_the_twenty_percent_rule_and_teachers_who_did_nothing(judged):
@@ -80,7 +82,7 @@ def test_month_report_judges_term_rules_pro_rata_and_groups_monthly(judged):
     teacher = next(t for t in march.schools[12].teachers if t.teacher_id == 201)
     online = next(result for result in teacher.rules if result.rule_id == "online_hours")
     # 43 of the term's 145 days have passed by 31 March: 50 h × 43/145 = 14.8 h.
-    assert (online.required, online.pro_rata, online.met) == (14.8, True, True)
+    assert (online.to_dict()["required"], online.pro_rata, online.met) == (14.8, True, True)
     group = march.schools[11].groups[0]
     assert group.compliant and [r.done for r in group.rules] == [2.0, 1.0]
     february = compliance.evaluate(judged, BUREAU, rule_set.calendar.month("2025-02"), rule_set, today=TODAY)
@@ -99,7 +101,7 @@ def test_bulletin_ranks_with_the_numbers_behind_each_line(judged):
     report = bulletin.build(judged, BUREAU, "month", "2025-04", today=TODAY)
     assert report["title"] == "2025年4月网络教研通报"
     assert report["excellent_teachers"][0]["teacher_id"] == 101
-    assert report["excellent_teachers"][0]["online_hours"] == 51.5
+    assert report["excellent_teachers"][0]["online_hours"] == 50.0
     assert report["excellent_groups"][0]["group_id"] == 501
     improved = {line["school_id"]: line for line in report["most_improved"]}
     assert improved[11]["compliant_share_before"] == 0.0 and improved[11]["improvement"] > 0
@@ -127,16 +129,17 @@ def test_exports_carry_the_json_numbers(judged):
 
     workbook = load_workbook(io.BytesIO(exports.to_xlsx(report)))
     sheet = workbook["学校"]
-    assert sheet.freeze_panes == "A2"
+    assert sheet.freeze_panes == "A3"
     assert sheet.column_dimensions["C"].width > 8
-    header = [cell.value for cell in sheet[1]]
-    for row, line in zip(sheet.iter_rows(min_row=2, values_only=True), report["schools"], strict=True):
+    header = [cell.value for cell in sheet[2]]
+    for row, line in zip(sheet.iter_rows(min_row=3, values_only=True), report["schools"], strict=True):
         values = dict(zip(header, row, strict=True))
         assert values["学校ID"] == line["school_id"]
         assert values["未达标比例"] == line["noncompliant_share"]
         assert values["网络研修学时"] == line["online_hours"]
-        assert values["学校达标"] == ("是" if line["compliant"] else "否")
-    teachers_sheet = [row for row in workbook["优秀教师"].iter_rows(min_row=2, values_only=True)]
+        assert values["学校达标(003)"] == ("是" if line["compliant"] else "否")
+        assert values["全部指标达标教师"] == line["teachers_meeting_every_rule"]
+    teachers_sheet = [row for row in workbook["优秀教师"].iter_rows(min_row=3, values_only=True)]
     assert [row[1] for row in teachers_sheet] == [line["teacher_id"] for line in report["excellent_teachers"]]
     with pytest.raises(InvalidInput):
         exports.to_csv(report, "salaries")
@@ -160,6 +163,6 @@ def test_school_figures_judged_in_sql_equal_the_per_teacher_detail(judged):
                         missing[result.rule_id] = missing.get(result.rule_id, 0) + 1
             assert school.missing_by_rule() == missing
         ranked = sorted((t for s in detailed.schools.values() for t in s.teachers if t.compliant and t.rules),
-                        key=lambda t: (-(t.online_hours + t.offline_hours), -t.activities, t.teacher_id))
+                        key=lambda t: (-(t.online_seconds + t.offline_seconds), -t.activities, t.teacher_id))
         assert [t.teacher_id for t in figures_only.excellent_teachers] == [t.teacher_id for t in ranked[:3]]
         assert ranked, "the city has compliant teachers to rank"

@@ -28,7 +28,9 @@ def test_presets_carry_the_documents_defaults():
     assert observed.required_for_roles(["middle_manager", "teacher"]) == 12
     assert observed.required_for_roles(["dean"]) == observed.required_for_roles(["principal"]) == 20
     assert observed.required_for_roles(["centre_member"]) == 30
-    assert observed.required_for_roles(["researcher"]) is None
+    # Every person has the base quota; roles only raise it (document 001, issue 14 item 5).
+    assert observed.required_for_roles(["researcher"]) == 10
+    assert observed.required_for_roles(["group_leader"]) == 20
 
 
 @pytest.mark.parametrize(("change", "field"), [

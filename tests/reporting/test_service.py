@@ -63,7 +63,7 @@ def test_worker_export_is_a_base64_xlsx(service):
     download = service.export_bulletin(BUREAU_SCOPE, {**MARCH, "format": "xlsx"})
     workbook = load_workbook(io.BytesIO(base64.b64decode(download["content_base64"])))
     assert download["filename"] == "bulletin-2025-03.xlsx"
-    assert [cell.value for cell in workbook["学校"]["A"][1:]] == [11, 12, 21]
+    assert [cell.value for cell in workbook["学校"]["A"][2:]] == [11, 12, 21]  # after the title and header
 
 
 # --- over the real broker and PostgreSQL -----------------------------------------------------------

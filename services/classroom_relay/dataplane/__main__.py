@@ -14,6 +14,8 @@ import os
 import signal
 import sys
 
+from services.classroom_relay import settings
+
 from .control import serve_control
 from .engine import Engine, EngineConfig
 from .metrics import serve_metrics
@@ -21,16 +23,16 @@ from .metrics import serve_metrics
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m services.classroom_relay.dataplane", description=__doc__)
-    parser.add_argument("--media-host", default=os.environ.get("RELAY_MEDIA_HOST", "127.0.0.1"))
-    parser.add_argument("--media-port", type=int, default=int(os.environ.get("RELAY_MEDIA_PORT", "5004")))
+    parser.add_argument("--media-host", default=settings.MEDIA_HOST.get())
+    parser.add_argument("--media-port", type=int, default=settings.MEDIA_PORT.get())
     parser.add_argument("--rtcp-port", type=int, default=0, help="default: media port + 1")
-    parser.add_argument("--control-port", type=int, default=int(os.environ.get("RELAY_CONTROL_PORT", "7070")))
+    parser.add_argument("--control-port", type=int, default=settings.CONTROL_PORT.get())
     parser.add_argument(
-        "--control-host", default=os.environ.get("RELAY_CONTROL_HOST", "127.0.0.1"),
+        "--control-host", default=settings.CONTROL_HOST.get(),
         help="address the TCP control channel listens on (default 127.0.0.1)",
     )
     parser.add_argument("--control-socket", default=None, help="Unix socket path instead of the TCP port")
-    parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("RELAY_METRICS_PORT", "9464")))
+    parser.add_argument("--metrics-port", type=int, default=settings.METRICS_PORT.get())
     parser.add_argument("--metrics-host", default="127.0.0.1")
     parser.add_argument("--ring-slots", type=int, default=8192, help="packet ring / NACK cache size")
     parser.add_argument("--no-gso", action="store_true", help="send one datagram per system call")
@@ -58,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             use_gso=not arguments.no_gso,
         )
     )
-    control_secret = os.environ.get("RELAY_CONTROL_SECRET") or None
+    control_secret = settings.CONTROL_SECRET.get()
     if not arguments.control_socket and not _is_loopback(arguments.control_host) and control_secret is None:
         print(f"relay-dataplane: control channel on {arguments.control_host} without RELAY_CONTROL_SECRET; "
               "only the network policy keeps others from it", file=sys.stderr, flush=True)
@@ -75,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, request_stop)
     signal.signal(signal.SIGINT, request_stop)
     media_host, media_port = engine.media_address
+    control_address = control.server_address  # a Unix socket's path, or (host, port)
     # One machine-readable line so supervisors and tests learn the bound ports (useful with port 0).
     print(
         f"relay-dataplane ready media={media_host}:{media_port} rtcp={engine.rtcp_address[1]} "
-        f"control={control.server_address if arguments.control_socket else control.server_address[1]} "
+        f"control={control_address[1] if isinstance(control_address, tuple) else control_address} "
         f"metrics={arguments.metrics_port} gso={int(engine.gso_enabled)}",
         flush=True,
     )

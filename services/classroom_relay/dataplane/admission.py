@@ -47,9 +47,9 @@ def key_address(key: int) -> tuple[str, int]:
     return socket.inet_ntoa(raw[4:8]), struct.unpack("!H", raw[2:4])[0]
 
 
-def rtcp_companion_key(key: int) -> int:
-    """Key of the port just above (RTP on N, RTCP on N+1: the classic pairing ffmpeg uses)."""
-    return key + (1 << 32)
+def rtp_companion_key(rtcp_key: int) -> int:
+    """Key of the port just below an RTCP source (RTP on N, RTCP on N+1: the classic pairing ffmpeg uses)."""
+    return rtcp_key - (1 << 32)
 
 
 def _b64encode(data: bytes) -> str:

@@ -57,11 +57,6 @@ class PacketRing:
             self.next_slot = 0
         return first
 
-    def give_back(self, first_unused: int, reserved_end: int) -> None:
-        """Return the unused tail of a reservation so the next batch starts right after the used part."""
-        if self.next_slot == reserved_end % self.slot_count:
-            self.next_slot = first_unused
-
     def offset(self, slot: int) -> int:
         return slot * self.slot_bytes
 

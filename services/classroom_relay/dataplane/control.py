@@ -1,11 +1,6 @@
-"""Control channel: line-delimited JSON over TCP (127.0.0.1 unless told otherwise) or a Unix socket.
+"""The control channel's server: applies the control plane's requests to the engine.
 
-One request per line, one reply per line, in order. Every request is ``{"op": ..., "id": <optional,
-echoed>}`` plus fields; every reply is ``{"ok": true, "id": ..., ...}`` or ``{"ok": false, "id": ...,
-"error": <code>, "message": <text>}``. All mutating operations are idempotent "make it so" requests,
-and ``set_state`` replaces the whole desired state at once, so either side may restart at any time:
-the control plane reconnects, sees a new ``instance`` in ``hello`` and pushes its state again.
-See ``OPERATIONS`` for the operations and their fields.
+The wire format, the operations and the client are in protocol.py.
 
 With a control secret (``serve_control(secret=...)``), a connection must first send ``hello`` with
 ``"secret"``; anything else before that is answered ``unauthorized``. Without one nothing changes.
@@ -24,24 +19,7 @@ from typing import Any
 
 from . import rtp
 from .engine import Engine
-
-PROTOCOL_VERSION = 1
-MAX_LINE_BYTES = 1 << 20
-
-OPERATIONS = {
-    "hello": "secret? → instance, protocol, media_address, rtcp_address, gso",
-    "set_secrets": "secrets: [str] (first = current; all accepted for verification)",
-    "set_session": "session, master",
-    "remove_session": "session",
-    "set_branch": "session, classroom, address: [host, port], budget_bytes_per_second, "
-    "uplink_budget_bytes_per_second?, return_address?: [host, port] → relay_address, ssrc",
-    "remove_branch": "session, classroom",
-    "register_sender": "session, classroom, token, address: [host, port]",
-    "unregister_sender": "address: [host, port]",
-    "set_state": "secrets?, sessions: [{session, master, branches: [set_branch fields], senders: [{classroom, "
-    "token, address}]}] — replaces everything",
-    "get_stats": "session? → stats",
-}
+from .protocol import MAX_LINE_BYTES, PROTOCOL_VERSION
 
 
 class ControlError(Exception):
@@ -70,10 +48,12 @@ def _text(request: dict, field: str) -> str:
     return value
 
 
-def _budget(request: dict, field: str, required: bool = True) -> float | None:
+def _optional_budget(request: dict, field: str) -> float | None:
+    return None if request.get(field) is None else _budget(request, field)
+
+
+def _budget(request: dict, field: str) -> float:
     value = request.get(field)
-    if value is None and not required:
-        return None
     if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
         raise ControlError("bad_request", f"{field} must be a positive number of bytes per second")
     return float(value)
@@ -133,7 +113,7 @@ class ControlHandler:
             _text(request, "classroom"),
             _address(request.get("address"), "address"),
             _budget(request, "budget_bytes_per_second"),
-            _budget(request, "uplink_budget_bytes_per_second", required=False),
+            _optional_budget(request, "uplink_budget_bytes_per_second"),
             _address(return_address, "return_address") if return_address is not None else None,
         )
         return {"relay_address": list(output.relay_address), "ssrc": output.forwarder.out_ssrc}
@@ -232,7 +212,7 @@ class _LineHandler(socketserver.StreamRequestHandler):
         self.wfile.write(json.dumps(reply, separators=(",", ":")).encode() + b"\n")
 
 
-class _ControlServerMixin:
+class _ControlServerMixin(socketserver.BaseServer):
     control: ControlHandler
     secret: bytes | None = None
     daemon_threads = True
@@ -250,85 +230,15 @@ class _UnixControlServer(_ControlServerMixin, socketserver.ThreadingUnixStreamSe
 def serve_control(
     engine: Engine, port: int | None = None, unix_path: str | None = None, host: str = "127.0.0.1",
     secret: str | None = None,
-) -> socketserver.BaseServer:
+) -> _ControlServerMixin:
     """Start the control server in a daemon thread; returns it (``server_address`` has the port)."""
     if unix_path:
         if os.path.exists(unix_path):
             os.unlink(unix_path)  # a stale socket from a previous run
-        server: socketserver.BaseServer = _UnixControlServer(unix_path, _LineHandler)
+        server: _ControlServerMixin = _UnixControlServer(unix_path, _LineHandler)
     else:
         server = _TcpControlServer((host, port or 0), _LineHandler)
     server.control = ControlHandler(engine)
     server.secret = secret.encode() if secret else None
     threading.Thread(target=server.serve_forever, name="relay-control", daemon=True).start()
     return server
-
-
-class ControlClient:
-    """A small blocking client (usable from the nameko control plane and from tests).
-
-    Reconnects once per call when the data plane went away, so a restarted data plane is reached
-    again; the caller notices the restart by ``hello()["instance"]`` changing. With ``secret`` every
-    new connection starts with an authenticating ``hello``.
-    """
-
-    def __init__(
-        self, host: str = "127.0.0.1", port: int | None = None, unix_path: str | None = None, timeout: float = 5.0,
-        secret: str | None = None,
-    ) -> None:
-        self.secret = secret
-        self.host = host
-        self.port = port
-        self.unix_path = unix_path
-        self.timeout = timeout
-        self._sock: socket.socket | None = None
-        self._reader = None
-        self._next_id = 0
-
-    def _connect(self) -> None:
-        if self.unix_path:
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            sock.settimeout(self.timeout)
-            sock.connect(self.unix_path)
-        else:
-            sock = socket.create_connection((self.host, self.port), timeout=self.timeout)
-        self._sock = sock
-        self._reader = sock.makefile("rb")
-        if self.secret:
-            sock.sendall(json.dumps({"op": "hello", "secret": self.secret}).encode() + b"\n")
-            reply = json.loads(self._reader.readline(MAX_LINE_BYTES + 1) or b"{}")
-            if not reply.get("ok"):
-                self.close()
-                raise PermissionError(f"the data plane refused the control secret: {reply.get('error')}")
-
-    def close(self) -> None:
-        if self._reader is not None:
-            self._reader.close()
-        if self._sock is not None:
-            self._sock.close()
-        self._sock = None
-        self._reader = None
-
-    def call(self, op: str, **fields: Any) -> dict:
-        self._next_id += 1
-        line = json.dumps({"op": op, "id": self._next_id, **fields}).encode() + b"\n"
-        for attempt in (1, 2):
-            try:
-                if self._sock is None:
-                    self._connect()
-                self._sock.sendall(line)
-                reply = self._reader.readline(MAX_LINE_BYTES + 1)
-                if not reply:
-                    raise ConnectionResetError("control channel closed")
-                return json.loads(reply)
-            except OSError:
-                self.close()
-                if attempt == 2:
-                    raise
-        raise AssertionError("unreachable")
-
-    def __enter__(self) -> ControlClient:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()

@@ -13,15 +13,10 @@ from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from services.common.link_targets import LINK_TARGETS_BYTES_PER_SECOND
+
 SERVICE = "classroom_relay_dataplane"
 PREFIX = "lianxiao_relay"
-
-# Link targets from the bureau's requirements, in bytes per second.
-LINK_TARGETS_BYTES_PER_SECOND = {
-    "master_school": 100e6 / 8,
-    "broadcasting_uplink": 25e6 / 8,
-    "receiving_downlink": 10e6 / 8,
-}
 
 _STREAM_LABELS = ("service", "session", "classroom")
 _OUTPUT_LABELS = ("service", "session", "classroom", "source_classroom")
@@ -96,7 +91,7 @@ class DataPlaneCollector(Collector):
         def gauge(name: str, doc: str) -> GaugeMetricFamily:
             return GaugeMetricFamily(f"{PREFIX}_{name}", doc, labels=_OUTPUT_LABELS)
 
-        families = {
+        families: dict[str, CounterMetricFamily | GaugeMetricFamily] = {
             "bytes_out": counter("sent_bytes", "RTP bytes sent to a receiving classroom (retransmissions included)"),
             "packets_out": counter("sent_packets", "RTP packets sent to a receiving classroom"),
             "keyframes_out": counter("sent_keyframes", "Keyframes forwarded to a receiving classroom"),

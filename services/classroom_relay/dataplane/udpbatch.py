@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import errno
 import functools
 import socket
 import struct
@@ -106,10 +105,6 @@ def _iovec_array(count: int) -> struct.Struct:
     return struct.Struct("@" + "PN" * count)
 
 
-def recvmmsg_available() -> bool:
-    return _recvmmsg is not None
-
-
 class RingReceiver:
     """Receives batches of datagrams from one socket into consecutive ring slots.
 
@@ -126,7 +121,6 @@ class RingReceiver:
         self.names_view = memoryview(self.names)
         self.use_recvmmsg = _recvmmsg is not None
         self.fallback_lengths = [0] * ring.slot_count
-        self.fallback_keys = [0] * ring.slot_count
         if self.use_recvmmsg:
             self._prepare_headers()
 
@@ -196,14 +190,6 @@ class RingReceiver:
         if self.use_recvmmsg:
             return _LENGTH.unpack_from(self.headers_view, slot * _MMSG_BYTES + _LENGTH_OFFSET)[0]
         return self.fallback_lengths[slot]
-
-    def truncated(self, slot: int) -> bool:
-        if self.use_recvmmsg:
-            return bool(_FLAGS.unpack_from(self.headers_view, slot * _MMSG_BYTES + _FLAGS_OFFSET)[0] & MSG_TRUNC)
-        return False
-
-    def source_key(self, slot: int) -> int:
-        return _ADDRESS_KEY.unpack_from(self.names_view, slot * SOCKADDR_BYTES)[0]
 
 
 def gso_available() -> bool:
@@ -371,8 +357,3 @@ class RingGather:
             self.last_errno = ctypes.get_errno()
             return False
         return True
-
-
-def error_from_errno(number: int) -> OSError:
-    """The OSError subclass Python would have raised for ``number`` (for counting by reason)."""
-    return OSError(number, errno.errorcode.get(number, "error"))

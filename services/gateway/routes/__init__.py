@@ -6,7 +6,7 @@ How to add a service's routes (e.g. activities):
    (see `routes/base.py` and `routes/accounts.py`): each `Route` names its method, Werkzeug path
    (use `<id:name>` for ids), handler, summary, tag and its marshmallow schemas — taken from the
    service's own `schemas.py`, never copied.
-2. Add the module to `ROUTE_MODULES` below — one line.
+2. Name the module as the service's `gateway_routes` in `services/platform.py` — one line.
 
 That is all: the URL map, the handlers and the `/openapi.json` paths are all built from these Route
 objects, and every route gets authentication, rate limiting, problem+json errors and metrics.
@@ -14,16 +14,14 @@ objects, and every route gets authentication, rate limiting, problem+json errors
 
 from __future__ import annotations
 
+import importlib
 from types import ModuleType
 
-from services.gateway.routes import accounts, activities, relay, reporting
 from services.gateway.routes.base import Route
+from services.platform import SERVICES
 
 ROUTE_MODULES: list[ModuleType] = [
-    accounts,
-    activities,
-    relay,
-    reporting,
+    importlib.import_module(service.gateway_routes) for service in SERVICES if service.gateway_routes
 ]
 
 

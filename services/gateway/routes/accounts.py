@@ -13,7 +13,6 @@ from urllib.parse import urlencode
 from werkzeug.exceptions import RequestEntityTooLarge
 
 from services.accounts import schemas as accounts
-from services.accounts.roster import MAX_FILE_BYTES as ROSTER_MAX_FILE_BYTES
 from services.gateway.problems import HttpProblem
 from services.gateway.routes.base import Call, Reply, Route, too_large
 from services.gateway.schemas import (
@@ -173,7 +172,7 @@ def _roster_file(call: Call) -> tuple[str, bytes]:
             if suffix is None:
                 raise HttpProblem(415, "The roster file must be a .csv or .xlsx file.")
             filename = f"roster{suffix}"
-        return filename, upload.read(ROSTER_MAX_FILE_BYTES + 1)
+        return filename, upload.read(accounts.ROSTER_MAX_FILE_BYTES + 1)
     suffix = ROSTER_TYPES.get(request.mimetype)
     if suffix is None:
         raise HttpProblem(
@@ -185,8 +184,8 @@ def _roster_file(call: Call) -> tuple[str, bytes]:
 
 def import_roster(call: Call, school_id: int) -> Reply:
     filename, content = _roster_file(call)
-    if len(content) > ROSTER_MAX_FILE_BYTES:
-        raise HttpProblem(413, f"The roster file is larger than {ROSTER_MAX_FILE_BYTES} bytes; split it.")
+    if len(content) > accounts.ROSTER_MAX_FILE_BYTES:
+        raise HttpProblem(413, f"The roster file is larger than {accounts.ROSTER_MAX_FILE_BYTES} bytes; split it.")
     if not content:
         raise HttpProblem(422, "The roster file is empty.", errors=[{"field": "file", "reason": "Empty."}])
     encoded = base64.b64encode(content).decode("ascii")

@@ -13,7 +13,6 @@ from uuid import UUID
 from marshmallow import Schema, fields
 
 from services.activities import schemas as activities
-from services.activities.xapi import XAPI_VERSION, StatementQuery
 from services.gateway.problems import HttpProblem
 from services.gateway.routes.base import Call, Reply, Route
 
@@ -82,11 +81,12 @@ def hide_activity(call: Call, activity_id: UUID) -> Reply:
 def xapi_statements(call: Call) -> Reply:
     """xAPI 1.0.x: the version header is required on requests and sent on every answer."""
     version = call.request.headers.get("X-Experience-API-Version", "")
-    headers = {"X-Experience-API-Version": XAPI_VERSION}
+    headers = {"X-Experience-API-Version": activities.XAPI_VERSION}
     if not version.startswith("1.0"):
-        raise HttpProblem(400, f"Send 'X-Experience-API-Version: 1.0.x' (this server speaks {XAPI_VERSION}).",
-                          headers=headers)
-    result = call.remote(SERVICE, "query_statements", call.scope, _raw_query(call, StatementQuery()))
+        raise HttpProblem(
+            400, f"Send 'X-Experience-API-Version: 1.0.x' (this server speaks {activities.XAPI_VERSION}).",
+            headers=headers)
+    result = call.remote(SERVICE, "query_statements", call.scope, _raw_query(call, activities.StatementQuery()))
     return Reply(result, headers=headers)
 
 
@@ -107,5 +107,5 @@ ROUTES = [
           activities.ActivityOut, 200, activities.HideIn, writes=True),
     Route("GET", "/xapi/statements", xapi_statements,
           "xAPI statements (agent, verb, activity, since, until, limit, ascending; follow `more`)", "xapi",
-          StatementResult, query_schema=StatementQuery),
+          StatementResult, query_schema=activities.StatementQuery),
 ]

@@ -61,6 +61,7 @@ class Route:
     request_body_openapi: dict[str, Any] | None = None  # for bodies that are not JSON (uploads)
     response_content_type: str = "application/json"
     error_statuses: tuple[int, ...] = ()
+    description: str | None = None  # longer OpenAPI description (Markdown)
 
     @property
     def name(self) -> str:

@@ -82,6 +82,15 @@ def put_rules(call: Call) -> Reply:
 
 
 BULLETIN = "/v1/bulletins/<kind>/<key>"
+RULES_DESCRIPTION = (
+    "A rule set is versioned: every change stores a new version and a report names the version that "
+    "judged it. It holds the time zone and terms, the rules (`rules`), which of them decide a school's "
+    "20 % rule (`school_rule_ids`), the share that makes a school non-compliant, and `credits`: for every "
+    "activity kind what it credits as study hours — `duration` (its recorded time, online or offline by "
+    "its mode), `per_activity` (`minutes` of `mode` study hours each) or `none`. Time is summed exactly "
+    "in seconds and rounded only for display. The documents' default credit table:\n\n"
+    + reporting.credit_table_text()
+)
 ROUTES = [
     Route("GET", "/v1/teachers/<id:teacher_id>/progress", teacher_progress,
           "A teacher's progress against every rule that applies to them (done / required / missing)", "reporting",
@@ -100,9 +109,9 @@ ROUTES = [
           "The bulletin as an XLSX workbook, a sheet per section", "reporting",
           rpc_timeout=REPORT_RPC_TIMEOUT, response_content_type=XLSX_MIMETYPE, error_statuses=(422,)),
     Route("GET", "/v1/rules", get_rules, "The quota rules in force (bureau's, or a district's / alliance's)",
-          "reporting", query_schema=reporting.RuleSetQuery),
+          "reporting", query_schema=reporting.RuleSetQuery, description=RULES_DESCRIPTION),
     Route("PUT", "/v1/rules", put_rules,
           "Store a new version of the quota rules (bureau write token); past reports keep their version",
-          "reporting", query_schema=reporting.RuleSetQuery, writes=True,
+          "reporting", query_schema=reporting.RuleSetQuery, writes=True, description=RULES_DESCRIPTION,
           request_body_openapi={"required": True, "content": {"application/json": {"schema": {"type": "object"}}}}),
 ]

@@ -11,14 +11,20 @@ rebuilt from `rpt_activity_facts`, which hold everything the counters were made 
 
 import sqlalchemy as sa
 from alembic import op
-from sqlalchemy.orm import Session
 
-from services.reporting.kinds import MEASURE_COLUMNS
+from services.reporting.kinds import ACTIVITY_KINDS
 
 revision = '0003_reporting'
 down_revision = '0002_reporting'
 branch_labels = None
 depends_on = None
+
+
+# The tally columns of this revision (0004 replaces the hour columns with per-kind seconds).
+MEASURE_COLUMNS = (
+    "activities", "online_centihours", "offline_centihours",
+    *(f"count_{kind}" for kind in ACTIVITY_KINDS), *(f"online_{kind}" for kind in ACTIVITY_KINDS),
+)
 
 
 def upgrade() -> None:
@@ -31,12 +37,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint('subject', 'subject_id', 'period'),
     )
     op.create_index('ix_rpt_tallies_period_subject', 'rpt_tallies', ['period', 'subject'], unique=False)
-    # Imported here, not at the top: the projection is today's code, needed only for the backfill.
-    from services.reporting import projection
-
-    with Session(bind=op.get_bind()) as session:
-        projection.rebuild_tallies(session)
-        session.flush()
+    # The rows are rebuilt from the facts by 0004 (with the facts' columns of today's code).
     op.drop_index('ix_rpt_counters_period_subject', table_name='rpt_counters')
     op.drop_table('rpt_counters')
 

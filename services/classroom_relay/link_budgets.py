@@ -1,4 +1,4 @@
-"""Admission control: would these flows push any link past its budget? Pure functions, no database.
+"""Link budgets: would these flows push any link past its budget? Pure functions, no database.
 
 Where the traffic goes (documented assumption, as in the source document: the master school hosts the
 recording and live server, so the relay sits behind the master school's link):
@@ -20,8 +20,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from services.classroom_relay.exceptions import AdmissionRefused, InvalidInput
+from services.classroom_relay.settings import ADMISSION_HEADROOM
 
-DEFAULT_HEADROOM = 0.9
+DEFAULT_HEADROOM = ADMISSION_HEADROOM.default
 
 
 @dataclass(frozen=True)

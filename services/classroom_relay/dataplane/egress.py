@@ -1,0 +1,240 @@
+"""Sending: each output gets the packets of the layer it follows, rewritten, paced and sent.
+
+ingest.py hands over one ``LayerBatch`` per layer of a received batch. The usual case is a *run*: the
+output follows that layer, has tokens for the whole run and nothing queued, so the forwarder rewrites all
+headers in place in the ring and the run leaves with one sendmmsg (or one UDP GSO send per equal-size
+chunk) straight from the ring (``RingGather``). Everything else goes packet by packet
+(``_forward_packetwise``): a layer switch inside the batch, a pacer that is short of tokens (the packet
+waits in the output's ``PacedQueue``, sent later by ``drain_queues``), or no sendmmsg.
+"""
+
+from __future__ import annotations
+
+import errno
+from collections.abc import Sequence
+
+from . import rtp
+from .buffer import PacketRing
+from .streams import LayerBatch, Output, Streams, Track
+from .udpbatch import RingGather, gso_chunks
+
+
+class Egress:
+    def __init__(
+        self, ring: PacketRing, gather: RingGather | None, gso_enabled: bool, streams: Streams, drops: rtp.DropCounters
+    ) -> None:
+        self.ring = ring
+        self.gather = gather  # None without sendmmsg: outputs then send packet by packet
+        self.gso_enabled = gso_enabled
+        self.all_outputs = streams.all_outputs
+        self.outputs_with_queue = streams.outputs_with_queue
+        self.drops = drops
+
+    def begin_batch(self, now: float) -> None:
+        for output in self.all_outputs:
+            output.bucket.refill(now)
+
+    def end_batch(self) -> None:
+        """Send what the GSO stages of the packet-by-packet path still hold."""
+        if self.gso_enabled:
+            for output in self.all_outputs:
+                stage = output.gso
+                if stage is not None and stage.segments:
+                    self.flush_gso(output)
+
+    def load_gather(self, batches: list[LayerBatch]) -> None:
+        """Point the shared iovecs at this batch's packets, layer after layer; plan the GSO chunks."""
+        gather = self.gather
+        assert gather is not None  # ingest.py calls this only with sendmmsg
+        if len(batches) == 1:
+            gather.load(batches[0].slots, batches[0].sizes)
+        else:
+            gather.load(
+                [slot for batch in batches for slot in batch.slots], [size for batch in batches for size in batch.sizes]
+            )
+        start = 0
+        for batch in batches:
+            batch.gather_start = start
+            if self.gso_enabled:
+                batch.gso_chunks = gso_chunks(batch.sizes, start)
+            start += len(batch.slots)
+
+    def forward_batches(self, batches: list[LayerBatch], now: float) -> None:
+        """Hand each output the packets of the layer it follows (or walk them one by one at a switch)."""
+        by_track: dict[Track, dict[int, LayerBatch]] = {}
+        for batch in batches:
+            by_track.setdefault(batch.layer.track, {})[batch.layer.ssrc] = batch
+        for track, by_ssrc in by_track.items():
+            ambiguous = len(by_ssrc) != sum(batch.layer.track is track for batch in batches)
+            for output in track.outputs:
+                forwarder = output.forwarder
+                target = output.target_ssrc
+                switching = target != forwarder.layer_ssrc and target in by_ssrc and by_ssrc[target].keyframe_timestamps
+                if ambiguous or switching:
+                    # A layer switch lands inside this batch: keep the exact arrival order across layers.
+                    arrival_order = sorted(slot for batch in by_ssrc.values() for slot in batch.slots)
+                    self._forward_packetwise(output, arrival_order, now)
+                    continue
+                followed = by_ssrc.get(forwarder.layer_ssrc)
+                if followed is not None:
+                    self._forward_run(output, followed, now)
+
+    def _forward_run(self, output: Output, batch: LayerBatch, now: float) -> None:
+        """Send one output its layer's packets of this batch: one rewrite loop, one send call."""
+        bucket = output.bucket
+        if output.queue.entries or bucket.tokens < batch.total_bytes or self.gather is None:
+            self._forward_packetwise(output, batch.slots, now)  # the pacer decides packet by packet
+            return
+        bucket.tokens -= batch.total_bytes
+        for timestamp in batch.keyframe_timestamps:
+            if timestamp != output.last_keyframe_timestamp:
+                output.last_keyframe_timestamp = timestamp
+                output.keyframes_out += 1
+        forwarder = output.forwarder
+        forwarder.rewrite_run(
+            self.ring.data, batch.header_offsets, batch.sequences, batch.timestamps, batch.in_order, now
+        )
+        output.history.remember_run(
+            forwarder.sequence_offset, batch.sequences, batch.slots, batch.serials, batch.in_order
+        )
+        self._send_gathered(output, batch)
+        output.bytes_out += batch.total_bytes
+        output.packets_out += len(batch.slots)
+        output.last_media_time = now
+
+    def _send_gathered(self, output: Output, batch: LayerBatch) -> None:
+        gather = self.gather
+        assert gather is not None  # _forward_run sends runs only with sendmmsg
+        fd = output.fd
+        if self.gso_enabled:
+            for start, count, segment_bytes in batch.gso_chunks:
+                if not gather.send_segmented(fd, start, count, segment_bytes):
+                    self._count_send_errno(output, gather.last_errno, count)
+            return
+        start = batch.gather_start
+        end = start + len(batch.slots)
+        while start < end:
+            sent = gather.send_each(fd, start, end - start)
+            if sent <= 0:  # this datagram failed, as a send() of it would have: count it, go on with the rest
+                self._count_send_errno(output, gather.last_errno, 1)
+                sent = 1
+            start += sent
+
+    def _forward_packetwise(self, output: Output, slots: Sequence[int], now: float) -> None:
+        """The general path, packet by packet in arrival order: layer switches, pacing queue, tokens short."""
+        ring = self.ring
+        ring_ssrc, ring_keyframe = ring.ssrc, ring.keyframe
+        ring_sequence, ring_timestamp = ring.sequence_number, ring.timestamp
+        forwarder = output.forwarder
+        for slot in slots:
+            ssrc = ring_ssrc[slot]
+            keyframe = ring_keyframe[slot]
+            sequence_number, timestamp = ring_sequence[slot], ring_timestamp[slot]
+            if forwarder.layer_ssrc != ssrc:
+                if not (keyframe and output.target_ssrc == ssrc):
+                    continue
+                output.queue.clear()  # packets of the old layer would only confuse the decoder now
+                self.outputs_with_queue.discard(output)
+                forwarder.switch_to(ssrc, sequence_number, timestamp, now)
+            self._forward(
+                output,
+                slot,
+                ring.serial[slot],
+                slot * ring.slot_bytes,
+                ring.length[slot],
+                sequence_number,
+                timestamp,
+                keyframe,
+                now,
+            )
+
+    def _forward(
+        self,
+        output: Output,
+        slot: int,
+        serial: int,
+        offset: int,
+        size: int,
+        sequence_number: int,
+        timestamp: int,
+        keyframe: bool,
+        now: float,
+    ) -> None:
+        forwarder = output.forwarder
+        if keyframe and timestamp != output.last_keyframe_timestamp:
+            output.last_keyframe_timestamp = timestamp
+            output.keyframes_out += 1
+        if output.queue.entries or not output.bucket.try_take(size):
+            out_sequence = forwarder.out_sequence(sequence_number)
+            out_timestamp = forwarder.out_timestamp(timestamp)
+            forwarder.last_out_sequence = out_sequence
+            forwarder.last_out_timestamp = out_timestamp
+            forwarder.last_out_time = now
+            if output.queue.offer(slot, serial, out_sequence, out_timestamp, size):
+                output.history.remember(out_sequence, slot, serial)
+                self.outputs_with_queue.add(output)
+            else:
+                output.pacer_drops += 1
+                self.drops.counts[rtp.PACER_OVERFLOW] += 1
+            return
+        stage = output.gso
+        if stage is None:
+            out_sequence = forwarder.rewrite(self.ring.data, offset, sequence_number, timestamp, now)
+            output.history.remember(out_sequence, slot, serial)
+            self.send(output, self.ring.view[offset : offset + size])
+        else:
+            if stage.must_flush_before(size):
+                self.flush_gso(output)
+            position = stage.append(self.ring.view, offset, size)
+            out_sequence = forwarder.rewrite(stage.buffer, position, sequence_number, timestamp, now)
+            output.history.remember(out_sequence, slot, serial)
+            if stage.full():
+                self.flush_gso(output)
+        output.bytes_out += size
+        output.packets_out += 1
+        output.last_media_time = now
+
+    def send(self, output: Output, packet: memoryview | bytes) -> None:
+        try:
+            output.sock.send(packet)
+        except OSError as error:
+            self._count_send_error(output, error, 1)
+
+    def _count_send_error(self, output: Output, error: OSError, packets: int) -> None:
+        output.send_errors += 1
+        reason = rtp.DESTINATION_UNREACHABLE if isinstance(error, ConnectionRefusedError) else rtp.SEND_FAILED
+        self.drops.counts[reason] += packets
+
+    def _count_send_errno(self, output: Output, number: int, packets: int) -> None:
+        output.send_errors += 1
+        reason = rtp.DESTINATION_UNREACHABLE if number == errno.ECONNREFUSED else rtp.SEND_FAILED
+        self.drops.counts[reason] += packets
+
+    def flush_gso(self, output: Output) -> None:
+        stage = output.gso
+        assert stage is not None  # outputs have a GSO stage when GSO is on
+        segments = stage.segments
+        try:
+            stage.flush(output.sock)
+        except OSError as error:
+            self._count_send_error(output, error, segments)
+
+    def drain_queues(self, now: float) -> None:
+        ring = self.ring
+        for output in list(self.outputs_with_queue):
+            queue = output.queue
+            output.bucket.refill(now)
+            while queue.entries and output.bucket.try_take(queue.peek_size()):
+                slot, serial, out_sequence, out_timestamp, size = queue.pop()
+                if not ring.holds(slot, serial):
+                    output.pacer_drops += 1
+                    self.drops.counts[rtp.PACER_OVERFLOW] += 1
+                    continue
+                offset = slot * ring.slot_bytes
+                output.forwarder.rewrite_copy(ring.data, offset, out_sequence, out_timestamp)
+                self.send(output, ring.view[offset : offset + size])
+                output.bytes_out += size
+                output.packets_out += 1
+                output.last_media_time = now
+            if not queue.entries:
+                self.outputs_with_queue.discard(output)

@@ -1,0 +1,150 @@
+"""How the control plane finds rows, checks them against the caller's scope, and shows them.
+
+Shared by classrooms.py, lessons.py and media_access.py; also the keys the data plane knows sessions and
+classrooms by.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from services.classroom_relay.exceptions import (
+    Forbidden,
+    InvalidInput,
+    NotFound,
+)
+from services.classroom_relay.models import (
+    Classroom,
+    LiveSession,
+    SessionClassroom,
+)
+from services.common.scope import Scope
+from services.common.timeutil import as_utc
+
+
+def iso(moment: datetime | None) -> str | None:
+    moment = as_utc(moment)
+    return moment.astimezone(UTC).isoformat().replace("+00:00", "Z") if moment else None
+
+
+# Keys the data plane knows sessions and classrooms by (join tokens carry them too).
+def session_key(session_id: int) -> str:
+    return f"session-{session_id}"
+
+
+def classroom_key(classroom_id: int) -> str:
+    return f"classroom-{classroom_id}"
+
+
+# --- output shapes -----------------------------------------------------------------------------------
+
+
+def dump_classroom(room: Classroom) -> dict[str, Any]:
+    return {
+        "id": room.id,
+        "school_id": room.school_id,
+        "school_link_capacity_bps": room.school.link_capacity_bps,
+        "name": room.name,
+        "kind": room.kind,
+        "uplink_capacity_bps": room.uplink_capacity_bps,
+        "downlink_capacity_bps": room.downlink_capacity_bps,
+        "receive_host": room.receive_host,
+        "receive_port": room.receive_port,
+    }
+
+
+def dump_member(member: SessionClassroom) -> dict[str, Any]:
+    return {
+        "classroom_id": member.classroom_id,
+        "school_id": member.classroom.school_id,
+        "role": member.role,
+        "state": member.state,
+        "teacher_id": member.teacher_id,
+        "downlink_bps": member.downlink_bps,
+        "return_bps": member.return_bps,
+        "source_bps": member.source_bps,
+        "receive_host": member.receive_host,
+        "receive_port": member.receive_port,
+        "joined_at": iso(member.joined_at),
+        "left_at": iso(member.left_at),
+        "stream_state": member.stream_state,
+    }
+
+
+def dump_session(live: LiveSession) -> dict[str, Any]:
+    return {
+        "id": live.id,
+        "kind": live.kind,
+        "title": live.title,
+        "master_classroom_id": live.master_classroom_id,
+        "teacher_id": live.teacher_id,
+        "status": live.status,
+        "starts_at": iso(live.starts_at),
+        "ends_at": iso(live.ends_at),
+        "recurrence": live.recurrence,
+        "recurrence_until": iso(live.recurrence_until),
+        "source_bps": live.source_bps,
+        "branch_bps": live.branch_bps,
+        "return_bps": live.return_bps,
+        "started_at": iso(live.started_at),
+        "occurrences_held": live.occurrences_held,
+        "dataplane": live.dataplane,
+        "classrooms": [dump_member(member) for member in live.members],
+    }
+
+
+# --- lookups and permissions ---------------------------------------------------------------------------
+
+
+def require_id(ident: Any, what: str) -> int:
+    if not isinstance(ident, int) or isinstance(ident, bool) or ident < 1:
+        raise InvalidInput(f"{what} id must be a positive integer.")
+    return ident
+
+
+def covers(scope: Scope, room: Classroom) -> bool:
+    return scope.covers_school(room.school.bureau_id, room.school.district_id, room.school_id)
+
+
+def get_room(session: Session, scope: Scope, classroom_id: Any) -> Classroom:
+    room = session.get(Classroom, require_id(classroom_id, "Classroom"))
+    if room is None or not covers_bureau_of(scope, room):
+        raise NotFound(f"Classroom {classroom_id} does not exist.")
+    return room
+
+
+def covers_bureau_of(scope: Scope, room: Classroom) -> bool:
+    return room.school.bureau_id == scope.bureau_id
+
+
+def get_live_session(session: Session, scope: Scope, session_id: Any, *, lock: bool = False) -> LiveSession:
+    query = select(LiveSession).where(LiveSession.id == require_id(session_id, "Session"))
+    if lock:
+        query = query.with_for_update()
+    live = session.scalar(query)
+    if live is None:
+        raise NotFound(f"Session {session_id} does not exist.")
+    rooms = [member.classroom for member in live.members]
+    if not any(covers(scope, room) for room in rooms):
+        raise NotFound(f"Session {session_id} does not exist.")  # do not reveal other schools' sessions
+    return live
+
+
+def master_member(live: LiveSession) -> SessionClassroom:
+    return next(member for member in live.members if member.role == "master")
+
+
+def find_member(live: LiveSession, classroom_id: int) -> SessionClassroom | None:
+    return next((member for member in live.members if member.classroom_id == classroom_id), None)
+
+
+def require_write_on(scope: Scope, room: Classroom, action: str) -> None:
+    scope.require_write()
+    if not covers(scope, room):
+        raise Forbidden(
+            f"Only a token covering school {room.school_id} may {action} (this token: {scope.describe()})."
+        )
