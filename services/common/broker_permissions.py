@@ -12,14 +12,13 @@ bureau its own user whose permissions (RabbitMQ's configure/write/read regular e
     python -m services.common.broker_permissions subscriber --name bureau-b --password "$(openssl rand -hex 16)"
     python -m services.common.broker_permissions remove --name bureau-b
 
-It talks to the management API (RABBITMQ_MANAGEMENT_URL, an administrator's RABBITMQ_ADMIN_USER /
-RABBITMQ_ADMIN_PASSWORD). deploy/README.md ("Other bureaus on the broker") describes the setup.
+It talks to the management API (`--management-url`, as an administrator: `--admin-user`,
+`--admin-password`). deploy/README.md ("Other bureaus on the broker") describes the setup.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 from dataclasses import dataclass
@@ -85,9 +84,9 @@ def remove_subscriber(management: Management, name: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Broker users for other bureaus (read event exchanges only).")
-    parser.add_argument("--management-url", default=os.environ.get("RABBITMQ_MANAGEMENT_URL", "http://127.0.0.1:15672"))
-    parser.add_argument("--admin-user", default=os.environ.get("RABBITMQ_ADMIN_USER", "guest"))
-    parser.add_argument("--admin-password", default=os.environ.get("RABBITMQ_ADMIN_PASSWORD", "guest"))
+    parser.add_argument("--management-url", default="http://127.0.0.1:15672")
+    parser.add_argument("--admin-user", default="guest")
+    parser.add_argument("--admin-password", default="guest")
     parser.add_argument("--vhost", default="/", help="the services' vhost (default /)")
     commands = parser.add_subparsers(dest="command", required=True)
     add = commands.add_parser("subscriber", help="create or update a subscribing bureau's user")

@@ -37,6 +37,11 @@ WAIT_FOR_TIMEOUT = setting(
     "WAIT_FOR_TIMEOUT", float, 180.0,
     "how long `python -m services.common.wait_for` waits for the broker, databases or migrations (containers)")
 LOG_LEVEL = setting("LOG_LEVEL", str, "INFO", "log level of every process")
+SCOPE_SECRET = setting(
+    "LIANXIAO_SCOPE_SECRET", str, None,
+    "accounts signs verified scopes with it and every service refuses unsigned ones (services/common/scope.py); "
+    "unset: not signed, not checked",
+    default_text="generated per `make run`; required by compose, a Secret in Kubernetes")
 
 
 def amqp_uri() -> str:

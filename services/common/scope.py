@@ -13,20 +13,20 @@ import hashlib
 import hmac
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from services.common.config import SCOPE_SECRET
 from services.common.errors import Forbidden, InvalidInput, Unauthenticated
 
-SCOPE_SECRET_VARIABLE = "LIANXIAO_SCOPE_SECRET"
+SCOPE_SECRET_VARIABLE = SCOPE_SECRET.name
 SIGNATURE_LIFETIME = timedelta(minutes=5)  # longer than any gateway cache entry (30 s) and RPC (30 s)
 log = logging.getLogger(__name__)
 
 
 def scope_secret() -> bytes | None:
-    secret = os.environ.get(SCOPE_SECRET_VARIABLE, "")
+    secret = SCOPE_SECRET.get()
     return secret.encode() if secret else None
 
 
