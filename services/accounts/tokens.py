@@ -86,7 +86,7 @@ def _check_minting_limits(session: Session, bureau_id: int, kind: str, ident: in
             ApiToken.scope_kind == kind, ApiToken.scope_id == ident, ApiToken.bureau_id == bureau_id,
             ApiToken.revoked_at.is_(None), ApiToken.expires_at > now,
         )
-    )
+    ) or 0
     if active >= MAX_ACTIVE_TOKENS_PER_SCOPE:
         raise TooManyTokens(
             f"The {kind} {ident} already has {active} active tokens (at most {MAX_ACTIVE_TOKENS_PER_SCOPE}); "
@@ -96,7 +96,7 @@ def _check_minting_limits(session: Session, bureau_id: int, kind: str, ident: in
         select(func.count()).select_from(ApiToken).where(
             ApiToken.bureau_id == bureau_id, ApiToken.created_at > now - timedelta(hours=1)
         )
-    )
+    ) or 0
     if recent >= MAX_TOKENS_PER_BUREAU_PER_HOUR:
         raise TooManyTokens(
             f"This bureau issued {recent} tokens in the last hour (at most {MAX_TOKENS_PER_BUREAU_PER_HOUR}); "

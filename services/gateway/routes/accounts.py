@@ -62,7 +62,8 @@ def _with_path_value(data: dict[str, Any], name: str, value: int) -> dict[str, A
 
 def me(call: Call) -> Reply:
     # The signature is for the services behind the broker, not for the token's holder.
-    return Reply({name: value for name, value in call.scope.items() if name not in ("signature", "signed_until")})
+    scope = call.scope or {}
+    return Reply({name: value for name, value in scope.items() if name not in ("signature", "signed_until")})
 
 
 # --- districts, schools, alliances --------------------------------------------------------------------
