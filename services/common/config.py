@@ -48,6 +48,11 @@ SCOPE_SECRET = setting(
     "the key accounts signs verified scopes with and every service checks them with (HMAC-SHA256; "
     "unset: scopes are neither signed nor checked)", default_text="none (`make run` generates one)")
 LOG_LEVEL = setting("LOG_LEVEL", str, "INFO", "log level of every process")
+SCOPE_SECRET = setting(
+    "LIANXIAO_SCOPE_SECRET", str, None,
+    "accounts signs verified scopes with it and every service refuses unsigned ones (services/common/scope.py); "
+    "unset: not signed, not checked",
+    default_text="generated per `make run`; required by compose, a Secret in Kubernetes")
 
 
 def amqp_uri() -> str:

@@ -68,7 +68,7 @@ def rss_mb(pid: int) -> float:
 
 
 class OtherTenant:
-    """Bureau 白河 reading its teachers (an accounts RPC each) every 100 ms while the attack runs."""
+    """Bureau 白河 reading its teachers (an accounts RPC each) every 50 ms while the attack runs."""
 
     def __init__(self, stack: Stack) -> None:
         assert stack.city is not None
@@ -90,7 +90,7 @@ class OtherTenant:
             self.latencies.append(time.perf_counter() - started)
             self.started_at.append(started)
             self.statuses[status] += 1
-            time.sleep(0.1)
+            time.sleep(0.05)
 
     def __enter__(self) -> OtherTenant:
         self.thread.start()
