@@ -43,10 +43,6 @@ RABBITMQ_MANAGEMENT_URL = setting(
     "RABBITMQ_MANAGEMENT_URL", str, None,
     "RabbitMQ's management API, with AMQP_URI's user: replay reads a queue's bindings there, "
     "`lianxiao-admin broker-user-create` makes users there", default_text="`http://<AMQP_URI host>:15672`")
-SCOPE_SECRET = setting(
-    "LIANXIAO_SCOPE_SECRET", str, None,
-    "the key accounts signs verified scopes with and every service checks them with (HMAC-SHA256; "
-    "unset: scopes are neither signed nor checked)", default_text="none (`make run` generates one)")
 LOG_LEVEL = setting("LOG_LEVEL", str, "INFO", "log level of every process")
 SCOPE_SECRET = setting(
     "LIANXIAO_SCOPE_SECRET", str, None,
