@@ -2,6 +2,8 @@
 
 - The same id with the same content returns the original (status "duplicate"); the same id with
   different content is a `Conflict`; one id twice inside a batch is `InvalidInput` for the batch.
+- Not yours, not there: an activity outside the caller's scope (as an id, a correction's or a
+  comment's target) is answered like a missing one; see `unusable_id` for the one thing a taken id shows.
 - In a batch every item is judged on its own by the same rules: a bad item is rejected with its
   reason and never costs the good ones. The batch is recorded set-wise (a few queries and two bulk
   INSERTs for up to 500 items, see `record_batch`). A database outage fails the whole batch
@@ -177,23 +179,59 @@ def activity_out(activity: Activity) -> dict[str, Any]:
     return data
 
 
-def judge_repeat(prepared: Prepared, original: Activity | None) -> bool:
+# --- not yours, not there (issue 12, item 15) ------------------------------------------------------
+# The id look-ups below read an id wherever it is stored (ids are unique across bureaus: one xAPI
+# statement id space), then judge it by the caller's view: an activity outside the caller's scope is
+# answered exactly as a missing one, and its content is never compared, returned or described.
+
+
+def in_view(scope: Scope | None, row: Activity | SimpleNamespace | None) -> bool:
+    """Whether the caller may name this activity as its own (scope None: the service's own handlers)."""
+    return row is not None and (scope is None or scope.covers_school(row.bureau_id, row.district_id, row.school_id))
+
+
+def unusable_id(activity_id: str) -> Conflict:
+    """The one answer for an id the caller cannot record under, whoever holds it.
+
+    The id holds other content in the caller's view, or any content outside it: the same words either
+    way, so a refusal neither confirms that another bureau recorded it nor says what it holds. (That
+    the id is taken cannot be hidden: it cannot be stored twice. A client's ids are fresh UUIDs, so
+    only someone who already learned another bureau's id meets this.)
+    """
+    return Conflict(f"Activity id {activity_id} cannot be used for this activity; record it under a new id "
+                    "(a correction is a new id with `corrects`).", {"id": ["Id already taken."]})
+
+
+def judge_repeat(prepared: Prepared, original: Activity | None, scope: Scope | None = None) -> bool:
     """xAPI's idempotency: False when the id is new, True when it repeats the same content."""
     if original is None:
         return False
-    if original.content_hash != prepared.content_hash:
-        raise Conflict(
-            f"Activity {prepared.id} was already recorded with different content; "
-            "record a correction (a new id with `corrects`) instead of reusing the id.",
-            {"id": ["Already used for different content."]},
-        )
+    if not in_view(scope, original) or original.content_hash != prepared.content_hash:
+        raise unusable_id(prepared.id)
     return True
 
 
+def comment_targets(prepared: Prepared) -> list[str]:
+    """The activities a comment names (the one commented on, the comment replied to)."""
+    if prepared.kind != "comment":
+        return []
+    return [prepared.details[name] for name in ("on_activity_id", "in_reply_to_id") if prepared.details.get(name)]
+
+
+def judge_comment(prepared: Prepared, scope: Scope | None, *found: Mapping[str, Activity | SimpleNamespace]) -> None:
+    """A comment names activities of the caller's bureau: the network's schools comment on each other's."""
+    for target in comment_targets(prepared):
+        row = next((rows[target] for rows in found if target in rows), None)
+        if row is None or (scope is not None and row.bureau_id != scope.bureau_id):
+            field = "on_activity_id" if target == prepared.details["on_activity_id"] else "in_reply_to_id"
+            raise NotFound(f"Activity {target} (commented on) does not exist.",
+                           {"details": {field: ["Unknown activity."]}})
+
+
 def judge_correction(prepared: Prepared, original: Activity | SimpleNamespace | None,
-                     superseded_by: str | None) -> None:
+                     superseded_by: str | None, scope: Scope | None = None) -> None:
     """A correction names an existing activity of the same teacher and kind, not corrected yet."""
-    if original is None:
+    if original is None or not in_view(scope, original):
         raise NotFound(f"Activity {prepared.corrects_id} (to be corrected) does not exist.",
                        {"corrects": ["Unknown activity."]})
     if original.teacher_id != prepared.teacher.id or original.kind != prepared.kind:
@@ -204,9 +242,9 @@ def judge_correction(prepared: Prepared, original: Activity | SimpleNamespace | 
                        "correct that one.", {"corrects": ["Already corrected."]})
 
 
-def _existing(session: Session, prepared: Prepared) -> dict[str, Any] | None:
+def _existing(session: Session, prepared: Prepared, scope: Scope | None) -> dict[str, Any] | None:
     original = session.scalar(select(Activity).where(Activity.id == prepared.id))
-    if not judge_repeat(prepared, original):
+    if not judge_repeat(prepared, original, scope):
         return None
     assert original is not None
     return {"status": "duplicate", "activity": activity_out(original)}
@@ -255,11 +293,14 @@ def event_of(activity: Activity | SimpleNamespace, corrects: bool) -> OutboxEven
                        subject=f"activity/{activity.id}", event_id=activity.id, time=activity.recorded_at)
 
 
-def _store(session: Session, prepared: Prepared, recorded_by: str) -> Activity:
+def _store(session: Session, prepared: Prepared, recorded_by: str, scope: Scope | None) -> Activity:
     original = None
     if prepared.corrects_id is not None:
         original = session.scalar(select(Activity).where(Activity.id == prepared.corrects_id))
-        judge_correction(prepared, original, original.superseded_by_id if original is not None else None)
+        judge_correction(prepared, original, original.superseded_by_id if original is not None else None, scope)
+    if targets := comment_targets(prepared):
+        judge_comment(prepared, scope, {row.id: row for row in session.scalars(
+            select(Activity).where(Activity.id.in_(targets)))})
     activity = new_activity(prepared, recorded_by, datetime.now(UTC))
     session.add(activity)
     session.flush()
@@ -270,16 +311,18 @@ def _store(session: Session, prepared: Prepared, recorded_by: str) -> Activity:
     return activity
 
 
-def record_prepared(session: Session, prepared: Prepared, recorded_by: str) -> dict[str, Any]:
-    duplicate = _existing(session, prepared)
+def record_prepared(session: Session, prepared: Prepared, recorded_by: str,
+                    scope: Scope | None = None) -> dict[str, Any]:
+    """Store one validated activity; scope None: the service's own event handlers, which see everything."""
+    duplicate = _existing(session, prepared, scope)
     if duplicate is not None:
         return duplicate
     try:
         with session.begin_nested():
-            activity = _store(session, prepared, recorded_by)
+            activity = _store(session, prepared, recorded_by, scope)
     except IntegrityError:
         # Someone stored the same id between our check and our insert: judge it like any repeat.
-        duplicate = _existing(session, prepared)
+        duplicate = _existing(session, prepared, scope)
         if duplicate is None:
             raise
         return duplicate
@@ -294,7 +337,7 @@ def record(session: Session, scope: Scope, data: Any) -> dict[str, Any]:
     """Record one activity: {"status": "accepted"|"duplicate", "activity": {...}}; errors are raised."""
     scope.require_write()
     prepared = prepare(session, scope, data)
-    return record_prepared(session, prepared, recorder_of(scope))
+    return record_prepared(session, prepared, recorder_of(scope), scope)
 
 
 def record_batch(session: Session, scope: Scope, items: Any) -> dict[str, Any]:
@@ -342,6 +385,7 @@ def record_batch(session: Session, scope: Scope, items: Any) -> dict[str, Any]:
             reject(index, error)
     named = {item.id for item in prepared.values()} | {item.corrects_id for item in prepared.values()
                                                         if item.corrects_id is not None}
+    named |= {target for item in prepared.values() for target in comment_targets(item)}
     known = {row.id: row for row in session.scalars(select(Activity).where(Activity.id.in_(named)))} if named else {}
 
     recorded_at = datetime.now(UTC)
@@ -352,15 +396,16 @@ def record_batch(session: Session, scope: Scope, items: Any) -> dict[str, Any]:
     accepted: list[tuple[int, Prepared]] = []
     for index, item in prepared.items():
         try:
-            if judge_repeat(item, known.get(item.id)):
+            if judge_repeat(item, known.get(item.id), scope):
                 settle(index, "duplicate", item.id)
                 continue
             if item.corrects_id is not None:
                 original: Activity | SimpleNamespace | None = known.get(item.corrects_id) or fresh.get(
                     item.corrects_id)
                 earlier = superseded.get(item.corrects_id) or (original.superseded_by_id if original else None)
-                judge_correction(item, original, earlier)
+                judge_correction(item, original, earlier, scope)
                 superseded[item.corrects_id] = item.id
+            judge_comment(item, scope, known, fresh)
             fresh[item.id] = SimpleNamespace(**new_row(item, recorded_by, recorded_at))
             accepted.append((index, item))
             settle(index, "accepted", item.id)
@@ -375,7 +420,7 @@ def record_batch(session: Session, scope: Scope, items: Any) -> dict[str, Any]:
             # each item again on its own, exactly as `record` would.
             for index, item in accepted:
                 try:
-                    settle(index, record_prepared(session, item, recorded_by)["status"], item.id)
+                    settle(index, record_prepared(session, item, recorded_by, scope)["status"], item.id)
                 except ServiceUnavailable:
                     raise  # not this item's fault: the whole batch fails and is retried
                 except LianxiaoError as error:

@@ -76,8 +76,8 @@ def teachers_by_id(session: Session, teacher_ids: set[int]) -> dict[int, RosterT
 
 
 def check_teacher_scope(teacher: RosterTeacher | None, scope: Scope, teacher_id: int) -> RosterTeacher:
-    """The teacher must be known and inside the caller's scope."""
-    if teacher is None:
+    """The teacher must be known and inside the caller's scope; another bureau's is answered as unknown."""
+    if teacher is None or teacher.bureau_id != scope.bureau_id:
         raise UnknownTeacher(
             f"Teacher {teacher_id} is not known to activities (accounts has not announced them yet).",
             {"teacher_id": ["Unknown teacher."]},

@@ -117,7 +117,7 @@ def test_same_id_same_content_returns_the_original_and_publishes_nothing_more(se
 def test_same_id_different_content_is_a_conflict(session, master_scope):
     data = lesson_prep()
     log.record(session, master_scope, data)
-    with pytest.raises(Conflict, match="different content"):
+    with pytest.raises(Conflict, match="cannot be used"):
         log.record(session, master_scope, {**data, "details": {**data["details"], "duration_minutes": 45}})
 
 
