@@ -24,8 +24,10 @@ from tests.activities.test_log import blog_post, lesson_prep
 OTHER_BUREAU = BUREAU + 1
 OURS = Scope(BUREAU, "bureau", BUREAU, "write", token_id=1)
 THEIRS = Scope(OTHER_BUREAU, "bureau", OTHER_BUREAU, "write", token_id=2)
-# Teachers 1 (master school, group 7) and 2 (blog host) are ours; 9 is the other bureau's.
-THEIR_TEACHER = 9
+# Ours: MASTER (master school), HOST (a blog host at the west school); THEIR_TEACHER the other bureau's.
+# Fresh ids per run: the run's database is shared with the integration tests, which announce teachers.
+BASE = uuid.uuid4().int % 1_000_000 * 1000
+MASTER, HOST, THEIR_TEACHER = BASE + 1, BASE + 2, BASE + 9
 
 
 @pytest.fixture
@@ -35,14 +37,10 @@ def session(migrate) -> Iterator[Session]:
     with engine.connect() as connection:
         transaction = connection.begin()
         with Session(bind=connection, join_transaction_mode="create_savepoint", expire_on_commit=False) as db:
-            roster.apply_teacher_event(db, "teacher.joined", teacher_body(1, MASTER_SCHOOL, EAST_DISTRICT,
-                                                                          group_ids=(7,)), "2025-01-01T00:00:00Z")
-            roster.apply_teacher_event(db, "teacher.joined", teacher_body(2, WEST_SCHOOL, 320,
-                                                                          roles=("teacher", "blog_host")),
-                                       "2025-01-01T00:00:00Z")
-            roster.apply_teacher_event(db, "teacher.joined", {
-                **teacher_body(THEIR_TEACHER, 4101, 410, roles=("teacher", "blog_host")), "bureau_id": OTHER_BUREAU,
-            }, "2025-01-01T00:00:00Z")
+            for body in (teacher_body(MASTER, MASTER_SCHOOL, EAST_DISTRICT),
+                         teacher_body(HOST, WEST_SCHOOL, 320, roles=("teacher", "blog_host")),
+                         {**teacher_body(THEIR_TEACHER, 4101, 410), "bureau_id": OTHER_BUREAU}):
+                roster.apply_teacher_event(db, "teacher.joined", body, "2025-01-01T00:00:00Z")
             yield db
         transaction.rollback()
     engine.dispose()
@@ -70,21 +68,21 @@ def batch_answer(session: Session, item: dict, activity_id: str) -> tuple[str, s
 
 
 def test_an_id_taken_by_another_bureau_gets_the_one_answer_for_any_unusable_id(session, theirs):
-    ours = log.record(session, OURS, blog_post())["activity"]["id"]
-    reused_theirs = answer(lambda: log.record(session, OURS, blog_post(id=theirs)), theirs)
+    ours = log.record(session, OURS, blog_post(teacher_id=MASTER))["activity"]["id"]
+    reused_theirs = answer(lambda: log.record(session, OURS, blog_post(teacher_id=MASTER, id=theirs)), theirs)
     # Our own id with other content: the caller may see it, and still gets the same words.
-    reused_ours = answer(lambda: log.record(session, OURS, blog_post(id=ours, details={"title": "另一篇",
-                                                                                      "word_count": 5})), ours)
+    other_content = blog_post(teacher_id=MASTER, id=ours, details={"title": "另一篇", "word_count": 5})
+    reused_ours = answer(lambda: log.record(session, OURS, other_content), ours)
     assert reused_theirs == reused_ours
     assert reused_theirs[0] == "Conflict" and "different content" not in reused_theirs[1]
-    assert batch_answer(session, blog_post(id=theirs), theirs) == reused_theirs
+    assert batch_answer(session, blog_post(teacher_id=MASTER, id=theirs), theirs) == reused_theirs
 
 
 def test_a_moved_teacher_s_old_school_record_is_not_returned_as_a_duplicate(session):
     """Same id and content, but recorded at a school this token cannot read: refused, nothing returned."""
-    data = blog_post(teacher_id=1)
+    data = blog_post(teacher_id=MASTER)
     log.record(session, OURS, data)
-    roster.apply_teacher_event(session, "teacher.changed", teacher_body(1, WEST_SCHOOL, 320),
+    roster.apply_teacher_event(session, "teacher.changed", teacher_body(MASTER, WEST_SCHOOL, 320),
                                "2025-02-01T00:00:00Z")
     west = Scope(BUREAU, "school", WEST_SCHOOL, "write", token_id=3)
     with pytest.raises(NotFound):
@@ -100,7 +98,7 @@ def test_correcting_another_bureau_s_activity_is_answered_as_correcting_a_missin
     missing = str(uuid.uuid4())
 
     def correct(target: str) -> tuple[str, str, Any]:
-        item = blog_post(corrects=target)
+        item = blog_post(teacher_id=MASTER, corrects=target)
         if how == "batch":
             return batch_answer(session, item, target)
         return answer(lambda: log.record(session, OURS, item), target)
@@ -112,12 +110,13 @@ def test_correcting_another_bureau_s_activity_is_answered_as_correcting_a_missin
 @pytest.mark.parametrize("how", ["record", "batch"])
 @pytest.mark.parametrize("field", ["on_activity_id", "in_reply_to_id"])
 def test_commenting_on_another_bureau_s_activity_is_refused_as_on_a_missing_one(session, theirs, how, field):
-    ours = log.record(session, OURS, blog_post())["activity"]["id"]
+    ours = log.record(session, OURS, blog_post(teacher_id=MASTER))["activity"]["id"]
     missing = str(uuid.uuid4())
 
     def comment_on(target: str) -> tuple[str, str, Any]:
         details = {"on_activity_id": ours, field: target, "text": "有启发"}
-        item = {"kind": "comment", "teacher_id": 1, "occurred_at": "2025-03-05T21:00:00+08:00", "details": details}
+        item = {"kind": "comment", "teacher_id": MASTER, "occurred_at": "2025-03-05T21:00:00+08:00",
+                "details": details}
         if how == "batch":
             return batch_answer(session, item, target)
         return answer(lambda: log.record(session, OURS, item), target)
@@ -129,10 +128,10 @@ def test_commenting_on_another_bureau_s_activity_is_refused_as_on_a_missing_one(
 
 def test_comments_cross_schools_of_one_bureau_and_may_name_an_earlier_item_of_their_batch(session):
     """A school token comments on another school's post of its bureau: the joint schools' network."""
-    west_post = log.record(session, OURS, blog_post(teacher_id=2))["activity"]["id"]
+    west_post = log.record(session, OURS, blog_post(teacher_id=HOST))["activity"]["id"]
     master = Scope(BUREAU, "school", MASTER_SCHOOL, "write", token_id=4)
-    post = blog_post(teacher_id=1)
-    comment = {"kind": "comment", "teacher_id": 1, "occurred_at": "2025-03-05T21:00:00+08:00"}
+    post = blog_post(teacher_id=MASTER)
+    comment = {"kind": "comment", "teacher_id": MASTER, "occurred_at": "2025-03-05T21:00:00+08:00"}
     outcome = log.record_batch(session, master, [
         {**comment, "details": {"on_activity_id": west_post, "text": "学习了"}},
         post,
@@ -145,7 +144,7 @@ def test_reading_hiding_and_statements_of_another_bureau_s_activity_look_missing
     missing = str(uuid.uuid4())
     cases: dict[str, Callable[[str], Any]] = {
         "get": lambda ident: log.get_activity(session, OURS, ident),
-        "hide": lambda ident: moderation.hide(session, OURS, ident, {"moderator_id": 2, "reason": "广告"}),
+        "hide": lambda ident: moderation.hide(session, OURS, ident, {"moderator_id": HOST, "reason": "广告"}),
         "statement": lambda ident: statement_query.query(session, OURS, {"statementId": ident}),
     }
     for name, action in cases.items():
@@ -160,5 +159,5 @@ def test_another_bureau_s_teacher_is_answered_as_an_unknown_one(session):
         return answer(lambda: log.record(session, OURS, lesson_prep(teacher_id=teacher_id, group_id=None)),
                       str(teacher_id))
 
-    assert record_for(THEIR_TEACHER) == record_for(987_654)
+    assert record_for(THEIR_TEACHER) == record_for(BASE + 999)
     assert record_for(THEIR_TEACHER)[0] == UnknownTeacher.__name__
