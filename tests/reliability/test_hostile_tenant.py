@@ -15,6 +15,7 @@ import secrets
 import statistics
 import threading
 import time
+import uuid
 import zipfile
 from collections import Counter
 from collections.abc import Iterator
@@ -268,6 +269,56 @@ def test_item_15_not_yours_is_not_there(stack: Stack) -> None:
     ))
     assert theirs.status_code == missing.status_code == 404 and same
     assert revoked.json()["detail"] == forged.json()["detail"]
+
+
+def test_item_15_another_bureau_s_activity_is_not_there(stack: Stack) -> None:
+    """The other bureau (白河) records a blog post; 青山 names its id every way and gets a missing one's answers."""
+    assert stack.city is not None
+    city = stack.city
+    theirs_token = {"Authorization": f"Bearer {city.tokens['other_bureau_write']}", **VICTIM_IP}
+    post = {"id": str(uuid.uuid4()), "kind": "blog_post", "teacher_id": city.teachers["elsewhere"],
+            "occurred_at": "2026-11-20T15:00:00+08:00", "details": {"title": "白河随笔", "word_count": 300}}
+    deadline = time.monotonic() + 30  # accounts announces the teacher to activities asynchronously
+    while (created := requests.post(f"{stack.url}/v1/activities", json=post, headers=theirs_token,
+                                    timeout=10)).status_code == 404 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert created.status_code == 201, created.text
+    token = {"Authorization": f"Bearer {city.tokens['bureau_write']}", **ATTACKER_IP}
+    ours = {"kind": "blog_post", "teacher_id": city.teachers["east_one"], "occurred_at": "2026-11-20T16:00:00+08:00",
+            "details": {"title": "青山随笔", "word_count": 200}}
+    comment = {"kind": "comment", "teacher_id": city.teachers["east_one"], "occurred_at": "2026-11-20T17:00:00+08:00"}
+
+    def ask(target: str) -> dict[str, tuple[int, str]]:
+        """Every way of naming an activity: the answers' statuses and details, the id masked."""
+        attempts = {
+            "get": lambda: requests.get(f"{stack.url}/v1/activities/{target}", headers=token, timeout=10),
+            "hide": lambda: requests.post(f"{stack.url}/v1/activities/{target}/hide", headers=token, timeout=10,
+                                          json={"moderator_id": city.teachers["east_one"], "reason": "广告"}),
+            "corrects": lambda: requests.post(f"{stack.url}/v1/activities", headers=token, timeout=10,
+                                              json={**ours, "corrects": target}),
+            "comment": lambda: requests.post(f"{stack.url}/v1/activities", headers=token, timeout=10, json={
+                **comment, "details": {"on_activity_id": target, "text": "有启发"}}),
+        }
+        answers = {}
+        for name, attempt in attempts.items():
+            response = attempt()
+            answers[name] = (response.status_code, response.json()["detail"].replace(target, "<id>"))
+        return answers
+
+    theirs, missing = ask(post["id"]), ask(str(uuid.uuid4()))
+    reused = requests.post(f"{stack.url}/v1/activities", headers=token, timeout=10, json={**ours, "id": post["id"]})
+    after = requests.get(f"{stack.url}/v1/activities/{post['id']}", headers=theirs_token, timeout=10).json()
+    record_hostile(HostileRow(
+        "15 leaks by difference (activities)",
+        "another bureau's activity id vs a missing one: GET, hide, `corrects`, comment on it; record under its id",
+        f"{sum(theirs[name] == missing[name] for name in theirs)}/{len(theirs)} answers identical "
+        f"({', '.join(f'{name} {status}' for name, (status, _) in theirs.items())}); its id: {reused.status_code} "
+        "with the words for any unusable id, no content",
+        f"0 (its post unchanged, hidden: {after['hidden']}, superseded: {after['superseded_by']})",
+    ))
+    assert theirs == missing and all(status == 404 for status, _ in theirs.values())
+    assert reused.status_code == 409 and "白河" not in reused.text
+    assert after["hidden"] is False and after["superseded_by"] is None
 
 
 def test_item_9_made_up_scope_on_the_broker(stack: Stack) -> None:
