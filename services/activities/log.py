@@ -294,13 +294,13 @@ def event_of(activity: Activity | SimpleNamespace, corrects: bool) -> OutboxEven
 
 
 def _store(session: Session, prepared: Prepared, recorded_by: str, scope: Scope | None) -> Activity:
+    if targets := comment_targets(prepared):  # judged first, as in `record_batch`
+        judge_comment(prepared, scope, {row.id: row for row in session.scalars(
+            select(Activity).where(Activity.id.in_(targets)))})
     original = None
     if prepared.corrects_id is not None:
         original = session.scalar(select(Activity).where(Activity.id == prepared.corrects_id))
         judge_correction(prepared, original, original.superseded_by_id if original is not None else None, scope)
-    if targets := comment_targets(prepared):
-        judge_comment(prepared, scope, {row.id: row for row in session.scalars(
-            select(Activity).where(Activity.id.in_(targets)))})
     activity = new_activity(prepared, recorded_by, datetime.now(UTC))
     session.add(activity)
     session.flush()
@@ -399,13 +399,13 @@ def record_batch(session: Session, scope: Scope, items: Any) -> dict[str, Any]:
             if judge_repeat(item, known.get(item.id), scope):
                 settle(index, "duplicate", item.id)
                 continue
+            judge_comment(item, scope, known, fresh)  # before a correction marks what it corrects
             if item.corrects_id is not None:
                 original: Activity | SimpleNamespace | None = known.get(item.corrects_id) or fresh.get(
                     item.corrects_id)
                 earlier = superseded.get(item.corrects_id) or (original.superseded_by_id if original else None)
                 judge_correction(item, original, earlier, scope)
                 superseded[item.corrects_id] = item.id
-            judge_comment(item, scope, known, fresh)
             fresh[item.id] = SimpleNamespace(**new_row(item, recorded_by, recorded_at))
             accepted.append((index, item))
             settle(index, "accepted", item.id)

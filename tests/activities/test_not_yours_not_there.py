@@ -161,3 +161,16 @@ def test_another_bureau_s_teacher_is_answered_as_an_unknown_one(session):
 
     assert record_for(THEIR_TEACHER) == record_for(BASE + 999)
     assert record_for(THEIR_TEACHER)[0] == UnknownTeacher.__name__
+
+
+def test_a_refused_comment_correction_does_not_use_up_its_original_in_a_batch(session, theirs):
+    post = log.record(session, OURS, blog_post(teacher_id=MASTER))["activity"]["id"]
+    comment = {"kind": "comment", "teacher_id": MASTER, "occurred_at": "2025-03-05T21:00:00+08:00"}
+    original = log.record(session, OURS, {**comment, "details": {"on_activity_id": post, "text": "初稿"}})
+    fixed = {**comment, "corrects": original["activity"]["id"]}
+    outcome = log.record_batch(session, OURS, [
+        {**fixed, "details": {"on_activity_id": theirs, "text": "改到别处"}},
+        {**fixed, "details": {"on_activity_id": post, "text": "改稿"}},
+    ])
+    assert [(result["status"], result.get("error")) for result in outcome["results"]] == [
+        ("rejected", "NotFound"), ("accepted", None)]
