@@ -142,7 +142,7 @@ def resolve(values: dict[str, Any], teachers: Mapping[int, RosterTeacher], scope
         raise InvalidInput(f"Teacher {teacher.id} is not a member of group {values['group_id']}.",
                            {"group_id": ["Not a group of this teacher."]})
     kind = KIND_SCHEMAS[values["kind"]]
-    minutes, online_hours, offline_hours = kind.credit(values["details"])
+    minutes, online_hours, offline_hours = kind.recorded_time(values["details"])
     details = _plain(values["details"])
     corrects_id = str(values["corrects"]) if values["corrects"] else None
     canonical = {

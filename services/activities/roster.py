@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
 from services.activities.exceptions import Forbidden, InvalidInput, UnknownTeacher
@@ -37,7 +38,12 @@ def _parse_time(value: Any) -> datetime:
 
 
 def apply_teacher_event(session: Session, routing_key: str, body: dict[str, Any], event_time: Any = None) -> bool:
-    """Apply one accounts event; False when it is older than what is already known (out of order)."""
+    """Apply one accounts event; False when it is older than what is already known (out of order).
+
+    One upsert guarded by the announcement time, not a look-up then an insert: two transactions applying
+    `teacher.joined` and `teacher.changed` of a new teacher at once (two activities processes) would both
+    find no row and the second insert would fail on the primary key.
+    """
     teacher_id = _as_int(body, "id")
     announced_at = _parse_time(event_time)
     values = {
@@ -49,18 +55,17 @@ def apply_teacher_event(session: Session, routing_key: str, body: dict[str, Any]
         "group_ids": json.dumps(sorted(int(group) for group in body.get("group_ids") or [])),
         "announced_at": announced_at,
     }
-    teacher = session.get(RosterTeacher, teacher_id)
-    if teacher is None:
-        session.add(RosterTeacher(id=teacher_id, **values))
-        session.flush()
-        return True
-    known = as_utc(teacher.announced_at)
-    if announced_at < known:
-        return False
-    for name, value in values.items():
-        setattr(teacher, name, value)
-    session.flush()
-    return True
+    table = RosterTeacher.metadata.tables[RosterTeacher.__tablename__]
+    insert = (postgresql.insert if session.get_bind().dialect.name == "postgresql" else sqlite.insert)(table)
+    statement = insert.values(id=teacher_id, **values).on_conflict_do_update(
+        index_elements=[table.c.id], set_=values,
+        where=table.c.announced_at <= insert.excluded.announced_at,  # an older announcement never overwrites
+    ).returning(table.c.id)
+    applied = session.execute(statement).first() is not None
+    known = session.identity_map.get(session.identity_key(RosterTeacher, teacher_id))
+    if applied and known is not None:
+        session.expire(known)  # the row changed underneath the session's copy
+    return applied
 
 
 def teacher_in_scope(session: Session, scope: Scope, teacher_id: int) -> RosterTeacher:

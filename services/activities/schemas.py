@@ -1,4 +1,4 @@
-"""What an activity looks like: a common envelope and one schema per kind, each with the hours it credits.
+"""What an activity looks like: a common envelope and one schema per kind, each with the time it records.
 
 An activity arrives as
     {"id": "<uuid, optional>", "kind": "blog_post", "teacher_id": 7, "group_id": 3,
@@ -6,8 +6,12 @@ An activity arrives as
      "corrects": "<uuid of the activity this one corrects, optional>"}
 Unknown kinds, unknown envelope fields and unknown detail fields are refused, each named.
 
-Hours: every kind says how many online and offline study hours (网络研修学时 / 线下研修) it credits;
-`credit(details)` returns `(duration_minutes, online_hours, offline_hours)`.
+Time: every kind says how much time an activity recorded, online or offline —
+`recorded_time(details)` returns `(duration_minutes, online_hours, offline_hours)`: a timed activity's
+minutes, a study record's declared hours, a classroom session's length; an untimed one (a blog post,
+a comment, a small research topic) none. That is a fact, not a credit: what a kind credits as study
+hours is the bureau's versioned rule set (reporting: `credits` in `GET /v1/rules`, whose documents'
+default credits no study hours for blog posts).
 """
 
 from __future__ import annotations
@@ -37,8 +41,8 @@ def hours(value: float | Decimal) -> Decimal:
 
 
 def by_mode(mode: str, minutes: int) -> tuple[int, Decimal, Decimal]:
-    credited = hours(Decimal(minutes) / 60)
-    return (minutes, credited, Decimal(0)) if mode == "online" else (minutes, Decimal(0), credited)
+    spent = hours(Decimal(minutes) / 60)
+    return (minutes, spent, Decimal(0)) if mode == "online" else (minutes, Decimal(0), spent)
 
 
 class LessonSchema(StrictSchema):
@@ -56,15 +60,15 @@ class KindSchema(StrictSchema):
     verb: ClassVar[str]  # the xAPI verb IRI (stable: subscribers filter on it)
     recordable_by_clients: ClassVar[bool] = True
 
-    def credit(self, details: dict[str, Any]) -> tuple[int, Decimal, Decimal]:
-        return 0, Decimal(0), Decimal(0)
+    def recorded_time(self, details: dict[str, Any]) -> tuple[int, Decimal, Decimal]:
+        return 0, Decimal(0), Decimal(0)  # untimed
 
 
 class TimedKindSchema(KindSchema):
     mode = fields.String(required=True, validate=validate.OneOf(MODES))
     duration_minutes = fields.Integer(required=True, strict=True, validate=MINUTES)
 
-    def credit(self, details: dict[str, Any]) -> tuple[int, Decimal, Decimal]:
+    def recorded_time(self, details: dict[str, Any]) -> tuple[int, Decimal, Decimal]:
         return by_mode(details["mode"], details["duration_minutes"])
 
 
@@ -148,9 +152,6 @@ class BlogPost(KindSchema):
     url = fields.Url(load_default=None, allow_none=True)
     word_count = fields.Integer(required=True, strict=True, validate=validate.Range(min=1, max=200_000))
 
-    def credit(self, details: dict[str, Any]) -> tuple[int, Decimal, Decimal]:
-        return 0, Decimal("0.5"), Decimal(0)  # a post credits half an online hour
-
 
 class Comment(KindSchema):
     """A comment on an activity (a blog post, a lesson...), or a reply to another comment."""
@@ -189,10 +190,10 @@ class StudyHours(KindSchema):
     hours = fields.Decimal(required=True, places=2, validate=STUDY_HOURS, as_string=True)
     online: ClassVar[bool]
 
-    def credit(self, details: dict[str, Any]) -> tuple[int, Decimal, Decimal]:
-        credited = hours(details["hours"])
-        minutes = int(credited * 60)
-        return (minutes, credited, Decimal(0)) if self.online else (minutes, Decimal(0), credited)
+    def recorded_time(self, details: dict[str, Any]) -> tuple[int, Decimal, Decimal]:
+        declared = hours(details["hours"])
+        minutes = int(declared * 60)
+        return (minutes, declared, Decimal(0)) if self.online else (minutes, Decimal(0), declared)
 
 
 class OnlineCourseStudy(StudyHours):
@@ -222,7 +223,7 @@ class ClassroomSession(KindSchema):
         if "started_at" in data and "ended_at" in data and data["ended_at"] <= data["started_at"]:
             raise ValidationError("A session ends after it starts.", "ended_at")
 
-    def credit(self, details: dict[str, Any]) -> tuple[int, Decimal, Decimal]:
+    def recorded_time(self, details: dict[str, Any]) -> tuple[int, Decimal, Decimal]:
         minutes = max(1, round((details["ended_at"] - details["started_at"]).total_seconds() / 60))
         return by_mode("online", minutes)
 
@@ -304,8 +305,10 @@ class ActivityOut(Schema):
     group_id = fields.Integer(allow_none=True)
     occurred_at = fields.DateTime()
     duration_minutes = fields.Integer()
-    online_hours = fields.Float()
-    offline_hours = fields.Float()
+    # The recorded time by mode (not a credit: reporting's rule set decides what it credits).
+    online_hours = fields.Float(metadata={"description": "Recorded online time in hours (0 when untimed); "
+                                          "what it credits is the rule set's (GET /v1/rules)."})
+    offline_hours = fields.Float(metadata={"description": "Recorded offline time in hours (0 when untimed)."})
     details = fields.Function(lambda activity: json.loads(activity.details))
     recorded_at = fields.DateTime()
     corrects = fields.String(allow_none=True, attribute="corrects_id")

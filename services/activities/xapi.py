@@ -6,7 +6,8 @@ filter on them.
 
 - actor: an Agent identified by account {homePage: HOME_PAGE, name: "teacher/<id>"} (names stay in
   accounts); verb: the kind's IRI; object: `<HOME_PAGE>/xapi/activities/<uuid>` (a comment's object is
-  the activity it comments on); result.duration: ISO 8601; result.extensions: credited hours;
+  the activity it comments on); result.duration: ISO 8601; result.extensions: the recorded time as
+  online and offline hours (what it credits is the bureau's rule set: reporting's `GET /v1/rules`);
   context.extensions: bureau, district, school, group, kind; timestamp: when it happened; stored: when
   it was recorded; context.statement: the statement a correction replaces.
 - What no longer counts is voided the xAPI way (verb `http://adlnet.gov/expapi/verbs/voided`, object a

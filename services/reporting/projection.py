@@ -259,20 +259,9 @@ def add_totals(session: Session, totals: Mapping[TallyKey, Delta]) -> None:
 # --- the roster ------------------------------------------------------------------------------------
 
 
-def _newer(session: Session, teacher_id: int, moment: datetime, event_id: str) -> bool | None:
-    """None: no row yet; True: this event is newer than the row's; False: older (ignore it)."""
-    row = session.execute(
-        select(teachers.c.as_of_time, teachers.c.as_of_event).where(teachers.c.id == teacher_id)
-    ).first()
-    if row is None:
-        return None
-    stored = as_utc(row.as_of_time)
-    return (moment, event_id) > (stored, row.as_of_event)
-
-
-def apply_teacher(session: Session, body: Mapping[str, Any], moment: datetime, event_id: str) -> None:
+def teacher_row(body: Mapping[str, Any], moment: datetime, event_id: str) -> dict[str, Any]:
     try:
-        values = {
+        return {
             "id": int(body["id"]), "bureau_id": int(body["bureau_id"]),
             "district_id": int(body["district_id"]) if body.get("district_id") is not None else None,
             "school_id": int(body["school_id"]), "staff_number": str(body.get("staff_number") or "")[:40],
@@ -283,11 +272,32 @@ def apply_teacher(session: Session, body: Mapping[str, Any], moment: datetime, e
         }
     except (KeyError, TypeError, ValueError) as error:
         raise InvalidInput(f"Not a teacher event reporting understands ({error!r}).") from error
-    newer = _newer(session, values["id"], moment, event_id)
-    if newer is None:
-        session.execute(teachers.insert().values(**values))
-    elif newer:
-        session.execute(update(teachers).where(teachers.c.id == values["id"]).values(**values))
+
+
+def put_teachers(session: Session, rows: Iterable[dict[str, Any]]) -> None:
+    """Keep the newest announcement of each teacher, by (time, event id), in one guarded upsert.
+
+    Folded per teacher first (`teacher.joined` and `teacher.changed` of one teacher often share a batch,
+    and one INSERT cannot touch a row twice); the guard, not a look-up before an insert, decides against
+    the stored row, so two transactions announcing a new teacher at once cannot both insert it.
+    """
+    newest: dict[int, dict[str, Any]] = {}
+    for row in rows:
+        known = newest.get(row["id"])
+        if known is None or (row["as_of_time"], row["as_of_event"]) > (known["as_of_time"], known["as_of_event"]):
+            newest[row["id"]] = row
+    if not newest:
+        return
+    statement = _upsert(session)(teachers)
+    changes = {name: statement.excluded[name] for name in (column.name for column in teachers.c) if name != "id"}
+    stored_event: Any = teachers.c.as_of_event
+    new_event: Any = statement.excluded.as_of_event
+    if session.get_bind().dialect.name == "postgresql":  # ids ordered by code point, as Python orders them
+        stored_event, new_event = stored_event.collate("C"), new_event.collate("C")
+    session.execute(statement.on_conflict_do_update(
+        index_elements=["id"], set_=changes,
+        where=tuple_(teachers.c.as_of_time, stored_event) < tuple_(statement.excluded.as_of_time, new_event),
+    ), [newest[teacher_id] for teacher_id in sorted(newest)])  # sorted: concurrent batches lock in one order
 
 
 def _put(session: Session, table: Any, values: dict[str, Any], keys: list[str]) -> None:
@@ -349,12 +359,14 @@ TEACHER_EVENTS = ("teacher.joined", "teacher.changed", "teacher.left")
 def apply_events(session: Session, source: str, events: list[ReceivedEvent]) -> None:
     """Apply events not applied before (the subscriber deduplicates) in the caller's transaction.
 
-    Activity facts are gathered and recorded set-wise (`record_facts`); roster events are applied in
-    turn (they keep the newest by time, so order does not matter). The newest event time is kept as
+    Activity facts are gathered and recorded set-wise (`record_facts`), teachers likewise (`put_teachers`,
+    the newest by time); the other roster events are applied in turn (each only ever sets one row's content,
+    so order does not matter). The newest event time is kept as
     the read models' "as of" for `source`.
     """
     facts: list[ActivityFact] = []
     voids: dict[str, str] = {}
+    teacher_rows: list[dict[str, Any]] = []
     for event in events:
         routing_key, body = event.routing_key, event.body
         try:
@@ -367,11 +379,12 @@ def apply_events(session: Session, source: str, events: list[ReceivedEvent]) -> 
                     voids.setdefault(fact.corrects, "corrected")
             elif routing_key in TEACHER_EVENTS:
                 moment = parse_moment(event.attributes.get("time") or datetime.now(UTC).isoformat())
-                apply_teacher(session, body, moment, event.id)
+                teacher_rows.append(teacher_row(body, moment, event.id))
             elif routing_key in ROSTER_APPLIERS:
                 ROSTER_APPLIERS[routing_key](session, body)
         except (KeyError, TypeError, ValueError, OverflowError) as error:
             raise InvalidInput(f"A {routing_key} event reporting cannot read ({error!r}).") from error
+    put_teachers(session, teacher_rows)
     try:
         record_facts(session, facts, voids, CalendarCache(session))
     except OverflowError as error:  # a time whose local date is beyond the calendar (year 9999 + zone)

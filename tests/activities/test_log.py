@@ -66,6 +66,22 @@ def test_collective_lesson_prep_credits_online_hours_and_publishes_its_statement
     assert statement["context"]["extensions"]["https://lianxiao.example/xapi/extensions/group"] == 7
 
 
+def test_a_blog_post_records_no_time_and_claims_no_credit(session, master_scope):
+    """Activities states the time an activity took, not what it credits: a post is untimed, as the
+    documents' default credit table (reporting's face, served by GET /v1/rules) says of blog posts."""
+    from services.reporting.schemas import DEFAULT_CREDITS  # the test compares the two faces
+
+    outcome = log.record(session, master_scope, blog_post())
+    activity = outcome["activity"]
+    assert (activity["duration_minutes"], activity["online_hours"], activity["offline_hours"]) == (0, 0.0, 0.0)
+    [(_key, _id, statement)] = events(session)
+    assert statement["result"]["duration"] == "PT0S"
+    assert set(statement["result"]["extensions"].values()) == {0.0}
+    listed = queries.list_activities(session, master_scope, {})["items"]
+    assert [(item["online_hours"], item["offline_hours"]) for item in listed] == [(0.0, 0.0)]
+    assert DEFAULT_CREDITS["blog_post"] == {"basis": "none"}
+
+
 def test_offline_study_credits_offline_hours(session, master_scope):
     outcome = log.record(session, master_scope, {
         "kind": "offline_study", "teacher_id": 1, "occurred_at": "2025-03-06T09:00:00+08:00",

@@ -84,9 +84,9 @@ class CityEvents:
     def recorded(self, teacher_id: int, school_id: int, kind: str, occurred_at: str, details: dict[str, Any],
                  *, group_id: int | None = None, district_id: int = 1) -> str:
         """An activity exactly as activities records it: its details, and the minutes and hours its
-        own schema credits (services/activities/schemas.py)."""
+        own schema records (services/activities/schemas.py)."""
         loaded = KINDS[kind]().load(details)
-        minutes, online, offline = KINDS[kind]().credit(loaded)
+        minutes, online, offline = KINDS[kind]().recorded_time(loaded)
         activity = Activity(
             id=str(uuid.uuid4()), kind=kind, object_id=str(uuid.uuid4()), teacher_id=teacher_id,
             school_id=school_id, district_id=district_id, bureau_id=BUREAU, group_id=group_id,
