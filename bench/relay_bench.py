@@ -224,6 +224,27 @@ def run_bare(arguments: argparse.Namespace) -> None:
     print(json.dumps(result), flush=True)
 
 
+def _configure_session(engine, sinks: list[int], token: str, source_port: int) -> None:
+    """The master's camera to every sink, in whichever form the measured checkout's data plane takes."""
+    try:  # protocol 2: members, tracks, per-output ports
+        from services.classroom_relay.dataplane.streams import TrackSpec
+        from services.classroom_relay.dataplane.topology import MemberSpec, OutputSpec
+    except ImportError:  # an older checkout (--code-root): master + branches
+        engine.set_session("bench", "master")
+        for index, port in enumerate(sinks):
+            engine.set_branch("bench", f"branch-{index}", ("127.0.0.1", port), budget_bytes_per_second=1e9)
+        assert engine.register_sender("bench", "master", token, ("127.0.0.1", source_port)) == 0
+        return
+    members = [MemberSpec("master", (TrackSpec("camera", "video", "camera", 90_000),))]
+    members += [
+        MemberSpec(f"branch-{index}", (), "127.0.0.1", 1e9, (OutputSpec("master", "camera", port),))
+        for index, port in enumerate(sinks)
+    ]
+    _outputs, refused = engine.set_session("bench", members)
+    assert not refused, refused
+    assert engine.register_sender("bench", "master", "camera", token, ("127.0.0.1", source_port)) == 0
+
+
 def run_engine(arguments: argparse.Namespace) -> None:
     """The data plane with all its logic, configured as the control plane would."""
     pin(FORWARDER_CPU)
@@ -242,11 +263,8 @@ def run_engine(arguments: argparse.Namespace) -> None:
     engine = Engine(EngineConfig(use_gso=arguments.gso))
     registry = serve_metrics(engine.snapshot_locked, 0)  # exporter on (port 0: any free port)
     engine.set_secrets([SECRET.encode()])
-    engine.set_session("bench", "master")
-    for index, port in enumerate(arguments.sinks):
-        engine.set_branch("bench", f"branch-{index}", ("127.0.0.1", port), budget_bytes_per_second=1e9)
     token = issue_token(SECRET.encode(), "bench", "master", 600)
-    assert engine.register_sender("bench", "master", token, ("127.0.0.1", arguments.source_port)) == 0
+    _configure_session(engine, arguments.sinks, token, arguments.source_port)
     print(json.dumps({"port": engine.media_address[1]}), flush=True)
     outputs = engine.all_outputs
 

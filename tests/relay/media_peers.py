@@ -1,0 +1,67 @@
+"""Helpers for the data-plane tests with real media peers (ffmpeg, GStreamer): the desired state of a session in
+protocol 2, and a receiver's SDP built from the outputs the data plane reports (the control plane builds the
+real one, tested in tests/relay_control; here only what a decoder needs to play the relay's outputs)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Iterable
+
+FFMPEG = shutil.which("ffmpeg")
+GST_LAUNCH = shutil.which("gst-launch-1.0")
+
+AUDIO_OPUS = {"track": "audio", "kind": "audio", "source": "microphone", "clock_rate": 48_000}
+CAMERA = {"track": "camera", "kind": "video", "source": "camera", "clock_rate": 90_000}
+COURSEWARE = {"track": "courseware", "kind": "video", "source": "courseware", "clock_rate": 90_000}
+
+RTPMAP = {
+    "audio": (111, "opus/48000/2"),
+    "pcma": (8, "PCMA/8000"),
+    "video": (96, "H264/90000"),
+}
+
+
+def member(classroom: str, tracks: Iterable[dict] = (), receive: dict | None = None,
+           senders: Iterable[dict] = ()) -> dict:
+    entry: dict = {"classroom": classroom, "tracks": list(tracks), "senders": list(senders)}
+    if receive is not None:
+        entry["receive"] = receive
+    return entry
+
+
+def receive(budget: float, outputs: dict[tuple[str, str], int], host: str = "127.0.0.1") -> dict:
+    """``outputs``: (source classroom, track) -> the receiver's RTP port for it."""
+    return {"host": host, "budget_bytes_per_second": budget,
+            "outputs": [{"source_classroom": source, "track": track, "port": port}
+                        for (source, track), port in outputs.items()]}
+
+
+def receiver_sdp(outputs: list[dict], ports: dict[tuple[str, str], int], kinds: dict[str, str]) -> str:
+    """One ``m=`` per output of one receiver; ``a=rtcp`` names the output's own relay socket (RFC 3605)."""
+    lines = ["v=0", "o=- 1 1 IN IP4 127.0.0.1", "s=relay test", "c=IN IP4 127.0.0.1", "t=0 0"]
+    for output in outputs:
+        key = (output["source_classroom"], output["track"])
+        kind = kinds[output["track"]]
+        payload_type, rtpmap = RTPMAP[kind if kind != "audio" else "audio"]
+        media = "audio" if kind == "audio" else "video"
+        lines += [f"m={media} {ports[key]} RTP/AVP {payload_type}", f"a=rtpmap:{payload_type} {rtpmap}"]
+        if media == "video":
+            lines.append(f"a=fmtp:{payload_type} packetization-mode=1")
+        lines += ["a=recvonly", f"a=rtcp:{output['relay_address'][1]} IN IP4 127.0.0.1",
+                  f"a=mid:{output['source_classroom']}-{output['track']}",
+                  f"a=ssrc:{output['ssrc']} cname:{output['source_classroom']}"]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def outputs_of(reply: dict, classroom: str) -> list[dict]:
+    return [output for output in reply["outputs"] if output["classroom"] == classroom]
+
+
+def run(process: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
+    try:
+        stdout, stderr = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        stdout, stderr = process.communicate(timeout=5)
+    return process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
