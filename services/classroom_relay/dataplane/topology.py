@@ -22,6 +22,10 @@ from .rtcp import KeyframeRequestThrottle
 from .streams import EngineConfig, Layer, Member, Output, Session, Streams, Track, TrackSpec
 
 
+class LimitReached(ValueError):
+    code = "limit_reached"
+
+
 @dataclass(frozen=True, slots=True)
 class OutputSpec:
     source_classroom: str
@@ -75,7 +79,7 @@ class Topology:
         if found is None:
             if len(self.sessions) >= self.config.max_sessions:
                 self.drops.counts[rtp.LIMIT_REACHED] += 1
-                raise ValueError(f"limit_reached: at most {self.config.max_sessions} sessions per data plane")
+                raise LimitReached(f"at most {self.config.max_sessions} sessions per data plane")
             found = self.sessions[session_id] = Session(session_id)
         refused: list[dict] = []
         if len(members) > self.config.max_members_per_session:
