@@ -122,6 +122,9 @@ def main() -> None:
         commands[service] = [PYTHON, "-m", "services.common.runner", service]
         env[f"{service.upper()}_METRICS_PORT"] = str(port)
     env.setdefault("RELAY_CONTROL_ADDRESS", f"127.0.0.1:{DATAPLANE_PORTS['control']}")
+    # The control channel is always authenticated: unless RELAY_CONTROL_SECRET is given, the data plane
+    # generates its secret into this file (mode 0600) and the control plane reads it from there.
+    env.setdefault("RELAY_CONTROL_SECRET_FILE", str(REPO / relay_settings.CONTROL_SECRET_FILE.default))
     if not env.get("RELAY_JOIN_SECRETS"):
         # One machine for trying things out: the relay's built-in development secret signs join tokens.
         # Production sets RELAY_JOIN_SECRETS (the service refuses to start without it otherwise).
