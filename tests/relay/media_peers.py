@@ -64,4 +64,61 @@ def run(process: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
     except subprocess.TimeoutExpired:
         process.kill()
         stdout, stderr = process.communicate(timeout=5)
-    return process.returncode, stdout.decode(errors="replace"), stderr.decode(errors="replace")
+    return process.returncode, (stdout or b"").decode(errors="replace"), (stderr or b"").decode(errors="replace")
+
+
+GST_CAPS_H264 = "application/x-rtp,media=video,clock-rate=90000,encoding-name=H264,payload=96"
+
+
+class LossyLink:
+    """A UDP forwarder on 127.0.0.1 standing in for a lossy rural link (``tc netem`` is not available here):
+    RTP from the relay to ``rtp_port`` loses ``loss`` of its packets (seeded, so runs repeat); RTCP both ways
+    passes intact — the receiver's RTCP leaves from this link's RTP port + 1, as it would through a NAT that
+    keeps port pairs."""
+
+    def __init__(self, receiver_rtp_port: int, loss: float, seed: int = 11) -> None:
+        import random
+        import socket as socket_module
+
+        from .relay_harness import free_udp_port_pair
+
+        self.random = random.Random(seed)
+        self.loss = loss
+        self.receiver = ("127.0.0.1", receiver_rtp_port)
+        port = free_udp_port_pair()
+        self.rtp = socket_module.socket(socket_module.AF_INET, socket_module.SOCK_DGRAM)
+        self.rtp.bind(("127.0.0.1", port))
+        self.rtcp = socket_module.socket(socket_module.AF_INET, socket_module.SOCK_DGRAM)
+        self.rtcp.bind(("127.0.0.1", port + 1))
+        self.port = port
+        self.relay_rtcp: tuple[str, int] | None = None
+        self.forwarded = self.dropped = 0
+        self.stopped = False
+
+    def run(self, seconds: float) -> None:
+        import select
+        import time
+
+        deadline = time.monotonic() + seconds
+        while not self.stopped and time.monotonic() < deadline:
+            readable, _, _ = select.select([self.rtp, self.rtcp], [], [], 0.1)
+            for sock in readable:
+                data, source = sock.recvfrom(2048)
+                if sock is self.rtp:
+                    if 200 <= data[1] <= 206:
+                        self.rtcp.sendto(data, (self.receiver[0], self.receiver[1] + 1))
+                    elif self.random.random() < self.loss:
+                        self.dropped += 1
+                    else:
+                        self.forwarded += 1
+                        self.rtp.sendto(data, self.receiver)
+                elif source[1] == self.receiver[1] + 1:  # the receiver's RTCP, to the relay's output socket
+                    if self.relay_rtcp is not None:
+                        self.rtcp.sendto(data, self.relay_rtcp)
+                else:  # the relay's sender reports
+                    self.rtcp.sendto(data, (self.receiver[0], self.receiver[1] + 1))
+
+    def close(self) -> None:
+        self.stopped = True
+        self.rtp.close()
+        self.rtcp.close()

@@ -4,17 +4,32 @@ sound and picture, each stream from its own port as ffmpeg does; ffmpeg and GStr
 from __future__ import annotations
 
 import itertools
+import os
 import re
+import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
 
 from services.classroom_relay.dataplane.admission import build_hello, issue_token
 
-from .media_peers import AUDIO_OPUS, CAMERA, FFMPEG, member, outputs_of, receive, receiver_sdp, run
-from .relay_harness import SECRET, free_udp_port_pair, stop_process
+from .media_peers import (
+    AUDIO_OPUS,
+    CAMERA,
+    FFMPEG,
+    GST_CAPS_H264,
+    GST_LAUNCH,
+    LossyLink,
+    member,
+    outputs_of,
+    receive,
+    receiver_sdp,
+    run,
+)
+from .relay_harness import SECRET, UdpCollector, free_udp_port_pair, stop_process, wait_until
 
 pytestmark = pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (make system-deps)")
 
@@ -153,3 +168,99 @@ def test_ten_forced_layer_switches_keep_timestamps_monotonic(dataplane, tmp_path
     assert max(steps) <= 3600 * 3, max(steps)
     assert len(frames) >= 25 * (seconds - 4)
     assert re.search(r"error while decoding", errors) is None, errors
+
+
+GST = pytest.mark.skipif(GST_LAUNCH is None, reason="GStreamer is not installed (make system-deps)")
+
+
+@GST
+def test_gstreamer_rtpbin_behind_five_percent_loss_is_repaired_by_nack(dataplane, tmp_path) -> None:
+    receiver_port = free_udp_port_pair()
+    link = LossyLink(receiver_port, loss=0.05)
+    members = [member("master", [CAMERA]),
+               member("branch-a", [], receive(1_250_000, {("master", "camera"): link.port}))]  # fmt: skip
+    reply = dataplane.call("set_state", secrets=[SECRET], sessions=[{"session": "s1", "members": members}])
+    link.relay_rtcp = tuple(reply["outputs"][0]["relay_address"])
+    seconds = 8
+    forwarding = threading.Thread(target=link.run, args=(seconds + 4,), daemon=True)
+    forwarding.start()
+    receiver = subprocess.Popen(
+        [GST_LAUNCH, "-e", "-v", "rtpbin", "name=rb", "rtp-profile=avpf", "do-retransmission=true", "latency=400",
+         "udpsrc", f"port={receiver_port}", f"caps={GST_CAPS_H264}", "!", "rb.recv_rtp_sink_0",
+         "udpsrc", f"port={receiver_port + 1}", "!", "rb.recv_rtcp_sink_0",
+         "rb.send_rtcp_src_0", "!", "udpsink", "host=127.0.0.1", f"port={link.port + 1}",
+         f"bind-port={receiver_port + 1}", "sync=false", "async=false",
+         "rb.", "!", "rtph264depay", "!", "avdec_h264", "!", "fakesink", "name=decoded", "silent=false"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env={**os.environ, "GST_DEBUG": "libav:2"},
+    )  # fmt: skip
+    video_port = free_udp_port_pair()
+    say_hello(dataplane, "master", "camera", video_port)
+    time.sleep(0.3)
+    # A 10 s GOP: without retransmission every lost packet would damage the picture until the next keyframe.
+    sender = subprocess.Popen(
+        [FFMPEG, "-nostdin", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=25",
+         "-t", str(seconds), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-g", "250",
+         "-bf", "0", "-b:v", "400k", "-ssrc", "36865", "-payload_type", "96", "-f", "rtp",
+         f"rtp://127.0.0.1:{dataplane.media_port}?localport={video_port}&pkt_size=1200"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    try:
+        sender.wait(timeout=seconds + 10)
+        time.sleep(1.0)
+        output = dataplane.stats("s1")["sessions"]["s1"]["outputs"][0]
+    finally:
+        receiver.send_signal(signal.SIGINT)
+        _code, log, errors = run(receiver, 10)
+        stop_process(sender)
+        link.close()
+    decoded = log.count("decoded: last-message = chain")
+    decode_errors = len(re.findall(r"error while decoding|concealing", errors))
+    assert link.dropped >= 20, (link.dropped, link.forwarded)
+    assert output["nacks_received"] >= link.dropped * 0.7, (output, link.dropped)
+    assert output["retransmissions"] >= link.dropped * 0.7, (output, link.dropped)
+    assert output["reported"] and output["rtcp_from"] == ["127.0.0.1", link.port + 1]
+    assert decoded >= 25 * (seconds - 2), decoded
+    assert decode_errors == 0, errors[-2000:]
+
+
+@GST
+def test_late_joiner_gets_a_keyframe_from_a_pli_honouring_encoder_within_500_ms(dataplane) -> None:
+    members = [member("master", [CAMERA])]
+    dataplane.call("set_state", secrets=[SECRET], sessions=[{"session": "s1", "members": members}])
+    video_port = free_udp_port_pair()
+    say_hello(dataplane, "master", "camera", video_port)
+    time.sleep(0.2)
+    # x264enc behind rtpbin: a PLI reaching its RTCP port (RTP port + 1) becomes a forced keyframe. Its own
+    # keyframe interval is 300 frames (12 s), so only a keyframe request can explain a quick start.
+    sender = subprocess.Popen(
+        [GST_LAUNCH, "-e", "rtpbin", "name=rb", "rtp-profile=avpf",
+         "videotestsrc", "is-live=true", "!", "video/x-raw,width=320,height=240,framerate=25/1", "!",
+         "x264enc", "tune=zerolatency", "speed-preset=ultrafast", "key-int-max=300", "bitrate=400", "!",
+         "rtph264pay", "pt=96", "ssrc=36866", "config-interval=-1", "!", "rb.send_rtp_sink_0",
+         "rb.send_rtp_src_0", "!", "udpsink", "host=127.0.0.1", f"port={dataplane.media_port}",
+         f"bind-port={video_port}",
+         "rb.send_rtcp_src_0", "!", "udpsink", "host=127.0.0.1", f"port={dataplane.rtcp_port}",
+         f"bind-port={video_port + 1}", "sync=false", "async=false",
+         "udpsrc", f"port={video_port + 1}", "!", "rb.recv_rtcp_sink_0"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    late = UdpCollector()
+    try:
+        assert wait_until(lambda: dataplane.stats("s1")["sessions"]["s1"]["tracks"][0]["packets_in"] > 50, 8)
+        time.sleep(2.5)  # well past the first keyframe: the next scheduled one is ~10 s away
+        members.append(member("late-branch", [], receive(1_250_000, {("master", "camera"): late.port})))
+        joined = time.time()
+        dataplane.call("set_state", secrets=[SECRET], sessions=[{"session": "s1", "members": members}])
+        late.collect(1.5, keep=True)
+        output = dataplane.stats("s1")["sessions"]["s1"]["outputs"][0]
+        track = dataplane.stats("s1")["sessions"]["s1"]["tracks"][0]
+    finally:
+        sender.send_signal(signal.SIGINT)
+        run(sender, 5)
+        late.close()
+    first = next(arrival for (arrival, _size), packet in zip(late.arrivals, late.packets, strict=True)
+                 if not 200 <= packet[1] <= 206)  # fmt: skip
+    assert first - joined <= 0.5, f"first media {first - joined:.3f} s after joining"
+    assert output["first_keyframe_after_seconds"] is not None and output["first_keyframe_after_seconds"] <= 0.5
+    assert track["keyframe_requests_sent"] >= 1
+    assert output["keyframes_out"] >= 1
