@@ -216,7 +216,8 @@ def test_every_dataplane_pod_binds_its_media_port_range_on_its_node(overlay: str
     media = {port["name"]: port["containerPort"] for port in container["ports"] if port["protocol"] == "UDP"}
     assert media == {"rtp": low, "rtcp": low + 1}
     assert "optional" not in variables["RELAY_CONTROL_SECRET"]["valueFrom"]["secretKeyRef"]
-    (config,) = [item for item in of_kind(objects, "ConfigMap") if item["metadata"]["name"].startswith("lianxiao-config")]
+    (config,) = [item for item in of_kind(objects, "ConfigMap")
+                 if item["metadata"]["name"].startswith("lianxiao-config")]
     hosts = dict(pair.split("=") for pair in config["data"]["RELAY_DATAPLANE_PUBLIC_HOSTS"].split(","))
     assert len(hosts) == dataplane["spec"]["replicas"]
 
