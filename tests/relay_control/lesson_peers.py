@@ -6,7 +6,9 @@ from __future__ import annotations
 import shutil
 import socket
 import subprocess
-from contextlib import ExitStack
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +92,22 @@ def finish(process: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
         process.kill()
         stdout, stderr = process.communicate(timeout=5)
     return process.returncode, (stdout or b"").decode(), (stderr or b"").decode()
+
+
+@contextmanager
+def peers(limit_seconds: float) -> Iterator[list[subprocess.Popen]]:
+    """A list to put the test's peer processes in: whatever is still running is killed at the end, and the
+    whole block must finish within `limit_seconds`."""
+    started = time.monotonic()
+    processes: list[subprocess.Popen] = []
+    try:
+        yield processes
+    finally:
+        for process in processes:
+            if process.poll() is None:
+                process.kill()
+                process.wait(timeout=5)
+    assert time.monotonic() - started < limit_seconds
 
 
 def frames_by_stream(framecrc: str) -> dict[int, list[int]]:
