@@ -61,7 +61,9 @@ def outputs_of(reply: dict, classroom: str) -> list[dict]:
 def run(process: subprocess.Popen, timeout: float) -> tuple[int, str, str]:
     try:
         stdout, stderr = process.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
+    except Exception as error:
+        if "TimeoutExpired" not in type(error).__name__:
+            raise
         process.kill()
         stdout, stderr = process.communicate(timeout=5)
     return process.returncode, (stdout or b"").decode(errors="replace"), (stderr or b"").decode(errors="replace")

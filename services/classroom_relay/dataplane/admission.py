@@ -151,6 +151,8 @@ class PinnedSender:
     layer: int = 0  # which simulcast layer slot of the track this address holds
     pinned_at: float = 0.0  # monotonic
     ssrcs: set[int] = field(default_factory=set)
+    # Sender reports that came before their SSRC's first packet: (NTP middle 32, RTP timestamp, arrival)
+    early_reports: dict[int, tuple[int, int, float]] = field(default_factory=dict)
     rtcp_key: int = 0  # where its RTCP came from (RTP port + 1 for ffmpeg); 0 until seen
 
 

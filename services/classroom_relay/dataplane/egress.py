@@ -32,6 +32,9 @@ class Egress:
         self.all_outputs = streams.all_outputs
         self.outputs_with_queue = streams.outputs_with_queue
         self.drops = drops
+        # Called before an output's first packet (feedback.py sends a sender report first: receivers such as
+        # ffmpeg fix their RTP-to-clock mapping on what arrives first).
+        self.before_first_packet = lambda output, now: None
 
     def prepare_output(self, output: Output) -> None:
         """The output's own sendmmsg headers (its socket is not connected: every message names it)."""
@@ -119,6 +122,8 @@ class Egress:
             self._forward_packetwise(output, batch.slots, now)  # the pacer decides packet by packet
             return
         bucket.tokens -= batch.total_bytes
+        if not output.packets_out:
+            self.before_first_packet(output, now)
         for timestamp in batch.keyframe_timestamps:
             if timestamp != output.last_keyframe_timestamp:
                 output.last_keyframe_timestamp = timestamp
@@ -197,6 +202,8 @@ class Egress:
         now: float,
     ) -> None:
         forwarder = output.forwarder
+        if not output.packets_out:
+            self.before_first_packet(output, now)
         if keyframe and timestamp != output.last_keyframe_timestamp:
             output.last_keyframe_timestamp = timestamp
             output.keyframes_out += 1

@@ -81,6 +81,7 @@ class Engine:
         receiver = RingReceiver(self.media_socket, self.ring, config.batch)
         self.ingest = Ingest(self.ring, receiver, streams, self.drops, self.topology, self.feedback, self.egress)
         self.topology.on_output_added = self._output_added
+        self.egress.before_first_packet = self.feedback.report_before_first_packet
         now = time.monotonic()
         self.next_tick = now
         self.next_rate_sample = now

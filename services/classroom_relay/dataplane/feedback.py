@@ -145,6 +145,11 @@ class Feedback:
 
     def _handle_sender_rtcp(self, sender: PinnedSender, key: int, items: list[RtcpItem], now: float) -> None:
         for item in items:
+            if isinstance(item, SenderReport) and item.sender_ssrc not in sender.ssrcs:
+                # ffmpeg sends its first report just before its first packet: keep it for that SSRC's layer.
+                if len(sender.early_reports) < 4:
+                    sender.early_reports[item.sender_ssrc] = (item.ntp_middle_32, item.rtp_timestamp, now)
+                sender.rtcp_key = key
             if isinstance(item, SenderReport) and item.sender_ssrc in sender.ssrcs:
                 layer = self.layers.get(item.sender_ssrc)
                 if layer is not None:
@@ -194,27 +199,39 @@ class Feedback:
     def sender_report(output: Output, ntp_seconds: int, ntp_fraction: int, now: float) -> bytes | None:
         """The output's sender report, carrying its sender's RTP↔NTP mapping through our rewriting.
 
-        The followed layer's last sender report said "RTP time R is NTP time N"; extrapolated to now in the
-        track's clock and shifted by this output's timestamp offset, it tells the receiver which of *our*
-        timestamps is now, so audio and video of one classroom line up (lip sync) whatever layer is
-        followed. Without a sender report from the source there is no honest mapping: nothing is sent.
+        The followed layer's last sender report said "RTP time R is NTP time N" (the sender's clock);
+        extrapolated to our NTP time now in the track's clock and shifted by this output's timestamp offset, it
+        tells the receiver which of *our* timestamps is now, so audio and video of one classroom line up (lip
+        sync) whatever layer is followed. The sender's NTP is used, not the report's arrival time: encoders
+        (ffmpeg) send reports tens of milliseconds after the instant they describe, differently per stream;
+        an offset between the sender's clock and ours is the same for all its tracks. Without a sender
+        report from the source there is no honest mapping: nothing is sent.
         """
-        if not output.packets_out:
-            return None
         forwarder = output.forwarder
         layer = output.track.layers.get(forwarder.layer_ssrc)
         if layer is None or not layer.last_sender_report_time:
             return None
-        elapsed_ticks = int((now - layer.last_sender_report_time) * forwarder.clock_rate)
+        elapsed_ticks = int(((ntp_middle_32(ntp_seconds, ntp_fraction) - layer.last_sender_report_middle) & 0xFFFFFFFF)
+                            / 65536 * forwarder.clock_rate)
         rtp_timestamp = layer.sender_report_timestamp + forwarder.timestamp_offset + elapsed_ticks
         return build_sender_report(
             forwarder.out_ssrc, ntp_seconds, ntp_fraction, rtp_timestamp, output.packets_out, output.bytes_out
         )
 
+    def report_before_first_packet(self, output: Output, now: float) -> None:
+        """A sender report just before an output's first packet, as encoders do (its mapping is known once
+        the output follows a layer)."""
+        report = self.sender_report(output, *ntp_now(), now)
+        if report is not None:
+            try:
+                output.sock.sendto(report, output.rtcp_destination())
+            except OSError:
+                output.send_errors += 1
+
     def send_reports(self, now: float) -> None:
         seconds, fraction = ntp_now()
         for output in self.all_outputs:
-            report = self.sender_report(output, seconds, fraction, now)
+            report = self.sender_report(output, seconds, fraction, now) if output.packets_out else None
             if report is None:
                 continue
             try:

@@ -284,6 +284,9 @@ class Topology:
             existing.track.layers.pop(ssrc, None)
         layer = Layer(ssrc, key, track)
         layer.first_packet_time = time.monotonic()
+        early = sender.early_reports.pop(ssrc, None)
+        if early is not None:
+            layer.last_sender_report_middle, layer.sender_report_timestamp, layer.last_sender_report_time = early
         track.layers[ssrc] = layer
         self.layers[ssrc] = layer
         return layer
