@@ -157,3 +157,34 @@ def test_session_events_carry_the_timetable_and_media_time(db, admin, settings, 
     assert (ended["scheduled_starts_at"], ended["scheduled_ends_at"]) == ("2026-03-02T08:00:00Z",
                                                                           "2026-03-02T08:40:00Z")
     assert ended["media_seconds"] == 0.0 and ended["ended_at"] == "2026-03-02T10:00:00Z"
+
+
+def test_registering_a_tracks_sender_again_is_the_hand_over(db, admin, settings, school):
+    """One sender per track (and layer slot): registering another address replaces the first (an encoder
+    restarting on a new port); a track the classroom does not publish is refused."""
+    master = classroom(db, admin, 101, "录播教室三", "broadcasting",
+                       tracks=[{"track": "audio", "kind": "audio"},
+                               {"track": "camera", "kind": "video", "layers_bps": [300_000, 1_200_000]}])
+    live = lessons.create_session(db, admin, lesson(master_classroom_id=master["id"]), settings, FACTS)
+    lessons.start_session(db, admin, live["id"], settings, now=NOW)
+
+    def register(track: str, port: int) -> dict:
+        return media_access.register_sender(db, admin, live["id"], master["id"],
+                                            {"host": "127.0.0.1", "port": port, "track": track}, settings, now=NOW)
+
+    register("camera", 6000)
+    register("camera:1", 6002)
+    register("audio", 6004)
+    register("camera", 6100)  # the camera encoder restarted on another port
+    [entry] = dataplane_state.desired_state(db, settings)["sessions"]
+    senders = entry["members"][0]["senders"]
+    assert [(sender["track"], sender["address"]) for sender in senders] == [
+        ("camera:1", ["127.0.0.1", 6002]), ("audio", ["127.0.0.1", 6004]), ("camera", ["127.0.0.1", 6100])]
+    assert len({sender["token"] for sender in senders}) >= 1
+    for unknown in ("courseware", "camera:2"):
+        with pytest.raises(NotFound, match="publishes no track"):
+            register(unknown, 6200)
+    with pytest.raises(InvalidInput):
+        register("camera:9", 6200)
+    token = media_access.issue_join_token(db, admin, live["id"], master["id"], {}, settings, now=NOW)
+    assert set(token["hellos"]) == {"audio", "camera", "camera:1"}
