@@ -87,7 +87,14 @@ def complete(track: Track) -> Track:
 
 
 def completed(tracks: Iterable[Track] | None, fallback: Sequence[Track]) -> list[Track]:
-    return [complete(track) for track in tracks] if tracks is not None else [dict(track) for track in fallback]
+    """The given tracks completed (ValueError for two of one name), else a copy of `fallback`."""
+    if tracks is None:
+        return [dict(track) for track in fallback]
+    found = [complete(track) for track in tracks]
+    names = [track["track"] for track in found]
+    if len(set(names)) != len(names):
+        raise ValueError(f"two tracks are named {sorted(name for name in set(names) if names.count(name) > 1)}")
+    return found
 
 
 def total_bps(tracks: Iterable[Track]) -> int:

@@ -105,6 +105,8 @@ def test_track_declarations_are_checked(db, admin):
         classroom(db, admin, 102, "奇数端口", "receiving", receive_host="127.0.0.1", receive_port=40001)
     assert "even port" in str(odd.value.fields["receive_port"])
     assert tracks.aac_config(48000, 2) == "1190" and tracks.aac_config(44100, 2) == "1210"
+    with pytest.raises(ValueError, match="two tracks"):
+        tracks.completed([{"track": "camera", "kind": "video"}, {"track": "camera", "kind": "video"}], ())
 
 
 # --- trust: accounts' facts, not the request body ---------------------------------------------------------
