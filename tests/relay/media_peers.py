@@ -124,3 +124,13 @@ class LossyLink:
         self.stopped = True
         self.rtp.close()
         self.rtcp.close()
+
+
+def ffmpeg_framecrc_receiver(sdp_path: object, seconds: float, verbosity: str = "error") -> subprocess.Popen:
+    """ffmpeg playing a receiver's SDP for ``seconds``, one framecrc line per decoded frame on stdout."""
+    assert FFMPEG is not None
+    return subprocess.Popen(
+        [FFMPEG, "-nostdin", "-v", verbosity, "-protocol_whitelist", "file,udp,rtp", "-i", str(sdp_path),
+         "-t", str(seconds), "-f", "framecrc", "-"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip

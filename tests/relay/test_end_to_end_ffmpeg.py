@@ -12,7 +12,7 @@ import pytest
 
 from services.classroom_relay.dataplane.admission import build_hello, issue_token
 
-from .media_peers import CAMERA, member, outputs_of, receive, receiver_sdp
+from .media_peers import CAMERA, ffmpeg_framecrc_receiver, member, outputs_of, receive, receiver_sdp
 from .relay_harness import SECRET, free_udp_port_pair, stop_process
 
 FFMPEG = shutil.which("ffmpeg")
@@ -64,11 +64,7 @@ def test_two_branches_decode_and_the_constrained_one_gets_the_lower_layer(datapl
         sdp_path = tmp_path / f"{classroom}.sdp"
         sdp_path.write_text(receiver_sdp(outputs_of(reply, classroom), {("master-room", "camera"): port},
                                          {"camera": "video"}))
-        receivers[classroom] = subprocess.Popen(
-            [FFMPEG, "-nostdin", "-v", "error", "-protocol_whitelist", "file,udp,rtp", "-i", str(sdp_path),
-             "-t", str(RECEIVE_SECONDS), "-f", "framecrc", "-"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
+        receivers[classroom] = ffmpeg_framecrc_receiver(sdp_path, RECEIVE_SECONDS)
 
     high_port, low_port = free_udp_port_pair(), free_udp_port_pair()
     token = issue_token(SECRET.encode(), "s1", "master-room", ttl_seconds=60)

@@ -23,6 +23,7 @@ from .media_peers import (
     GST_CAPS_H264,
     GST_LAUNCH,
     LossyLink,
+    ffmpeg_framecrc_receiver,
     member,
     outputs_of,
     receive,
@@ -84,11 +85,7 @@ def test_sound_and_picture_reach_two_branches_and_both_decode(dataplane, tmp_pat
     for name, ports in branches.items():
         sdp = tmp_path / f"{name}.sdp"
         sdp.write_text(receiver_sdp(outputs_of(reply, name), ports, {"audio": "audio", "camera": "video"}))
-        receivers[name] = subprocess.Popen(
-            [FFMPEG, "-nostdin", "-v", "error", "-protocol_whitelist", "file,udp,rtp", "-i", str(sdp),
-             "-t", str(RECEIVE_SECONDS), "-f", "framecrc", "-"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
+        receivers[name] = ffmpeg_framecrc_receiver(sdp, RECEIVE_SECONDS)
     audio_port, video_port = free_udp_port_pair(), free_udp_port_pair()
     say_hello(dataplane, "master", "audio", audio_port)
     say_hello(dataplane, "master", "camera", video_port)
@@ -129,11 +126,7 @@ def test_ten_forced_layer_switches_keep_timestamps_monotonic(dataplane, tmp_path
     sdp.write_text(receiver_sdp(outputs_of(reply, "branch-a"), {("master", "camera"): receiver_port},
                                 {"camera": "video"}))
     seconds = 12
-    receiver = subprocess.Popen(
-        [FFMPEG, "-nostdin", "-v", "warning", "-protocol_whitelist", "file,udp,rtp", "-i", str(sdp),
-         "-t", str(seconds - 2), "-f", "framecrc", "-"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    receiver = ffmpeg_framecrc_receiver(sdp, seconds - 2, verbosity="warning")
     high_port, low_port = free_udp_port_pair(), free_udp_port_pair()
     say_hello(dataplane, "master", "camera:0", high_port)
     say_hello(dataplane, "master", "camera:1", low_port)
