@@ -217,7 +217,7 @@ def test_control_channel_needs_the_secret_and_caps_connections(dataplane) -> Non
     for connection in idle:
         connection.close()
     time.sleep(0.2)
-    assert dataplane.call("hello")["limits"]["max_outputs"] == 2048
+    assert dataplane.call("hello")["limits"]["max_outputs"] == 4096
 
 
 def test_caps_on_members_and_sessions(tmp_path) -> None:

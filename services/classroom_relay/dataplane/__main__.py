@@ -18,12 +18,12 @@ import signal
 import sys
 from pathlib import Path
 
+from services.classroom_relay import settings as relay_settings
+
 from .control import serve_control
 from .engine import Engine, EngineConfig
 from .metrics import serve_metrics
 from .ports import parse_port_range
-
-DEFAULT_SECRET_FILE = ".run/relay-control.secret"
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,16 +40,16 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--metrics-port", type=int, default=int(os.environ.get("RELAY_METRICS_PORT", "9464")))
     parser.add_argument("--metrics-host", default="127.0.0.1")
     parser.add_argument(
-        "--control-secret-file", default=os.environ.get("RELAY_CONTROL_SECRET_FILE", DEFAULT_SECRET_FILE),
+        "--control-secret-file", default=relay_settings.CONTROL_SECRET_FILE.get(),
         help="file holding the control secret; created with mode 0600 if missing",
     )
     parser.add_argument(
-        "--media-ports", default=os.environ.get("RELAY_MEDIA_PORTS") or None,
+        "--media-ports", default=relay_settings.MEDIA_PORTS.get() or None,
         help="LOW-HIGH: every UDP socket (media, RTCP, one per output) is bound inside this range",
     )
     parser.add_argument("--max-sessions", type=int, default=256)
-    parser.add_argument("--max-members", type=int, default=64, help="members per session")
-    parser.add_argument("--max-outputs", type=int, default=2048)
+    parser.add_argument("--max-members", type=int, default=256, help="members per session")
+    parser.add_argument("--max-outputs", type=int, default=4096)
     parser.add_argument("--max-connections", type=int, default=8, help="control connections at once")
     parser.add_argument("--ring-slots", type=int, default=8192, help="packet ring / NACK cache size")
     parser.add_argument("--no-gso", action="store_true", help="send one datagram per system call")
@@ -59,7 +59,7 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
 
 def control_secret(path: str) -> str:
     """RELAY_CONTROL_SECRET, else the secret in ``path``, else a new one written there (0600, directory 0700)."""
-    from_environment = os.environ.get("RELAY_CONTROL_SECRET")
+    from_environment = relay_settings.CONTROL_SECRET.get()
     if from_environment:
         return from_environment
     secret_path = Path(path)

@@ -44,8 +44,8 @@ class EngineConfig:
     rtcp_port: int = 0  # 0: media_port + 1 when media_port is fixed, else any free port
     media_ports: tuple[int, int] | None = None  # every socket is bound inside this range when set
     max_sessions: int = 256
-    max_members_per_session: int = 64
-    max_outputs: int = 2048
+    max_members_per_session: int = 256  # a 名校网络课堂 fans one school out to ~200 classrooms
+    max_outputs: int = 4096
     ring_slots: int = 8192
     batch: int = 64
     use_gso: bool = True
