@@ -176,7 +176,7 @@ def test_gstreamer_rtpbin_behind_five_percent_loss_is_repaired_by_nack(dataplane
     reply = dataplane.call("set_state", secrets=[SECRET], sessions=[{"session": "s1", "members": members}])
     link.relay_rtcp = tuple(reply["outputs"][0]["relay_address"])
     seconds = 8
-    forwarding = threading.Thread(target=link.run, args=(seconds + 4,), daemon=True)
+    forwarding = threading.Thread(target=link.run, args=(seconds + 12,), daemon=True)
     forwarding.start()
     receiver = subprocess.Popen(
         [GST_LAUNCH, "-e", "-v", "rtpbin", "name=rb", "rtp-profile=avpf", "do-retransmission=true", "latency=400",
@@ -201,6 +201,8 @@ def test_gstreamer_rtpbin_behind_five_percent_loss_is_repaired_by_nack(dataplane
     try:
         sender.wait(timeout=seconds + 10)
         time.sleep(1.0)
+        # rtpbin's regular reports come every few seconds (randomised, RFC 3550 §6.2); NACKs go out at once.
+        wait_until(lambda: dataplane.stats("s1")["sessions"]["s1"]["outputs"][0]["reported"], timeout=6)
         output = dataplane.stats("s1")["sessions"]["s1"]["outputs"][0]
     finally:
         receiver.send_signal(signal.SIGINT)
@@ -212,7 +214,8 @@ def test_gstreamer_rtpbin_behind_five_percent_loss_is_repaired_by_nack(dataplane
     assert link.dropped >= 20, (link.dropped, link.forwarded)
     assert output["nacks_received"] >= link.dropped * 0.7, (output, link.dropped)
     assert output["retransmissions"] >= link.dropped * 0.7, (output, link.dropped)
-    assert output["reported"] and output["rtcp_from"] == ["127.0.0.1", link.port + 1]
+    assert output["rtcp_from"] == ["127.0.0.1", link.port + 1], output
+    assert output["reported"] and output["loss_ratio"] is not None, output
     assert decoded >= 25 * (seconds - 2), decoded
     assert decode_errors == 0, errors[-2000:]
 
