@@ -33,7 +33,7 @@ from .rtcp import (
     parse_compound,
     round_trip_seconds,
 )
-from .streams import ADDRESS_IP_MASK, Output, Streams, Track
+from .streams import ADDRESS_IP_MASK, RTCP_PORT_STEP, Output, Streams, Track
 from .topology import Topology
 
 
@@ -187,7 +187,8 @@ class Feedback:
             return
         sender = self.admission.senders.get(layer.sender_key)
         rtcp_key = sender.rtcp_key if sender is not None else 0
-        destination = key_address(rtcp_key or layer.sender_key)
+        # Until the sender's own RTCP shows where it listens, RTP port + 1 (RFC 3550 §11; ffmpeg and rtpbin).
+        destination = key_address(rtcp_key or layer.sender_key + RTCP_PORT_STEP)
         try:
             self.rtcp_socket.sendto(build_pli(self.relay_ssrc, layer_ssrc), destination)
         except OSError:
@@ -259,5 +260,6 @@ class Feedback:
             rtcp_key = sender.rtcp_key if sender is not None else 0
             with contextlib.suppress(OSError):
                 self.rtcp_socket.sendto(
-                    build_receiver_report(self.relay_ssrc, (block,)), key_address(rtcp_key or layer.sender_key)
+                    build_receiver_report(self.relay_ssrc, (block,)),
+                    key_address(rtcp_key or layer.sender_key + RTCP_PORT_STEP),
                 )
