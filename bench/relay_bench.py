@@ -11,7 +11,10 @@ Prints, in one run, with the forwarder pinned to one core (the load generator on
   counted (hardware instruction counters are not available in this VM);
 - packet loss and p50/p99 added latency at 20 000 packets/s, 1→4: relay path minus direct
   generator→sink path, measured in interleaved pairs in the same run (send time inside the payload);
-- peak resident memory of the data plane for 1 master → 16 branches, 3 simulcast layers, NACK cache on;
+- the same rounds for a minimal C recvmmsg/sendmmsg forwarder (bench/relay_forwarder.c, built with the
+  system ``cc``): the machine's per-packet limit, reported beside the bare Python one;
+- peak resident memory of the data plane for 1 master → 16 branches, 3 simulcast layers, NACK cache on, and
+  for a 1 → 200 fan-out (one output socket per receiving classroom);
 - the command, and the machine's load average at the start and at the end.
 Everything runs on 127.0.0.1, every load loop is bounded by packets and time; about 2 minutes.
 """
@@ -224,6 +227,27 @@ def run_bare(arguments: argparse.Namespace) -> None:
     print(json.dumps(result), flush=True)
 
 
+def _configure_session(engine, sinks: list[int], token: str, source_port: int) -> None:
+    """The master's camera to every sink, in whichever form the measured checkout's data plane takes."""
+    try:  # protocol 2: members, tracks, per-output ports
+        from services.classroom_relay.dataplane.streams import TrackSpec
+        from services.classroom_relay.dataplane.topology import MemberSpec, OutputSpec
+    except ImportError:  # an older checkout (--code-root): master + branches
+        engine.set_session("bench", "master")
+        for index, port in enumerate(sinks):
+            engine.set_branch("bench", f"branch-{index}", ("127.0.0.1", port), budget_bytes_per_second=1e9)
+        assert engine.register_sender("bench", "master", token, ("127.0.0.1", source_port)) == 0
+        return
+    members = [MemberSpec("master", (TrackSpec("camera", "video", "camera", 90_000),))]
+    members += [
+        MemberSpec(f"branch-{index}", (), "127.0.0.1", 1e9, (OutputSpec("master", "camera", port),))
+        for index, port in enumerate(sinks)
+    ]
+    _outputs, refused = engine.set_session("bench", members)
+    assert not refused, refused
+    assert engine.register_sender("bench", "master", "camera", token, ("127.0.0.1", source_port)) == 0
+
+
 def run_engine(arguments: argparse.Namespace) -> None:
     """The data plane with all its logic, configured as the control plane would."""
     pin(FORWARDER_CPU)
@@ -242,11 +266,8 @@ def run_engine(arguments: argparse.Namespace) -> None:
     engine = Engine(EngineConfig(use_gso=arguments.gso))
     registry = serve_metrics(engine.snapshot_locked, 0)  # exporter on (port 0: any free port)
     engine.set_secrets([SECRET.encode()])
-    engine.set_session("bench", "master")
-    for index, port in enumerate(arguments.sinks):
-        engine.set_branch("bench", f"branch-{index}", ("127.0.0.1", port), budget_bytes_per_second=1e9)
     token = issue_token(SECRET.encode(), "bench", "master", 600)
-    assert engine.register_sender("bench", "master", token, ("127.0.0.1", arguments.source_port)) == 0
+    _configure_session(engine, arguments.sinks, token, arguments.source_port)
     print(json.dumps({"port": engine.media_address[1]}), flush=True)
     outputs = engine.all_outputs
 
@@ -397,8 +418,27 @@ def latency_round(fanout: int, direct: bool) -> dict:
             sink.close()
 
 
-VARIANTS = (("bare", "bare recv/send", "bare", False), ("full", "full logic", "engine", False),
-            ("gso", "full logic + GSO", "engine", True))  # fmt: skip
+VARIANTS = (("bare", "bare recv/send", "bare", False), ("c", "C recvmmsg/sendmmsg", "c", False),
+            ("full", "full logic", "engine", False), ("gso", "full logic + GSO", "engine", True))  # fmt: skip
+C_FORWARDER_SOURCE = ROOT / "bench" / "relay_forwarder.c"
+
+
+def build_c_forwarder() -> str | None:
+    """Compile bench/relay_forwarder.c with the system cc (-O2) into a temporary directory; None without cc."""
+    import shutil
+    import tempfile
+
+    compiler = shutil.which("cc")
+    if compiler is None:
+        return None
+    binary = os.path.join(tempfile.mkdtemp(prefix="relay-bench-"), "relay_forwarder")
+    subprocess.run([compiler, "-O2", "-o", binary, str(C_FORWARDER_SOURCE)], check=True)
+    return binary
+
+
+def run_c(arguments: argparse.Namespace) -> None:
+    binary = os.environ["RELAY_BENCH_C_FORWARDER"]
+    os.execv(binary, [binary, str(FORWARDER_CPU), *map(str, arguments.sinks)])
 
 
 def throughput(fanout: int) -> dict[str, list[dict]]:
@@ -406,6 +446,8 @@ def throughput(fanout: int) -> dict[str, list[dict]]:
     rounds: dict[str, list[dict]] = {key: [] for key, *_ in VARIANTS}
     for _ in range(ROUNDS):
         for key, _label, role, gso in VARIANTS:
+            if role == "c" and not os.environ.get("RELAY_BENCH_C_FORWARDER"):
+                continue  # no C compiler on this machine
             rounds[key].append(one_round(role, fanout, gso=gso))
     return rounds
 
@@ -421,6 +463,8 @@ def print_throughput(fanout: int, rounds: dict[str, list[dict]]) -> dict[str, fl
     bare_cpu = statistics.median(sum(cpu_per_packet(result)) for result in rounds["bare"])
     ratios = {}
     for key, label, _role, gso in VARIANTS:
+        if not rounds[key]:
+            continue
         rates = [result["packets_per_second"] for result in rounds[key]]
         per_round = [rate / bare if bare else float("nan") for rate, bare in zip(rates, bare_rates, strict=True)]
         ratio = statistics.median(per_round)
@@ -472,6 +516,9 @@ def main() -> None:
     load_start = os.getloadavg()
     os.environ["RELAY_BENCH_CPUS"] = ",".join(str(cpu) for cpu in ALLOWED_CPUS)
     pin(LOAD_CPU)  # this process reads the latency sinks: keep it off the forwarder's core
+    c_forwarder = build_c_forwarder()
+    if c_forwarder is not None:
+        os.environ["RELAY_BENCH_C_FORWARDER"] = c_forwarder
     print("command: " + " ".join([sys.executable, *sys.argv]))
     print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} "
           f"({os.cpu_count()} CPUs); data plane code from {CODE_ROOT}")  # fmt: skip
@@ -495,8 +542,16 @@ def main() -> None:
     print(f"peak RSS of the data plane, 1 master → 16 branches, {memory['layers']} simulcast layers, NACK cache "
           f"(8192 × 1500 B ring) on: {memory['max_rss_bytes'] / 1e6:.1f} MB "
           f"(budget {RSS_BUDGET_BYTES / 1e6:.0f} MB)")  # fmt: skip
+    wide = one_round("engine", 200, gso=True)
+    print(f"1 master → 200 receiving classrooms (camera track, one layer, an output socket each): "
+          f"{wide['packets_per_second']:,.0f} out pkt/s, peak RSS {wide['max_rss_bytes'] / 1e6:.1f} MB "
+          f"(budget {RSS_BUDGET_BYTES / 1e6:.0f} MB)")  # fmt: skip
     print()
     for fanout, ratios in summary.items():
+        if "c" in ratios:
+            print(f"1→{fanout} against the C recvmmsg/sendmmsg forwarder: full {ratios['full'] / ratios['c']:.2f}×, "
+                  f"GSO {ratios['gso'] / ratios['c']:.2f}× (goals ≥ 1.0×, ≥ 2×); by CPU per packet: full "
+                  f"{ratios['full_cpu'] / ratios['c_cpu']:.2f}×, GSO {ratios['gso_cpu'] / ratios['c_cpu']:.2f}×")
         full_met = "met" if ratios["full"] >= 0.9 else "MISSED"
         print(f"goal 1→{fanout}: full {ratios['full']:.2f}× bare (≥ 0.9: {full_met}), "
               f"GSO {ratios['gso']:.2f}× (≥ 2: {'met' if ratios['gso'] >= 2 else 'MISSED'}); "
@@ -510,7 +565,7 @@ def main() -> None:
 
 def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--role", choices=("main", "generator", "bare", "engine"), default="main")
+    parser.add_argument("--role", choices=("main", "generator", "bare", "c", "engine"), default="main")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--source-port", type=int, default=0)
     parser.add_argument("--sinks", type=int, nargs="*", default=[])
@@ -527,6 +582,7 @@ def parse_arguments() -> argparse.Namespace:
 if __name__ == "__main__":
     arguments = parse_arguments()
     CODE_ROOT = arguments.code_root
-    {"main": lambda _args: main(), "generator": run_generator, "bare": run_bare, "engine": run_engine}[arguments.role](
+    {"main": lambda _args: main(), "generator": run_generator, "bare": run_bare, "c": run_c,
+     "engine": run_engine}[arguments.role](
         arguments
     )

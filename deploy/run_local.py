@@ -129,6 +129,9 @@ def main() -> None:
     env.setdefault("RELAY_CONTROL_ADDRESS", f"127.0.0.1:{DATAPLANE_PORTS['control']}")
     # Services accept only scopes accounts signed with this (services/common/scope.py): a fresh one per run.
     env.setdefault("LIANXIAO_SCOPE_SECRET", secrets.token_hex(32))
+    # The control channel is always authenticated: unless RELAY_CONTROL_SECRET is given, the data plane
+    # generates its secret into this file (mode 0600) and the control plane reads it from there.
+    env.setdefault("RELAY_CONTROL_SECRET_FILE", str(REPO / relay_settings.CONTROL_SECRET_FILE.default))
     if not env.get("RELAY_JOIN_SECRETS"):
         # One machine for trying things out: the relay's built-in development secret signs join tokens.
         # Production sets RELAY_JOIN_SECRETS (the service refuses to start without it otherwise).

@@ -7,9 +7,15 @@
 bench-relay: deps ## Forwarding benchmark of the relay data plane (127.0.0.1 only, bounded, ~1.5 min)
 	$(PY) bench/relay_bench.py $(RELAY_BENCH_ARGS)
 
-# ffmpeg: the real encoder/decoder of the relay's end-to-end tests.
+# ffmpeg and GStreamer: the real encoders/decoders of the relay's tests (GStreamer's rtpbin is the receiver
+# that sends RTCP: reports, NACK, PLI; x264enc behind it honours PLI). cc builds the benchmark's C forwarder.
+RELAY_GST_PACKAGES := gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+	gstreamer1.0-plugins-ugly gstreamer1.0-libav
 system-deps::
-	@command -v ffmpeg >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y ffmpeg; }
+	@command -v ffmpeg >/dev/null 2>&1 && command -v gst-launch-1.0 >/dev/null 2>&1 \
+		&& gst-inspect-1.0 x264enc >/dev/null 2>&1 && gst-inspect-1.0 rtpbin >/dev/null 2>&1 \
+		&& gst-inspect-1.0 avdec_h264 >/dev/null 2>&1 || { apt-get update && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends ffmpeg $(RELAY_GST_PACKAGES); }
 
-test-relay: deps system-deps ## The relay's data-plane tests only (unit, subprocess, ffmpeg end to end, fuzz)
+test-relay: deps system-deps ## The relay's data-plane tests only (unit, subprocess, ffmpeg/GStreamer peers, fuzz)
 	$(PY) -m pytest tests/relay -q

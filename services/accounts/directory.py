@@ -373,6 +373,25 @@ def list_groups(session: Session, scope: Scope, school_id: int | None = None) ->
     ]
 
 
+def school_facts(session: Session, scope: Scope, school_ids: Any) -> dict[int, dict[str, Any]]:
+    """`{id: {"id", "bureau_id", "district_id", "link_capacity_bps"}}` of the listed schools the scope covers.
+
+    A school outside the scope and one that does not exist are both simply absent: the caller answers
+    "not yours" and "not there" alike.
+    """
+    values = load(schemas.SchoolFactsIn(), {"school_ids": school_ids})
+    wanted = sorted(set(values["school_ids"]))
+    if not wanted:
+        return {}
+    query = select(School).where(School.id.in_(wanted), School.bureau_id == scope.bureau_id)
+    out = schemas.SchoolFactsOut()
+    return {
+        school.id: out.dump(school)
+        for school in session.scalars(query)
+        if scope.covers_school(school.bureau_id, school.district_id, school.id)
+    }
+
+
 def teacher_names(session: Session, scope: Scope, teacher_ids: Any) -> dict[int, dict[str, Any]]:
     """Names of the listed teachers the scope may see: `{id: {"name", "staff_number", "school_id"}}`.
 

@@ -180,6 +180,22 @@ class PageIn(StrictSchema):
 MAX_NAME_LOOKUP = 2000
 
 
+class SchoolFactsIn(StrictSchema):
+    """Schools another service needs the facts of (the relay, registering classrooms)."""
+
+    school_ids = fields.List(fields.Integer(strict=True, validate=ID), required=True,
+                             validate=validate.Length(max=MAX_NAME_LOOKUP))
+
+
+class SchoolFactsOut(Schema):
+    """What accounts vouches for about a school: its bureau, district and internet link."""
+
+    id = fields.Integer()
+    bureau_id = fields.Integer()
+    district_id = fields.Integer(allow_none=True)
+    link_capacity_bps = fields.Integer()
+
+
 class TeacherNamesIn(StrictSchema):
     """A batch of teacher ids whose names a report needs (a bulletin's rankings, a school's teachers)."""
 

@@ -52,6 +52,11 @@ class AccountsService(HealthRpc, ReplayRpc):
         return directory.list_schools(self.db, Scope.from_dict(scope))
 
     @rpc
+    def school_facts(self, scope: dict, school_ids: list[int]) -> dict[int, dict[str, Any]]:
+        """Bureau, district and link of the listed schools in the scope (others absent; keys arrive as text)."""
+        return directory.school_facts(self.db, Scope.from_dict(scope), school_ids)
+
+    @rpc
     def create_alliance(self, scope: dict, data: dict) -> dict[str, Any]:
         with self.db.begin():
             return directory.create_alliance(self.db, Scope.from_dict(scope), data)

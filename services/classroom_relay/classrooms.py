@@ -10,10 +10,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.classroom_relay import link_budgets, schemas
+from services.classroom_relay import link_budgets, schemas, tracks
 from services.classroom_relay.exceptions import (
     Conflict,
-    Forbidden,
     InvalidInput,
     NotFound,
 )
@@ -27,34 +26,46 @@ from services.classroom_relay.models import (
     RelaySchool,
 )
 from services.classroom_relay.records import covers, dump_classroom, get_room, require_id
+from services.classroom_relay.school_facts import Facts, school_in_scope
 from services.common.db import flush_or_conflict
 from services.common.scope import Scope
 from services.common.validation import load
 
 
-def create_classroom(session: Session, scope: Scope, data: dict[str, Any]) -> dict[str, Any]:
+def _tracks(values: dict[str, Any]) -> list[dict[str, Any]] | None:
+    if values["tracks"] is None:
+        return None
+    try:
+        return tracks.completed(values["tracks"], ())
+    except ValueError as error:
+        raise InvalidInput(f"Unplayable track: {error}.", {"tracks": [str(error)]}) from None
+
+
+def create_classroom(session: Session, scope: Scope, data: dict[str, Any], facts: Facts) -> dict[str, Any]:
+    """Register a classroom of a school accounts confirms is in the caller's scope, with accounts' bureau,
+    district and link (values in the body must agree with accounts; they are never taken from it)."""
     values = load(schemas.ClassroomIn(), data)
     scope.require_write()
-    if not scope.covers_school(values["bureau_id"], values["district_id"], values["school_id"]):
-        raise Forbidden(f"School {values['school_id']} is outside this token's scope ({scope.describe()}).")
+    known = school_in_scope(facts, scope, values["school_id"])
+    disagreeing = {
+        name: known[fact] for name, fact in (("bureau_id", "bureau_id"), ("district_id", "district_id"),
+                                             ("school_link_capacity_bps", "link_capacity_bps"))
+        if values[name] is not None and values[name] != known[fact]
+    }
+    if disagreeing:
+        raise InvalidInput(
+            f"School {values['school_id']}'s facts come from accounts and differ from the request: "
+            + ", ".join(f"{name} is {value}" for name, value in disagreeing.items()) + ".",
+            {name: [f"Accounts says {value}."] for name, value in disagreeing.items()},
+        )
+    room_tracks = _tracks(values)
     school = session.get(RelaySchool, values["school_id"], with_for_update=True)
-    link = values["school_link_capacity_bps"]
     if school is None:
-        school = RelaySchool(
-            id=values["school_id"],
-            bureau_id=values["bureau_id"],
-            district_id=values["district_id"],
-            link_capacity_bps=link or DEFAULT_MASTER_SCHOOL_LINK_BPS,
-        )
+        school = RelaySchool(id=values["school_id"])
         session.add(school)
-    elif school.bureau_id != values["bureau_id"]:
-        raise Conflict(f"School {school.id} is already registered in bureau {school.bureau_id}.")
-    elif link is not None and link != school.link_capacity_bps:
-        raise Conflict(
-            f"School {school.id}'s link is registered as {link_budgets.mbit(school.link_capacity_bps)}, "
-            f"not {link_budgets.mbit(link)}; change it with set_school_link.",
-            {"school_link_capacity_bps": school.link_capacity_bps},
-        )
+    # The relay's copy follows accounts (a school's link may have been resized there).
+    school.bureau_id, school.district_id = known["bureau_id"], known["district_id"]
+    school.link_capacity_bps = known["link_capacity_bps"] or DEFAULT_MASTER_SCHOOL_LINK_BPS
     room = Classroom(
         school_id=school.id,
         name=values["name"],
@@ -63,6 +74,7 @@ def create_classroom(session: Session, scope: Scope, data: dict[str, Any]) -> di
         downlink_capacity_bps=values["downlink_capacity_bps"] or DEFAULT_DOWNLINK_BPS,
         receive_host=values["receive_host"],
         receive_port=values["receive_port"],
+        tracks=room_tracks,
     )
     session.add(room)
     flush_or_conflict(session, f"School {school.id} already has a classroom named {values['name']!r}.")
@@ -70,16 +82,23 @@ def create_classroom(session: Session, scope: Scope, data: dict[str, Any]) -> di
     return dump_classroom(room)
 
 
-def set_school_link(session: Session, scope: Scope, school_id: Any, link_capacity_bps: Any) -> dict[str, Any]:
-    """Change a school's link (e.g. after accounts' school.changed); never below what is committed now."""
+def set_school_link(
+    session: Session, scope: Scope, school_id: Any, link_capacity_bps: Any, facts: Facts
+) -> dict[str, Any]:
+    """Follow a school's link resized in accounts (e.g. after its school.changed); never below what is
+    committed now. The new value must be what accounts says: accounts owns the school."""
     school = session.get(RelaySchool, require_id(school_id, "School"), with_for_update=True)
-    if school is None or school.bureau_id != scope.bureau_id:
-        raise NotFound(f"School {school_id} has no classrooms in the relay.")
+    if school is None or not scope.covers_school(school.bureau_id, school.district_id, school.id):
+        raise NotFound(f"School {school_id} has no classrooms in the relay in this token's scope.")
     scope.require_write()
-    if not scope.covers_school(school.bureau_id, school.district_id, school.id):
-        raise Forbidden(f"School {school_id} is outside this token's scope ({scope.describe()}).")
     if not isinstance(link_capacity_bps, int) or isinstance(link_capacity_bps, bool) or link_capacity_bps < MBIT:
         raise InvalidInput("link_capacity_bps must be an integer of at least 1 000 000.")
+    known = school_in_scope(facts, scope, school.id)
+    if known["link_capacity_bps"] != link_capacity_bps:
+        raise Conflict(
+            f"Accounts has school {school.id}'s link at {link_budgets.mbit(known['link_capacity_bps'])}; "
+            "change it there first.", {"link_capacity_bps": known["link_capacity_bps"]},
+        )
     in_use = link_budgets.total_by_link(committed_loads(session)).get(link_budgets.school_link(school.id), 0)
     if in_use > link_capacity_bps:
         raise Conflict(

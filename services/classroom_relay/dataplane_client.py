@@ -9,8 +9,10 @@ everything), and after reconnecting. It pulls `get_stats` every few seconds for 
 timer and the SDPs. Errors back off and retry; the service keeps answering RPCs while a data plane is
 away, and placement skips data planes that do not answer.
 
-RELAY_CONTROL_SECRET (optional, environment or nameko config): the shared secret the data planes
-check in `hello` before they accept anything else on a connection.
+The control channel is always authenticated: RELAY_CONTROL_SECRET, else the secret the data plane wrote
+to RELAY_CONTROL_SECRET_FILE (mode 0600; read again on every connection, so the control plane may start
+first). Besides every change, the whole desired state is pushed every RELAY_RECONCILE_INTERVAL seconds, so
+whatever reached a data plane some other way (a removed session, a stranger's branch) is put right.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import eventlet
@@ -26,9 +29,8 @@ from nameko.extensions import DependencyProvider
 from prometheus_client import Counter, Gauge
 from sqlalchemy.orm import Session
 
-from services.classroom_relay import dataplane_state, lessons, link_budgets, placement, relay_settings
+from services.classroom_relay import dataplane_state, lessons, link_budgets, placement, relay_settings, settings
 from services.classroom_relay.dataplane.protocol import ControlClient
-from services.classroom_relay.settings import CONTROL_SECRET, STATS_INTERVAL
 from services.common.config import database_url
 from services.common.db import make_engine
 from services.common.link_targets import LINK_TARGETS_BYTES_PER_SECOND
@@ -55,6 +57,8 @@ class DataPlaneChannel:
         self.hello: dict[str, Any] = {}
         self.stats: dict[str, Any] | None = None
         self.stats_at: float | None = None
+        self.confirmed_outputs: list[dict[str, Any]] = []  # from the last set_state reply
+        self.next_reconcile = 0.0
         self.client: ControlClient | None = None
 
     @property
@@ -80,9 +84,9 @@ class DataPlaneChannel:
     def media_address(self) -> list[Any] | None:
         return placement.public_address(self.hello.get("media_address"), self.spec)
 
-    def outputs(self) -> dict[tuple[str, str], dict]:
-        """Downstream outputs by (session, classroom) key, relay addresses as classrooms reach them."""
-        found = dataplane_state.outputs_by_key(self.stats)
+    def outputs(self) -> dict[dataplane_state.OutputKey, dict]:
+        """Outputs by (session, receiver, source classroom, track), relay addresses as classrooms reach them."""
+        found = dataplane_state.outputs_by_key(self.stats, self.confirmed_outputs)
         return {key: {**output, "relay_address": placement.public_address(output.get("relay_address"), self.spec)}
                 for key, output in found.items()}
 
@@ -135,12 +139,13 @@ class DataPlaneChannel:
 
     def _converse(self) -> None:
         """One connection's life: hello, push, then stats and pushes until something fails."""
-        self.client = ControlClient(timeout=5.0, secret=self.link.control_secret, **self.spec.client_arguments())
+        self.client = ControlClient(timeout=5.0, secret=self.link.control_secret(), **self.spec.client_arguments())
         self.hello = self._call("hello")
         self.link.connected_gauge.labels(self.name).set(1)
         next_stats = 0.0
         while self.link.running:
-            if self.push_wanted or self.pushed_instance != self.hello.get("instance"):
+            if (self.push_wanted or self.pushed_instance != self.hello.get("instance")
+                    or time.monotonic() >= self.next_reconcile):
                 self._push()
             if time.monotonic() >= next_stats:
                 stats = self._call("get_stats")["stats"]
@@ -150,7 +155,7 @@ class DataPlaneChannel:
                     # ControlClient reconnects by itself: a restarted data plane shows up here first.
                     self.hello = self._call("hello")
                     continue
-            self._wait(max(0.0, next_stats - time.monotonic()))
+            self._wait(max(0.0, min(next_stats, self.next_reconcile) - time.monotonic()))
 
     def _push(self) -> None:
         # Clear the flag before reading: a change committed meanwhile asks for another push.
@@ -159,9 +164,11 @@ class DataPlaneChannel:
             state = dataplane_state.desired_state(db, self.link.settings, dataplane=self.name)
         instance = self.hello.get("instance")
         reply = self._call("set_state", **state)
-        for refused in reply.get("refused_senders", []):
-            log.warning("data plane %s refused a registered sender: %s", self.name, refused)
+        for refused in reply.get("refused_senders", []) + reply.get("refused_outputs", []):
+            log.warning("data plane %s refused: %s", self.name, refused)
+        self.confirmed_outputs = list(reply.get("outputs") or [])
         self.pushed_instance = instance
+        self.next_reconcile = time.monotonic() + self.link.reconcile_interval
         self.link.pushes_total.labels(self.name).inc()
         self.link.export_placements()
 
@@ -185,8 +192,10 @@ class DataPlaneLink(DependencyProvider):
         config = self.container.config
         self.settings = relay_settings.settings_from(config)
         self.specs = placement.dataplanes_from(config)
-        self.control_secret = CONTROL_SECRET.get(config)
-        self.stats_interval = STATS_INTERVAL.get(config)
+        self.secret = settings.CONTROL_SECRET.get(config)
+        self.secret_file = Path(settings.CONTROL_SECRET_FILE.get(config))
+        self.stats_interval = settings.STATS_INTERVAL.get(config)
+        self.reconcile_interval = settings.RECONCILE_INTERVAL.get(config)
         self.engine = make_engine(database_url(self.service, config))
         self.channels = {spec.name: DataPlaneChannel(spec, self) for spec in self.specs}
         self._setup_metrics()
@@ -229,6 +238,16 @@ class DataPlaneLink(DependencyProvider):
         for link, value in LINK_TARGETS_BYTES_PER_SECOND.items():
             targets.labels(link).set(value)
 
+    def control_secret(self) -> str | None:
+        """RELAY_CONTROL_SECRET, else the data plane's secret file (None while it does not exist yet: the
+        data plane then refuses the connection, and the channel retries)."""
+        if self.secret:
+            return self.secret
+        try:
+            return self.secret_file.read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
     def start(self) -> None:
         self.running = True
         for name, channel in self.channels.items():
@@ -266,7 +285,7 @@ class DataPlaneLink(DependencyProvider):
         found = {name: channel.media_address() for name, channel in self.channels.items()}
         return {name: address for name, address in found.items() if address is not None}
 
-    def outputs_by_dataplane(self) -> dict[str, dict[tuple[str, str], dict]]:
+    def outputs_by_dataplane(self) -> dict[str, dict[dataplane_state.OutputKey, dict]]:
         return {name: channel.outputs() for name, channel in self.channels.items()}
 
     @property

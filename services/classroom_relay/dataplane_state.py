@@ -9,6 +9,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from services.classroom_relay import lessons, tracks
 from services.classroom_relay.models import (
     LiveSession,
 )
@@ -16,40 +17,46 @@ from services.classroom_relay.records import classroom_key, master_member, sessi
 from services.classroom_relay.relay_settings import RelaySettings
 
 
+def _wire_track(track: dict[str, Any]) -> dict[str, Any]:
+    return {key: track[key] for key in ("track", "kind", "source", "clock_rate", "codec", "payload_type",
+                                         "channels", "layers_bps", "bps")}
+
+
+def session_state(live: LiveSession) -> dict[str, Any]:
+    """One live session in the data plane's terms (protocol 2): each joined classroom, the tracks it
+    publishes, where it receives each track of every other classroom it hears (tracks.py), its budget, and
+    its registered senders."""
+    joined = [member for member in live.members if member.state == "joined"]
+    routing = lessons.routing_members(joined, ("joined",))
+    by_id = {member.classroom_id: member for member in routing}
+    members = []
+    for member in joined:
+        entry: dict[str, Any] = {
+            "classroom": classroom_key(member.classroom_id),
+            "tracks": [_wire_track(track) for track in member.tracks or []],
+            "senders": [{"track": sender["track"], "token": sender["token"],
+                         "address": [sender["host"], sender["port"]]} for sender in member.senders or []],
+        }
+        if member.receive_host and member.receive_port:
+            outputs = tracks.outputs_for(live.kind, by_id[member.classroom_id], routing, member.receive_port)
+            if outputs:
+                entry["receive"] = {
+                    "host": member.receive_host,
+                    "budget_bytes_per_second": lessons.receive_budget_bps(live, member, routing) / 8,
+                    "outputs": [{"source_classroom": classroom_key(output.source_classroom_id),
+                                 "track": output.track["track"], "port": output.port} for output in outputs],
+                }
+        members.append(entry)
+    return {"session": session_key(live.id), "members": members}
+
+
 def desired_state(session: Session, settings: RelaySettings, dataplane: str | None = None) -> dict[str, Any]:
     """Everything a data plane should forward now, for one idempotent `set_state`: the live sessions
     placed on `dataplane` (None: all live sessions)."""
-    entries = []
     query = select(LiveSession).where(LiveSession.status == "live").order_by(LiveSession.id)
     if dataplane is not None:
         query = query.where(LiveSession.dataplane == dataplane)
-    for live in session.scalars(query):
-        master = master_member(live)
-        return_address = (
-            [master.receive_host, master.receive_port] if master.receive_host and master.receive_port else None
-        )
-        branches, senders = [], []
-        for member in live.members:
-            if member.state != "joined":
-                continue
-            if member.sender_host and member.sender_token:
-                senders.append({"classroom": classroom_key(member.classroom_id), "token": member.sender_token,
-                                "address": [member.sender_host, member.sender_port]})
-            if member.role != "branch":
-                continue
-            branch: dict[str, Any] = {
-                "classroom": classroom_key(member.classroom_id),
-                "address": [member.receive_host, member.receive_port],
-                "budget_bytes_per_second": member.downlink_bps / 8,
-            }
-            if member.return_bps and return_address:
-                branch["uplink_budget_bytes_per_second"] = member.return_bps / 8
-                branch["return_address"] = return_address
-            branches.append(branch)
-        entries.append({"session": session_key(live.id), "master": classroom_key(master.classroom_id),
-                        "branches": branches, "senders": senders})
-    return {"secrets": settings.join_secrets, "sessions": entries}
-
+    return {"secrets": settings.join_secrets, "sessions": [session_state(live) for live in session.scalars(query)]}
 
 
 def live_session_labels(session: Session) -> list[dict[str, str]]:
@@ -68,12 +75,19 @@ def live_session_labels(session: Session) -> list[dict[str, str]]:
     return labels
 
 
-def outputs_by_key(stats: dict[str, Any] | None) -> dict[tuple[str, str], dict]:
-    """The data plane's downstream outputs by (session key, branch classroom key)."""
-    found: dict[tuple[str, str], dict] = {}
+OutputKey = tuple[str, str, str, str]  # session, receiving classroom, source classroom, track
+
+
+def outputs_by_key(
+    stats: dict[str, Any] | None, confirmed: list[dict[str, Any]] | None = None
+) -> dict[OutputKey, dict]:
+    """The data plane's outputs by (session, receiver, source classroom, track): from the last set_state
+    reply (`confirmed`, known at once) overlaid with the latest get_stats (counters, loss, jitter)."""
+    found: dict[OutputKey, dict] = {}
+    for output in confirmed or []:
+        found[(output["session"], output["classroom"], output["source_classroom"], output["track"])] = dict(output)
     for key, entry in ((stats or {}).get("sessions") or {}).items():
-        master = entry.get("master")
         for output in entry.get("outputs", []):
-            if output.get("source_classroom") == master:
-                found[(key, output["classroom"])] = output
+            output_key = (key, output["classroom"], output.get("source_classroom", ""), output.get("track", "camera"))
+            found[output_key] = {**found.get(output_key, {}), **output, "session": key}
     return found

@@ -14,8 +14,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.classroom_relay import link_budgets, placement, schemas
+from services.classroom_relay import link_budgets, placement, schemas, tracks
 from services.classroom_relay.exceptions import (
+    AdmissionRefused,
     Conflict,
     Forbidden,
     InvalidInput,
@@ -43,6 +44,7 @@ from services.classroom_relay.records import (
     require_write_on,
 )
 from services.classroom_relay.relay_settings import RelaySettings
+from services.classroom_relay.school_facts import Facts, require_teacher_of
 from services.common.scope import Scope
 from services.common.timeutil import as_utc, utcnow
 from services.common.validation import load
@@ -85,6 +87,7 @@ def _admit(
     alone: bool = False,
 ) -> None:
     """Check `members`' flows against every link; `alone` ignores other sessions (scheduling time)."""
+    _check_receivers(live, [*live.members, *members], what)
     requested = [load for member in members for load in _member_loads(live, member)]
     rooms = [member.classroom for member in live.members] + [member.classroom for member in members]
     school_ids = sorted({room.school_id for room in rooms})
@@ -105,6 +108,62 @@ def _admit(
     link_budgets.check(capacities, committed, requested, headroom=settings.headroom, what=what)
 
 
+def routing_members(members: list[SessionClassroom], states: tuple[str, ...]) -> list[tracks.Member]:
+    unique = {member.classroom_id: member for member in members if member.state in states}
+    return [tracks.Member(member.classroom_id, member.role, member.slot, tuple(member.tracks or []))
+            for member in unique.values()]
+
+
+def receive_budget_bps(live: LiveSession, member: SessionClassroom, members: list[tracks.Member]) -> int:
+    """What the data plane may send `member`: a branch's downlink budget; the master gets everything
+    its branches publish (admission has counted it on the master's downlink and its school's link)."""
+    if member.role == "branch":
+        return member.downlink_bps
+    me = tracks.Member(member.classroom_id, member.role, member.slot, tuple(member.tracks or []))
+    return tracks.total_bps(track for source in tracks.sources_of(live.kind, me, members) for track in source.tracks)
+
+
+def _check_receivers(live: LiveSession, members: list[SessionClassroom], what: str) -> None:
+    """Every receiving classroom's budget carries the audio plus the lowest video layer of each picture it
+    must receive, and its ports fit below 65536; else refused with the numbers."""
+    routing = routing_members([m for m in members if m.state != "left"], ("planned", "joined"))
+    by_id = {member.classroom_id: member for member in members}
+    for receiver in routing:
+        member = by_id[receiver.classroom_id]
+        received = [track for source in tracks.sources_of(live.kind, receiver, routing) for track in source.tracks]
+        if member.receive_port is not None and received:
+            top = tracks.highest_port(live.kind, receiver, routing, member.receive_port)
+            if top > 65535:
+                raise InvalidInput(
+                    f"Classroom {member.classroom_id}'s receive port {member.receive_port} leaves no room for the "
+                    f"{len(received)} tracks it receives (up to port {top}); register a lower base port.",
+                    {"receive_port": ["Too high for the tracks received."]},
+                )
+        if member.role == "master" or not received:
+            continue
+        audio_bps, video_bps = tracks.least_bps(received)
+        budget = member.downlink_bps
+        if audio_bps + video_bps > budget:
+            raise AdmissionRefused(
+                f"Refused {what}: classroom {member.classroom_id}'s budget of {link_budgets.mbit(budget)} cannot "
+                f"carry the audio ({link_budgets.mbit(audio_bps)}) plus the lowest video layer of each picture "
+                f"it must receive ({link_budgets.mbit(video_bps)}): {link_budgets.mbit(audio_bps + video_bps)} "
+                "is needed.",
+                {"link": "classroom_downlink", "link_owner_id": member.classroom_id, "budget_bps": budget,
+                 "audio_bps": audio_bps, "lowest_video_bps": video_bps, "required_bps": audio_bps + video_bps},
+            )
+
+
+def _published(
+    given: list[dict[str, Any]] | None, room: Classroom, fallback: list[dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """The tracks a classroom publishes: as given, else as it registered them, else `fallback`."""
+    try:
+        return tracks.completed(given, room.tracks if room.tracks is not None else fallback)
+    except ValueError as error:
+        raise InvalidInput(f"Unplayable track: {error}.", {"tracks": [str(error)]}) from None
+
+
 def _busy_elsewhere(session: Session, classroom_id: int, session_id: int) -> int | None:
     other = session.scalar(
         select(SessionClassroom.session_id).where(
@@ -120,11 +179,13 @@ def _busy_elsewhere(session: Session, classroom_id: int, session_id: int) -> int
 
 
 def create_session(
-    session: Session, scope: Scope, data: dict[str, Any], settings: RelaySettings
+    session: Session, scope: Scope, data: dict[str, Any], settings: RelaySettings, facts: Facts
 ) -> dict[str, Any]:
     values = load(schemas.SessionIn(), data)
     master_room = get_room(session, scope, values["master_classroom_id"])
     require_write_on(scope, master_room, "schedule sessions in its classrooms")
+    if values["teacher_id"] is not None:
+        require_teacher_of(facts, scope, values["teacher_id"], {master_room.school_id}, "the master classroom's school")
     if values["kind"] != "online_research" and master_room.kind != "broadcasting":
         raise InvalidInput(
             f"Classroom {master_room.id} is a receiving classroom; a {values['kind']} session is taught "
@@ -143,7 +204,11 @@ def create_session(
     return_bps = values["return_bps"]
     if return_bps is None:
         # A master-teacher lesson is one → many: no camera returns unless asked for.
-        return_bps = 0 if values["kind"] == "master_teacher" else DEFAULT_RETURN_BPS
+        return_bps = 0 if values["kind"] == "master_teacher" and not values["interactive"] else DEFAULT_RETURN_BPS
+    interactive = values["interactive"] if values["interactive"] is not None else return_bps > 0
+    if interactive and not return_bps:
+        return_bps = DEFAULT_RETURN_BPS
+    master_tracks = _published(values["master_tracks"], master_room, tracks.default_tracks())
     live = LiveSession(
         kind=values["kind"],
         title=values["title"],
@@ -154,9 +219,10 @@ def create_session(
         ends_at=values["ends_at"],
         recurrence=values["recurrence"],
         recurrence_until=values["recurrence_until"],
-        source_bps=values["source_bps"] or DEFAULT_SOURCE_BPS,
+        source_bps=values["source_bps"] or tracks.total_bps(master_tracks) or DEFAULT_SOURCE_BPS,
         branch_bps=values["branch_bps"],
         return_bps=return_bps,
+        interactive=interactive,
         occurrences_held=0,
     )
     session.add(live)
@@ -165,6 +231,7 @@ def create_session(
         session_id=live.id, classroom_id=master_room.id, role="master", state="planned",
         teacher_id=live.teacher_id, source_bps=live.source_bps, downlink_bps=0, return_bps=0,
         receive_host=master_room.receive_host, receive_port=master_room.receive_port, stream_state="ok",
+        slot=0, tracks=master_tracks, senders=[], media_seconds=0.0, media_bytes=0,
     )
     session.add(master)
     session.flush()
@@ -172,7 +239,7 @@ def create_session(
     _admit(session, live, [master], settings, f"session {live.id} (broadcast from classroom {master_room.id})",
            alone=True)
     for branch_id in branch_ids:
-        _plan_branch(session, scope, live, branch_id, {}, settings, scheduling=True)
+        _plan_branch(session, scope, live, branch_id, {}, settings, facts, scheduling=True)
     session.flush()
     session.refresh(live)
     return dump_session(live)
@@ -197,7 +264,7 @@ def list_sessions(session: Session, scope: Scope, status: str | None = None) -> 
 
 def _branch_member(
     session: Session, scope: Scope, live: LiveSession, classroom_id: Any, data: dict[str, Any], headroom: float,
-    *, scheduling: bool = False,
+    facts: Facts, *, scheduling: bool = False,
 ) -> tuple[SessionClassroom, bool]:
     """The branch's membership row (new or re-joining), filled from `data`; (member, created).
 
@@ -224,15 +291,25 @@ def _branch_member(
         )
     if live.kind == "online_research" and len(others) + 2 > MAX_RESEARCH_CLASSROOMS:
         raise Conflict(f"Online research sessions hold at most {MAX_RESEARCH_CLASSROOMS} classrooms.")
+    if values["teacher_id"] is not None:
+        require_teacher_of(facts, scope, values["teacher_id"], {room.school_id}, f"branch classroom {room.id}'s school")
     created = member is None
     if member is None:
-        member = SessionClassroom(session_id=live.id, classroom_id=room.id, role="branch", stream_state="ok")
+        slot = max((m.slot for m in live.members), default=0) + 1
+        member = SessionClassroom(session_id=live.id, classroom_id=room.id, role="branch", stream_state="ok",
+                                  slot=slot, senders=[], media_seconds=0.0, media_bytes=0)
         member.classroom = room
     member.state = "planned"
     member.teacher_id = values["teacher_id"] if values["teacher_id"] is not None else member.teacher_id
     # Default: all the room's downlink that admission allows (its capacity less the headroom).
     member.downlink_bps = values["downlink_bps"] or live.branch_bps or int(room.downlink_capacity_bps * headroom)
-    member.return_bps = values["return_bps"] if values["return_bps"] is not None else live.return_bps
+    answering = live.interactive or live.kind == "online_research"
+    camera_bps = values["return_bps"] or live.return_bps or schemas.DEFAULT_RETURN_BPS
+    published = _published(values["tracks"], room, tracks.default_tracks(camera_bps)) if answering else []
+    if values["return_bps"] == 0:
+        published = []  # this branch only listens
+    member.tracks = published
+    member.return_bps = tracks.total_bps(published)
     member.source_bps = 0
     member.receive_host = values["receive_host"] or room.receive_host
     member.receive_port = values["receive_port"] or room.receive_port
@@ -242,9 +319,9 @@ def _branch_member(
 
 def _plan_branch(
     session: Session, scope: Scope, live: LiveSession, classroom_id: Any, data: dict[str, Any],
-    settings: RelaySettings, *, scheduling: bool = False,
+    settings: RelaySettings, facts: Facts, *, scheduling: bool = False,
 ) -> SessionClassroom:
-    member, created = _branch_member(session, scope, live, classroom_id, data, settings.headroom,
+    member, created = _branch_member(session, scope, live, classroom_id, data, settings.headroom, facts,
                                      scheduling=scheduling)
     _admit(session, live, [member], settings,
            f"branch classroom {member.classroom_id} in session {live.id}", alone=True)
@@ -274,6 +351,10 @@ def _event_body(live: LiveSession, member: SessionClassroom) -> dict[str, Any]:
         "role": member.role,
         "started_at": iso(member.joined_at),
         "ended_at": iso(member.left_at),
+        # The timetable slot and the time the classroom really carried media: credit is capped by both.
+        "scheduled_starts_at": iso(live.starts_at),
+        "scheduled_ends_at": iso(live.ends_at),
+        "media_seconds": round(member.media_seconds or 0.0, 3),
     }
 
 
@@ -294,6 +375,7 @@ def _join(session: Session, live: LiveSession, member: SessionClassroom, now: da
     member.joined_at = now
     member.left_at = None
     member.stream_state = "ok"
+    member.media_seconds, member.media_bytes, member.media_checked_at = 0.0, 0, None
 
 
 def current_occurrence(live: LiveSession, now: datetime) -> tuple[datetime, datetime] | None:
@@ -406,7 +488,7 @@ def end_session(session: Session, scope: Scope, session_id: Any, now: datetime |
 
 def join_branch(
     session: Session, scope: Scope, session_id: Any, classroom_id: Any, data: dict[str, Any] | None,
-    settings: RelaySettings, now: datetime | None = None,
+    settings: RelaySettings, facts: Facts, now: datetime | None = None,
 ) -> dict[str, Any]:
     """Add a branch classroom: planned while the session is scheduled, admitted and live when it is live."""
     now = now or utcnow()
@@ -414,9 +496,9 @@ def join_branch(
     if live.status == "ended":
         raise Conflict(f"Session {live.id} has ended.")
     if live.status == "scheduled":
-        member = _plan_branch(session, scope, live, classroom_id, data or {}, settings)
+        member = _plan_branch(session, scope, live, classroom_id, data or {}, settings, facts)
         return dump_member(member)
-    member, created = _branch_member(session, scope, live, classroom_id, data or {}, settings.headroom)
+    member, created = _branch_member(session, scope, live, classroom_id, data or {}, settings.headroom, facts)
     if member.state == "joined":
         return dump_member(member)  # idempotent
     _require_address(member)

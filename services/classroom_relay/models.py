@@ -1,15 +1,26 @@
 """Tables owned by the classroom_relay service: its copy of schools' links, classrooms, sessions.
 
-The relay does not read accounts' tables. A school's bureau, district and link capacity are passed in
-when its first classroom is registered (the gateway or an operator already knows them from accounts)
-and kept here, so admission control never needs a remote call while it holds its locks.
+The relay does not read accounts' tables. A school's bureau, district and link capacity are asked of
+accounts (`school_facts`) whenever one of its classrooms is registered and kept here, so admission control
+never needs a remote call while it holds its locks.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import BigInteger, DateTime, ForeignKey, Integer, MetaData, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Integer,
+    MetaData,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # The constants live in the face (schemas.py) so other processes can read them without the tables;
@@ -70,6 +81,8 @@ class Classroom(Base):
     # Where the room's receiving terminal listens for RTP (RTCP on port + 1), if it is fixed.
     receive_host: Mapped[str | None] = mapped_column(String(64))
     receive_port: Mapped[int | None] = mapped_column(Integer)
+    # What the room publishes when a session does not say (tracks.py shapes); None: its role's defaults.
+    tracks: Mapped[list | None] = mapped_column(JSON)
     school: Mapped[RelaySchool] = relationship(lazy="joined")
 
 
@@ -90,12 +103,13 @@ class LiveSession(Base):
     source_bps: Mapped[int] = mapped_column(BigInteger)
     branch_bps: Mapped[int | None] = mapped_column(BigInteger)  # None: each branch's downlink capacity
     return_bps: Mapped[int] = mapped_column(BigInteger)
+    interactive: Mapped[bool] = mapped_column(Boolean, default=True)  # branches send audio + camera back
     started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))  # of the live occurrence
     occurrences_held: Mapped[int] = mapped_column(Integer, default=0)
     # The data plane forwarding the live occurrence (placement.py); None while not live.
     dataplane: Mapped[str | None] = mapped_column(String(63), index=True)
     members: Mapped[list[SessionClassroom]] = relationship(
-        back_populates="session", lazy="selectin", order_by="SessionClassroom.classroom_id"
+        back_populates="session", lazy="selectin", order_by="SessionClassroom.slot"
     )
 
 
@@ -113,9 +127,15 @@ class SessionClassroom(Base):
     source_bps: Mapped[int] = mapped_column(BigInteger, default=0)  # master room → relay
     receive_host: Mapped[str | None] = mapped_column(String(64))
     receive_port: Mapped[int | None] = mapped_column(Integer)
-    sender_host: Mapped[str | None] = mapped_column(String(64))  # a registered encoder source address
-    sender_port: Mapped[int | None] = mapped_column(Integer)
-    sender_token: Mapped[str | None] = mapped_column(String(1024))
+    # Fixed when the classroom is added: orders the port pairs other classrooms receive its tracks on.
+    slot: Mapped[int] = mapped_column(Integer, default=0)
+    tracks: Mapped[list] = mapped_column(JSON, default=list)  # what it publishes in this session
+    # Registered encoder source addresses, one per track: [{track, host, port, token}].
+    senders: Mapped[list] = mapped_column(JSON, default=list)
+    # How long it really carried media in the live occurrence (stream_health.py), and what was seen last.
+    media_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    media_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    media_checked_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     joined_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     left_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
     stream_state: Mapped[str] = mapped_column(String(10), default="ok")

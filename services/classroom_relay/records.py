@@ -43,9 +43,17 @@ def classroom_key(classroom_id: int) -> str:
 # --- output shapes -----------------------------------------------------------------------------------
 
 
+def dump_tracks(classroom_id: int, published: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+    if published is None:
+        return None
+    return [{**track, "label": f"{classroom_key(classroom_id)}/{track['track']}"} for track in published]
+
+
 def dump_classroom(room: Classroom) -> dict[str, Any]:
     return {
         "id": room.id,
+        "bureau_id": room.school.bureau_id,
+        "district_id": room.school.district_id,
         "school_id": room.school_id,
         "school_link_capacity_bps": room.school.link_capacity_bps,
         "name": room.name,
@@ -54,6 +62,7 @@ def dump_classroom(room: Classroom) -> dict[str, Any]:
         "downlink_capacity_bps": room.downlink_capacity_bps,
         "receive_host": room.receive_host,
         "receive_port": room.receive_port,
+        "tracks": dump_tracks(room.id, room.tracks),
     }
 
 
@@ -72,6 +81,8 @@ def dump_member(member: SessionClassroom) -> dict[str, Any]:
         "joined_at": iso(member.joined_at),
         "left_at": iso(member.left_at),
         "stream_state": member.stream_state,
+        "tracks": dump_tracks(member.classroom_id, member.tracks or []),
+        "media_seconds": round(member.media_seconds or 0.0, 3),
     }
 
 
@@ -90,6 +101,7 @@ def dump_session(live: LiveSession) -> dict[str, Any]:
         "source_bps": live.source_bps,
         "branch_bps": live.branch_bps,
         "return_bps": live.return_bps,
+        "interactive": live.interactive,
         "started_at": iso(live.started_at),
         "occurrences_held": live.occurrences_held,
         "dataplane": live.dataplane,

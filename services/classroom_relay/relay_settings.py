@@ -1,11 +1,12 @@
-"""The relay control plane's settings: join-token secrets, link headroom, stream-health thresholds.
+"""The relay control plane's settings, read once through the typed declarations in settings.py.
 
-The environment variables themselves are declared in settings.py (light enough for the data plane
-to import); this module checks them and hands the control plane one `RelaySettings`.
+`RelaySettings` is what the domain modules receive (tests build one directly); `settings_from` fills it
+from nameko config first, then the environment (services/common/settings.py).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +18,7 @@ DEV_JOIN_SECRET = "dev-only-join-secret"  # only with RELAY_ALLOW_DEV_SECRET=1 (
 
 @dataclass(frozen=True)
 class RelaySettings:
-    """Tunables from the environment (or nameko config): see `settings_from`."""
+    """Join-token secrets, link headroom, stream-health thresholds."""
 
     join_secrets: list[str] = field(default_factory=lambda: [DEV_JOIN_SECRET])
     headroom: float = settings.ADMISSION_HEADROOM.default
@@ -27,17 +28,15 @@ class RelaySettings:
     rate_degraded_share: float = 0.5
 
 
-def settings_from(config: dict[str, Any] | None = None) -> RelaySettings:
-    """RELAY_JOIN_SECRETS (comma-separated, first signs), ADMISSION_HEADROOM, RELAY_BRANCH_TARGET_BPS,
-    RELAY_LOSS_DEGRADED_RATIO — nameko config first, then the environment.
+def settings_from(config: Mapping[str, Any] | None = None) -> RelaySettings:
+    """The settings from nameko config, then the environment.
 
     Without RELAY_JOIN_SECRETS this raises ValueError (the service does not start): a well-known
     default secret would let anyone mint join tokens. RELAY_ALLOW_DEV_SECRET=1 allows the built-in
     development secret, for tests and a single development machine.
     """
     secrets_text = settings.JOIN_SECRETS.get(config)
-    defaults = RelaySettings()
-    secrets = [part.strip() for part in secrets_text.split(",") if part.strip()] if secrets_text else None
+    secrets = [part.strip() for part in secrets_text.split(",") if part.strip()] if secrets_text else []
     if not secrets and not settings.ALLOW_DEV_SECRET.get(config):
         raise ValueError(
             "RELAY_JOIN_SECRETS is not set: give the relay's join-token secret(s) (comma-separated, the first "
@@ -47,7 +46,7 @@ def settings_from(config: dict[str, Any] | None = None) -> RelaySettings:
     if not 0 < headroom <= 1:
         raise InvalidInput(f"ADMISSION_HEADROOM must be in (0, 1], not {headroom}.")
     return RelaySettings(
-        join_secrets=secrets or defaults.join_secrets,
+        join_secrets=secrets or [DEV_JOIN_SECRET],
         headroom=headroom,
         branch_target_bps=settings.BRANCH_TARGET_BPS.get(config),
         loss_degraded_ratio=settings.LOSS_DEGRADED_RATIO.get(config),

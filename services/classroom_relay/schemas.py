@@ -29,6 +29,71 @@ STREAM_STATES = ("ok", "degraded")
 BITRATE = validate.Range(min=64_000, max=10_000 * MBIT)
 PORT = validate.Range(min=1, max=65534)  # RTCP goes to port + 1
 
+# --- tracks: what a classroom publishes in a session ------------------------------------------------------
+TRACK_KINDS = ("audio", "video")
+AUDIO_CODECS = ("opus", "pcma", "pcmu", "aac")
+VIDEO_CODECS = ("h264",)
+MAX_TRACKS_PER_CLASSROOM = 4  # each receiving classroom reserves this many port pairs per source classroom
+MAX_LAYERS = 4  # simulcast layers of one video track (one SSRC each)
+TRACK_NAME = validate.Regexp(r"^[a-z0-9_-]{1,32}$", error="Use 1–32 of a–z, 0–9, '_' and '-'.")
+AAC_SAMPLE_RATES = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+# What each codec is on the wire unless the track says otherwise (ffmpeg's defaults for its RTP muxer:
+# 96 for the first dynamic video payload, 97 for audio; PCMA and PCMU have static types).
+CODEC_DEFAULTS: dict[str, dict[str, int]] = {
+    "opus": {"payload_type": 97, "clock_rate": 48000, "channels": 2, "bps": 64_000},
+    "pcma": {"payload_type": 8, "clock_rate": 8000, "channels": 1, "bps": 80_000},  # 64 kbit/s + RTP/UDP/IP
+    "pcmu": {"payload_type": 0, "clock_rate": 8000, "channels": 1, "bps": 80_000},
+    "aac": {"payload_type": 97, "clock_rate": 48000, "channels": 2, "bps": 128_000},
+    "h264": {"payload_type": 96, "clock_rate": 90000, "channels": 0, "bps": 0},
+}
+DEFAULT_CAMERA_BPS = 3 * MBIT
+DEFAULT_COURSEWARE_BPS = 2 * MBIT
+
+
+class TrackIn(StrictSchema):
+    """One track a classroom publishes: audio (Opus, PCMA/PCMU, AAC) or H.264 video (camera, courseware, …).
+
+    Unset fields take the codec's defaults (CODEC_DEFAULTS). `layers_bps`: a video track's simulcast layers,
+    lowest first (one layer: no simulcast); `bps`: an audio track's rate. `config`: AAC's AudioSpecificConfig
+    in hex (derived from clock_rate and channels for AAC-LC when not given).
+    """
+
+    track = fields.String(required=True, validate=TRACK_NAME)
+    kind = fields.String(required=True, validate=validate.OneOf(TRACK_KINDS))
+    source = fields.String(load_default=None, allow_none=True, validate=TRACK_NAME)
+    codec = fields.String(load_default=None, allow_none=True, validate=validate.OneOf(AUDIO_CODECS + VIDEO_CODECS))
+    payload_type = fields.Integer(strict=True, load_default=None, allow_none=True, validate=validate.Range(0, 127))
+    clock_rate = fields.Integer(strict=True, load_default=None, allow_none=True, validate=validate.Range(8000, 192000))
+    channels = fields.Integer(strict=True, load_default=None, allow_none=True, validate=validate.Range(1, 8))
+    config = fields.String(load_default=None, allow_none=True,
+                           validate=validate.Regexp(r"^[0-9a-fA-F]{2,64}$", error="Hexadecimal digits."))
+    bps = fields.Integer(strict=True, load_default=None, allow_none=True, validate=validate.Range(8_000, 2 * MBIT))
+    layers_bps = fields.List(fields.Integer(strict=True, validate=BITRATE), load_default=None, allow_none=True,
+                             validate=validate.Length(min=1, max=MAX_LAYERS))
+
+    @validates_schema
+    def _consistent(self, data: dict[str, Any], **_kwargs: Any) -> None:
+        kind, codec = data["kind"], data.get("codec")
+        if codec is not None and codec not in (AUDIO_CODECS if kind == "audio" else VIDEO_CODECS):
+            allowed = AUDIO_CODECS if kind == "audio" else VIDEO_CODECS
+            raise ValidationError(f"A {kind} track's codec is one of {', '.join(allowed)}.", "codec")
+        if kind == "audio" and data.get("layers_bps") is not None:
+            raise ValidationError("Audio has no simulcast layers; give its rate as bps.", "layers_bps")
+        if kind == "video" and (data.get("bps") is not None or data.get("channels") is not None):
+            raise ValidationError("A video track gives its rates as layers_bps (lowest first).", "bps")
+        layers = data.get("layers_bps")
+        if layers is not None and layers != sorted(set(layers)):
+            raise ValidationError("Simulcast layers go lowest first, each faster than the one before.", "layers_bps")
+        payload_type = data.get("payload_type")
+        if payload_type is not None and payload_type not in (0, 8) and payload_type < 96:
+            raise ValidationError("A payload type is 0 (PCMU), 8 (PCMA) or dynamic (96–127).", "payload_type")
+        if data.get("config") is not None and codec != "aac":
+            raise ValidationError("Only AAC (mpeg4-generic) carries a config.", "config")
+
+
+TRACKS = fields.List(fields.Nested(TrackIn), load_default=None, allow_none=True,
+                     validate=validate.Length(max=MAX_TRACKS_PER_CLASSROOM))
+
 
 def _ipv4(value: str) -> None:
     try:
@@ -38,22 +103,31 @@ def _ipv4(value: str) -> None:
 
 
 class ReceiveAddress(StrictSchema):
-    """Where a room's receiving terminal listens for RTP; both or neither."""
+    """Where a room's receiving terminal listens for RTP; both or neither. `receive_port` is the base: the
+    tracks it receives take consecutive even ports from it (RTCP on each port + 1)."""
 
     receive_host = fields.String(load_default=None, allow_none=True, validate=_ipv4)
     receive_port = fields.Integer(strict=True, load_default=None, allow_none=True, validate=PORT)
+    # What the room publishes (null: the defaults for its role, audio Opus + camera H.264).
+    tracks = TRACKS
 
     @validates_schema
     def _both_or_neither(self, data: dict[str, Any], **_kwargs: Any) -> None:
         if (data.get("receive_host") is None) != (data.get("receive_port") is None):
             raise ValidationError("Give receive_host and receive_port together.", "receive_port")
+        port = data.get("receive_port")
+        if port is not None and port % 2:
+            raise ValidationError("RTP takes an even port (RTCP the odd one above it).", "receive_port")
+        names = [track["track"] for track in data.get("tracks") or []]
+        if len(set(names)) != len(names):
+            raise ValidationError("Each track needs its own name.", "tracks")
 
 
 class ClassroomIn(ReceiveAddress):
     school_id = fields.Integer(required=True, strict=True, validate=ID)
-    bureau_id = fields.Integer(required=True, strict=True, validate=ID)
+    # Accounts owns schools: the relay takes bureau, district and link from it. Values given here must agree.
+    bureau_id = fields.Integer(strict=True, load_default=None, allow_none=True, validate=ID)
     district_id = fields.Integer(strict=True, load_default=None, allow_none=True, validate=ID)
-    # The school's total link; known from accounts. Default: 100 Mbit/s (the master school target).
     school_link_capacity_bps = fields.Integer(strict=True, load_default=None, allow_none=True, validate=BITRATE)
     name = fields.String(required=True, validate=NAME)
     kind = fields.String(required=True, validate=validate.OneOf(CLASSROOM_KINDS))
@@ -77,6 +151,11 @@ class SessionIn(StrictSchema):
         strict=True, load_default=None, allow_none=True, validate=validate.Range(min=0, max=10_000 * MBIT)
     )
     branch_classroom_ids = fields.List(fields.Integer(strict=True, validate=ID), load_default=list)
+    # Do branches answer back (audio + camera to the master)? Default: yes, except in a master-teacher
+    # lesson without return_bps.
+    interactive = fields.Boolean(load_default=None, allow_none=True)
+    # What the master classroom publishes in this session (null: what it registered, else audio + camera).
+    master_tracks = TRACKS
 
     @validates_schema
     def _timetable(self, data: dict[str, Any], **_kwargs: Any) -> None:
@@ -102,10 +181,14 @@ class TokenIn(StrictSchema):
 
 
 class SenderIn(StrictSchema):
-    """An encoder's RTP source address, registered so it needs no hello datagram."""
+    """An encoder's RTP source address for one track, registered so it needs no hello datagram; it replaces
+    the track's earlier sender (an encoder restarting on a new port hands over this way)."""
 
     host = fields.String(required=True, validate=_ipv4)
     port = fields.Integer(required=True, strict=True, validate=PORT)
+    # `camera`, or `camera:1` for a simulcast layer an encoder sends from its own port (layer slot 1..3).
+    track = fields.String(load_default="camera", validate=validate.Regexp(
+        r"^[a-z0-9_-]{1,32}(:[0-3])?$", error="A track name, optionally ':' and its layer slot 0–3."))
 
 
 # --- what the relay returns (documented in the gateway's OpenAPI) ------------------------------------------
@@ -113,6 +196,8 @@ class SenderIn(StrictSchema):
 
 class ClassroomOut(Schema):
     id = fields.Integer()
+    bureau_id = fields.Integer()
+    district_id = fields.Integer(allow_none=True)
     school_id = fields.Integer()
     school_link_capacity_bps = fields.Integer()
     name = fields.String()
@@ -121,6 +206,20 @@ class ClassroomOut(Schema):
     downlink_capacity_bps = fields.Integer()
     receive_host = fields.String(allow_none=True)
     receive_port = fields.Integer(allow_none=True)
+
+
+class TrackOut(Schema):
+    track = fields.String()
+    kind = fields.String()
+    source = fields.String()
+    codec = fields.String()
+    payload_type = fields.Integer()
+    clock_rate = fields.Integer()
+    channels = fields.Integer()
+    config = fields.String(allow_none=True)
+    bps = fields.Integer()
+    layers_bps = fields.List(fields.Integer(), allow_none=True)
+    label = fields.String()  # classroom-<id>/<track>, as in the SDP's a=label
 
 
 class MemberOut(Schema):
@@ -137,6 +236,8 @@ class MemberOut(Schema):
     joined_at = fields.String(allow_none=True)
     left_at = fields.String(allow_none=True)
     stream_state = fields.String()
+    tracks = fields.List(fields.Nested(TrackOut))
+    media_seconds = fields.Float()  # how long the classroom really carried media in the live occurrence
 
 
 class SessionOut(Schema):
@@ -153,6 +254,7 @@ class SessionOut(Schema):
     source_bps = fields.Integer()
     branch_bps = fields.Integer(allow_none=True)
     return_bps = fields.Integer()
+    interactive = fields.Boolean()
     started_at = fields.String(allow_none=True)
     occurrences_held = fields.Integer()
     dataplane = fields.String(allow_none=True)  # the relay data plane forwarding it while live
@@ -164,10 +266,18 @@ class JoinTokenOut(Schema):
     session = fields.String()
     classroom = fields.String()
     expires_at = fields.String()
-    hello = fields.String()
+    hello = fields.String()  # the camera track's hello (older encoders send the token alone)
+    hellos = fields.Dict(keys=fields.String(), values=fields.String())  # per track: send from that track's RTP port
     dataplane = fields.String(allow_none=True)
     # [host, port] of the session's data plane; null until the session is live (placed).
     media_address = fields.List(fields.Raw(), allow_none=True)
+
+
+class SenderOut(Schema):
+    classroom_id = fields.Integer()
+    track = fields.String()
+    address = fields.List(fields.Raw())
+    expires_at = fields.String()
 
 
 class SessionListQuery(StrictSchema):

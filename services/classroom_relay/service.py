@@ -13,11 +13,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from nameko.rpc import RpcProxy
 from nameko.timer import timer
 
 from services.classroom_relay import classrooms, lessons, media_access, settings, stream_health
 from services.classroom_relay.dataplane_client import DataPlaneLink
 from services.classroom_relay.models import outbox
+from services.classroom_relay.school_facts import AccountsFacts
 from services.common.db import Database
 from services.common.entrypoints import rpc
 from services.common.events import OutboxRelay
@@ -27,6 +29,7 @@ from services.common.replay import ReplayRpc
 from services.common.scope import Scope
 
 HEALTH_CHECK_SECONDS = settings.HEALTH_INTERVAL.get()
+ACCOUNTS_TIMEOUT_SECONDS = settings.ACCOUNTS_TIMEOUT.get()
 
 
 class ClassroomRelayService(HealthRpc, ReplayRpc):
@@ -36,12 +39,16 @@ class ClassroomRelayService(HealthRpc, ReplayRpc):
     metrics = ServiceMetrics("classroom_relay")
     events = OutboxRelay(outbox)
     dataplane = DataPlaneLink("classroom_relay")
+    accounts = RpcProxy("accounts")  # schools' and teachers' facts, always through AccountsFacts (bounded)
+
+    def _facts(self) -> AccountsFacts:
+        return AccountsFacts(self.accounts, ACCOUNTS_TIMEOUT_SECONDS)
 
     # --- classrooms -------------------------------------------------------------------------------------
     @rpc
     def create_classroom(self, scope: dict, data: dict) -> dict[str, Any]:
         with self.db.begin():
-            return classrooms.create_classroom(self.db, Scope.from_dict(scope), data)
+            return classrooms.create_classroom(self.db, Scope.from_dict(scope), data, self._facts())
 
     @rpc
     def get_classroom(self, scope: dict, classroom_id: int) -> dict[str, Any]:
@@ -54,13 +61,15 @@ class ClassroomRelayService(HealthRpc, ReplayRpc):
     @rpc
     def set_school_link(self, scope: dict, school_id: int, link_capacity_bps: int) -> dict[str, Any]:
         with self.db.begin():
-            return classrooms.set_school_link(self.db, Scope.from_dict(scope), school_id, link_capacity_bps)
+            return classrooms.set_school_link(
+                self.db, Scope.from_dict(scope), school_id, link_capacity_bps, self._facts()
+            )
 
     # --- sessions ---------------------------------------------------------------------------------------
     @rpc
     def create_session(self, scope: dict, data: dict) -> dict[str, Any]:
         with self.db.begin():
-            return lessons.create_session(self.db, Scope.from_dict(scope), data, self.dataplane.settings)
+            return lessons.create_session(self.db, Scope.from_dict(scope), data, self.dataplane.settings, self._facts())
 
     @rpc
     def get_session(self, scope: dict, session_id: int) -> dict[str, Any]:
@@ -90,7 +99,8 @@ class ClassroomRelayService(HealthRpc, ReplayRpc):
     def join_branch(self, scope: dict, session_id: int, classroom_id: int, data: dict | None = None) -> dict[str, Any]:
         with self.db.begin():
             result = lessons.join_branch(
-                self.db, Scope.from_dict(scope), session_id, classroom_id, data, self.dataplane.settings
+                self.db, Scope.from_dict(scope), session_id, classroom_id, data, self.dataplane.settings,
+                self._facts(),
             )
         self.dataplane.request_push()
         return result
@@ -122,11 +132,16 @@ class ClassroomRelayService(HealthRpc, ReplayRpc):
         return result
 
     @rpc
-    def get_branch_sdp(self, scope: dict, session_id: int, classroom_id: int) -> dict[str, str]:
-        sdp = media_access.branch_sdp(
+    def get_sdp(self, scope: dict, session_id: int, classroom_id: int) -> dict[str, str]:
+        """Any live classroom's SDP (the master's too): one m= section per track it receives."""
+        sdp = media_access.classroom_sdp(
             self.db, Scope.from_dict(scope), session_id, classroom_id, self.dataplane.outputs_by_dataplane()
         )
         return {"content_type": "application/sdp", "sdp": sdp}
+
+    @rpc
+    def get_branch_sdp(self, scope: dict, session_id: int, classroom_id: int) -> dict[str, str]:
+        return self.get_sdp(scope, session_id, classroom_id)  # the name before the master had an SDP too
 
     @rpc
     def relay_status(self, scope: dict) -> dict[str, Any]:

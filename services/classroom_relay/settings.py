@@ -30,7 +30,20 @@ DATAPLANE_CAPACITY_BPS = setting(
     "RELAY_DATAPLANE_CAPACITY_BPS", int, 1000 * MBIT, "what one data plane forwards; placement compares what is left")
 CONTROL_SECRET = setting(
     "RELAY_CONTROL_SECRET", str, None,
-    "shared by the control plane and data planes when the control port is not loopback")
+    "the control channel's shared secret; without it both planes use `RELAY_CONTROL_SECRET_FILE`")
+CONTROL_SECRET_FILE = setting(
+    "RELAY_CONTROL_SECRET_FILE", str, ".run/relay-control.secret",
+    "file holding the control channel's secret: the data plane creates it (mode 0600) if missing, the "
+    "control plane reads it")
+MEDIA_PORTS = setting(
+    "RELAY_MEDIA_PORTS", str, None,
+    "`LOW-HIGH`: the UDP ports every data-plane socket binds in (media, RTCP, one per output)",
+    default_text="any port")
+RECONCILE_INTERVAL = setting(
+    "RELAY_RECONCILE_INTERVAL", float, 5.0,
+    "seconds between the control plane's pushes of the whole desired state to each data plane, changed or not")
+ACCOUNTS_TIMEOUT = setting(
+    "RELAY_ACCOUNTS_TIMEOUT", float, 5.0, "seconds the relay waits for accounts' facts about schools and teachers")
 STATS_INTERVAL = setting(
     "RELAY_STATS_INTERVAL", float, 2.0, "seconds between the control plane's reads of data-plane statistics")
 HEALTH_INTERVAL = setting(

@@ -75,3 +75,23 @@ def test_worker_entrypoint_enforces_the_scope(session: Session, city: dict, staf
                                              "school_id": city["master"]["id"]}}
     with pytest.raises(InvalidInput):
         service.teacher_names(None, [staff["master"]["id"]])
+
+
+def test_school_facts_answer_only_for_schools_in_the_scope(session: Session, city: dict) -> None:
+    """What the relay asks before registering a classroom: absent alike when not yours and when not there."""
+    master, branch, other = (city[key]["id"] for key in ("master", "branch", "other"))
+    facts = directory.school_facts(session, city["admin"], [master, other, 999_999])
+    assert facts == {
+        master: {"id": master, "bureau_id": city["bureau"]["id"], "district_id": city["east"]["id"],
+                 "link_capacity_bps": 100_000_000},
+        other: {"id": other, "bureau_id": city["bureau"]["id"], "district_id": city["west"]["id"],
+                "link_capacity_bps": 10_000_000},
+    }
+    east = Scope(bureau_id=city["bureau"]["id"], kind="district", id=city["east"]["id"])
+    assert set(directory.school_facts(session, east, [master, branch, other])) == {master, branch}
+    stranger = Scope.bureau_admin(city["bureau"]["id"] + 1)
+    assert directory.school_facts(session, stranger, [master, branch, other]) == {}
+    with pytest.raises(InvalidInput):
+        directory.school_facts(session, city["admin"], ["one"])
+    service = worker_factory(AccountsService, db=session)
+    assert set(service.school_facts(east.to_dict(), [master, other])) == {master}

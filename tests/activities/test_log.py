@@ -274,3 +274,19 @@ def test_classroom_session_events_credit_teaching_and_attendance_once(session):
     with pytest.raises(InvalidInput, match="ended_at"):
         classroom.record_session_event(session, "session.ended", session_event(
             session_id="sess-2", ended_at="2025-03-06T00:00:00Z"))
+
+
+def test_classroom_credit_is_capped_by_the_timetable_and_by_media_time(session):
+    # In the session 01:00–02:30 for a lesson timetabled 01:00–01:40 that carried 25 minutes of media.
+    capped = classroom.record_session_event(session, "session.ended", session_event(
+        session_id="sess-cap", ended_at="2025-03-06T02:30:00Z", scheduled_starts_at="2025-03-06T01:00:00Z",
+        scheduled_ends_at="2025-03-06T01:40:00Z", media_seconds=1500))
+    assert capped["activity"]["online_hours"] == pytest.approx(25 / 60, abs=0.01)
+    # Past the timetable only: 40 minutes, not 90.
+    late = classroom.record_session_event(session, "session.ended", session_event(
+        session_id="sess-late", teacher_id=2, ended_at="2025-03-06T02:30:00Z",
+        scheduled_starts_at="2025-03-06T01:00:00Z", scheduled_ends_at="2025-03-06T01:40:00Z", media_seconds=5400))
+    assert late["activity"]["online_hours"] == pytest.approx(40 / 60, abs=0.01)
+    # A classroom that never carried media earns nothing.
+    assert classroom.record_session_event(session, "classroom.left", session_event(
+        session_id="sess-silent", role="branch", media_seconds=0)) is None

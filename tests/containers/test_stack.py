@@ -36,7 +36,6 @@ INFRA_IMAGE = os.environ.get("LIANXIAO_INFRA_IMAGE", "localhost/lianxiao-infra:l
 NGINX_IMAGE = os.environ.get("LIANXIAO_NGINX_IMAGE", "localhost/lianxiao-nginx:local")
 CONTAINERS = ("rabbitmq", "postgres", "prometheus", *APP_SERVICES, "nginx")
 READY_SECONDS = 150
-MBIT = 1_000_000
 # The application first, then what it uses; Kubernetes' default grace period is 30 s.
 STOP_ORDER = ("nginx", "gateway", "accounts", "activities", "reporting", "classroom-relay", "relay-dataplane",
               "prometheus", "rabbitmq", "postgres")
@@ -100,9 +99,10 @@ def stream_to_a_branch(gateway: str, tokens: dict[str, Any], tmp_path: Path) -> 
     """A lesson from the master school QS-01 to QS-02 set up through the gateway; the decoded frame sizes."""
     token, schools = tokens["bureau_token"], tokens["schools"]
     room = {"bureau_id": tokens["bureau_id"]}
+    # The school's link comes from accounts; the master publishes one camera track (one m= section to play).
     master = created(call("POST", f"{gateway}/v1/classrooms", token, {
         **room, "school_id": schools["QS-01"], "name": "录播教室", "kind": "broadcasting",
-        "school_link_capacity_bps": 100 * MBIT}))
+        "tracks": [{"track": "camera", "kind": "video", "layers_bps": [1_500_000]}]}))
     receive_port = free_udp_port_pair()
     branch = created(call("POST", f"{gateway}/v1/classrooms", token, {
         **room, "school_id": schools["QS-02"], "name": "接收教室", "kind": "receiving",
@@ -130,7 +130,7 @@ def stream_to_a_branch(gateway: str, tokens: dict[str, Any], tmp_path: Path) -> 
     source_port = free_udp_port_pair()
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as hello:
         hello.bind(("127.0.0.1", source_port))
-        hello.sendto(join["hello"].encode("ascii"), media)
+        hello.sendto(join["hellos"]["camera"].encode("ascii"), media)  # pins the camera track's sender
     time.sleep(0.5)  # the hello is handled before the encoder binds the same port
     sender = subprocess.Popen(
         [FFMPEG, "-nostdin", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25", "-t", "7",

@@ -124,7 +124,9 @@ def test_workloads_are_locked_down(overlay: str) -> None:
         assert pod["securityContext"]["runAsNonRoot"] is True, name
         assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault", name
         assert pod.get("automountServiceAccountToken") is False, name
-        assert not pod.get("hostNetwork"), name
+        # Only the relay data plane uses its node's network: its per-output UDP sockets span a port range
+        # no Service can name (k8s/base/relay-dataplane.yaml); it still runs unprivileged, one pod per node.
+        assert not pod.get("hostNetwork") or name == "StatefulSet/relay-dataplane", name
         for container in pod["containers"]:
             context = container["securityContext"]
             assert context["allowPrivilegeEscalation"] is False, name
@@ -185,7 +187,7 @@ def test_only_the_gateway_and_media_are_reachable_from_outside(overlay: str) -> 
             if "from" not in rule:
                 open_to_all.add(policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"])
                 if policy["metadata"]["name"] == "relay-media-public":
-                    assert {port["protocol"] for port in rule["ports"]} == {"UDP"}
+                    assert rule["ports"] == [{"port": 40000, "endPort": 40999, "protocol": "UDP"}]
     assert open_to_all == {"gateway", "relay-dataplane"}
     ingresses = of_kind(objects, "Ingress")
     backends = {path["backend"]["service"]["name"] for ingress in ingresses
@@ -200,13 +202,26 @@ def test_only_the_gateway_and_media_are_reachable_from_outside(overlay: str) -> 
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
-def test_every_dataplane_pod_has_its_public_address(overlay: str) -> None:
+def test_every_dataplane_pod_binds_its_media_port_range_on_its_node(overlay: str) -> None:
+    """One socket per output inside RELAY_MEDIA_PORTS: the pod uses its node's network (a Service cannot
+    name a port range), one pod per node, and every pod has its public address for SDPs and tokens."""
     objects = rendered(overlay)
     (dataplane,) = [item for item in of_kind(objects, "StatefulSet") if item["metadata"]["name"] == "relay-dataplane"]
-    addresses = sorted(service["spec"]["selector"]["statefulset.kubernetes.io/pod-name"]
-                       for service in of_kind(objects, "Service")
-                       if "statefulset.kubernetes.io/pod-name" in service["spec"]["selector"])
-    assert addresses == [f"relay-dataplane-{index}" for index in range(dataplane["spec"]["replicas"])]
+    pod = dataplane["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0][
+        "topologyKey"] == "kubernetes.io/hostname"
+    (container,) = pod["containers"]
+    variables = {variable["name"]: variable for variable in container["env"]}
+    low, high = (int(port) for port in variables["RELAY_MEDIA_PORTS"]["value"].split("-"))
+    assert "--media-port=40000" in container["command"] and (low, high) == (40000, 40999)
+    media = {port["name"]: port["containerPort"] for port in container["ports"] if port["protocol"] == "UDP"}
+    assert media == {"rtp": low, "rtcp": low + 1}
+    assert "optional" not in variables["RELAY_CONTROL_SECRET"]["valueFrom"]["secretKeyRef"]
+    (config,) = [item for item in of_kind(objects, "ConfigMap")
+                 if item["metadata"]["name"].startswith("lianxiao-config")]
+    hosts = dict(pair.split("=") for pair in config["data"]["RELAY_DATAPLANE_PUBLIC_HOSTS"].split(","))
+    assert len(hosts) == dataplane["spec"]["replicas"]
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)

@@ -9,6 +9,7 @@ import socket
 import struct
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -59,6 +60,7 @@ class DataPlane:
     control_port: int
     metrics_port: int
     control: ControlClient
+    control_secret: str
 
     def call(self, op: str, **fields: object) -> dict:
         """One control request that must succeed."""
@@ -80,9 +82,14 @@ class DataPlane:
         return self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
 
 
-def start_dataplane(*extra: str) -> DataPlane:
+def start_dataplane(*extra: str, secret_file: str | None = None) -> DataPlane:
+    """A data plane subprocess; its control secret is generated into ``secret_file`` (a fresh temporary
+    file by default) as `make run` does it, and the client reads it from there."""
     metrics_port = free_tcp_port()
-    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    if secret_file is None:
+        secret_file = os.path.join(tempfile.mkdtemp(prefix="relay-test-"), "control.secret")
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RELAY_CONTROL_SECRET_FILE": secret_file}
+    env.pop("RELAY_CONTROL_SECRET", None)
     process = subprocess.Popen(
         [
             sys.executable,
@@ -112,8 +119,10 @@ def start_dataplane(*extra: str) -> DataPlane:
         process.kill()
         raise RuntimeError(f"data plane did not start: {line!r} {process.stderr.read()!r}")
     _host, media_port, rtcp_port, control_port = match.groups()
+    control_secret = Path(secret_file).read_text().strip()
     return DataPlane(
-        process, int(media_port), int(rtcp_port), int(control_port), metrics_port, ControlClient(port=int(control_port))
+        process, int(media_port), int(rtcp_port), int(control_port), metrics_port,
+        ControlClient(port=int(control_port), secret=control_secret), control_secret,
     )
 
 

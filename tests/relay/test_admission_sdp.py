@@ -1,4 +1,4 @@
-"""Join tokens, sender pinning, and the receiving classroom's SDP."""
+"""Join tokens and sender pinning (one address per track). The SDP is the control plane's: tests/relay_control."""
 
 from __future__ import annotations
 
@@ -14,7 +14,6 @@ from services.classroom_relay.dataplane.admission import (
     parse_hello,
     verify_token,
 )
-from services.classroom_relay.sdp import build_receiver_sdp
 
 SECRET = b"s3cret"
 NOW = 1_700_000_000.0
@@ -50,7 +49,12 @@ def test_no_secret_configured_refuses_everything() -> None:
 
 
 def test_hello_datagram() -> None:
-    assert parse_hello(build_hello("v1.a.b"), 0, len(build_hello("v1.a.b"))) == "v1.a.b"
+    assert parse_hello(build_hello("v1.a.b"), 0, len(build_hello("v1.a.b"))) == ("v1.a.b", "camera")
+    with_track = build_hello("v1.a.b", "audio")
+    assert with_track == b"LXHELLO1 v1.a.b audio"
+    assert parse_hello(with_track, 0, len(with_track)) == ("v1.a.b", "audio")
+    assert parse_hello(b"LXHELLO1 v1.a.b AUDIO!", 0, 22) == ("v1.a.b", "")  # a bad track name is refused later
+    assert parse_hello(b"LXHELLO1 a b c", 0, 14) is None
     assert parse_hello(b"LXHELLO1 ", 0, 9) is None
     assert parse_hello(b"HELLO v1.a.b", 0, 12) is None
     assert parse_hello(b"LXHELLO1 \xff\xfe", 0, 11) is None
@@ -65,40 +69,37 @@ def test_address_key_matches_raw_sockaddr_layout() -> None:
 def test_pinning_addresses_and_ssrcs() -> None:
     table = AdmissionTable()
     table.set_secrets([SECRET])
-    members = {("s1", "master")}
+    tracks = {("s1", "master", "camera"), ("s1", "master", "audio")}
+    silence = {"seconds": 0.0}
 
-    def is_member(session: str, classroom: str) -> bool:
-        return (session, classroom) in members
+    def publishes(session: str, classroom: str, track: str) -> bool:
+        return (session, classroom, track) in tracks
+
+    def silent_for(_key: int) -> float:
+        return silence["seconds"]
 
     sender_a, sender_b = address_key("127.0.0.1", 5000), address_key("127.0.0.1", 6000)
+    audio_port = address_key("127.0.0.1", 5002)
     assert table.check_ssrc(sender_a, 1)[0] == rtp.UNKNOWN_SOURCE
     good = issue_token(SECRET, "s1", "master", 60)
     wrong_room = issue_token(SECRET, "s1", "intruder", 60)
-    assert table.admit(sender_a, wrong_room, is_member)[0] == rtp.TOKEN_WRONG_BINDING
-    assert table.admit(sender_a, good, is_member)[0] == rtp.OK
+    assert table.admit(sender_a, wrong_room, "camera", publishes, silent_for)[0] == rtp.TOKEN_WRONG_BINDING
+    assert table.admit(sender_a, good, "slides", publishes, silent_for)[0] == rtp.TOKEN_WRONG_BINDING
+    assert table.admit(sender_a, good, "camera", publishes, silent_for)[0] == rtp.OK
+    assert table.admit(audio_port, good, "audio", publishes, silent_for)[0] == rtp.OK  # one port per track
     for ssrc in (1, 2, 3, 4):
         assert table.check_ssrc(sender_a, ssrc)[0] == rtp.OK
     assert table.check_ssrc(sender_a, 5)[0] == rtp.SSRC_NOT_PINNED  # more layers than one sender may carry
-    assert table.admit(sender_b, good, is_member)[0] == rtp.OK
-    assert table.check_ssrc(sender_b, 1)[0] == rtp.SSRC_CONFLICT  # SSRC 1 belongs to sender A
-    assert table.admit(sender_a, good, is_member)[1].ssrcs == {1, 2, 3, 4}  # repeated hello keeps pins
+    # A replayed token from a second address is refused while the first sender is live...
+    assert table.admit(sender_b, good, "camera", publishes, silent_for)[0] == rtp.SENDER_TAKEN
+    # ...taken over after the first fell silent for the hand-over time, or explicitly by the control plane.
+    silence["seconds"] = 3.5
+    assert table.admit(sender_b, good, "camera", publishes, silent_for)[0] == rtp.OK
+    assert table.handovers == 1 and sender_a not in table.senders
+    assert table.admit(sender_a, good, "camera", publishes, lambda _key: 0.0, explicit=True)[0] == rtp.OK
+    assert table.check_ssrc(sender_a, 1)[0] == rtp.OK
+    assert table.admit(sender_b, good, "camera", publishes, lambda _key: 0.0)[0] == rtp.SENDER_TAKEN
+    assert table.admit(sender_a, good, "camera", publishes, silent_for)[1].ssrcs == {1}  # repeated hello keeps pins
     table.forget_session("s1")
     assert table.check_ssrc(sender_a, 1)[0] == rtp.UNKNOWN_SOURCE and not table.ssrc_owner
-
-
-def test_receiver_sdp() -> None:
-    text = build_receiver_sdp(
-        relay_host="127.0.0.1", receive_port=40_000, relay_rtcp_port=5005, session_name="math\r\nx", ssrc=7
-    )
-    lines = text.split("\r\n")
-    assert lines[0] == "v=0"
-    assert "c=IN IP4 127.0.0.1" in lines
-    assert "m=video 40000 RTP/AVP 96" in lines
-    assert "a=rtpmap:96 H264/90000" in lines
-    assert "a=fmtp:96 packetization-mode=1" in lines
-    assert "a=rtcp:5005 IN IP4 127.0.0.1" in lines
-    assert "s=math x" in lines
-    with pytest.raises(ValueError):
-        build_receiver_sdp(relay_host="127.0.0.1", receive_port=40_000, payload_type=8)
-    with pytest.raises(ValueError):
-        build_receiver_sdp(relay_host="not-an-ip", receive_port=40_000)
+    assert not table.track_sender

@@ -65,3 +65,46 @@ def test_paced_queue_is_bounded_by_delay() -> None:
     assert len(queue) == 1 and queue.peek_size() == 1200
     assert queue.pop() == (1, 1, 1, 1, 1200)
     assert queue.queued_bytes == 0
+
+
+def _track_with_layers(kind: str, name: str, rates: dict[int, float], now: float):
+    from services.classroom_relay.dataplane.streams import Layer, Track, TrackSpec
+
+    track = Track("s1", "master", TrackSpec(name, kind, name, 48_000 if kind == "audio" else 90_000))
+    for ssrc, rate in rates.items():
+        layer = track.layers[ssrc] = Layer(ssrc, 0, track)
+        layer.rate.rate_bytes_per_second = rate
+        layer.last_packet_time = layer.first_packet_time = now
+    return track
+
+
+def test_audio_first_then_video_layers_within_what_is_left() -> None:
+    import socket
+    import time
+
+    from services.classroom_relay.dataplane.allocator import allocate_member
+    from services.classroom_relay.dataplane.streams import EngineConfig, Output
+
+    now = time.monotonic()
+    audio = _track_with_layers("audio", "audio", {10: 8_000.0}, now)
+    camera = _track_with_layers("video", "camera", dict(RATES), now)
+    courseware = _track_with_layers("video", "courseware", {20: 30_000.0, 21: 100_000.0}, now)
+    sockets = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(3)]
+    outputs = [
+        Output("s1", "branch", track, ("127.0.0.1", 9), 1.0, EngineConfig(), now, sock)
+        for track, sock in zip((audio, camera, courseware), sockets, strict=True)
+    ]
+    # 200 kB/s: audio's 8 kB/s first; of the 192 left (172.8 usable) both lowest layers (40 + 30); the 102.8
+    # spare cannot lift the camera to MID (+110) but lifts the courseware to 21 (+70).
+    audio_total, video_total = allocate_member(outputs, 200_000.0, now)
+    assert audio_total == 8_000.0
+    assert outputs[0].target_ssrc == 10 and outputs[0].budget >= 16_000
+    assert outputs[1].target_ssrc == LOW
+    assert outputs[2].target_ssrc == 21
+    assert video_total == 40_000.0 + 100_000.0
+    assert sum(output.budget for output in outputs[1:]) <= 200_000.0 - audio_total + 1e-6
+    # A receiver whose budget is all audio still gets its audio, and the lowest video layers are paced.
+    allocate_member(outputs, 20_000.0, now)
+    assert outputs[0].target_ssrc == 10 and outputs[0].budget == 16_000.0
+    for sock in sockets:
+        sock.close()

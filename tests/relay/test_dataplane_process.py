@@ -3,6 +3,7 @@ metrics, and the control channel across restarts. Every stream is bounded in pac
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
 import threading
@@ -180,6 +181,8 @@ def test_rtcp_nack_pli_and_receiver_reports(dataplane) -> None:
     sender = admitted_sender(dataplane)
     media = ("127.0.0.1", dataplane.media_port)
     send_stream(sender, media, MASTER_SSRC, packets=300, packets_per_second=300, keyframe_every=30)
+    # The encoder's own sender report (rtcp-mux on the media port): the relay's reports carry its mapping.
+    sender.sendto(rtcp.build_sender_report(MASTER_SSRC, *rtcp.ntp_now(), 299 // 5 * 3600, 300, 300_000), media)
     branch.collect(0.3, keep=True)
     assert len(branch.packets) > 30
     parsed = rtp.RtpHeader()
@@ -194,13 +197,18 @@ def test_rtcp_nack_pli_and_receiver_reports(dataplane) -> None:
     assert rtp.parse_rtp(branch.packets[0], 0, len(branch.packets[0]), parsed) == rtp.OK
     assert parsed.sequence_number == wanted and parsed.ssrc == out_ssrc
 
-    # The relay sent sender reports to RTP port + 1; answer one so RTT can be measured.
-    branch_rtcp.settimeout(2.0)
-    report = branch_rtcp.recv(2048)
+    # The branch's RTCP came from its RTP port (symmetric RTCP), so the relay's sender reports go there
+    # now (RTP port + 1 before a receiver has reported); answer one so RTT can be measured.
+    branch.packets.clear()
+    branch.arrivals.clear()
+    branch.collect(1.3, keep=True)
+    report_index = max(index for index, packet in enumerate(branch.packets) if packet[1] == rtcp.PT_SR)
+    report, received_at = branch.packets[report_index], branch.arrivals[report_index][0]
     items = rtcp.parse_compound(report, 0, len(report))
     sender_report = next(item for item in items if isinstance(item, rtcp.SenderReport))
     assert sender_report.sender_ssrc == out_ssrc
-    block = rtcp.ReportBlock(0x99, out_ssrc, 0.25, 5, 1000, 900, sender_report.ntp_middle_32, 0)
+    delay_since_report = int((time.time() - received_at) * 65536)
+    block = rtcp.ReportBlock(0x99, out_ssrc, 0.25, 5, 1000, 900, sender_report.ntp_middle_32, delay_since_report)
     branch.sock.sendto(rtcp.build_receiver_report(0x99, (block,)), relay_rtcp)
 
     # PLI burst from the branch: the sender of the layer gets at most one per 500 ms.
@@ -249,19 +257,24 @@ def test_metrics_endpoint(dataplane) -> None:
     assert f'lianxiao_relay_link_target_bytes_per_second{{link="receiving_downlink",{service}}} 1.25e+06' in text
     sent = [line for line in text.splitlines() if line.startswith("lianxiao_relay_sent_bytes_total{")]
     assert len(sent) == 1 and 'classroom="branch-a"' in sent[0] and 'session="s1"' in sent[0]
+    assert 'track="camera"' in sent[0] and 'kind="video"' in sent[0] and 'source="camera"' in sent[0]
     assert float(sent[0].rsplit(" ", 1)[1]) > 0
     assert 'lianxiao_relay_dropped_packets_total{reason="unknown_source",' in text
     for name in ("received_bytes_total", "current_layer", "budget_bytes_per_second", "budget_used_ratio",
-                 "freezes_total", "nacks_total", "plis_total", "loss_ratio", "jitter_seconds",
+                 "freezes_total", "nacks_total", "plis_total", "received_jitter_seconds",
                  "received_keyframes_total"):  # fmt: skip
         assert f"lianxiao_relay_{name}{{" in text, name
+    # The branch never sent a receiver report: its loss and jitter are unknown, so absent (not 0).
+    assert "lianxiao_relay_loss_ratio{" not in text and "lianxiao_relay_jitter_seconds{" not in text
     sender.close()
     branch.close()
 
 
-def test_control_channel_is_idempotent_and_survives_a_restart() -> None:
+def test_control_channel_is_idempotent_and_survives_a_restart(tmp_path) -> None:
     control_port = free_tcp_port()
-    plane = start_dataplane("--control-port", str(control_port))
+    secret_file = str(tmp_path / "control.secret")
+    plane = start_dataplane("--control-port", str(control_port), secret_file=secret_file)
+    assert os.stat(secret_file).st_mode & 0o777 == 0o600  # generated, readable by its owner only
     collector = UdpCollector()
     state = {
         "secrets": [SECRET],
@@ -302,7 +315,7 @@ def test_control_channel_is_idempotent_and_survives_a_restart() -> None:
 
         # The data plane restarts: the same client reconnects, sees a new instance, pushes its state.
         stop_process(plane.process)
-        plane = start_dataplane("--control-port", str(control_port))
+        plane = start_dataplane("--control-port", str(control_port), secret_file=secret_file)
         hello = client.call("hello")
         assert hello["ok"] and hello["instance"] != first_instance
         assert client.call("get_stats")["stats"]["sessions"] == {}

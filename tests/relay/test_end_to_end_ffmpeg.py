@@ -11,8 +11,8 @@ import time
 import pytest
 
 from services.classroom_relay.dataplane.admission import build_hello, issue_token
-from services.classroom_relay.sdp import build_receiver_sdp
 
+from .media_peers import CAMERA, ffmpeg_framecrc_receiver, member, outputs_of, receive, receiver_sdp
 from .relay_harness import SECRET, free_udp_port_pair, stop_process
 
 FFMPEG = shutil.which("ffmpeg")
@@ -49,36 +49,34 @@ def _decoded_frame_sizes(framecrc: str) -> list[int]:
 
 def test_two_branches_decode_and_the_constrained_one_gets_the_lower_layer(dataplane, tmp_path) -> None:
     control = dataplane.control
-    assert control.call("set_session", session="s1", master="master-room")["ok"]
     branch_ports = {"branch-a": free_udp_port_pair(), "branch-b": free_udp_port_pair()}
     # branch-a: a full 10 Mbit/s receiving classroom; branch-b: 480 kbit/s, too little for the 1.2 Mbit/s layer.
     budgets = {"branch-a": 10_000_000 / 8, "branch-b": 60_000}
+    camera = {**CAMERA, "layers_bps": [200_000, 1_200_000]}
+    members = [member("master-room", [camera])] + [
+        member(classroom, receive=receive(budgets[classroom], {("master-room", "camera"): port}))
+        for classroom, port in branch_ports.items()
+    ]
+    reply = control.call("set_state", secrets=[SECRET], sessions=[{"session": "s1", "members": members}])
+    assert reply["ok"] and not reply["refused_outputs"], reply
     receivers = {}
     for classroom, port in branch_ports.items():
-        reply = control.call(
-            "set_branch", session="s1", classroom=classroom, address=["127.0.0.1", port],
-            budget_bytes_per_second=budgets[classroom],
-        )  # fmt: skip
-        assert reply["ok"], reply
         sdp_path = tmp_path / f"{classroom}.sdp"
-        sdp_path.write_text(
-            build_receiver_sdp(relay_host="127.0.0.1", receive_port=port, relay_rtcp_port=dataplane.rtcp_port)
-        )
-        receivers[classroom] = subprocess.Popen(
-            [FFMPEG, "-nostdin", "-v", "error", "-protocol_whitelist", "file,udp,rtp", "-i", str(sdp_path),
-             "-t", str(RECEIVE_SECONDS), "-f", "framecrc", "-"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        )  # fmt: skip
+        sdp_path.write_text(receiver_sdp(outputs_of(reply, classroom), {("master-room", "camera"): port},
+                                         {"camera": "video"}))
+        receivers[classroom] = ffmpeg_framecrc_receiver(sdp_path, RECEIVE_SECONDS)
 
     high_port, low_port = free_udp_port_pair(), free_udp_port_pair()
     token = issue_token(SECRET.encode(), "s1", "master-room", ttl_seconds=60)
     # The high layer comes in with a hello datagram from the encoder's own RTP source port ...
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as hello:
         hello.bind(("127.0.0.1", high_port))
-        hello.sendto(build_hello(token), ("127.0.0.1", dataplane.media_port))
-    # ... the low layer by registering its address through the control channel.
+        hello.sendto(build_hello(token), ("127.0.0.1", dataplane.media_port))  # camera, layer slot 0
+    # ... the low layer (ffmpeg sends it from its own port: layer slot 1 of the same track) by registering
+    # its address through the control channel.
     reply = control.call(
-        "register_sender", session="s1", classroom="master-room", token=token, address=["127.0.0.1", low_port]
+        "register_sender", session="s1", classroom="master-room", track="camera:1", token=token,
+        address=["127.0.0.1", low_port],
     )
     assert reply["ok"], reply
     time.sleep(0.2)  # let the hello reach the relay before the encoder binds the same port
@@ -117,6 +115,6 @@ def test_two_branches_decode_and_the_constrained_one_gets_the_lower_layer(datapl
     assert by_classroom["branch-b"]["current_ssrc"] == LOW_SSRC
     assert by_classroom["branch-b"]["current_layer"] == 0
     assert by_classroom["branch-b"]["send_rate_bytes_per_second"] <= budgets["branch-b"]
-    track = stats["sessions"]["s1"]["tracks"]["master-room"]
+    track = next(track for track in stats["sessions"]["s1"]["tracks"] if track["classroom"] == "master-room")
     assert {layer["ssrc"] for layer in track["layers"]} == {HIGH_SSRC, LOW_SSRC}
     assert track["keyframes_in"] >= 4

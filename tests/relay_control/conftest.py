@@ -10,10 +10,25 @@ from sqlalchemy.orm import Session
 
 from services.classroom_relay import classrooms, relay_settings
 from services.classroom_relay.models import MBIT, metadata
+from services.classroom_relay.school_facts import StaticFacts
 from services.common.scope import Scope
 
 BUREAU = 7
+OTHER_BUREAU = 8
 NOW = datetime(2026, 3, 2, 8, 0, tzinfo=UTC)  # a Monday morning
+# What accounts knows: master school 101 (district 1, 100 Mbit/s), schools 102–106 (district 2, 50 Mbit/s),
+# another master school 201 (district 3, 100 Mbit/s), bureau 8's school 301; teacher 501 teaches at 101,
+# 502 at 102, 503 at 103, 601 at bureau 8's 301.
+FACTS = StaticFacts(
+    school_rows={
+        101: {"bureau_id": BUREAU, "district_id": 1, "link_capacity_bps": 100 * MBIT},
+        **{school: {"bureau_id": BUREAU, "district_id": 2, "link_capacity_bps": 50 * MBIT}
+           for school in range(102, 107)},
+        201: {"bureau_id": BUREAU, "district_id": 3, "link_capacity_bps": 100 * MBIT},
+        301: {"bureau_id": OTHER_BUREAU, "district_id": 9, "link_capacity_bps": 100 * MBIT},
+    },
+    teacher_rows={501: 101, 502: 102, 503: 103, 601: 301},
+)
 
 
 @pytest.fixture
@@ -32,9 +47,14 @@ def admin() -> Scope:
     return Scope.bureau_admin(BUREAU)
 
 
+@pytest.fixture
+def facts() -> StaticFacts:
+    return FACTS
+
+
 def classroom(db: Session, scope: Scope, school_id: int, name: str, kind: str, **extra) -> dict:
-    data = {"school_id": school_id, "bureau_id": BUREAU, "name": name, "kind": kind, **extra}
-    return classrooms.create_classroom(db, scope, data)
+    data = {"school_id": school_id, "name": name, "kind": kind, **extra}
+    return classrooms.create_classroom(db, scope, data, FACTS)
 
 
 @pytest.fixture

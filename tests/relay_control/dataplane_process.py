@@ -14,9 +14,12 @@ def free_port(kind: int = socket.SOCK_STREAM) -> int:
         return probe.getsockname()[1]
 
 
-def start(control_port: int = 0) -> DataPlane:
-    """A data plane on 127.0.0.1; a fixed control port lets a test restart it where the control plane looks."""
-    return start_dataplane("--control-port", str(control_port)) if control_port else start_dataplane()
+def start(control_port: int = 0, secret_file: str | None = None, *extra: str) -> DataPlane:
+    """A data plane on 127.0.0.1; a fixed control port and secret file let a test restart it where the control
+    plane looks, with the secret it reads."""
+    arguments = ("--control-port", str(control_port), *extra) if control_port else extra
+    return start_dataplane(*arguments, secret_file=secret_file)
+
 
 def wait_for(predicate, timeout: float, interval: float = 0.1):
     """Poll until `predicate()` returns something truthy (returned), or fail after `timeout` seconds."""

@@ -61,7 +61,7 @@ def test_closing_a_client_another_green_thread_reads_from_raises_nothing():
 def test_a_channel_stops_without_error_while_waiting_for_its_data_plane(caplog):
     listener, accepted = _silent_listener()
     spec = placement.DataPlaneSpec("relay-0", f"127.0.0.1:{listener.getsockname()[1]}")
-    link = SimpleNamespace(running=True, control_secret=None, stats_interval=2.0)
+    link = SimpleNamespace(running=True, control_secret=lambda: None, stats_interval=2.0, reconcile_interval=5.0)
     channel = DataPlaneChannel(spec, link)  # type: ignore[arg-type]
     thread = eventlet.spawn(channel.run)
     eventlet.sleep(0.2)  # hello sent, no answer: the thread waits in readline

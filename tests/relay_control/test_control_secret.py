@@ -1,5 +1,5 @@
-"""The data plane's control channel with a shared secret: only a connection that said `hello` with it
-may do anything else; without a secret configured the channel behaves as before."""
+"""The data plane's control channel is authenticated: only a connection that said `hello` with its secret
+(here given in the environment; by default generated into a 0600 file) may do anything else."""
 
 from __future__ import annotations
 
@@ -14,9 +14,10 @@ SECRET = "control-test-secret"
 
 
 @pytest.fixture
-def guarded_dataplane(monkeypatch: pytest.MonkeyPatch) -> Iterator[DataPlane]:
-    monkeypatch.setenv("RELAY_CONTROL_SECRET", SECRET)  # the data plane reads it from its environment
-    plane = start_dataplane("--control-host", "127.0.0.1")
+def guarded_dataplane(tmp_path) -> Iterator[DataPlane]:
+    secret_file = tmp_path / "control.secret"
+    secret_file.write_text(SECRET + "\n")
+    plane = start_dataplane("--control-host", "127.0.0.1", secret_file=str(secret_file))
     try:
         yield plane
     finally:
@@ -28,12 +29,13 @@ def guarded_dataplane(monkeypatch: pytest.MonkeyPatch) -> Iterator[DataPlane]:
 
 def test_only_a_client_with_the_secret_is_served(guarded_dataplane: DataPlane) -> None:
     port = guarded_dataplane.control_port
-    anonymous = guarded_dataplane.control  # the harness's client knows no secret
+    anonymous = ControlClient(port=port, timeout=3)  # knows no secret
     refused = anonymous.call("set_state", sessions=[])
     assert (refused["ok"], refused["error"]) == (False, "unauthorized")
     assert anonymous.call("hello", secret="wrong")["error"] == "unauthorized"
     with pytest.raises(PermissionError), ControlClient(port=port, timeout=3, secret="wrong") as impostor:
         impostor.call("get_stats")
+    anonymous.close()
     with ControlClient(port=port, timeout=3, secret=SECRET) as trusted:
         assert trusted.call("set_state", sessions=[])["ok"]
         assert trusted.call("get_stats")["stats"]["sessions"] == {}

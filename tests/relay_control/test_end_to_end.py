@@ -6,7 +6,6 @@ numbers. Everything on 127.0.0.1; the relay service, the data plane and ffmpeg a
 
 from __future__ import annotations
 
-import random
 import shutil
 import socket
 import subprocess
@@ -19,10 +18,10 @@ from typing import Any
 import pytest
 from nameko.standalone.rpc import ClusterRpcProxy
 
+from services.accounts.service import AccountsService
 from services.classroom_relay.exceptions import AdmissionRefused, DataPlaneUnavailable
 from services.classroom_relay.models import MBIT
 from services.classroom_relay.service import ClassroomRelayService
-from services.common.scope import Scope
 from tests.ops.ops_helpers import http_get, scrape_sessions
 from tests.relay.relay_harness import DataPlane, free_udp_port_pair, start_dataplane, stop_process
 from tests.relay.test_end_to_end_ffmpeg import (
@@ -33,6 +32,7 @@ from tests.relay.test_end_to_end_ffmpeg import (
     _decoded_frame_sizes,
     _encoder_output,
 )
+from tests.relay_control.accounts_city import invent_bureau
 
 FFMPEG = shutil.which("ffmpeg")
 pytestmark = [
@@ -96,29 +96,33 @@ def test_dedicated_delivery_to_two_branches_through_the_control_plane(
     runner_factory: Any, service_config: dict[str, Any], dataplane: DataPlane, tmp_path: Path
 ) -> None:
     started_at = time.monotonic()
-    bureau = random.randint(10_000, 2_000_000_000)  # the run's database is shared: invent fresh ids
-    school = random.randint(10_000, 2_000_000_000)
-    admin = Scope.bureau_admin(bureau).to_dict()
+    # A master school (100 Mbit/s link in accounts) and three branch schools.
+    city = invent_bureau(service_config, [100 * MBIT, 10 * MBIT, 10 * MBIT, 1000 * MBIT])
+    school_ids = dict(zip(("master", "full", "small", "third"), city.schools, strict=True))
+    school = school_ids["master"]
+    admin = city.admin
     config = {**service_config, "RELAY_DATAPLANES": f"relay-0=127.0.0.1:{dataplane.control_port}",
+              "RELAY_CONTROL_SECRET": dataplane.control_secret,
               "RELAY_JOIN_SECRETS": SECRET, "RELAY_STATS_INTERVAL": 0.2}
-    runner_factory(config, ClassroomRelayService).start()
+    runner_factory(config, ClassroomRelayService, AccountsService).start()
     processes: list[subprocess.Popen] = []
     try:
         with ClusterRpcProxy(config, timeout=10) as rpc:
             relay = rpc.classroom_relay
 
             def room(school_id: int, name: str, kind: str, **extra: Any) -> dict:
-                return relay.create_classroom(admin, {"school_id": school_id, "bureau_id": bureau, "name": name,
-                                                      "kind": kind, **extra})
+                return relay.create_classroom(admin, {"school_id": school_id, "name": name, "kind": kind, **extra})
 
-            # A master school (100 Mbit/s link) with two broadcasting rooms; branch schools with receiving rooms.
-            master = room(school, "录播教室", "broadcasting", school_link_capacity_bps=100 * MBIT)
+            # A silent lesson: the master sends one camera track in two simulcast layers.
+            camera = {"track": "camera", "kind": "video", "layers_bps": [200_000, 1_200_000]}
+            master = room(school, "录播教室", "broadcasting", tracks=[camera])
             second_master = room(school, "录播教室二", "broadcasting")
             ports = {"full": free_udp_port_pair(), "small": free_udp_port_pair()}
-            full = room(school + 1, "接收教室", "receiving", receive_host="127.0.0.1", receive_port=ports["full"])
-            small = room(school + 2, "接收教室", "receiving", receive_host="127.0.0.1", receive_port=ports["small"],
-                         downlink_capacity_bps=SMALL_DOWNLINK_BPS)
-            third = room(school + 3, "接收教室", "receiving", school_link_capacity_bps=1000 * MBIT,
+            full = room(school_ids["full"], "接收教室", "receiving", receive_host="127.0.0.1",
+                        receive_port=ports["full"])
+            small = room(school_ids["small"], "接收教室", "receiving", receive_host="127.0.0.1",
+                         receive_port=ports["small"], downlink_capacity_bps=SMALL_DOWNLINK_BPS)
+            third = room(school_ids["third"], "接收教室", "receiving",
                          downlink_capacity_bps=100 * MBIT, receive_host="127.0.0.1",
                          receive_port=free_udp_port_pair())
 
@@ -126,6 +130,7 @@ def test_dedicated_delivery_to_two_branches_through_the_control_plane(
             timetable = {"starts_at": now.isoformat(), "ends_at": (now + timedelta(minutes=40)).isoformat()}
             lesson = relay.create_session(admin, {
                 "kind": "dedicated_delivery", "title": "四年级数学", "master_classroom_id": master["id"],
+                "interactive": False,
                 "branch_classroom_ids": [full["id"], small["id"]], **timetable,
             })
             live = relay.start_session(admin, lesson["id"])
@@ -136,8 +141,8 @@ def test_dedicated_delivery_to_two_branches_through_the_control_plane(
                                    small["id"]: int(SMALL_DOWNLINK_BPS * HEADROOM)}
 
             # Each branch's SDP, as soon as the data plane has confirmed its output; receivers start first.
-            sdps = {branch["id"]: eventually(lambda branch=branch: relay.get_branch_sdp(admin, lesson["id"],
-                                                                                        branch["id"]), timeout=10)
+            sdps = {branch["id"]: eventually(lambda branch=branch: relay.get_sdp(admin, lesson["id"], branch["id"]),
+                                             timeout=10)
                     for branch in (full, small)}
             receivers = {}
             for branch in (full, small):
@@ -146,15 +151,17 @@ def test_dedicated_delivery_to_two_branches_through_the_control_plane(
             processes += receivers.values()
 
             # The encoder's high layer announces itself with the token's hello from its own RTP source port;
-            # the low layer's source port is registered through the control plane.
+            # the low layer's source port (the camera's layer slot 1) is registered through the control plane.
             token = relay.issue_join_token(admin, lesson["id"], master["id"])
             assert token["media_address"] == ["127.0.0.1", dataplane.media_port]
+            assert set(token["hellos"]) == {"camera", "camera:1"}
             media = tuple(token["media_address"])
             high_port, low_port = free_udp_port_pair(), free_udp_port_pair()
             with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as hello:
                 hello.bind(("127.0.0.1", high_port))
-                hello.sendto(token["hello"].encode("ascii"), media)
-            relay.register_sender(admin, lesson["id"], master["id"], {"host": "127.0.0.1", "port": low_port})
+                hello.sendto(token["hellos"]["camera"].encode("ascii"), media)
+            relay.register_sender(admin, lesson["id"], master["id"],
+                                  {"host": "127.0.0.1", "port": low_port, "track": "camera:1"})
             time.sleep(0.5)  # the hello arrives and the registration is pushed before the encoder binds the ports
             sender = subprocess.Popen(
                 [FFMPEG, "-nostdin", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25",
@@ -201,12 +208,12 @@ def test_dedicated_delivery_to_two_branches_through_the_control_plane(
             })
             assert relay.start_session(admin, other["id"])["dataplane"] == "relay-0"
             with pytest.raises(AdmissionRefused) as refused:
-                relay.join_branch(admin, other["id"], third["id"], {"downlink_bps": 80 * MBIT})
+                relay.join_branch(admin, other["id"], third["id"], {"downlink_bps": 85 * MBIT})
             committed = sum(member["downlink_bps"] + member["return_bps"]
                             for member in live["classrooms"] if member["role"] == "branch")
             assert refused.value.fields == {
                 "link": "school_link", "link_owner_id": school, "capacity_bps": 100 * MBIT, "headroom": HEADROOM,
-                "budget_bps": 90 * MBIT, "committed_bps": committed, "requested_bps": 80 * MBIT,
+                "budget_bps": 90 * MBIT, "committed_bps": committed, "requested_bps": 85 * MBIT,
             }
             assert f"school {school}" in str(refused.value) and "100.0 Mbit/s" in str(refused.value)
 

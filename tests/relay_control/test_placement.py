@@ -11,7 +11,7 @@ from services.classroom_relay.exceptions import DataPlaneUnavailable
 from services.classroom_relay.models import MBIT
 from services.classroom_relay.placement import DataPlaneSpec, Fleet
 
-from .conftest import NOW, classroom, lesson
+from .conftest import FACTS, NOW, classroom, lesson
 
 TWO = (DataPlaneSpec("relay-0", "10.0.0.5:7070"), DataPlaneSpec("relay-1", "unix:/run/relay/control.sock"))
 
@@ -60,7 +60,7 @@ def rooms(db, admin, school) -> dict:
 
 def start(db, admin, settings, master: int, fleet: Fleet, branches: list[int] = (), **extra) -> dict:
     created = lessons.create_session(
-        db, admin, lesson(master_classroom_id=master, branch_classroom_ids=list(branches), **extra), settings
+        db, admin, lesson(master_classroom_id=master, branch_classroom_ids=list(branches), **extra), settings, FACTS
     )
     return lessons.start_session(db, admin, created["id"], settings, now=NOW, fleet=fleet)
 
@@ -70,11 +70,12 @@ def test_the_most_free_data_plane_takes_a_new_school_and_the_school_stays_there(
     first = start(db, admin, settings, rooms["first"], fleet, rooms["branches"][:1], branch_bps=20 * MBIT)
     assert first["dataplane"] == "relay-0"  # equal budgets: the configuration order decides
     other = start(db, admin, settings, rooms["other"], fleet)
-    assert other["dataplane"] == "relay-1"  # relay-0 carries 28 Mbit/s, relay-1 nothing
+    assert other["dataplane"] == "relay-1"  # relay-0 carries 23 Mbit/s, relay-1 nothing
     # School 101's second lesson joins its first one although relay-1 has more room now.
     second = start(db, admin, settings, rooms["second"], fleet)
     assert second["dataplane"] == "relay-0"
-    assert placement.committed_by_dataplane(db) == {"relay-0": 36 * MBIT, "relay-1": 8 * MBIT}
+    master_bps = 64_000 + 3 * MBIT  # the default tracks: Opus audio and one H.264 camera layer
+    assert placement.committed_by_dataplane(db) == {"relay-0": 20 * MBIT + 2 * master_bps, "relay-1": master_bps}
     # Each data plane is sent only its own sessions.
     pushed = {name: [entry["session"] for entry in dataplane_state.desired_state(db, settings, name)["sessions"]]
               for name in ("relay-0", "relay-1")}

@@ -14,7 +14,7 @@ from services.classroom_relay.models import MBIT, outbox
 from services.common.events import event_type_of
 from services.common.scope import Scope
 
-from .conftest import NOW, classroom, lesson
+from .conftest import FACTS, NOW, classroom, lesson
 
 
 def events(db) -> list[tuple[str, dict]]:
@@ -25,7 +25,7 @@ def events(db) -> list[tuple[str, dict]]:
 def schedule(db, admin, settings, school, kind="master_teacher", branches=2, **extra) -> dict:
     data = lesson(kind, master_classroom_id=school["master"]["id"], teacher_id=501,
                   branch_classroom_ids=[room["id"] for room in school["branches"][:branches]], **extra)
-    return lessons.create_session(db, admin, data, settings)
+    return lessons.create_session(db, admin, data, settings, FACTS)
 
 
 def test_third_branch_is_refused_with_the_master_links_numbers(db, admin, settings, school):
@@ -33,13 +33,13 @@ def test_third_branch_is_refused_with_the_master_links_numbers(db, admin, settin
     lessons.start_session(db, admin, live["id"], settings, now=NOW)
     third = school["branches"][2]["id"]
     with pytest.raises(AdmissionRefused) as refused:
-        lessons.join_branch(db, admin, live["id"], third, {}, settings, now=NOW)
+        lessons.join_branch(db, admin, live["id"], third, {}, settings, FACTS, now=NOW)
     assert "school 101" in str(refused.value)
     assert refused.value.fields["committed_bps"] == 80 * MBIT
     assert refused.value.fields["requested_bps"] == 40 * MBIT
     assert refused.value.fields["capacity_bps"] == 100 * MBIT
     # A smaller budget fits in what is left (90 − 80 = 10 Mbit/s).
-    joined = lessons.join_branch(db, admin, live["id"], third, {"downlink_bps": 10 * MBIT}, settings, now=NOW)
+    joined = lessons.join_branch(db, admin, live["id"], third, {"downlink_bps": 10 * MBIT}, settings, FACTS, now=NOW)
     assert joined["state"] == "joined"
 
 
@@ -67,7 +67,7 @@ def test_ending_releases_bandwidth_for_the_next_session(db, admin, settings, sch
     second = schedule(db, admin, settings, school, branches=0)
     lessons.start_session(db, admin, second["id"], settings, now=NOW)
     for room in school["branches"][:2]:
-        lessons.join_branch(db, admin, second["id"], room["id"], {}, settings, now=NOW)
+        lessons.join_branch(db, admin, second["id"], room["id"], {}, settings, FACTS, now=NOW)
     assert lessons.get_session(db, admin, second["id"])["status"] == "live"
 
 
@@ -76,16 +76,16 @@ def test_dedicated_delivery_has_fixed_branches_named_when_scheduled_and_recurs(d
                     recurrence_until=(NOW + timedelta(days=30)).isoformat(), branch_bps=20 * MBIT)
     third = school["branches"][2]["id"]
     with pytest.raises(Conflict, match="fixed branch classes") as refused:
-        lessons.join_branch(db, admin, live["id"], third, {}, settings)  # not while scheduled ...
+        lessons.join_branch(db, admin, live["id"], third, {}, settings, FACTS)  # not while scheduled ...
     assert refused.value.fields["branch_classroom_ids"] == [room["id"] for room in school["branches"][:2]]
     started = lessons.start_session(db, admin, live["id"], settings, now=NOW)
     assert [member["state"] for member in started["classrooms"]] == ["joined", "joined", "joined"]
     with pytest.raises(Conflict, match="fixed branch classes"):
-        lessons.join_branch(db, admin, live["id"], third, {}, settings, now=NOW)  # ... nor while live
+        lessons.join_branch(db, admin, live["id"], third, {}, settings, FACTS, now=NOW)  # ... nor while live
     # A named class that dropped out may come back.
     first = school["branches"][0]["id"]
     lessons.leave_branch(db, admin, live["id"], first, now=NOW)
-    assert lessons.join_branch(db, admin, live["id"], first, {}, settings, now=NOW)["state"] == "joined"
+    assert lessons.join_branch(db, admin, live["id"], first, {}, settings, FACTS, now=NOW)["state"] == "joined"
     after = lessons.end_session(db, admin, live["id"], now=NOW + timedelta(minutes=40))
     assert after["status"] == "scheduled" and after["occurrences_held"] == 1
     assert after["starts_at"] == "2026-03-03T08:00:00Z"
@@ -107,7 +107,7 @@ def test_master_teacher_sessions_stay_open_to_joins(db, admin, settings, school)
     live = schedule(db, admin, settings, school, branches=0, branch_bps=20 * MBIT)
     lessons.start_session(db, admin, live["id"], settings, now=NOW)
     for room in school["branches"]:
-        assert lessons.join_branch(db, admin, live["id"], room["id"], {}, settings, now=NOW)["state"] == "joined"
+        assert lessons.join_branch(db, admin, live["id"], room["id"], {}, settings, FACTS, now=NOW)["state"] == "joined"
 
 
 def test_starting_far_before_the_timetable_is_refused(db, admin, settings, school):
@@ -120,10 +120,10 @@ def test_a_classroom_cannot_be_live_in_two_sessions(db, admin, settings, school)
     first = schedule(db, admin, settings, school, branches=1)
     lessons.start_session(db, admin, first["id"], settings, now=NOW)
     other_master = classroom(db, admin, 101, "录播教室二", "broadcasting")
-    second = lessons.create_session(db, admin, lesson(master_classroom_id=other_master["id"]), settings)
+    second = lessons.create_session(db, admin, lesson(master_classroom_id=other_master["id"]), settings, FACTS)
     lessons.start_session(db, admin, second["id"], settings, now=NOW)
     with pytest.raises(Conflict, match="is live in session"):
-        lessons.join_branch(db, admin, second["id"], school["branches"][0]["id"], {}, settings, now=NOW)
+        lessons.join_branch(db, admin, second["id"], school["branches"][0]["id"], {}, settings, FACTS, now=NOW)
 
 
 def test_a_session_that_can_never_fit_is_refused_when_scheduled(db, admin, settings, school):
@@ -136,7 +136,7 @@ def test_a_branch_without_a_receiving_address_cannot_go_live(db, admin, settings
     live = schedule(db, admin, settings, school, branches=0)
     lessons.start_session(db, admin, live["id"], settings, now=NOW)
     with pytest.raises(InvalidInput, match="receiving address"):
-        lessons.join_branch(db, admin, live["id"], bare["id"], {}, settings, now=NOW)
+        lessons.join_branch(db, admin, live["id"], bare["id"], {}, settings, FACTS, now=NOW)
 
 
 def test_join_token_is_bound_to_its_classroom_and_session_and_expires(db, admin, settings, school):
@@ -171,20 +171,31 @@ def test_join_token_only_for_members_and_their_own_school(db, admin, settings, s
 def test_read_tokens_cannot_schedule(db, settings, school):
     reader = Scope(bureau_id=7, kind="bureau", id=7, access="read")
     with pytest.raises(Forbidden):
-        lessons.create_session(db, reader, lesson(master_classroom_id=school["master"]["id"]), settings)
+        lessons.create_session(db, reader, lesson(master_classroom_id=school["master"]["id"]), settings, FACTS)
 
 
 def test_bad_input_is_typed(db, admin, settings, school):
     with pytest.raises(InvalidInput) as invalid:
-        lessons.create_session(db, admin, {"kind": "lecture", "title": ""}, settings)
+        lessons.create_session(db, admin, {"kind": "lecture", "title": ""}, settings, FACTS)
     assert {"kind", "title", "master_classroom_id", "starts_at"} <= set(invalid.value.fields)
     with pytest.raises(InvalidInput, match="ends_at"):
         lessons.create_session(db, admin, lesson(master_classroom_id=school["master"]["id"],
-                                                  ends_at=NOW.isoformat()), settings)
+                                                  ends_at=NOW.isoformat()), settings, FACTS)
     with pytest.raises(InvalidInput):
         lessons.get_session(db, admin, "1")
     with pytest.raises(InvalidInput, match="receive_port"):
         classroom(db, admin, 106, "半个地址", "receiving", receive_host="127.0.0.1")
+
+
+def confirmed(state: dict, relay_port: int = 51000) -> dict:
+    """What a data plane would answer set_state with: one relay socket per output."""
+    found = {}
+    for entry in state["sessions"]:
+        for member in entry["members"]:
+            for index, output in enumerate((member.get("receive") or {}).get("outputs", [])):
+                key = (entry["session"], member["classroom"], output["source_classroom"], output["track"])
+                found[key] = {"relay_address": ["127.0.0.1", relay_port + 2 * index], "ssrc": 1000 + index}
+    return found
 
 
 def test_desired_state_and_sdp_follow_the_live_session(db, admin, settings, school):
@@ -194,38 +205,61 @@ def test_desired_state_and_sdp_follow_the_live_session(db, admin, settings, scho
     state = dataplane_state.desired_state(db, settings)
     assert state["secrets"] == ["unit-test-secret"]
     [entry] = state["sessions"]
-    first = school["branches"][0]
-    assert entry["session"] == f"session-{live['id']}" and entry["master"] == f"classroom-{school['master']['id']}"
-    assert entry["branches"][0] == {"classroom": f"classroom-{first['id']}", "address": ["127.0.0.1", 40002],
-                                    "budget_bytes_per_second": 40 * MBIT / 8}
-    outputs = {(entry["session"], entry["branches"][0]["classroom"]): {"relay_address": ["127.0.0.1", 51000],
-                                                                      "ssrc": 1234}}
-    sdp = media_access.branch_sdp(db, admin, live["id"], first["id"], {"default": outputs})
-    assert "m=video 40002 RTP/AVP 96" in sdp and "c=IN IP4 127.0.0.1" in sdp and "a=rtcp:51000" in sdp
-    with pytest.raises(exceptions.DataPlaneUnavailable):
-        media_access.branch_sdp(db, admin, live["id"], school["branches"][1]["id"], {"default": outputs})
+    first, master_key = school["branches"][0], f"classroom-{school['master']['id']}"
+    assert entry["session"] == f"session-{live['id']}"
+    master, branch = entry["members"][0], entry["members"][1]
+    assert master["classroom"] == master_key and "receive" not in master  # a master-teacher lesson: one way
+    assert [(track["track"], track["kind"], track["clock_rate"]) for track in master["tracks"]] == [
+        ("audio", "audio", 48000), ("camera", "video", 90000)]
+    assert branch["tracks"] == [] and branch["receive"] == {
+        "host": "127.0.0.1", "budget_bytes_per_second": 40 * MBIT / 8,
+        "outputs": [{"source_classroom": master_key, "track": "audio", "port": 40002},
+                    {"source_classroom": master_key, "track": "camera", "port": 40004}]}
+    outputs = confirmed(state)
+    sdp = media_access.classroom_sdp(db, admin, live["id"], first["id"], {"default": outputs})
+    assert "c=IN IP4 127.0.0.1" in sdp
+    audio, video = sdp.split("m=")[1:]
+    assert audio.startswith("audio 40002 RTP/AVP 97") and "a=rtpmap:97 opus/48000/2" in audio
+    assert f"a=label:{master_key}/audio" in audio and "a=mid:0" in audio and "a=rtcp:51000 IN IP4 127.0.0.1" in audio
+    assert video.startswith("video 40004 RTP/AVP 96") and "a=rtpmap:96 H264/90000" in video
+    assert "a=fmtp:96 packetization-mode=1" in video and "a=rtcp:51002 IN IP4" in video
+    assert f"a=label:{master_key}/camera" in video
     with pytest.raises(exceptions.DataPlaneUnavailable):  # another data plane's view does not count
-        media_access.branch_sdp(db, admin, live["id"], first["id"], {"relay-1": outputs})
+        media_access.classroom_sdp(db, admin, live["id"], first["id"], {"relay-1": outputs})
+    with pytest.raises(Conflict, match="receive"):  # nobody speaks back to this master
+        media_access.classroom_sdp(db, admin, live["id"], school["master"]["id"], {"default": outputs})
 
 
-def test_stream_health_publishes_only_changes(db, admin, settings, school):
+def test_stream_health_publishes_only_changes_and_counts_media_time(db, admin, settings, school):
     live = schedule(db, admin, settings, school, branches=1)
     lessons.start_session(db, admin, live["id"], settings, now=NOW)
     key, room, master = f"session-{live['id']}", f"classroom-{school['branches'][0]['id']}", \
         f"classroom-{school['master']['id']}"
+    sent = {"bytes": 0}
 
-    def stats(send_bytes_per_second: float, loss: float) -> dict:
-        return {"sessions": {key: {"master": master, "tracks": {master: {
-            "live": True, "layers": [{"rate_bytes_per_second": 500_000}]}},
-            "outputs": [{"classroom": room, "source_classroom": master, "loss_ratio": loss,
-                         "budget_bytes_per_second": 5_000_000, "send_rate_bytes_per_second": send_bytes_per_second}]}}}
+    def stats(send_bytes_per_second: float, loss: float | None) -> dict:
+        sent["bytes"] += 100_000
+        return {"sessions": {key: {"tracks": [
+            {"classroom": master, "track": "camera", "kind": "video", "live": True, "bytes_in": sent["bytes"],
+             "layers": [{"rate_bytes_per_second": 500_000}]}],
+            "outputs": [{"classroom": room, "source_classroom": master, "track": "camera", "kind": "video",
+                         "loss_ratio": loss, "bytes_out": sent["bytes"],
+                         "send_rate_bytes_per_second": send_bytes_per_second}]}}}
 
-    assert stream_health.record_stream_health(db, stats(500_000, 0.0), settings) == []
-    assert stream_health.record_stream_health(db, stats(100_000, 0.0), settings) == ["stream.degraded"]
-    assert stream_health.record_stream_health(db, stats(100_000, 0.2), settings) == []  # still degraded
-    assert stream_health.record_stream_health(db, stats(490_000, 0.0), settings) == ["stream.recovered"]
+    step = timedelta(seconds=2)
+    assert stream_health.record_stream_health(db, stats(500_000, None), settings, now=NOW) == []
+    assert stream_health.record_stream_health(db, stats(100_000, None), settings, now=NOW + step) == [
+        "stream.degraded"]
+    assert stream_health.record_stream_health(db, stats(100_000, 0.2), settings, now=NOW + 2 * step) == []
+    assert stream_health.record_stream_health(db, stats(490_000, 0.0), settings, now=NOW + 3 * step) == [
+        "stream.recovered"]
     degraded = [body for routing_key, body in events(db) if routing_key == "stream.degraded"]
     assert degraded[0]["reasons"] == ["below_target"] and degraded[0]["send_rate_bps"] == 800_000
+    assert degraded[0]["loss_ratio"] is None  # nobody reported loss yet: absent, not zero
+    # Media flowed at each of the three later checks, 2 s apart: 6 s, for the branch and the master.
+    members = {member["classroom_id"]: member for member in lessons.get_session(db, admin, live["id"])["classrooms"]}
+    assert members[school["branches"][0]["id"]]["media_seconds"] == 6.0
+    assert members[school["master"]["id"]]["media_seconds"] == 6.0
 
 
 def test_a_second_classroom_with_the_same_name_is_a_conflict_not_a_crash(db, admin, school):

@@ -1,9 +1,11 @@
 """``python -m services.classroom_relay.dataplane --media-port 5004 --control-port 7070 --metrics-port 9464``
 
 The control channel listens on 127.0.0.1 unless ``--control-host`` says otherwise (in Kubernetes the
-central classroom_relay service reaches each pod's control port; a NetworkPolicy admits only it). Set
-RELAY_CONTROL_SECRET in the environment (never on the command line, where `ps` shows it) to make every
-control connection authenticate with it first.
+central classroom_relay service reaches each pod's control port; a NetworkPolicy admits only it). It is
+always authenticated: RELAY_CONTROL_SECRET from the environment (never on the command line, where `ps`
+shows it), else the secret in ``--control-secret-file`` (RELAY_CONTROL_SECRET_FILE, default
+``.run/relay-control.secret``), generated there with mode 0600 when the file does not exist; the control
+plane reads the same file. Every UDP socket is bound inside ``--media-ports`` (RELAY_MEDIA_PORTS) when given.
 """
 
 from __future__ import annotations
@@ -11,14 +13,17 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
+import secrets
 import signal
 import sys
+from pathlib import Path
 
 from services.classroom_relay import settings
 
 from .control import serve_control
 from .engine import Engine, EngineConfig
 from .metrics import serve_metrics
+from .ports import parse_port_range
 
 
 def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
@@ -34,10 +39,42 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--control-socket", default=None, help="Unix socket path instead of the TCP port")
     parser.add_argument("--metrics-port", type=int, default=settings.METRICS_PORT.get())
     parser.add_argument("--metrics-host", default="127.0.0.1")
+    parser.add_argument(
+        "--control-secret-file", default=settings.CONTROL_SECRET_FILE.get(),
+        help="file holding the control secret; created with mode 0600 if missing",
+    )
+    parser.add_argument(
+        "--media-ports", default=settings.MEDIA_PORTS.get() or None,
+        help="LOW-HIGH: every UDP socket (media, RTCP, one per output) is bound inside this range",
+    )
+    parser.add_argument("--max-sessions", type=int, default=256)
+    parser.add_argument("--max-members", type=int, default=256, help="members per session")
+    parser.add_argument("--max-outputs", type=int, default=4096)
+    parser.add_argument("--max-connections", type=int, default=8, help="control connections at once")
     parser.add_argument("--ring-slots", type=int, default=8192, help="packet ring / NACK cache size")
     parser.add_argument("--no-gso", action="store_true", help="send one datagram per system call")
     parser.add_argument("--cpu", type=int, default=None, help="pin the loop to this CPU")
     return parser.parse_args(argv)
+
+
+def control_secret(path: str) -> str:
+    """RELAY_CONTROL_SECRET, else the secret in ``path``, else a new one written there (0600, directory 0700)."""
+    from_environment = settings.CONTROL_SECRET.get()
+    if from_environment:
+        return from_environment
+    secret_path = Path(path)
+    if secret_path.exists():
+        secret = secret_path.read_text().strip()
+        if secret:
+            return secret
+    secret_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    secret = secrets.token_hex(32)
+    temporary = secret_path.with_name(f".{secret_path.name}.{os.getpid()}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(secret + "\n")
+    os.replace(temporary, secret_path)  # atomic: a reader sees no file or the whole secret
+    return secret
 
 
 def _is_loopback(host: str) -> bool:
@@ -51,6 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     arguments = parse_arguments(argv)
     if arguments.cpu is not None:
         os.sched_setaffinity(0, {arguments.cpu})
+    try:
+        media_ports = parse_port_range(arguments.media_ports)
+    except ValueError as error:
+        print(f"relay-dataplane: {error}", file=sys.stderr, flush=True)
+        return 2
     engine = Engine(
         EngineConfig(
             media_host=arguments.media_host,
@@ -58,15 +100,19 @@ def main(argv: list[str] | None = None) -> int:
             rtcp_port=arguments.rtcp_port,
             ring_slots=arguments.ring_slots,
             use_gso=not arguments.no_gso,
+            media_ports=media_ports,
+            max_sessions=arguments.max_sessions,
+            max_members_per_session=arguments.max_members,
+            max_outputs=arguments.max_outputs,
         )
     )
-    control_secret = settings.CONTROL_SECRET.get()
-    if not arguments.control_socket and not _is_loopback(arguments.control_host) and control_secret is None:
-        print(f"relay-dataplane: control channel on {arguments.control_host} without RELAY_CONTROL_SECRET; "
-              "only the network policy keeps others from it", file=sys.stderr, flush=True)
+    secret = control_secret(arguments.control_secret_file)
+    if not arguments.control_socket and not _is_loopback(arguments.control_host):
+        print(f"relay-dataplane: control channel on {arguments.control_host}; authenticated, but keep a network "
+              "policy in front of it too", file=sys.stderr, flush=True)
     control = serve_control(
         engine, port=arguments.control_port, unix_path=arguments.control_socket, host=arguments.control_host,
-        secret=control_secret,
+        secret=secret, max_connections=arguments.max_connections,
     )
     if arguments.metrics_port:
         serve_metrics(engine.snapshot_locked, arguments.metrics_port, arguments.metrics_host)

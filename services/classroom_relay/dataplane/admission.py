@@ -6,12 +6,17 @@ control plane issues tokens (``issue_token``); the data plane verifies them (``v
 
 Real encoders cannot put a custom first datagram into their RTP stream, so there are two ways in:
 
-- a *hello* datagram ``LXHELLO1 <token>`` sent from the encoder's RTP source port just before it
-  starts (e.g. ``ffmpeg ... rtp://relay:port?localport=N`` after a hello from port N), or
-- the control plane registers the encoder's source address together with a valid token.
+- a *hello* datagram ``LXHELLO1 <token> <track>`` sent from the encoder's RTP source port just before it
+  starts (e.g. ``ffmpeg ... rtp://relay:port?localport=N`` after a hello from port N); ``LXHELLO1 <token>``
+  names the camera track, or
+- the control plane registers the encoder's source address together with a valid token and the track.
 
-Either way the address is pinned to (session, classroom) and the first SSRCs it sends are pinned to
-it; everything else is dropped and counted.
+Either way the address is pinned to (session, classroom, track) and the first SSRCs it sends are pinned
+to it; everything else is dropped and counted. A track has one sender address at a time: a hello for it
+from a second address is refused (``sender_taken``) until the first has been silent for
+``HANDOVER_SILENCE_SECONDS`` (an encoder restarted on a new port); a registration by the control plane
+is an explicit hand-over and replaces the first at once. An SSRC pinned to one sender is never taken by
+another.
 """
 
 from __future__ import annotations
@@ -20,9 +25,11 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import socket
 import struct
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from . import rtp
@@ -31,6 +38,12 @@ TOKEN_VERSION = "v1"
 HELLO_PREFIX = b"LXHELLO1 "
 MAX_HELLO_BYTES = 1024
 MAX_SSRCS_PER_SENDER = 4  # simulcast layers one source port may carry
+DEFAULT_TRACK = "camera"  # what a hello without a track name, or a protocol-1 registration, sends
+HANDOVER_SILENCE_SECONDS = 3.0
+TRACK_NAME = re.compile(r"[a-z0-9_-]{1,32}")
+# What a hello or a registration names: a track, optionally with the simulcast layer this address carries
+# ("camera:1"), because ffmpeg sends every layer from its own port. Each (track, layer) admits one address.
+SENDER_SLOT = re.compile(r"([a-z0-9_-]{1,32})(?::([0-3]))?")
 
 _ADDRESS_KEY = struct.Struct("!Q")
 _FAMILY_PREFIX = struct.pack("=H", socket.AF_INET)  # sockaddr_in begins with the family, host order
@@ -107,29 +120,39 @@ def verify_token(secrets: list[bytes], token: str, now: float | None = None) -> 
     return rtp.OK, TokenClaims(session, classroom, expires_at)
 
 
-def parse_hello(buffer: bytes | bytearray | memoryview, offset: int, length: int) -> str | None:
-    """The token inside a hello datagram, or None if this is not one."""
+def parse_hello(buffer: bytes | bytearray | memoryview, offset: int, length: int) -> tuple[str, str] | None:
+    """(token, track) inside a hello datagram, or None if this is not one. A missing or malformed track
+    name is ``DEFAULT_TRACK`` / an empty string (refused by admission)."""
     if length <= len(HELLO_PREFIX) or length > MAX_HELLO_BYTES:
         return None
     data = bytes(buffer[offset : offset + length])
     if not data.startswith(HELLO_PREFIX):
         return None
     try:
-        return data[len(HELLO_PREFIX) :].decode("ascii").strip()
+        words = data[len(HELLO_PREFIX) :].decode("ascii").split()
     except UnicodeDecodeError:
         return None
+    if not words or len(words) > 2:
+        return None
+    track = words[1] if len(words) == 2 else DEFAULT_TRACK
+    return words[0], track if SENDER_SLOT.fullmatch(track) else ""
 
 
-def build_hello(token: str) -> bytes:
-    return HELLO_PREFIX + token.encode("ascii")
+def build_hello(token: str, track: str | None = None) -> bytes:
+    return HELLO_PREFIX + token.encode("ascii") + (b" " + track.encode("ascii") if track else b"")
 
 
 @dataclass(slots=True)
 class PinnedSender:
     session: str
     classroom: str
+    track: str
     how: str  # "hello" or "registered"
+    layer: int = 0  # which simulcast layer slot of the track this address holds
+    pinned_at: float = 0.0  # monotonic
     ssrcs: set[int] = field(default_factory=set)
+    # Sender reports that came before their SSRC's first packet: (NTP middle 32, RTP timestamp, arrival)
+    early_reports: dict[int, tuple[int, int, float]] = field(default_factory=dict)
     rtcp_key: int = 0  # where its RTCP came from (RTP port + 1 for ffmpeg); 0 until seen
 
 
@@ -140,23 +163,50 @@ class AdmissionTable:
         self.secrets: list[bytes] = []
         self.senders: dict[int, PinnedSender] = {}
         self.ssrc_owner: dict[int, int] = {}
+        # (session, classroom, track, layer slot) -> address key of its one sender
+        self.track_sender: dict[tuple[str, str, str, int], int] = {}
+        self.handovers = 0
 
     def set_secrets(self, secrets: list[bytes]) -> None:
         self.secrets = list(secrets)
 
-    def admit(self, key: int, token: str, is_member, now: float | None = None) -> tuple[int, PinnedSender | None]:
-        """Verify ``token`` and pin ``key``. ``is_member(session, classroom)`` checks the binding."""
+    def admit(
+        self,
+        key: int,
+        token: str,
+        track: str,
+        publishes: Callable[[str, str, str], bool],
+        silent_for: Callable[[int], float],
+        explicit: bool = False,
+        now: float | None = None,
+    ) -> tuple[int, PinnedSender | None]:
+        """Verify ``token`` and pin ``key`` to its (session, classroom) and ``track``.
+
+        ``publishes(session, classroom, track)`` checks the binding; ``silent_for(key)`` is how long the
+        current sender of the track has sent nothing; ``explicit``: the control plane registers this address,
+        which hands the track over at once.
+        """
         reason, claims = verify_token(self.secrets, token, now)
         if claims is None:
             return reason, None
-        if not is_member(claims.session, claims.classroom):
+        slot = SENDER_SLOT.fullmatch(track)
+        if slot is None or not publishes(claims.session, claims.classroom, slot.group(1)):
             return rtp.TOKEN_WRONG_BINDING, None
+        track, layer = slot.group(1), int(slot.group(2) or 0)
+        binding = (claims.session, claims.classroom, track, layer)
         existing = self.senders.get(key)
-        if existing is not None and (existing.session, existing.classroom) == (claims.session, claims.classroom):
+        if existing is not None and (existing.session, existing.classroom, existing.track, existing.layer) == binding:
             return rtp.OK, existing  # idempotent: a repeated hello or registration keeps pinned SSRCs
+        owner = self.track_sender.get(binding)
+        if owner is not None and owner != key:
+            if not explicit and silent_for(owner) < HANDOVER_SILENCE_SECONDS:
+                return rtp.SENDER_TAKEN, None
+            self.forget(owner)
+            self.handovers += 1
         self.forget(key)
-        sender = PinnedSender(claims.session, claims.classroom, "hello")
+        sender = PinnedSender(claims.session, claims.classroom, track, "hello", layer, time.monotonic())
         self.senders[key] = sender
+        self.track_sender[binding] = key
         return rtp.OK, sender
 
     def check_ssrc(self, key: int, ssrc: int) -> tuple[int, PinnedSender | None]:
@@ -178,16 +228,21 @@ class AdmissionTable:
     def forget(self, key: int) -> PinnedSender | None:
         sender = self.senders.pop(key, None)
         if sender is not None:
+            binding = (sender.session, sender.classroom, sender.track, sender.layer)
+            if self.track_sender.get(binding) == key:
+                del self.track_sender[binding]
             for ssrc in sender.ssrcs:
                 if self.ssrc_owner.get(ssrc) == key:
                     del self.ssrc_owner[ssrc]
         return sender
 
-    def forget_session(self, session: str, classroom: str | None = None) -> list[int]:
+    def forget_session(self, session: str, classroom: str | None = None, track: str | None = None) -> list[int]:
         keys = [
             key
             for key, sender in self.senders.items()
-            if sender.session == session and (classroom is None or sender.classroom == classroom)
+            if sender.session == session
+            and (classroom is None or sender.classroom == classroom)
+            and (track is None or sender.track == track)
         ]
         for key in keys:
             self.forget(key)

@@ -2,12 +2,15 @@
 
 The wire format, the operations and the client are in protocol.py.
 
-With a control secret (``serve_control(secret=...)``), a connection must first send ``hello`` with
-``"secret"``; anything else before that is answered ``unauthorized``. Without one nothing changes.
+With a control secret (``serve_control(secret=...)``; ``__main__`` always has one), a connection must first
+send ``hello`` with ``"secret"``; anything else before that is answered ``unauthorized``. At most
+``max_connections`` connections at once (more are closed at accept), each closed after ``IDLE_SECONDS``
+without a request.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import os
@@ -18,8 +21,15 @@ from collections.abc import Callable
 from typing import Any
 
 from . import rtp
+from .admission import DEFAULT_TRACK, SENDER_SLOT, TRACK_NAME
 from .engine import Engine
 from .protocol import MAX_LINE_BYTES, PROTOCOL_VERSION
+from .stats import limits
+from .streams import AUDIO, DEFAULT_CLOCK_RATES, VIDEO, Output, TrackSpec
+from .topology import MemberSpec, OutputSpec
+
+MAX_CONNECTIONS = 8
+IDLE_SECONDS = 60.0  # the control plane re-pushes its state every few seconds; anything quieter is gone or stuck
 
 
 class ControlError(Exception):
@@ -59,6 +69,116 @@ def _budget(request: dict, field: str) -> float:
     return float(value)
 
 
+def _output_reply(output: Output) -> dict:
+    return {"session": output.session, "classroom": output.classroom, "source_classroom": output.source_classroom,
+            "track": output.track.name, "relay_address": list(output.relay_address), "ssrc": output.forwarder.out_ssrc}
+
+
+def _track_spec(value: Any) -> TrackSpec:
+    if not isinstance(value, dict):
+        raise ControlError("bad_request", "each track is an object")
+    name = value.get("track")
+    if not isinstance(name, str) or not TRACK_NAME.fullmatch(name):
+        raise ControlError("bad_request", "track must match [a-z0-9_-]{1,32}")
+    kind = value.get("kind", VIDEO)
+    if kind not in (AUDIO, VIDEO):
+        raise ControlError("bad_request", f"track {name}: kind must be audio or video")
+    source = value.get("source", name)
+    if not isinstance(source, str) or not TRACK_NAME.fullmatch(source):
+        raise ControlError("bad_request", f"track {name}: source must match [a-z0-9_-]{{1,32}}")
+    clock_rate = value.get("clock_rate", DEFAULT_CLOCK_RATES[kind])
+    if not isinstance(clock_rate, int) or isinstance(clock_rate, bool) or not 1000 <= clock_rate <= 192_000:
+        raise ControlError("bad_request", f"track {name}: clock_rate must be an integer 1000..192000")
+    layers_bps = value.get("layers_bps") or []
+    if not isinstance(layers_bps, list) or len(layers_bps) > 4 or not all(
+        isinstance(rate, int | float) and not isinstance(rate, bool) and rate > 0 for rate in layers_bps
+    ):
+        raise ControlError("bad_request", f"track {name}: layers_bps must be up to 4 positive bit rates")
+    return TrackSpec(name, kind, source, clock_rate, tuple(sorted(rate / 8 for rate in layers_bps)))
+
+
+def _member_spec(value: Any) -> tuple[MemberSpec, list[dict]]:
+    if not isinstance(value, dict):
+        raise ControlError("bad_request", "each member is an object")
+    classroom = _text(value, "classroom")
+    tracks = value.get("tracks", [])
+    if not isinstance(tracks, list):
+        raise ControlError("bad_request", f"member {classroom}: tracks must be a list")
+    specs = tuple(_track_spec(track) for track in tracks)
+    if len({spec.name for spec in specs}) != len(specs):
+        raise ControlError("bad_request", f"member {classroom}: track names must be unique")
+    receive = value.get("receive")
+    host, budget, outputs = None, 0.0, []
+    if receive is not None:
+        if not isinstance(receive, dict):
+            raise ControlError("bad_request", f"member {classroom}: receive must be an object")
+        host = _address([receive.get("host"), 1], "receive.host")[0]
+        budget = _budget(receive, "budget_bytes_per_second")
+        wanted = receive.get("outputs", [])
+        if not isinstance(wanted, list) or not all(isinstance(output, dict) for output in wanted):
+            raise ControlError("bad_request", f"member {classroom}: receive.outputs must be a list of objects")
+        for output in wanted:
+            port = _address([host, output.get("port")], "receive.outputs[].port")[1]
+            track = output.get("track")
+            if not isinstance(track, str) or not TRACK_NAME.fullmatch(track):
+                raise ControlError("bad_request", "receive.outputs[].track must match [a-z0-9_-]{1,32}")
+            outputs.append(OutputSpec(_text(output, "source_classroom"), track, port))
+    senders = value.get("senders", [])
+    if not isinstance(senders, list) or not all(isinstance(sender, dict) for sender in senders):
+        raise ControlError("bad_request", f"member {classroom}: senders must be a list of objects")
+    return MemberSpec(classroom, specs, host, budget, tuple(outputs)), [
+        {**sender, "classroom": classroom} for sender in senders
+    ]
+
+
+LEGACY_CAMERA = {"track": DEFAULT_TRACK, "kind": VIDEO, "source": "camera"}
+
+
+def _session_entry(entry: dict) -> tuple[list[MemberSpec], list[dict], str | None]:
+    """(members, senders, master) of a session entry: protocol 2 (``members``) or protocol 1
+    (``master`` + ``branches``: the master publishes a camera every branch receives; a branch with a
+    ``return_address`` publishes a camera the master receives there)."""
+    if "members" in entry:
+        members = entry["members"]
+        if not isinstance(members, list):
+            raise ControlError("bad_request", "members must be a list")
+        parsed = [_member_spec(member) for member in members]
+        if len({spec.classroom for spec, _senders in parsed}) != len(parsed):
+            raise ControlError("bad_request", "each classroom is a member once")
+        return [spec for spec, _ in parsed], [sender for _, senders in parsed for sender in senders], None
+    master = _text(entry, "master")
+    branches = entry.get("branches", [])
+    if not isinstance(branches, list) or not all(isinstance(branch, dict) for branch in branches):
+        raise ControlError("bad_request", "branches must be a list of objects")
+    master_outputs: list[dict] = []
+    master_host = None
+    branch_members: list[dict] = []
+    for branch in branches:
+        classroom = _text(branch, "classroom")
+        if classroom == master:
+            raise ControlError("rejected", "the master classroom cannot also be a branch of its session")
+        host, port = _address(branch.get("address"), "address")
+        member: dict = {"classroom": classroom, "tracks": [],
+                        "receive": {"host": host, "budget_bytes_per_second": branch.get("budget_bytes_per_second"),
+                                    "outputs": [{"source_classroom": master, "track": DEFAULT_TRACK, "port": port}]}}
+        if branch.get("return_address") is not None:
+            return_host, return_port = _address(branch.get("return_address"), "return_address")
+            master_host = return_host
+            member["tracks"] = [LEGACY_CAMERA]
+            master_outputs.append({"source_classroom": classroom, "track": DEFAULT_TRACK, "port": return_port})
+        branch_members.append(member)
+    uplink = sum(float(branch.get("uplink_budget_bytes_per_second") or branch.get("budget_bytes_per_second") or 0)
+                 for branch in branches if branch.get("return_address") is not None)
+    master_member: dict = {"classroom": master, "tracks": [LEGACY_CAMERA]}
+    if master_outputs:
+        master_member["receive"] = {"host": master_host, "budget_bytes_per_second": uplink, "outputs": master_outputs}
+    senders = entry.get("senders", [])
+    if not isinstance(senders, list) or not all(isinstance(sender, dict) for sender in senders):
+        raise ControlError("bad_request", "senders must be a list of objects")
+    specs = [_member_spec(member)[0] for member in [master_member, *branch_members]]
+    return specs, [{"track": DEFAULT_TRACK, **sender} for sender in senders], master
+
+
 class ControlHandler:
     """Applies one decoded request to the engine (under its lock) and returns the reply fields."""
 
@@ -90,6 +210,8 @@ class ControlHandler:
             "media_address": list(engine.media_address),
             "rtcp_address": list(engine.rtcp_address),
             "gso": engine.gso_enabled,
+            "media_ports": list(engine.config.media_ports) if engine.config.media_ports else None,
+            "limits": limits(engine.config),
         }
 
     def op_set_secrets(self, request: dict) -> dict:
@@ -100,31 +222,70 @@ class ControlHandler:
         return {}
 
     def op_set_session(self, request: dict) -> dict:
-        self.engine.set_session(_text(request, "session"), _text(request, "master"))
-        return {}
+        """One session, in either form (see ``op_set_state``); returns its outputs. Protocol 1's
+        ``set_session(session, master)`` keeps the branches ``set_branch`` added."""
+        session_id = _text(request, "session")
+        existing = self.engine.sessions.get(session_id)
+        if "members" not in request and "branches" not in request:
+            same_master = existing is not None and existing.master == request.get("master")
+            branches = list(existing.legacy_branches.values()) if same_master and existing else []
+            request = {**request, "branches": branches}
+        members, senders, master = _session_entry(request)
+        outputs, refused = self.engine.set_session(session_id, members)
+        found = self.engine.sessions[session_id]
+        found.master = master
+        found.legacy_branches = {branch["classroom"]: branch for branch in request.get("branches", [])}
+        refused_senders = self._register_senders(session_id, senders)
+        return {"outputs": [_output_reply(output) for output in outputs], "refused_outputs": refused,
+                "refused_senders": refused_senders}
+
+    def _register_senders(self, session_id: str, senders: list[dict]) -> list[dict]:
+        refused = []
+        for sender in senders:
+            try:
+                self.op_register_sender({**sender, "session": session_id})
+            except ControlError as error:
+                refused.append({"session": session_id, "classroom": sender.get("classroom"),
+                                "track": sender.get("track", DEFAULT_TRACK), "address": sender.get("address"),
+                                "error": error.code})
+        return refused
+
+    def op_set_branch(self, request: dict) -> dict:
+        """Protocol 1: add or change one branch of a ``master`` session; the reply names its downlink."""
+        session_id, classroom = _text(request, "session"), _text(request, "classroom")
+        found = self.engine.sessions.get(session_id)
+        if found is None or found.master is None:
+            raise ControlError("rejected", f"unknown session {session_id!r}")
+        branch = {key: value for key, value in request.items() if key not in ("op", "id", "session")}
+        branches = {**found.legacy_branches, classroom: branch}
+        reply = self.op_set_session(
+            {"session": session_id, "master": found.master, "branches": list(branches.values())}
+        )
+        for output in reply["outputs"]:
+            if output["classroom"] == classroom and output["source_classroom"] == found.master:
+                return {"relay_address": output["relay_address"], "ssrc": output["ssrc"]}
+        raise ControlError("rejected", f"no output for {classroom}: {reply['refused_outputs']}")
+
+    def op_remove_branch(self, request: dict) -> dict:
+        session_id, classroom = _text(request, "session"), _text(request, "classroom")
+        found = self.engine.sessions.get(session_id)
+        if found is None or found.master is None or classroom not in found.legacy_branches:
+            return {"removed": False}
+        branches = [branch for name, branch in found.legacy_branches.items() if name != classroom]
+        self.op_set_session({"session": session_id, "master": found.master, "branches": branches})
+        return {"removed": True}
 
     def op_remove_session(self, request: dict) -> dict:
         return {"removed": self.engine.remove_session(_text(request, "session"))}
 
-    def op_set_branch(self, request: dict) -> dict:
-        return_address = request.get("return_address")
-        output = self.engine.set_branch(
-            _text(request, "session"),
-            _text(request, "classroom"),
-            _address(request.get("address"), "address"),
-            _budget(request, "budget_bytes_per_second"),
-            _optional_budget(request, "uplink_budget_bytes_per_second"),
-            _address(return_address, "return_address") if return_address is not None else None,
-        )
-        return {"relay_address": list(output.relay_address), "ssrc": output.forwarder.out_ssrc}
-
-    def op_remove_branch(self, request: dict) -> dict:
-        return {"removed": self.engine.remove_branch(_text(request, "session"), _text(request, "classroom"))}
-
     def op_register_sender(self, request: dict) -> dict:
+        track = request.get("track", DEFAULT_TRACK)
+        if not isinstance(track, str) or not SENDER_SLOT.fullmatch(track):
+            raise ControlError("bad_request", "track must match [a-z0-9_-]{1,32}, optionally with :LAYER (0-3)")
         reason = self.engine.register_sender(
             _text(request, "session"),
             _text(request, "classroom"),
+            track,
             _text(request, "token"),
             _address(request.get("address"), "address"),
         )
@@ -137,33 +298,29 @@ class ControlHandler:
 
     def op_set_state(self, request: dict) -> dict:
         sessions = request.get("sessions")
-        if not isinstance(sessions, list):
-            raise ControlError("bad_request", "sessions must be a list")
+        if not isinstance(sessions, list) or not all(isinstance(entry, dict) for entry in sessions):
+            raise ControlError("bad_request", "sessions must be a list of objects")
         if request.get("secrets") is not None:
             self.op_set_secrets(request)
-        wanted = {_text(entry, "session") for entry in sessions if isinstance(entry, dict)}
+        parsed = [(_text(entry, "session"), entry) for entry in sessions]  # validate names before any change
+        wanted = {session_id for session_id, _entry in parsed}
         for existing in list(self.engine.sessions):
             if existing not in wanted:
                 self.engine.remove_session(existing)
-        refused: list[dict] = []
-        for entry in sessions:
-            if not isinstance(entry, dict):
-                raise ControlError("bad_request", "each session is an object")
-            session_id = _text(entry, "session")
-            self.op_set_session(entry)
-            branches = entry.get("branches", [])
-            wanted_branches = {_text(branch, "classroom") for branch in branches}
-            for existing_branch in list(self.engine.sessions[session_id].branches):
-                if existing_branch not in wanted_branches:
-                    self.engine.remove_branch(session_id, existing_branch)
-            for branch in branches:
-                self.op_set_branch({**branch, "session": session_id})
-            for sender in entry.get("senders", []):
-                try:
-                    self.op_register_sender({**sender, "session": session_id})
-                except ControlError as error:
-                    refused.append({"session": session_id, "address": sender.get("address"), "error": error.code})
-        return {"refused_senders": refused}
+        outputs: list[dict] = []
+        refused_outputs: list[dict] = []
+        refused_senders: list[dict] = []
+        for _session_id, entry in parsed:
+            try:
+                reply = self.op_set_session(entry)
+            except (ControlError, ValueError) as error:  # one bad or over-limit session never blocks the others
+                refused_outputs.append({"session": entry.get("session"), "error": getattr(error, "code", "rejected"),
+                                        "message": str(error)})
+                continue
+            outputs += reply["outputs"]
+            refused_outputs += reply["refused_outputs"]
+            refused_senders += reply["refused_senders"]
+        return {"outputs": outputs, "refused_outputs": refused_outputs, "refused_senders": refused_senders}
 
     def op_get_stats(self, request: dict) -> dict:
         stats = self.engine.snapshot()
@@ -176,7 +333,21 @@ class ControlHandler:
 class _LineHandler(socketserver.StreamRequestHandler):
     server: _ControlServerMixin
 
+    def setup(self) -> None:
+        self.request.settimeout(self.server.idle_seconds)  # an idle or slow connection does not hold a slot
+        super().setup()
+
+    def finish(self) -> None:
+        with contextlib.suppress(OSError):
+            super().finish()
+        with self.server.connections_lock:
+            self.server.connections -= 1
+
     def handle(self) -> None:
+        with contextlib.suppress(OSError):  # a timeout or a reset ends this connection only
+            self._serve()
+
+    def _serve(self) -> None:
         authenticated = self.server.secret is None
         while True:
             line = self.rfile.readline(MAX_LINE_BYTES + 1)
@@ -217,6 +388,20 @@ class _ControlServerMixin(socketserver.BaseServer):
     secret: bytes | None = None
     daemon_threads = True
     allow_reuse_address = True
+    max_connections = MAX_CONNECTIONS
+    idle_seconds = IDLE_SECONDS
+    connections = 0
+    refused_connections = 0
+    connections_lock = threading.Lock()
+
+    def verify_request(self, request: Any, client_address: Any) -> bool:
+        """At most ``max_connections`` at once: the control plane needs one per data plane, tests a few."""
+        with self.connections_lock:
+            if self.connections >= self.max_connections:
+                self.refused_connections += 1
+                return False
+            self.connections += 1
+            return True
 
 
 class _TcpControlServer(_ControlServerMixin, socketserver.ThreadingTCPServer):
@@ -229,16 +414,23 @@ class _UnixControlServer(_ControlServerMixin, socketserver.ThreadingUnixStreamSe
 
 def serve_control(
     engine: Engine, port: int | None = None, unix_path: str | None = None, host: str = "127.0.0.1",
-    secret: str | None = None,
+    secret: str | None = None, max_connections: int = MAX_CONNECTIONS,
 ) -> _ControlServerMixin:
-    """Start the control server in a daemon thread; returns it (``server_address`` has the port)."""
+    """Start the control server in a daemon thread; returns it (``server_address`` has the port).
+    A Unix socket is made readable and writable by its owner only."""
     if unix_path:
         if os.path.exists(unix_path):
             os.unlink(unix_path)  # a stale socket from a previous run
-        server: _ControlServerMixin = _UnixControlServer(unix_path, _LineHandler)
+        previous_umask = os.umask(0o177)
+        try:
+            server: _ControlServerMixin = _UnixControlServer(unix_path, _LineHandler)
+        finally:
+            os.umask(previous_umask)
     else:
         server = _TcpControlServer((host, port or 0), _LineHandler)
     server.control = ControlHandler(engine)
     server.secret = secret.encode() if secret else None
+    server.max_connections = max_connections
+    server.connections_lock = threading.Lock()
     threading.Thread(target=server.serve_forever, name="relay-control", daemon=True).start()
     return server

@@ -10,11 +10,14 @@ waits in the output's ``PacedQueue``, sent later by ``drain_queues``), or no sen
 
 from __future__ import annotations
 
+import ctypes
 import errno
 from collections.abc import Sequence
 
 from . import rtp
+from .allocator import FIT_FRACTION, NO_TARGET
 from .buffer import PacketRing
+from .forwarder import NO_LAYER
 from .streams import LayerBatch, Output, Streams, Track
 from .udpbatch import RingGather, gso_chunks
 
@@ -29,6 +32,15 @@ class Egress:
         self.all_outputs = streams.all_outputs
         self.outputs_with_queue = streams.outputs_with_queue
         self.drops = drops
+        # Called before an output's first packet (feedback.py sends a sender report first: receivers such as
+        # ffmpeg fix their RTP-to-clock mapping on what arrives first).
+        self.before_first_packet = lambda output, now: None
+
+    def prepare_output(self, output: Output) -> None:
+        """The output's own sendmmsg headers (its socket is not connected: every message names it)."""
+        if self.gather is not None:
+            output.messages, output.messages_base = self.gather.messages_to(output.sockaddr)
+            output.sockaddr_address = ctypes.addressof(ctypes.c_char.from_buffer(output.sockaddr))
 
     def begin_batch(self, now: float) -> None:
         for output in self.all_outputs:
@@ -69,7 +81,11 @@ class Egress:
             for output in track.outputs:
                 forwarder = output.forwarder
                 target = output.target_ssrc
-                switching = target != forwarder.layer_ssrc and target in by_ssrc and by_ssrc[target].keyframe_timestamps
+                if target == NO_TARGET and forwarder.layer_ssrc == NO_LAYER:
+                    target = output.target_ssrc = self._first_target(output, track, by_ssrc)
+                switching = target != forwarder.layer_ssrc and target in by_ssrc and (
+                    track.is_audio or by_ssrc[target].keyframe_timestamps
+                )
                 if ambiguous or switching:
                     # A layer switch lands inside this batch: keep the exact arrival order across layers.
                     arrival_order = sorted(slot for batch in by_ssrc.values() for slot in batch.slots)
@@ -79,6 +95,26 @@ class Egress:
                 if followed is not None:
                     self._forward_run(output, followed, now)
 
+    @staticmethod
+    def _first_target(output: Output, track: Track, by_ssrc: dict[int, LayerBatch]) -> int:
+        """Before the allocator has measured anything, so the encoder's first keyframe reaches the receiver.
+
+        Audio starts at once. Video starts at once on a layer whose batch holds a keyframe start, unless the
+        control plane declared several layers (``layers_bps``) and the output's budget cannot carry the
+        highest: then which SSRC is which layer is not known yet, and starting on the wrong one would
+        overrun the budget until the next keyframe; the allocator decides after its first measurement
+        (~0.2 s) and asks the encoder for a keyframe of the chosen layer.
+        """
+        if track.is_audio:
+            return next(iter(by_ssrc))
+        declared = track.spec.declared_layer_rates
+        if len(declared) > 1 and output.budget * FIT_FRACTION < declared[-1]:
+            return NO_TARGET
+        for ssrc, batch in by_ssrc.items():
+            if batch.keyframe_timestamps or (len(track.layers) == 1 and batch.layer.packets_in == len(batch.slots)):
+                return ssrc
+        return NO_TARGET
+
     def _forward_run(self, output: Output, batch: LayerBatch, now: float) -> None:
         """Send one output its layer's packets of this batch: one rewrite loop, one send call."""
         bucket = output.bucket
@@ -86,10 +122,14 @@ class Egress:
             self._forward_packetwise(output, batch.slots, now)  # the pacer decides packet by packet
             return
         bucket.tokens -= batch.total_bytes
+        if not output.packets_out:
+            self.before_first_packet(output, now)
         for timestamp in batch.keyframe_timestamps:
             if timestamp != output.last_keyframe_timestamp:
                 output.last_keyframe_timestamp = timestamp
                 output.keyframes_out += 1
+                if output.first_keyframe_time < 0:
+                    output.first_keyframe_time = now
         forwarder = output.forwarder
         forwarder.rewrite_run(
             self.ring.data, batch.header_offsets, batch.sequences, batch.timestamps, batch.in_order, now
@@ -108,13 +148,13 @@ class Egress:
         fd = output.fd
         if self.gso_enabled:
             for start, count, segment_bytes in batch.gso_chunks:
-                if not gather.send_segmented(fd, start, count, segment_bytes):
+                if not gather.send_segmented(fd, start, count, segment_bytes, output.sockaddr_address):
                     self._count_send_errno(output, gather.last_errno, count)
             return
         start = batch.gather_start
         end = start + len(batch.slots)
         while start < end:
-            sent = gather.send_each(fd, start, end - start)
+            sent = gather.send_each(fd, start, end - start, output.messages_base)
             if sent <= 0:  # this datagram failed, as a send() of it would have: count it, go on with the rest
                 self._count_send_errno(output, gather.last_errno, 1)
                 sent = 1
@@ -131,11 +171,12 @@ class Egress:
             keyframe = ring_keyframe[slot]
             sequence_number, timestamp = ring_sequence[slot], ring_timestamp[slot]
             if forwarder.layer_ssrc != ssrc:
-                if not (keyframe and output.target_ssrc == ssrc):
+                if output.target_ssrc != ssrc or not (keyframe or output.track.is_audio):
                     continue
                 output.queue.clear()  # packets of the old layer would only confuse the decoder now
                 self.outputs_with_queue.discard(output)
-                forwarder.switch_to(ssrc, sequence_number, timestamp, now)
+                layer = output.track.layers.get(ssrc)
+                forwarder.switch_to(ssrc, sequence_number, timestamp, now, layer.frame_ticks if layer else 0)
             self._forward(
                 output,
                 slot,
@@ -161,9 +202,13 @@ class Egress:
         now: float,
     ) -> None:
         forwarder = output.forwarder
+        if not output.packets_out:
+            self.before_first_packet(output, now)
         if keyframe and timestamp != output.last_keyframe_timestamp:
             output.last_keyframe_timestamp = timestamp
             output.keyframes_out += 1
+            if output.first_keyframe_time < 0:
+                output.first_keyframe_time = now
         if output.queue.entries or not output.bucket.try_take(size):
             out_sequence = forwarder.out_sequence(sequence_number)
             out_timestamp = forwarder.out_timestamp(timestamp)
@@ -196,7 +241,7 @@ class Egress:
 
     def send(self, output: Output, packet: memoryview | bytes) -> None:
         try:
-            output.sock.send(packet)
+            output.sock.sendto(packet, output.destination)
         except OSError as error:
             self._count_send_error(output, error, 1)
 
@@ -215,7 +260,7 @@ class Egress:
         assert stage is not None  # outputs have a GSO stage when GSO is on
         segments = stage.segments
         try:
-            stage.flush(output.sock)
+            stage.flush(output.sock, output.destination)
         except OSError as error:
             self._count_send_error(output, error, segments)
 

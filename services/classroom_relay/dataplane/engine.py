@@ -22,15 +22,16 @@ from dataclasses import replace
 
 from . import rtp
 from .admission import AdmissionTable
-from .allocator import NO_TARGET, choose_layer
+from .allocator import NO_TARGET, allocate_member
 from .buffer import PacketRing
 from .egress import Egress
 from .feedback import Feedback
 from .ingest import Ingest
+from .ports import PortPool
 from .rtcp import KeyframeRequestThrottle
 from .stats import snapshot
-from .streams import SEND_BUFFER_BYTES, EngineConfig, Layer, Output, Session, Streams
-from .topology import Topology
+from .streams import SEND_BUFFER_BYTES, EngineConfig, Layer, Member, Output, Session, Streams
+from .topology import MemberSpec, Topology
 from .udpbatch import RingGather, RingReceiver, gso_available, sendmmsg_available
 
 __all__ = ["Engine", "EngineConfig"]
@@ -56,15 +57,20 @@ class Engine:
         self.throttle = KeyframeRequestThrottle()
         self.streams = streams = Streams()
 
-        self.media_socket = self._bind_udp(config.media_port)
+        self.ports = PortPool(config.media_host, config.media_ports)
+        media_port = config.media_port
+        if config.media_ports is not None and not self.ports.contains(media_port):
+            media_port = config.media_ports[0]  # with a range, every socket is inside it
+        self.media_socket = self._bind_udp(media_port)
+        fixed_media_port = media_port != 0
         media_port = self.media_socket.getsockname()[1]
-        rtcp_port = config.rtcp_port or (media_port + 1 if config.media_port else 0)
+        rtcp_port = config.rtcp_port or (media_port + 1 if fixed_media_port else 0)
         self.rtcp_socket = self._bind_udp(rtcp_port)
         self.poller = select.epoll()
         self.poller.register(self.media_socket.fileno(), select.EPOLLIN)
         self.poller.register(self.rtcp_socket.fileno(), select.EPOLLIN)
 
-        self.topology = Topology(config, streams, self.admission, self.throttle, self.drops, self.poller)
+        self.topology = Topology(config, streams, self.admission, self.throttle, self.drops, self.poller, self.ports)
         # Outputs send whole runs straight from the ring; without sendmmsg they go packet by packet.
         gather = RingGather(self.ring, config.batch) if sendmmsg_available() else None
         self.egress = Egress(self.ring, gather, self.gso_enabled, streams, self.drops)
@@ -74,6 +80,8 @@ class Engine:
         )
         receiver = RingReceiver(self.media_socket, self.ring, config.batch)
         self.ingest = Ingest(self.ring, receiver, streams, self.drops, self.topology, self.feedback, self.egress)
+        self.topology.on_output_added = self._output_added
+        self.egress.before_first_packet = self.feedback.report_before_first_packet
         now = time.monotonic()
         self.next_tick = now
         self.next_rate_sample = now
@@ -81,12 +89,20 @@ class Engine:
 
     # ----------------------------------------------------------------- sockets and tables
     def _bind_udp(self, port: int) -> socket.socket:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock = self.ports.bind_udp(port)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RECEIVE_BUFFER_BYTES)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-        sock.bind((self.config.media_host, port))
         sock.setblocking(False)
         return sock
+
+    def _output_added(self, output: Output) -> None:
+        self.egress.prepare_output(output)
+        # A late joiner must not wait for the encoder's next scheduled keyframe: ask for one at once
+        # (encoders that honour PLI answer within a frame or two; see docs/relay-dataplane.md for the others).
+        if not output.track.is_audio:
+            now = time.monotonic()
+            for ssrc in list(output.track.layers):
+                self.feedback.request_keyframe(output.track, ssrc, now)
 
     @property
     def media_address(self) -> tuple[str, int]:
@@ -150,11 +166,15 @@ class Engine:
                 layer.rate.sample(now, layer.bytes_in)
             for output in self.streams.all_outputs:
                 output.send_rate.sample(now, output.bytes_out)
-                self._allocate(output, now)
+            for found in self.streams.sessions.values():
+                for member in found.members.values():
+                    self._allocate(member, now)
         else:
-            for output in self.streams.all_outputs:
-                if output.target_ssrc == NO_TARGET:  # a new output or a new source: do not wait for the meter
-                    self._allocate(output, now)
+            for found in self.streams.sessions.values():
+                for member in found.members.values():
+                    # A new output or a new source: do not wait for the meter.
+                    if any(output.target_ssrc == NO_TARGET for output in member.outputs.values()):
+                        self._allocate(member, now)
         for output in self.streams.all_outputs:
             if output.bytes_out and not output.frozen and now - output.last_media_time > FREEZE_SECONDS:
                 output.frozen = True
@@ -165,42 +185,28 @@ class Engine:
             self.next_report = now + REPORT_SECONDS
             self.feedback.send_reports(now)
 
-    def _allocate(self, output: Output, now: float) -> None:
-        rates = output.track.layer_rates(now)
-        current = output.forwarder.layer_ssrc
-        target = choose_layer(rates, output.budget, current)
-        output.target_ssrc = target
-        if target != NO_TARGET and target != current:
-            self.feedback.request_keyframe(output.track, target, now)
+    def _allocate(self, member: Member, now: float) -> None:
+        outputs = list(member.outputs.values())
+        if not outputs:
+            return
+        member.audio_bytes_per_second, member.video_bytes_per_second = allocate_member(outputs, member.budget, now)
+        for output in outputs:
+            target = output.target_ssrc
+            if not output.track.is_audio and target != NO_TARGET and target != output.forwarder.layer_ssrc:
+                self.feedback.request_keyframe(output.track, target, now)
 
     # ----------------------------------------------------------------- desired state (control thread)
     def set_secrets(self, secrets: list[bytes]) -> None:
         self.topology.set_secrets(secrets)
 
-    def set_session(self, session: str, master: str) -> Session:
-        return self.topology.set_session(session, master)
+    def set_session(self, session: str, members: list[MemberSpec]) -> tuple[list[Output], list[dict]]:
+        return self.topology.set_session(session, members)
 
     def remove_session(self, session: str) -> bool:
         return self.topology.remove_session(session)
 
-    def set_branch(
-        self,
-        session: str,
-        classroom: str,
-        address: tuple[str, int],
-        budget_bytes_per_second: float,
-        uplink_budget_bytes_per_second: float | None = None,
-        return_address: tuple[str, int] | None = None,
-    ) -> Output:
-        return self.topology.set_branch(
-            session, classroom, address, budget_bytes_per_second, uplink_budget_bytes_per_second, return_address
-        )
-
-    def remove_branch(self, session: str, classroom: str) -> bool:
-        return self.topology.remove_branch(session, classroom)
-
-    def register_sender(self, session: str, classroom: str, token: str, address: tuple[str, int]) -> int:
-        return self.topology.register_sender(session, classroom, token, address)
+    def register_sender(self, session: str, classroom: str, track: str, token: str, address: tuple[str, int]) -> int:
+        return self.topology.register_sender(session, classroom, track, token, address)
 
     def unregister_sender(self, address: tuple[str, int]) -> bool:
         return self.topology.unregister_sender(address)
@@ -219,5 +225,5 @@ class Engine:
             for found in list(self.streams.sessions):
                 self.remove_session(found)
             self.poller.close()
-            self.media_socket.close()
-            self.rtcp_socket.close()
+            self.ports.release(self.media_socket)
+            self.ports.release(self.rtcp_socket)

@@ -33,7 +33,7 @@ from .rtcp import (
     parse_compound,
     round_trip_seconds,
 )
-from .streams import ADDRESS_IP_MASK, Output, Streams, Track
+from .streams import ADDRESS_IP_MASK, RTCP_PORT_STEP, Output, Streams, Track
 from .topology import Topology
 
 
@@ -82,6 +82,12 @@ class Feedback:
                 key = address_key(address[0], address[1])
             except (OSError, TypeError, IndexError):
                 continue
+            if output is not None and not output.accepts_rtcp_from(key):
+                # Only the receiver's RTP port, port + 1 or rtcp-mux: anything else on this socket is refused.
+                output.rtcp_refused += 1
+                same_host = (key & ADDRESS_IP_MASK) == output.destination_ip
+                self.drops.counts[rtp.RTCP_WRONG_PORT if same_host else rtp.RTCP_UNKNOWN_SOURCE] += 1
+                continue
             if size >= 2 and 192 <= buffer[1] <= 223:
                 self.handle_rtcp(buffer, 0, size, key, now, output)
             else:
@@ -103,25 +109,32 @@ class Feedback:
             return
         source_ip = key & ADDRESS_IP_MASK
         accepted = False
+        wrong_port = False
         middle_now = ntp_middle_32(*ntp_now())
         for item in items:
             target = self._feedback_output(item)
             if target is None or target.destination_ip != source_ip or (output is not None and target is not output):
                 continue
+            if not target.accepts_rtcp_from(key):
+                wrong_port = True  # the receiver's host, another port: not its RTCP
+                continue
             accepted = True
+            target.rtcp_key = key
             if isinstance(item, ReportBlock):
                 target.loss_ratio = item.fraction_lost
-                target.jitter_seconds = item.jitter_timestamp_units / 90_000
+                target.jitter_seconds = item.jitter_timestamp_units / target.track.clock_rate
                 rtt = round_trip_seconds(item, middle_now)
                 if rtt is not None:
                     target.rtt_seconds = rtt
             elif isinstance(item, Nack):
                 self.answer_nack(target, item)
-            elif isinstance(item, KeyframeRequest):
+            elif isinstance(item, KeyframeRequest) and not target.track.is_audio:
                 target.plis_received += 1
                 self.request_keyframe(target.track, target.forwarder.layer_ssrc, now)
         if not accepted:
-            self.drops.counts[rtp.UNKNOWN_SOURCE] += 1
+            if output is not None:
+                output.rtcp_refused += 1
+            self.drops.counts[rtp.RTCP_WRONG_PORT if wrong_port else rtp.UNKNOWN_SOURCE] += 1
 
     def _feedback_output(self, item: RtcpItem) -> Output | None:
         if isinstance(item, ReportBlock):
@@ -132,11 +145,17 @@ class Feedback:
 
     def _handle_sender_rtcp(self, sender: PinnedSender, key: int, items: list[RtcpItem], now: float) -> None:
         for item in items:
+            if isinstance(item, SenderReport) and item.sender_ssrc not in sender.ssrcs:
+                # ffmpeg sends its first report just before its first packet: keep it for that SSRC's layer.
+                if len(sender.early_reports) < 4:
+                    sender.early_reports[item.sender_ssrc] = (item.ntp_middle_32, item.rtp_timestamp, now)
+                sender.rtcp_key = key
             if isinstance(item, SenderReport) and item.sender_ssrc in sender.ssrcs:
                 layer = self.layers.get(item.sender_ssrc)
                 if layer is not None:
                     layer.last_sender_report_middle = item.ntp_middle_32
                     layer.last_sender_report_time = now
+                    layer.sender_report_timestamp = item.rtp_timestamp
                     sender.rtcp_key = key  # where its RTCP comes from is where ours goes
 
     def answer_nack(self, output: Output, nack: Nack) -> None:
@@ -164,11 +183,12 @@ class Feedback:
 
     def request_keyframe(self, track: Track, layer_ssrc: int, now: float) -> None:
         layer = track.layers.get(layer_ssrc)
-        if layer is None or not self.throttle.allow(layer_ssrc, now):
+        if layer is None or track.is_audio or not self.throttle.allow(layer_ssrc, now):
             return
         sender = self.admission.senders.get(layer.sender_key)
         rtcp_key = sender.rtcp_key if sender is not None else 0
-        destination = key_address(rtcp_key or layer.sender_key)
+        # Until the sender's own RTCP shows where it listens, RTP port + 1 (RFC 3550 §11; ffmpeg and rtpbin).
+        destination = key_address(rtcp_key or layer.sender_key + RTCP_PORT_STEP)
         try:
             self.rtcp_socket.sendto(build_pli(self.relay_ssrc, layer_ssrc), destination)
         except OSError:
@@ -176,20 +196,47 @@ class Feedback:
         track.keyframe_requests_sent += 1
         self.keyframe_requests_forwarded += 1
 
+    @staticmethod
+    def sender_report(output: Output, ntp_seconds: int, ntp_fraction: int, now: float) -> bytes | None:
+        """The output's sender report, carrying its sender's RTP↔NTP mapping through our rewriting.
+
+        The followed layer's last sender report said "RTP time R is NTP time N" (the sender's clock);
+        extrapolated to our NTP time now in the track's clock and shifted by this output's timestamp offset, it
+        tells the receiver which of *our* timestamps is now, so audio and video of one classroom line up (lip
+        sync) whatever layer is followed. The sender's NTP is used, not the report's arrival time: encoders
+        (ffmpeg) send reports tens of milliseconds after the instant they describe, differently per stream;
+        an offset between the sender's clock and ours is the same for all its tracks. Without a sender
+        report from the source there is no honest mapping: nothing is sent.
+        """
+        forwarder = output.forwarder
+        layer = output.track.layers.get(forwarder.layer_ssrc)
+        if layer is None or not layer.last_sender_report_time:
+            return None
+        elapsed_ticks = int(((ntp_middle_32(ntp_seconds, ntp_fraction) - layer.last_sender_report_middle) & 0xFFFFFFFF)
+                            / 65536 * forwarder.clock_rate)
+        rtp_timestamp = layer.sender_report_timestamp + forwarder.timestamp_offset + elapsed_ticks
+        return build_sender_report(
+            forwarder.out_ssrc, ntp_seconds, ntp_fraction, rtp_timestamp, output.packets_out, output.bytes_out
+        )
+
+    def report_before_first_packet(self, output: Output, now: float) -> None:
+        """A sender report just before an output's first packet, as encoders do (its mapping is known once
+        the output follows a layer)."""
+        report = self.sender_report(output, *ntp_now(), now)
+        if report is not None:
+            try:
+                output.sock.sendto(report, output.rtcp_destination())
+            except OSError:
+                output.send_errors += 1
+
     def send_reports(self, now: float) -> None:
         seconds, fraction = ntp_now()
         for output in self.all_outputs:
-            if not output.packets_out:
+            report = self.sender_report(output, seconds, fraction, now) if output.packets_out else None
+            if report is None:
                 continue
-            forwarder = output.forwarder
-            elapsed = max(0.0, now - forwarder.last_out_time)
-            rtp_timestamp = forwarder.last_out_timestamp + int(elapsed * forwarder.clock_rate)
-            report = build_sender_report(
-                forwarder.out_ssrc, seconds, fraction, rtp_timestamp, output.packets_out, output.bytes_out
-            )
-            host, port = output.destination
             try:
-                self.rtcp_socket.sendto(report, (host, port + 1))  # RTCP on RTP port + 1 (RFC 3550 §11)
+                output.sock.sendto(report, output.rtcp_destination())
             except OSError:
                 output.send_errors += 1
         for layer in self.layers.values():
@@ -213,5 +260,6 @@ class Feedback:
             rtcp_key = sender.rtcp_key if sender is not None else 0
             with contextlib.suppress(OSError):
                 self.rtcp_socket.sendto(
-                    build_receiver_report(self.relay_ssrc, (block,)), key_address(rtcp_key or layer.sender_key)
+                    build_receiver_report(self.relay_ssrc, (block,)),
+                    key_address(rtcp_key or layer.sender_key + RTCP_PORT_STEP),
                 )

@@ -2,8 +2,9 @@
 
 Every output (a branch receiving the master, or the master receiving a branch's camera) has its own
 outgoing SSRC. Whichever simulcast layer it follows, the receiver sees one stream: sequence numbers
-continue by one across a switch, timestamps advance by the wall-clock time that passed, and gaps
-that were already in the source (loss) stay visible so the receiver can NACK them.
+continue by one across a switch, timestamps continue one frame interval after the last packet sent (the
+new layer's measured frame step; wall-clock time only after a pause longer than a second), and gaps that
+were already in the source (loss) stay visible so the receiver can NACK them.
 """
 
 from __future__ import annotations
@@ -46,14 +47,19 @@ class Forwarder:
         self.last_out_time = -1.0
         self.switches = 0
 
-    def switch_to(self, layer_ssrc: int, in_sequence: int, in_timestamp: int, now: float) -> None:
+    def switch_to(
+        self, layer_ssrc: int, in_sequence: int, in_timestamp: int, now: float, frame_ticks: int = 0
+    ) -> None:
         """Start forwarding ``layer_ssrc`` at this (keyframe) packet, continuing the outgoing stream."""
         next_sequence = (self.last_out_sequence + 1) & 0xFFFF
         if self.last_out_time < 0:
             next_timestamp = self.last_out_timestamp
         else:
-            elapsed_ticks = max(1, int((now - self.last_out_time) * self.clock_rate))
-            next_timestamp = (self.last_out_timestamp + elapsed_ticks) & 0xFFFFFFFF
+            elapsed_ticks = int((now - self.last_out_time) * self.clock_rate)
+            # The new layer's next frame follows the last frame sent: one frame step, not the wall-clock
+            # time the switch happened to take (that made steps of 827, 1416, 1 ticks instead of 3000).
+            step = frame_ticks if frame_ticks > 0 and elapsed_ticks < self.clock_rate else max(1, elapsed_ticks)
+            next_timestamp = (self.last_out_timestamp + step) & 0xFFFFFFFF
         self.sequence_offset = (next_sequence - in_sequence) & 0xFFFF
         self.timestamp_offset = (next_timestamp - in_timestamp) & 0xFFFFFFFF
         self.layer_ssrc = layer_ssrc

@@ -10,6 +10,7 @@ sends them on.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Mapping, Sequence
 
 from . import rtp
@@ -225,7 +226,10 @@ class Ingest:
             sizes = [lengths[index] for index in indices]
             layer_sequences = [sequences[index] for index in indices]
             layer_timestamps = [timestamps[index] for index in indices]
-        keyframe_timestamps = [timestamps[index] for owner, index in keyframes if owner is layer]
+        # Audio has no keyframes: whatever its payload happens to look like, it is never counted as one.
+        keyframe_timestamps = (
+            [] if layer.track.is_audio else [timestamps[index] for owner, index in keyframes if owner is layer]
+        )
         return LayerBatch(
             layer, slots, serials, header_offsets, sizes, layer_sequences, layer_timestamps, keyframe_timestamps
         )
@@ -238,7 +242,26 @@ class Ingest:
         layer.packets_in += len(batch.slots)
         layer.last_packet_time = now
         layer.reception.on_batch(batch.sequences, batch.timestamps, now)
+        timestamps = batch.timestamps
+        previous = layer.last_timestamp
+        if previous != timestamps[-1] or timestamps[0] != timestamps[-1]:
+            _measure_frame_step(layer, timestamps, previous)
+        layer.last_timestamp = timestamps[-1]
         for timestamp in batch.keyframe_timestamps:
             if timestamp != layer.last_keyframe_timestamp:
                 layer.last_keyframe_timestamp = timestamp
                 layer.keyframes_in += 1
+
+
+def _measure_frame_step(layer: Layer, timestamps: Sequence[int], previous: int) -> None:
+    """The smallest forward step between distinct timestamps (one frame, or one audio packet)."""
+    steps = sorted(set(timestamps))
+    if previous >= 0:
+        steps.insert(0, previous)
+    best = 0
+    for earlier, later in itertools.pairwise(steps):
+        step = (later - earlier) & 0xFFFFFFFF
+        if 0 < step < layer.track.clock_rate and (best == 0 or step < best):
+            best = step
+    if best:
+        layer.frame_ticks = best

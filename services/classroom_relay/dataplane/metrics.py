@@ -18,8 +18,8 @@ from services.common.link_targets import LINK_TARGETS_BYTES_PER_SECOND
 SERVICE = "classroom_relay_dataplane"
 PREFIX = "lianxiao_relay"
 
-_STREAM_LABELS = ("service", "session", "classroom")
-_OUTPUT_LABELS = ("service", "session", "classroom", "source_classroom")
+_STREAM_LABELS = ("service", "session", "classroom", "track", "kind", "source")
+_OUTPUT_LABELS = ("service", "session", "classroom", "source_classroom", "track", "kind", "source")
 
 
 class DataPlaneCollector(Collector):
@@ -72,14 +72,16 @@ class DataPlaneCollector(Collector):
         layers = gauge("received_layers", "Simulcast layers a classroom is sending right now")
         live = gauge("sender_live", "1 while a classroom's sender delivers media, 0 otherwise")
         for session_id, session in stats["sessions"].items():
-            for classroom, track in session["tracks"].items():
-                labels = (SERVICE, session_id, classroom)
+            for track in session["tracks"]:
+                labels = (SERVICE, session_id, track["classroom"], track["track"], track["kind"], track["source"])
                 received_bytes.add_metric(labels, track["bytes_in"])
                 received_packets.add_metric(labels, track["packets_in"])
                 keyframes.add_metric(labels, track["keyframes_in"])
                 requests.add_metric(labels, track["keyframe_requests_sent"])
-                loss.add_metric(labels, track["loss_ratio"])
-                jitter.add_metric(labels, track["jitter_seconds"])
+                if track["loss_ratio"] is not None:  # nothing received yet: absent, not zero
+                    loss.add_metric(labels, track["loss_ratio"])
+                if track["jitter_seconds"] is not None:
+                    jitter.add_metric(labels, track["jitter_seconds"])
                 layers.add_metric(labels, len(track["layers"]))
                 live.add_metric(labels, 1.0 if track["live"] else 0.0)
         yield from (received_bytes, received_packets, keyframes, requests, loss, jitter, layers, live)
@@ -105,13 +107,15 @@ class DataPlaneCollector(Collector):
             "loss_ratio": gauge("loss_ratio", "Fraction lost, from the receiving classroom's receiver reports"),
             "jitter_seconds": gauge("jitter_seconds", "Interarrival jitter reported by the receiving classroom"),
             "rtt_seconds": gauge("rtt_seconds", "Round-trip time relay ↔ receiving classroom (from RTCP)"),
+            "rtcp_refused": counter("rtcp_refused", "RTCP datagrams refused on this output's socket (wrong source)"),
             "budget_bytes_per_second": gauge("budget_bytes_per_second", "Bandwidth budget of this stream"),
             "send_rate_bytes_per_second": gauge("send_rate_bytes_per_second", "Bytes per second sent, last second"),
             "budget_used": gauge("budget_used_ratio", "Send rate divided by the budget"),
         }
         for session_id, session in stats["sessions"].items():
             for output in session["outputs"]:
-                labels = (SERVICE, session_id, output["classroom"], output["source_classroom"])
+                labels = (SERVICE, session_id, output["classroom"], output["source_classroom"], output["track"],
+                          output["kind"], output["source"])
                 for field, family in families.items():
                     if field == "budget_used":
                         budget = output["budget_bytes_per_second"]

@@ -6,10 +6,14 @@ every reply is ``{"ok": true, "id": ..., ...}`` or ``{"ok": false, "id": ..., "e
 "message": <text>}``. All mutating operations are idempotent "make it so" requests, and ``set_state``
 replaces the whole desired state at once, so either side may restart at any time: the control plane
 reconnects, sees a new ``instance`` in ``hello`` and pushes its state again. ``OPERATIONS`` lists the
-operations and their fields; control.py is the server.
+operations and their fields (the reference both planes follow); control.py is the server.
 
-With a control secret, a connection must first send ``hello`` with ``"secret"``; anything else before
-that is answered ``unauthorized``.
+Protocol 2: a session is a set of members; each publishes tracks (audio, camera, courseware, ...) and
+receives one output per (source classroom, track) on its own port, within one budget. A session entry of
+protocol 1 (``master`` + ``branches``) is still accepted and translated (the master's camera to every branch).
+
+The data plane always has a control secret (generated into a 0600 file when none is given): a connection
+must first send ``hello`` with ``"secret"``; anything else before that is answered ``unauthorized``.
 
 Standard library only: this is the part of the data plane the control plane (dataplane_client.py) and
 tests import, so neither loads the engine or its ctypes code.
@@ -22,22 +26,38 @@ import json
 import socket
 from typing import Any, BinaryIO
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_LINE_BYTES = 1 << 20
 
+_TRACK = (
+    "{track: [a-z0-9_-]{1,32}, kind: audio|video, source: label, clock_rate?: 48000 audio / 90000 video, "
+    "layers_bps?: [bit/s ascending]}"
+)
+_RECEIVE = "{host, budget_bytes_per_second, outputs: [{source_classroom, track, port}]}"
+_SENDER = "{track ('camera' or 'camera:1' = layer slot 1), token, address: [host, port]}"
+_SESSION = f"{{session, members: [{{classroom, tracks: [{_TRACK}], receive?: {_RECEIVE}, senders?: [{_SENDER}]}}]}}"
+_OUTPUT = "{session, classroom (receiver), source_classroom, track, relay_address: [host, port], ssrc}"
+
 OPERATIONS = {
-    "hello": "secret? → instance, protocol, media_address, rtcp_address, gso",
+    "hello": "secret? → instance, protocol, media_address, rtcp_address, gso, media_ports: [lo, hi] | null, limits",
     "set_secrets": "secrets: [str] (first = current; all accepted for verification)",
-    "set_session": "session, master",
-    "remove_session": "session",
-    "set_branch": "session, classroom, address: [host, port], budget_bytes_per_second, "
-    "uplink_budget_bytes_per_second?, return_address?: [host, port] → relay_address, ssrc",
-    "remove_branch": "session, classroom",
-    "register_sender": "session, classroom, token, address: [host, port]",
-    "unregister_sender": "address: [host, port]",
-    "set_state": "secrets?, sessions: [{session, master, branches: [set_branch fields], senders: [{classroom, "
-    "token, address}]}] — replaces everything",
-    "get_stats": "session? → stats",
+    "set_state": f"secrets?, sessions: [{_SESSION}] — replaces everything → outputs: [{_OUTPUT}], "
+    "refused_outputs: [{session, classroom?, source_classroom?, track?, error, message}], "
+    "refused_senders: [{session, classroom, track, address, error}]",
+    "set_session": f"{_SESSION} → outputs, refused_outputs, refused_senders (one session, same shapes)",
+    "remove_session": "session → removed",
+    "register_sender": "session, classroom, track? (default camera), token, address: [host, port] — an explicit "
+    "hand-over: replaces the track's (layer slot's) previous sender",
+    "unregister_sender": "address: [host, port] → removed",
+    "get_stats": "session? → stats: {instance, drops: {reason: n}, senders: [...], sessions: {id: {members, "
+    "tracks: [{classroom, track, kind, source, clock_rate, live, loss_ratio|null, jitter_seconds|null, layers, "
+    "senders, ...}], outputs: [{classroom, source_classroom, track, kind, source, relay_address, ssrc, "
+    "budget_bytes_per_second, reported, loss_ratio|null, jitter_seconds|null, rtt_seconds|null, rtcp_from, "
+    "rtcp_refused, first_keyframe_after_seconds|null, ...}], receivers: {classroom: {budget, audio, video}}}}}",
+    # Protocol 1, kept while control planes move over: the master publishes a camera, branches receive it.
+    "set_branch": "(protocol 1) session, classroom, address, budget_bytes_per_second, "
+    "uplink_budget_bytes_per_second?, return_address? → relay_address, ssrc",
+    "remove_branch": "(protocol 1) session, classroom → removed",
 }
 
 

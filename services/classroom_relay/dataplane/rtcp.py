@@ -228,6 +228,7 @@ class ReceptionStats:
 
     __slots__ = (
         "base_sequence",
+        "clock_rate",
         "cycles",
         "expected_at_last_report",
         "highest_sequence",
@@ -238,7 +239,8 @@ class ReceptionStats:
         "started",
     )
 
-    def __init__(self) -> None:
+    def __init__(self, clock_rate: int = RTP_CLOCK_RATE) -> None:
+        self.clock_rate = clock_rate  # jitter is in the track's own timestamp units (48 kHz audio, 90 kHz video)
         self.started = False
         self.base_sequence = 0
         self.highest_sequence = 0
@@ -250,7 +252,7 @@ class ReceptionStats:
         self.received_at_last_report = 0
 
     def on_packet(self, sequence_number: int, rtp_timestamp: int, arrival_seconds: float) -> None:
-        arrival_units = int(arrival_seconds * RTP_CLOCK_RATE)
+        arrival_units = int(arrival_seconds * self.clock_rate)
         transit = arrival_units - rtp_timestamp
         if not self.started:
             self.started = True
@@ -265,7 +267,7 @@ class ReceptionStats:
                 self.highest_sequence = sequence_number
             difference = abs(transit - self.last_transit)
             self.last_transit = transit
-            if difference < RTP_CLOCK_RATE * 10:  # ignore timestamp jumps (new encoder, layer restart)
+            if difference < self.clock_rate * 10:  # ignore timestamp jumps (new encoder, layer restart)
                 self.jitter += (difference - self.jitter) / 16.0
         self.received += 1
 
@@ -276,10 +278,10 @@ class ReceptionStats:
         if not self.started:
             self.on_packet(sequence_numbers[0], rtp_timestamps[0], arrival_seconds)
             sequence_numbers, rtp_timestamps = sequence_numbers[1:], rtp_timestamps[1:]
-        arrival_units = int(arrival_seconds * RTP_CLOCK_RATE)
+        arrival_units = int(arrival_seconds * self.clock_rate)
         highest, cycles = self.highest_sequence, self.cycles
         jitter, last_transit = self.jitter, self.last_transit
-        jump = RTP_CLOCK_RATE * 10
+        jump = self.clock_rate * 10
         for sequence_number, rtp_timestamp in zip(sequence_numbers, rtp_timestamps, strict=True):
             if 0 < ((sequence_number - highest) & 0xFFFF) < 0x8000:
                 if sequence_number < highest:
@@ -323,7 +325,7 @@ class ReceptionStats:
 
     @property
     def jitter_seconds(self) -> float:
-        return self.jitter / RTP_CLOCK_RATE
+        return self.jitter / self.clock_rate
 
 
 class KeyframeRequestThrottle:

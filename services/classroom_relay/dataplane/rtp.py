@@ -39,6 +39,11 @@ LATE_LAYER_PACKET = 17
 PACER_OVERFLOW = 18
 DESTINATION_UNREACHABLE = 19
 SEND_FAILED = 20
+SENDER_TAKEN = 21  # a second address for a track that already has a live sender
+RTCP_WRONG_PORT = 22  # RTCP from a receiver's address but not from its RTP port or port + 1
+RTCP_UNKNOWN_SOURCE = 23  # RTCP on an output's socket from an address that is not its receiver
+LIMIT_REACHED = 24  # a session, member or output beyond the data plane's caps
+PORTS_EXHAUSTED = 25  # no free port left in the media port range
 
 DROP_REASONS: tuple[str, ...] = (
     "ok",
@@ -62,6 +67,11 @@ DROP_REASONS: tuple[str, ...] = (
     "pacer_overflow",
     "destination_unreachable",
     "send_failed",
+    "sender_taken",
+    "rtcp_wrong_port",
+    "rtcp_unknown_source",
+    "limit_reached",
+    "ports_exhausted",
 )
 
 

@@ -1,18 +1,20 @@
 """What the relay forwards: sessions, their tracks and layers, and the outputs that receive them.
 
-A ``Session`` has one ``Track`` per sending classroom; a track has ``Layer``s (one per incoming SSRC, the
-simulcast layers) and ``Output``s (one per destination, each with its own socket, pacer, forwarder and
-NACK history). ``Streams`` holds the tables the loop looks packets up in. ``LayerBatch`` is what one layer
-contributed to one received batch, built by ingest.py and sent by egress.py.
+A ``Session`` has ``Member``s (classrooms that send and receive) and one ``Track`` per (classroom, track
+name): audio, camera, courseware. A track has ``Layer``s (one per incoming SSRC: the simulcast layers of a
+video track; an audio track is never layered) and ``Output``s (one per receiving member, each with its own
+socket, pacer, forwarder and NACK history). ``Streams`` holds the tables the loop looks packets up in.
+``LayerBatch`` is what one layer contributed to one received batch, built by ingest.py and sent by egress.py.
 """
 
 from __future__ import annotations
 
 import socket
+import struct
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from .admission import address_key
+from .admission import address_key, key_address
 from .allocator import NO_TARGET, RateMeter
 from .buffer import OutputHistory
 from .forwarder import Forwarder
@@ -24,6 +26,15 @@ LAYER_IDLE_SECONDS = 1.0
 PROVISIONAL_RATE_SECONDS = 0.2
 SEND_BUFFER_BYTES = 4 << 20
 ADDRESS_IP_MASK = 0xFFFFFFFF  # the IPv4 address part of an address key (admission.address_key)
+RTCP_PORT_STEP = 1 << 32  # address_key(host, port + 1) - address_key(host, port)
+AUDIO = "audio"
+VIDEO = "video"
+DEFAULT_CLOCK_RATES = {AUDIO: 48_000, VIDEO: 90_000}
+
+
+def sockaddr_in(host: str, port: int) -> bytes:
+    """A ``struct sockaddr_in`` (16 bytes): family in host order, port and address in network order."""
+    return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + socket.inet_aton(host) + bytes(8)
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,6 +42,10 @@ class EngineConfig:
     media_host: str = "127.0.0.1"
     media_port: int = 0
     rtcp_port: int = 0  # 0: media_port + 1 when media_port is fixed, else any free port
+    media_ports: tuple[int, int] | None = None  # every socket is bound inside this range when set
+    max_sessions: int = 256
+    max_members_per_session: int = 256  # a 名校网络课堂 fans one school out to ~200 classrooms
+    max_outputs: int = 4096
     ring_slots: int = 8192
     batch: int = 64
     use_gso: bool = True
@@ -39,20 +54,24 @@ class EngineConfig:
 
 
 class Layer:
-    """One incoming SSRC (a simulcast layer) of a track, with what the relay measured of it."""
+    """One incoming SSRC of a track (a simulcast layer of a video track; audio has one), with what the relay
+    measured of it."""
 
     __slots__ = (
         "bytes_in",
         "first_packet_time",
+        "frame_ticks",
         "keyframes_in",
         "last_keyframe_timestamp",
         "last_packet_time",
         "last_sender_report_middle",
         "last_sender_report_time",
+        "last_timestamp",
         "packets_in",
         "rate",
         "reception",
         "sender_key",
+        "sender_report_timestamp",
         "ssrc",
         "track",
     )
@@ -67,18 +86,38 @@ class Layer:
         self.last_keyframe_timestamp = -1
         self.last_packet_time = 0.0
         self.first_packet_time = 0.0
+        self.last_timestamp = -1
+        # Timestamp step between frames (video) or packets (audio): the step a layer switch continues with.
+        self.frame_ticks = track.clock_rate // (50 if track.is_audio else 30)
         self.rate = RateMeter()
-        self.reception = ReceptionStats()
+        self.reception = ReceptionStats(track.clock_rate)
         self.last_sender_report_middle = 0
-        self.last_sender_report_time = 0.0
+        self.last_sender_report_time = 0.0  # monotonic arrival of its last sender report; 0 before one
+        self.sender_report_timestamp = 0  # the RTP timestamp that report mapped to its NTP time
+
+
+@dataclass(frozen=True, slots=True)
+class TrackSpec:
+    """A track a classroom publishes, as the control plane declares it."""
+
+    name: str
+    kind: str  # "audio" or "video"
+    source: str  # metrics label: camera, courseware, microphone, ...
+    clock_rate: int
+    declared_layer_rates: tuple[float, ...] = ()  # bytes/s of the simulcast layers the control plane expects
 
 
 class Track:
-    """Media one classroom sends in one session: its layers, and the outputs that receive it."""
+    """One track one classroom publishes in one session: its layers, and the outputs that receive it."""
 
-    def __init__(self, session: str, classroom: str) -> None:
+    def __init__(self, session: str, classroom: str, spec: TrackSpec) -> None:
         self.session = session
         self.classroom = classroom
+        self.spec = spec
+        self.name = spec.name
+        self.kind = spec.kind
+        self.is_audio = spec.kind == AUDIO
+        self.clock_rate = spec.clock_rate
         self.layers: dict[int, Layer] = {}
         self.outputs: list[Output] = []
         self.keyframe_requests_sent = 0
@@ -90,14 +129,21 @@ class Track:
                 continue
             rate = layer.rate.rate_bytes_per_second
             age = now - layer.first_packet_time
-            if rate <= 0 and age >= PROVISIONAL_RATE_SECONDS:
-                rate = layer.bytes_in / age  # before the meter's first interval: a quick join beats waiting
+            if rate <= 0 and age > 0:
+                rate = layer.bytes_in / max(age, PROVISIONAL_RATE_SECONDS)  # before the meter's first interval
             rates.append((layer.ssrc, rate))
         return rates
 
+    def newest_layer(self, now: float) -> Layer | None:
+        """The layer that carried the latest packet (audio: a restarted encoder's new SSRC wins at once)."""
+        live = [layer for layer in self.layers.values() if now - layer.last_packet_time < LAYER_IDLE_SECONDS]
+        return max(live, key=lambda layer: layer.last_packet_time, default=None)
+
 
 class Output:
-    """A destination receiving one track: a branch receiving the master, or the master a branch camera."""
+    """One (source classroom, track) sent to one receiving member: its own socket (bound in the media port
+    range, not connected, so RTCP from the receiver's RTP port, port + 1 or rtcp-mux all arrive on it),
+    token bucket, queue, forwarder and NACK history."""
 
     def __init__(
         self,
@@ -108,25 +154,30 @@ class Output:
         budget_bytes_per_second: float,
         config: EngineConfig,
         now: float,
+        sock: socket.socket,
     ) -> None:
         self.session = session
         self.classroom = classroom
         self.track = track
         self.config = config
         self.destination = destination
-        self.destination_ip = address_key(destination[0], 0) & ADDRESS_IP_MASK
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.destination_key = address_key(destination[0], destination[1])
+        self.destination_ip = self.destination_key & ADDRESS_IP_MASK
+        # A raw sockaddr_in for sendmmsg/sendmsg on the unconnected socket (udpbatch.py).
+        self.sockaddr = bytearray(sockaddr_in(destination[0], destination[1]))
+        self.sock = sock
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-        self.sock.bind((config.media_host, 0))
-        self.sock.connect(destination)
         self.sock.setblocking(False)  # a full send buffer drops (counted); it must never stall the loop
         self.fd = self.sock.fileno()
         self.budget = float(budget_bytes_per_second)
         self.bucket = TokenBucket(self.budget, config.burst_seconds, now)
         self.queue = PacedQueue(self.budget, config.max_queue_delay_seconds)
-        self.forwarder = Forwarder()
+        self.forwarder = Forwarder(clock_rate=track.clock_rate)
         self.history = OutputHistory()
         self.gso = GsoStage() if config.use_gso else None
+        self.messages_base = 0  # this output's sendmmsg headers (egress.py prepares them)
+        self.messages: object = None
+        self.sockaddr_address = 0
         self.target_ssrc = NO_TARGET
         self.send_rate = RateMeter()
         self.bytes_out = 0
@@ -136,15 +187,20 @@ class Output:
         self.freezes = 0
         self.frozen = False
         self.last_media_time = 0.0
+        self.joined_time = now
+        self.first_keyframe_time = -1.0
         self.nacks_received = 0
         self.retransmissions = 0
         self.nack_misses = 0
         self.plis_received = 0
         self.pacer_drops = 0
         self.send_errors = 0
-        self.loss_ratio = 0.0
-        self.jitter_seconds = 0.0
-        self.rtt_seconds = -1.0
+        self.rtcp_key = 0  # where the receiver's RTCP came from: our sender reports go there
+        self.rtcp_refused = 0
+        # None until the receiver reported: a receiver that never sent RTCP is unknown, not loss-free.
+        self.loss_ratio: float | None = None
+        self.jitter_seconds: float | None = None
+        self.rtt_seconds: float | None = None
 
     @property
     def source_classroom(self) -> str:
@@ -154,7 +210,19 @@ class Output:
     def relay_address(self) -> tuple[str, int]:
         return self.sock.getsockname()
 
+    def rtcp_destination(self) -> tuple[str, int]:
+        """Where sender reports go: where the receiver's RTCP came from, else RTP port + 1 (RFC 3550 §11)."""
+        if self.rtcp_key:
+            return key_address(self.rtcp_key)
+        return self.destination[0], self.destination[1] + 1
+
+    def accepts_rtcp_from(self, key: int) -> bool:
+        """The receiver's RTP port (rtcp-mux, RFC 5761, or symmetric RTCP) or port + 1 (RFC 3550)."""
+        return key == self.destination_key or key == self.destination_key + RTCP_PORT_STEP
+
     def set_budget(self, budget_bytes_per_second: float) -> None:
+        if budget_bytes_per_second == self.budget:
+            return
         self.budget = float(budget_bytes_per_second)
         self.bucket.set_rate(self.budget, self.config.burst_seconds)
         self.queue.set_rate(self.budget, self.config.max_queue_delay_seconds)
@@ -217,26 +285,36 @@ def _consecutive(sequence_numbers: Sequence[int]) -> bool:
     return first + count <= 0x10000 and tuple(sequence_numbers) == tuple(range(first, first + count))
 
 
-class Session:
-    def __init__(self, session: str, master: str) -> None:
-        self.session = session
-        self.master = master
-        self.tracks: dict[str, Track] = {}
-        self.branches: dict[str, dict] = {}  # classroom -> the set_branch request as last applied
-        self.downlinks: dict[str, Output] = {}  # branch classroom -> output carrying the master
-        self.returns: dict[str, Output] = {}  # branch classroom -> output carrying it to the master
+@dataclass(slots=True)
+class Member:
+    """A classroom in a session: the tracks it publishes and what it receives (one output per
+    (source classroom, track)) within one downlink budget."""
 
-    def track(self, classroom: str) -> Track:
-        track = self.tracks.get(classroom)
-        if track is None:
-            track = self.tracks[classroom] = Track(self.session, classroom)
-        return track
+    classroom: str
+    tracks: dict[str, TrackSpec] = field(default_factory=dict)
+    receive_host: str | None = None
+    budget: float = 0.0
+    outputs: dict[tuple[str, str], Output] = field(default_factory=dict)
+    audio_bytes_per_second: float = 0.0
+    video_bytes_per_second: float = 0.0
+
+
+class Session:
+    def __init__(self, session: str) -> None:
+        self.session = session
+        self.master: str | None = None  # only for the protocol-1 form and its stats
+        self.legacy_branches: dict[str, dict] = {}  # protocol 1: classroom -> its set_branch request
+        self.members: dict[str, Member] = {}
+        self.tracks: dict[tuple[str, str], Track] = {}  # (classroom, track name) -> track
 
     def is_member(self, classroom: str) -> bool:
-        return classroom == self.master or classroom in self.branches
+        return classroom in self.members
+
+    def publishes(self, classroom: str, track: str) -> bool:
+        return (classroom, track) in self.tracks
 
     def outputs(self) -> list[Output]:
-        return [*self.downlinks.values(), *self.returns.values()]
+        return [output for member in self.members.values() for output in member.outputs.values()]
 
 
 class Streams:

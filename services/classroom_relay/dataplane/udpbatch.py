@@ -271,18 +271,20 @@ class GsoStage:
     def full(self) -> bool:
         return self.segments >= GSO_MAX_SEGMENTS or self.used + self.segment_bytes > GSO_MAX_BYTES or self.last_is_short
 
-    def flush(self, sock: socket.socket) -> int:
-        """Send what is staged; returns the number of datagrams handed to the kernel."""
+    def flush(self, sock: socket.socket, destination: tuple[str, int]) -> int:
+        """Send what is staged to ``destination``; returns the number of datagrams handed to the kernel."""
         segments = self.segments
         if segments == 0:
             return 0
         try:
             if segments == 1:
-                sock.send(self.view[: self.used])
+                sock.sendto(self.view[: self.used], destination)
             else:
                 sock.sendmsg(
                     (self.view[: self.used],),
                     ((SOL_UDP, UDP_SEGMENT, struct.pack("=H", self.segment_bytes)),),
+                    0,
+                    destination,
                 )
         finally:
             self.segments = 0
@@ -337,16 +339,33 @@ class RingGather:
         pairs[1::2] = sizes
         _iovec_array(count).pack_into(self.iovecs_view, 0, *pairs)
 
-    def send_each(self, fd: int, start: int, count: int) -> int:
-        """sendmmsg of iovecs ``start .. start+count-1``; datagrams sent, or -1 (``last_errno``) if none."""
-        sent = _sendmmsg(fd, self.messages_base + start * _MMSG_BYTES, count, MSG_DONTWAIT)
+    def messages_to(self, sockaddr: bytearray) -> tuple[ctypes.Array, int]:
+        """sendmmsg headers for one destination (an unconnected output socket): message i carries iovec i
+        and the destination ``sockaddr``. Kept by the output; the caller must keep ``sockaddr`` alive."""
+        messages = (_MMsgHdr * self.capacity)()
+        name = ctypes.addressof(ctypes.c_char.from_buffer(sockaddr))
+        for index in range(self.capacity):
+            header = messages[index].msg_hdr
+            header.msg_iov = self.iovecs_base + index * _IOVEC_BYTES
+            header.msg_iovlen = 1
+            header.msg_name = name
+            header.msg_namelen = SOCKADDR_BYTES
+        return messages, ctypes.addressof(messages)
+
+    def send_each(self, fd: int, start: int, count: int, messages_base: int = 0) -> int:
+        """sendmmsg of iovecs ``start .. start+count-1`` (with the headers at ``messages_base``: one
+        destination's, see ``messages_to``); datagrams sent, or -1 (``last_errno``) if none."""
+        sent = _sendmmsg(fd, (messages_base or self.messages_base) + start * _MMSG_BYTES, count, MSG_DONTWAIT)
         if sent < 0:
             self.last_errno = ctypes.get_errno()
         return sent
 
-    def send_segmented(self, fd: int, start: int, count: int, segment_bytes: int) -> bool:
-        """One GSO send of iovecs ``start .. start+count-1`` (all ``segment_bytes`` long but the last)."""
+    def send_segmented(self, fd: int, start: int, count: int, segment_bytes: int, sockaddr_address: int = 0) -> bool:
+        """One GSO send of iovecs ``start .. start+count-1`` (all ``segment_bytes`` long but the last), to the
+        ``sockaddr_in`` at ``sockaddr_address`` (0: the connected peer)."""
         view = self.segment_message_view
+        self.segment_message.msg_name = sockaddr_address or None
+        self.segment_message.msg_namelen = SOCKADDR_BYTES if sockaddr_address else 0
         _IOV_POINTER_AND_COUNT.pack_into(view, _MSG_IOV_OFFSET, self.iovecs_base + start * _IOVEC_BYTES, count)
         if count > 1:
             _CMSG_SEGMENT_SIZE.pack_into(self.control, _CMSG_HEADER.size, segment_bytes)

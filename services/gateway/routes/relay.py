@@ -75,8 +75,13 @@ def issue_join_token(call: Call, session_id: int, classroom_id: int) -> Reply:
     return Reply(call.remote(SERVICE, "issue_join_token", call.scope, session_id, classroom_id, body), 201)
 
 
-def get_branch_sdp(call: Call, session_id: int, classroom_id: int) -> Response:
-    answer = call.remote(SERVICE, "get_branch_sdp", call.scope, session_id, classroom_id)
+def register_sender(call: Call, session_id: int, classroom_id: int) -> Reply:
+    body = call.json(relay.SenderIn())
+    return Reply(call.remote(SERVICE, "register_sender", call.scope, session_id, classroom_id, body))
+
+
+def get_sdp(call: Call, session_id: int, classroom_id: int) -> Response:
+    answer = call.remote(SERVICE, "get_sdp", call.scope, session_id, classroom_id)
     return Response(
         answer["sdp"], 200, mimetype="application/sdp",
         headers={"Content-Disposition": f'attachment; filename="session-{session_id}-classroom-{classroom_id}.sdp"'},
@@ -111,6 +116,12 @@ ROUTES = [
           "A join token for this classroom's encoder (send `hello` from its RTP port to `media_address`, the "
           "session's data plane, once the session is live)", "relay",
           relay.JoinTokenOut, 201, relay.TokenIn, writes=True),
-    Route("GET", BRANCH + "/sdp", get_branch_sdp, "The SDP a receiving classroom plays (application/sdp)",
-          "relay", response_content_type="application/sdp", error_statuses=(503,)),
+    Route("PUT", BRANCH + "/sender", register_sender,
+          "Register the source address of one track's encoder (it needs no hello then); replaces that track's "
+          "earlier sender — the hand-over when an encoder restarts on another port", "relay",
+          relay.SenderOut, 200, relay.SenderIn, writes=True),
+    Route("GET", BRANCH + "/sdp", get_sdp,
+          "The SDP a live classroom (master or branch) plays: one m= section per track it receives, labelled "
+          "classroom-<id>/<track> (application/sdp)",
+          "relay", response_content_type="application/sdp", error_statuses=(409, 503)),
 ]
