@@ -87,7 +87,7 @@ def test_a_wrong_or_expired_stream_key_is_refused_and_counted(dataplane, ingest)
     other_session = key.replace(SESSION, "session-9", 1)
     for bad in (forged, other_session, "not-a-key"):
         publisher = rtmp_publisher(FFMPEG, f"{entry['rtmp_url']}/{bad}", 2)
-        _stdout, stderr = publisher.communicate(timeout=20)
+        publisher.communicate(timeout=20)
         assert publisher.returncode != 0, f"publishing with {bad!r} was accepted"
     # An expired key: the ingest holds a token that expired a second ago (the control plane would not renew it
     # after the lesson).
