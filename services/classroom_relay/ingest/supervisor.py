@@ -195,7 +195,7 @@ class Supervisor:
                 ingest.reconnect_pending = False
             self._start(ingest, now)
 
-    def _start(self, ingest: Ingest, now: float) -> None:
+    def _start_command(self, ingest: Ingest) -> list[str]:
         spec = ingest.spec
         outs = [pipelines.TrackOut(t["track"], t["kind"], t.get("codec") or ("aac" if t["kind"] == "audio" else "h264"),
                                    int(t.get("payload_type") or (97 if t["kind"] == "audio" else 96)),
@@ -203,14 +203,15 @@ class Supervisor:
                 for t in spec.tracks]
         ssrc_base = random.getrandbits(31)  # a new upstream SSRC per run: the hop sees where a new run begins
         if spec.kind == "rtmp":
-            command = pipelines.rtmp_command(self.ffmpeg, f"{self.rtmp_play_base}/{stream_key(spec.token)}", outs,
-                                             ssrc_base)
-        else:
-            command = pipelines.rtsp_command(self.ffmpeg, spec.rtsp_url or "", outs, ssrc_base)
+            return pipelines.rtmp_command(self.ffmpeg, f"{self.rtmp_play_base}/{stream_key(spec.token)}", outs,
+                                          ssrc_base)
+        return pipelines.rtsp_command(self.ffmpeg, spec.rtsp_url or "", outs, ssrc_base)
+
+    def _start(self, ingest: Ingest, now: float) -> None:
         ingest.error_file.seek(0)
         ingest.error_file.truncate()
-        ingest.process = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                          stderr=ingest.error_file, start_new_session=True)
+        ingest.process = subprocess.Popen(self._start_command(ingest), stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=ingest.error_file, start_new_session=True)
         ingest.started_at = now
 
     @staticmethod
