@@ -99,3 +99,26 @@ def test_the_link_pushes_the_state_to_a_real_ingest_process_and_survives_its_abs
     away = IngestLink({"default": "127.0.0.1:9"}, lambda: dataplane.control_secret)
     assert away.push("default", state) is None and away.failures == 1  # logged, counted, never raised
     link.close()
+
+
+def test_the_rpc_gives_the_master_its_publish_point_with_the_typed_error_for_a_branch(
+        db, admin, settings, school) -> None:  # noqa: F811
+    from datetime import UTC, datetime
+    from types import SimpleNamespace
+
+    from nameko.testing.services import worker_factory
+
+    from services.classroom_relay import placement
+    from services.classroom_relay.service import ClassroomRelayService
+
+    link = SimpleNamespace(settings=settings, request_push=lambda: None, fleet=placement.Fleet.single,
+                           ingest=SimpleNamespace(rtmp_urls={"default": "rtmp://203.0.113.7:1935/live"}))
+    service = worker_factory(ClassroomRelayService, db=db, dataplane=link)
+    data = lesson(at=datetime.now(UTC), master_classroom_id=school["master"]["id"],
+                  branch_classroom_ids=[school["branches"][0]["id"]])
+    created = service.create_session(admin.to_dict(), data)
+    service.start_session(admin.to_dict(), created["id"])
+    point = service.rtmp_publish_point(admin.to_dict(), created["id"], school["master"]["id"])
+    assert point["publish_url"].startswith("rtmp://203.0.113.7:1935/live/session-")
+    with pytest.raises(Conflict):
+        service.rtmp_publish_point(admin.to_dict(), created["id"], school["branches"][0]["id"])
