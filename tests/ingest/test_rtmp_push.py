@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from tests.relay.media_peers import run
 from tests.relay.relay_harness import stop_process, wait_until
 
 from .ingest_harness import (
@@ -45,12 +46,8 @@ def test_rtmp_push_reaches_two_branches_with_picture_and_sound(dataplane, ingest
     results = {}
     try:
         for branch, decoder in decoders.items():
-            try:
-                stdout, stderr = decoder.communicate(timeout=PUBLISH_SECONDS + 10)
-            except Exception:
-                decoder.kill()
-                stdout, stderr = decoder.communicate(timeout=5)
-            results[branch] = (decoder.returncode, decoded_frames(stdout.decode()), stderr.decode())
+            returncode, stdout, stderr = run(decoder, PUBLISH_SECONDS + 10)
+            results[branch] = (returncode, decoded_frames(stdout), stderr)
         stats = ingest.stats()
         relay = dataplane.stats(SESSION)
         metrics = ingest.metrics()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.relay.media_peers import run
 from tests.relay.relay_harness import free_tcp_port, stop_process, wait_until
 
 from .ingest_harness import (
@@ -60,12 +61,8 @@ def decode_on_both_branches(tmp_path: Path, ports: dict[str, int], outputs: dict
                 for branch in BRANCHES}
     results = {}
     for branch, decoder in decoders.items():
-        try:
-            stdout, stderr = decoder.communicate(timeout=DECODE_SECONDS + 12)
-        except subprocess.TimeoutExpired:
-            decoder.kill()
-            stdout, stderr = decoder.communicate(timeout=5)
-        results[branch] = (decoder.returncode, decoded_frames(stdout.decode()), stderr.decode())
+        returncode, stdout, stderr = run(decoder, DECODE_SECONDS + 12)
+        results[branch] = (returncode, decoded_frames(stdout), stderr)
     return results
 
 

@@ -10,6 +10,7 @@ track: `aac` is copied (RTP `mpeg4-generic`, which the relay carries and describ
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -75,3 +76,15 @@ def redact(url: str) -> str:
     authority, slash, path = rest.partition("/")
     host = authority.rpartition("@")[2]
     return f"{scheme}://{'***@' if '@' in authority else ''}{host}{slash}{path}"
+
+
+def stop_child(process: subprocess.Popen | None, grace_seconds: float = 3.0) -> None:
+    """SIGTERM (ffmpeg finishes its output, nginx shuts down master and workers), SIGKILL after the grace."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=grace_seconds)

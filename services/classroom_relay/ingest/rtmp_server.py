@@ -21,6 +21,7 @@ import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from .pipelines import stop_child
 from .supervisor import Supervisor
 
 log = logging.getLogger("lianxiao.ingest")
@@ -140,13 +141,7 @@ class RtmpServer:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()  # nginx: SIGTERM is a fast shutdown of master and workers
-            try:
-                self.process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        stop_child(self.process, grace_seconds=5.0)
         self.callbacks.shutdown()
         self.callbacks.server_close()
         shutil.rmtree(self.prefix, ignore_errors=True)

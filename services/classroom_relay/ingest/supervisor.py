@@ -227,13 +227,7 @@ class Supervisor:
 
     def _terminate(self, ingest: Ingest) -> None:
         process, ingest.process = ingest.process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=3)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(timeout=3)
+        pipelines.stop_child(process)
 
     def _stop(self, ingest: Ingest) -> None:
         self._terminate(ingest)
