@@ -166,3 +166,24 @@ def free_udp_port_pair_at(port: int) -> bool:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def exported_metric_names() -> set[str]:
+    """The metric families the ingest exports with one classroom ingest in its state, as a scrape shows them
+    (tests/ops checks every metric the alert rules use is exported by someone)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from services.classroom_relay.ingest.metrics import IngestCollector
+    from services.classroom_relay.ingest.supervisor import IngestSpec, Supervisor
+
+    supervisor = Supervisor("ffmpeg", "rtmp://127.0.0.1:1/live")
+    track = {"track": "camera", "kind": "video", "codec": "h264", "payload_type": 96, "clock_rate": None}
+    supervisor.set_state([IngestSpec(SESSION, MASTER, "rtmp", issue_token(SECRET.encode(), SESSION, MASTER, 60),
+                                     ("127.0.0.1", 9), (track,))])
+    try:
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(IngestCollector(supervisor.snapshot, lambda: True))
+        page = generate_latest(registry).decode()
+    finally:
+        supervisor.stop()
+    return {line.split("{")[0].split(" ")[0] for line in page.splitlines() if line and not line.startswith("#")}
