@@ -45,6 +45,7 @@ rtmp {{
         listen {listen}:{port};
         chunk_size 4096;
         timeout 15s;
+        access_log off;  # its lines carry stream names, i.e. the keys
         application {APPLICATION} {{
             live on;
             record off;
