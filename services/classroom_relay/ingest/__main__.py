@@ -1,4 +1,5 @@
 """``python -m services.classroom_relay.ingest --control-port 7080 --metrics-port 9466 --rtmp-port 1935``
+(defaults: RELAY_INGEST_CONTROL_PORT, RELAY_INGEST_METRICS_PORT, RELAY_RTMP_PORT)
 
 Runs beside a data plane: nginx-rtmp for classrooms that push, ffmpeg per classroom ingest (RTMP played back
 locally, or an RTSP camera pulled), one RTP hop per track into the data plane. Its control channel takes the
@@ -16,7 +17,7 @@ import threading
 import time
 from pathlib import Path
 
-from services.classroom_relay import settings
+from services.classroom_relay import ingest_settings, settings
 
 from .control import IngestControl, serve_control
 from .metrics import IngestCollector, serve_metrics
@@ -29,11 +30,11 @@ SECRET_WAIT_SECONDS = 30.0
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m services.classroom_relay.ingest", description=__doc__)
     parser.add_argument("--control-host", default="127.0.0.1")
-    parser.add_argument("--control-port", type=int, default=7080)
+    parser.add_argument("--control-port", type=int, default=ingest_settings.CONTROL_PORT.get())
     parser.add_argument("--metrics-host", default="127.0.0.1")
-    parser.add_argument("--metrics-port", type=int, default=9466, help="0: no /metrics")
+    parser.add_argument("--metrics-port", type=int, default=ingest_settings.METRICS_PORT.get(), help="0: no /metrics")
     parser.add_argument("--rtmp-listen", default="0.0.0.0", help="address nginx-rtmp listens on")
-    parser.add_argument("--rtmp-port", type=int, default=1935)
+    parser.add_argument("--rtmp-port", type=int, default=ingest_settings.RTMP_PORT.get())
     parser.add_argument("--rtmp-public-url", default=None,
                         help="what classrooms are told to publish to, e.g. rtmp://relay.example.edu.cn:1935/live "
                              "(default: rtmp://<rtmp-listen or 127.0.0.1>:<rtmp-port>/live)")
