@@ -250,6 +250,13 @@ def test_migration_job_runs_the_migrations() -> None:
     ]
 
 
+def dataplane_rules_for_port(objects: list[dict], port_number: int) -> list[dict]:
+    """The NetworkPolicy ingress rules of the data-plane pods that open `port_number`."""
+    return [rule for policy in of_kind(objects, "NetworkPolicy")
+            if policy["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == "relay-dataplane"
+            for rule in policy["spec"]["ingress"] if any(port["port"] == port_number for port in rule["ports"])]
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_relay_control_plane_reaches_every_dataplane_pod_and_only_it_does(overlay: str) -> None:
     from services.classroom_relay.placement import parse_dataplanes
@@ -267,23 +274,16 @@ def test_the_relay_control_plane_reaches_every_dataplane_pod_and_only_it_does(ov
     assert all(spec.public_host for spec in specs), "every data plane needs its public media address"
     container, ingest = dataplane["spec"]["template"]["spec"]["containers"]
     assert "--control-port=7070" in container["command"] and "--control-host=0.0.0.0" in container["command"]
-    control_rules = [rule for policy in of_kind(objects, "NetworkPolicy")
-                     if policy["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
-                     == "relay-dataplane"
-                     for rule in policy["spec"]["ingress"] if any(port["port"] == 7070 for port in rule["ports"])]
-    assert control_rules == [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "classroom-relay"}}}],
-                              "ports": [{"port": 7070, "protocol": "TCP"}]}]
+    from_control_plane = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "classroom-relay"}}}]
+    assert dataplane_rules_for_port(objects, 7070) == [{"from": from_control_plane,
+                                                        "ports": [{"port": 7070, "protocol": "TCP"}]}]
     # Each pod's ingest is told which classrooms to carry by the control plane alone, with the same secret.
     ingest_addresses = dict(pair.split("=") for pair in config["data"]["RELAY_INGESTS"].split(","))
     assert ingest_addresses == {spec.name: spec.address.replace(":7070", ":7080") for spec in specs}
     assert "--control-port=7080" in ingest["command"]
     assert ingest["env"] == [variable for variable in container["env"] if variable["name"] == "RELAY_CONTROL_SECRET"]
-    ingest_control_rules = [rule for policy in of_kind(objects, "NetworkPolicy")
-                            if policy["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
-                            == "relay-dataplane"
-                            for rule in policy["spec"]["ingress"] if any(port["port"] == 7080 for port in rule["ports"])]
-    assert ingest_control_rules == [{"from": [{"podSelector": {"matchLabels": {
-        "app.kubernetes.io/name": "classroom-relay"}}}], "ports": [{"port": 7080, "protocol": "TCP"}]}]
+    assert dataplane_rules_for_port(objects, 7080) == [{"from": from_control_plane,
+                                                        "ports": [{"port": 7080, "protocol": "TCP"}]}]
     (relay,) = [item for item in of_kind(objects, "Deployment") if item["metadata"]["name"] == "classroom-relay"]
     variables = {variable["name"]: variable for variable in relay["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert variables["RELAY_JOIN_SECRETS"]["valueFrom"]["secretKeyRef"]["name"] == "lianxiao-secrets"
