@@ -2,7 +2,8 @@
 
 Finds RabbitMQ (starting a local one if it is installed but not running), migrates every service's
 database (SQLite files under var/ unless DATABASE_URL names PostgreSQL), starts each nameko service in
-its own process, the gateway under gunicorn and the relay data plane, and prints where things are.
+its own process, the gateway under gunicorn, the relay data plane and the ingest beside it (RTMP push, RTSP
+pull), and prints where things are.
 """
 
 from __future__ import annotations
@@ -24,7 +25,9 @@ from urllib.parse import urlparse
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from services.classroom_relay import ingest_settings  # noqa: E402
 from services.classroom_relay import settings as relay_settings  # noqa: E402
+from services.classroom_relay.ingest.rtmp_server import RTMP_MODULE  # noqa: E402
 from services.common.config import amqp_uri, database_url  # noqa: E402
 from services.common.migrations import upgrade  # noqa: E402
 from services.gateway import settings as gateway_settings  # noqa: E402
@@ -45,6 +48,13 @@ DATAPLANE_PORTS = {
     # The data plane's metrics port follows the services' unless RELAY_METRICS_PORT is set.
     "metrics": relay_settings.METRICS_PORT.get() if relay_settings.METRICS_PORT.raw() is not None
     else METRICS_PORT_BASE + len(SERVICE_NAMES),
+}
+# The ingest beside the data plane: its metrics port follows the data plane's unless RELAY_INGEST_METRICS_PORT is set.
+INGEST_PORTS = {
+    "control": ingest_settings.CONTROL_PORT.get(),
+    "rtmp": ingest_settings.RTMP_PORT.get(),
+    "metrics": ingest_settings.METRICS_PORT.get() if ingest_settings.METRICS_PORT.raw() is not None
+    else METRICS_PORT_BASE + len(SERVICE_NAMES) + 1,
 }
 # Where encoders and branch classrooms reach the relay; 127.0.0.1 keeps a laptop's relay private.
 RELAY_MEDIA_HOST = relay_settings.MEDIA_HOST.get()
@@ -114,6 +124,15 @@ def dataplane_available() -> bool:
     return (REPO / "services" / "classroom_relay" / "dataplane" / "__main__.py").exists()
 
 
+def ingest_available() -> str | None:
+    """Why the ingest cannot run here, or None (make system-deps installs both; see mk/ingest.mk)."""
+    if not Path(RTMP_MODULE).exists():
+        return f"nginx's RTMP module is missing ({RTMP_MODULE}; apt-get install libnginx-mod-rtmp)"
+    if shutil.which("ffmpeg") is None:
+        return "ffmpeg is missing (apt-get install ffmpeg)"
+    return None
+
+
 def main() -> None:
     if nginx_binary() is None:
         sys.exit("nginx is not installed; `make run` installs it (make system-deps), or: apt-get install nginx")
@@ -153,6 +172,19 @@ def main() -> None:
             "--control-port", str(DATAPLANE_PORTS["control"]),
             "--metrics-port", str(DATAPLANE_PORTS["metrics"]),
         ]
+        missing = ingest_available()
+        if missing is None:
+            # Classrooms publish RTMP where the data plane's media is (127.0.0.1 unless RELAY_MEDIA_HOST says).
+            env.setdefault(ingest_settings.INGESTS.name, f"default=127.0.0.1:{INGEST_PORTS['control']}")
+            commands["relay-ingest"] = [
+                PYTHON, "-m", "services.classroom_relay.ingest",
+                "--control-port", str(INGEST_PORTS["control"]),
+                "--metrics-port", str(INGEST_PORTS["metrics"]),
+                "--rtmp-listen", RELAY_MEDIA_HOST,
+                "--rtmp-port", str(INGEST_PORTS["rtmp"]),
+            ]
+        else:
+            print(f"No RTMP/RTSP ingest: {missing}.")
     processes: dict[str, subprocess.Popen] = {}
     for name, command in commands.items():
         # Each part in its own process group, so stopping it also stops what it started (gunicorn's
@@ -166,6 +198,8 @@ def main() -> None:
         + "".join(f"  {name:<17} metrics http://127.0.0.1:{port}/metrics\n" for name, port in METRICS_PORTS.items())
         + (f"  relay data plane  media udp://{RELAY_MEDIA_HOST}:{DATAPLANE_PORTS['media']}, "
            f"metrics http://127.0.0.1:{DATAPLANE_PORTS['metrics']}/metrics\n" if dataplane_available() else "")
+        + (f"  relay ingest      rtmp://{RELAY_MEDIA_HOST}:{INGEST_PORTS['rtmp']}/live, "
+           f"metrics http://127.0.0.1:{INGEST_PORTS['metrics']}/metrics\n" if "relay-ingest" in commands else "")
         + f"  databases         {database_url('{service}')}\n"
         f"  broker            {broker_address()}\n"
         "Try `make demo` in another terminal for a fictional bureau and a token. Ctrl-C stops everything.\n",

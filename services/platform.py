@@ -63,6 +63,7 @@ SETTINGS_MODULES = (
     "services.common.config",
     "services.gateway.settings",
     "services.classroom_relay.settings",
+    "services.classroom_relay.ingest_settings",
 )
 LOCAL_METRICS_PORT_BASE = setting(
     "METRICS_PORT_BASE", int, 9101,

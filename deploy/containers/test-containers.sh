@@ -9,6 +9,7 @@ BASE_IMAGE=${LIANXIAO_BASE_IMAGE:-localhost/lianxiao-base:bookworm}
 APP_IMAGE=${LIANXIAO_IMAGE:-localhost/lianxiao:local}
 INFRA_IMAGE=${LIANXIAO_INFRA_IMAGE:-localhost/lianxiao-infra:local}
 NGINX_IMAGE=${LIANXIAO_NGINX_IMAGE:-localhost/lianxiao-nginx:local}
+INGEST_IMAGE=${LIANXIAO_INGEST_IMAGE:-localhost/lianxiao-ingest:local}
 RUN_ID=${LIANXIAO_CONTAINERS_RUN:-$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 export LIANXIAO_IMAGE=$APP_IMAGE LIANXIAO_INFRA_IMAGE=$INFRA_IMAGE LIANXIAO_NGINX_IMAGE=$NGINX_IMAGE \
   LIANXIAO_CONTAINERS_RUN=$RUN_ID
@@ -34,7 +35,7 @@ step() {
 size() { podman image inspect --format '{{.Size}}' "$1" | awk -v name="$1" '{printf "%s: %.0f MB\n", name, $1 / 1e6}'; }
 
 # Images this run replaces (the same tags, built before) are removed once the new ones exist.
-superseded=$(podman image inspect --format '{{.Id}}' "$APP_IMAGE" "$INFRA_IMAGE" "$NGINX_IMAGE" "$BASE_IMAGE" \
+superseded=$(podman image inspect --format '{{.Id}}' "$APP_IMAGE" "$INFRA_IMAGE" "$NGINX_IMAGE" "$INGEST_IMAGE" "$BASE_IMAGE" \
   2>/dev/null || true)
 # LIANXIAO_REUSE_BASE=1 keeps an existing base image (quicker reruns); CI builds it every time.
 if [[ ${LIANXIAO_REUSE_BASE:-0} == 1 ]] && podman image exists "$BASE_IMAGE"; then
@@ -52,12 +53,15 @@ for pid in $app_build $infra_build $nginx_build; do
   wait "$pid" || { echo "error: an image did not build (podman build above)" >&2; exit 1; }
 done
 echo "application, infrastructure and nginx images, built side by side: $((SECONDS - started)) s" >>"$figures"
-for image in "$BASE_IMAGE" "$APP_IMAGE" "$INFRA_IMAGE" "$NGINX_IMAGE"; do size "$image" >>"$figures"; done
+# The relay ingest's image is the application image plus nginx-rtmp and ffmpeg (deploy/ingest/Dockerfile).
+step "ingest image" podman build --quiet --build-arg APP_IMAGE="$APP_IMAGE" -f deploy/ingest/Dockerfile \
+  -t "$INGEST_IMAGE" . >/dev/null
+for image in "$BASE_IMAGE" "$APP_IMAGE" "$INFRA_IMAGE" "$NGINX_IMAGE" "$INGEST_IMAGE"; do size "$image" >>"$figures"; done
 # The application build stage's intermediate images first (they stand on a base), then the superseded
 # images, children before the base.
 stages=$(podman images --quiet --filter label=io.lianxiao.build-stage --filter dangling=true)
 [[ -z $stages ]] || podman rmi $stages >/dev/null 2>&1 || true
-current=$(podman image inspect --format '{{.Id}}' "$APP_IMAGE" "$INFRA_IMAGE" "$NGINX_IMAGE" "$BASE_IMAGE")
+current=$(podman image inspect --format '{{.Id}}' "$APP_IMAGE" "$INFRA_IMAGE" "$NGINX_IMAGE" "$INGEST_IMAGE" "$BASE_IMAGE")
 for id in $superseded; do
   grep -qx "$id" <<<"$current" || podman rmi "$id" >/dev/null 2>&1 || true
 done

@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 
 from services.classroom_relay import dataplane_state, lessons, link_budgets, placement, relay_settings, settings
 from services.classroom_relay.dataplane.protocol import ControlClient
+from services.classroom_relay.ingest_link import IngestLink
 from services.common.config import database_url
 from services.common.db import make_engine
 from services.common.link_targets import LINK_TARGETS_BYTES_PER_SECOND
@@ -167,6 +168,7 @@ class DataPlaneChannel:
         for refused in reply.get("refused_senders", []) + reply.get("refused_outputs", []):
             log.warning("data plane %s refused: %s", self.name, refused)
         self.confirmed_outputs = list(reply.get("outputs") or [])
+        self.link.ingest.push_for(self.name, self.hello.get("media_address"))  # classroom equipment in (RTMP/RTSP)
         self.pushed_instance = instance
         self.next_reconcile = time.monotonic() + self.link.reconcile_interval
         self.link.pushes_total.labels(self.name).inc()
@@ -198,6 +200,7 @@ class DataPlaneLink(DependencyProvider):
         self.reconcile_interval = settings.RECONCILE_INTERVAL.get(config)
         self.engine = make_engine(database_url(self.service, config))
         self.channels = {spec.name: DataPlaneChannel(spec, self) for spec in self.specs}
+        self.ingest = IngestLink.from_config(config, self.engine, self.settings, self.control_secret)  # RTMP/RTSP in
         self._setup_metrics()
 
     def _setup_metrics(self) -> None:
@@ -257,6 +260,7 @@ class DataPlaneLink(DependencyProvider):
         self.running = False
         for channel in self.channels.values():
             channel.close()
+        self.ingest.close()
         self.engine.dispose()
 
     def kill(self) -> None:

@@ -273,6 +273,15 @@ class JoinTokenOut(Schema):
     media_address = fields.List(fields.Raw(), allow_none=True)
 
 
+class RtmpPublishOut(Schema):
+    """Where a broadcasting classroom's recording host pushes RTMP (classroom equipment in: ingest_state.py)."""
+
+    rtmp_url = fields.String()  # the server URL a recording host asks for ("服务器地址")
+    stream_key = fields.String()  # its stream key ("串流密钥"): this classroom, this lesson, expires with it
+    publish_url = fields.String()  # both in one, for hosts (and ffmpeg) that take a single URL
+    expires_at = fields.String()
+
+
 class SenderOut(Schema):
     classroom_id = fields.Integer()
     track = fields.String()

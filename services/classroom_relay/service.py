@@ -16,7 +16,7 @@ from typing import Any
 from nameko.rpc import RpcProxy
 from nameko.timer import timer
 
-from services.classroom_relay import classrooms, lessons, media_access, settings, stream_health
+from services.classroom_relay import classrooms, ingest_state, lessons, media_access, settings, stream_health
 from services.classroom_relay.dataplane_client import DataPlaneLink
 from services.classroom_relay.models import outbox
 from services.classroom_relay.school_facts import AccountsFacts
@@ -120,6 +120,13 @@ class ClassroomRelayService(HealthRpc, ReplayRpc):
         return media_access.issue_join_token(
             self.db, Scope.from_dict(scope), session_id, classroom_id, data, self.dataplane.settings,
             media_addresses=self.dataplane.media_addresses(),
+        )
+
+    @rpc
+    def rtmp_publish_point(self, scope: dict, session_id: int, classroom_id: int) -> dict[str, Any]:
+        return ingest_state.rtmp_publish_point(
+            self.db, Scope.from_dict(scope), session_id, classroom_id, self.dataplane.settings,
+            self.dataplane.ingest.rtmp_urls,
         )
 
     @rpc

@@ -22,7 +22,7 @@ GRAFANA: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.grafana.yml").read_t
 def test_every_component_is_in_compose() -> None:
     assert set(SERVICES) == {
         "rabbitmq", "postgres", "migrate", "accounts", "activities", "reporting", "classroom-relay",
-        "relay-dataplane", "gateway", "nginx", "prometheus",
+        "relay-dataplane", "relay-ingest", "gateway", "nginx", "prometheus",
     }
     # Infrastructure from Debian's packages, built here; only Grafana needs a registry, in its own profile.
     infra = (DEPLOY / "infra" / "Containerfile").read_text()
@@ -114,6 +114,13 @@ def test_prometheus_in_compose_scrapes_the_compose_services() -> None:
     ports = {target for job in config["scrape_configs"]
              for group in job["static_configs"] for target in group["targets"]}
     assert "relay-dataplane:9105" in ports and "accounts:9100" in ports
+    # The ingest shares the data plane's network namespace: its /metrics is the data plane's host, port 9466.
+    ingest = SERVICES["relay-ingest"]
+    assert ingest["network_mode"] == "service:relay-dataplane" and "--metrics-port=9466" in ingest["command"]
+    assert "relay-dataplane:9466" in ports
+    assert importlib.util.find_spec(ingest["command"][2]) is not None
+    assert ingest["build"]["dockerfile"] == "deploy/ingest/Dockerfile"
+    assert "libnginx-mod-rtmp" in (DEPLOY / "ingest" / "Dockerfile").read_text()
 
 
 def test_dockerfile_is_non_root_and_built_from_the_lock() -> None:

@@ -138,7 +138,8 @@ def test_workloads_are_locked_down(overlay: str) -> None:
             if workload["kind"] != "Job":
                 assert "readinessProbe" in container and "livenessProbe" in container, name
             assert container["image"].startswith(
-                ("registry.example.org/lianxiao/lianxiao:", "registry.example.org/lianxiao/lianxiao-nginx:")
+                ("registry.example.org/lianxiao/lianxiao:", "registry.example.org/lianxiao/lianxiao-nginx:",
+                 "registry.example.org/lianxiao/lianxiao-ingest:")
             ), name
 
 
@@ -187,7 +188,9 @@ def test_only_the_gateway_and_media_are_reachable_from_outside(overlay: str) -> 
             if "from" not in rule:
                 open_to_all.add(policy["spec"]["podSelector"]["matchLabels"]["app.kubernetes.io/name"])
                 if policy["metadata"]["name"] == "relay-media-public":
-                    assert rule["ports"] == [{"port": 40000, "endPort": 40999, "protocol": "UDP"}]
+                    # The media range, and RTMP from recording hosts to the ingest beside the data plane.
+                    assert rule["ports"] in ([{"port": 40000, "endPort": 40999, "protocol": "UDP"}],
+                                             [{"port": 1935, "protocol": "TCP"}])
     assert open_to_all == {"gateway", "relay-dataplane"}
     ingresses = of_kind(objects, "Ingress")
     backends = {path["backend"]["service"]["name"] for ingress in ingresses
@@ -211,7 +214,7 @@ def test_every_dataplane_pod_binds_its_media_port_range_on_its_node(overlay: str
     assert pod["hostNetwork"] is True and pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert pod["affinity"]["podAntiAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"][0][
         "topologyKey"] == "kubernetes.io/hostname"
-    (container,) = pod["containers"]
+    container, ingest = pod["containers"]
     variables = {variable["name"]: variable for variable in container["env"]}
     low, high = (int(port) for port in variables["RELAY_MEDIA_PORTS"]["value"].split("-"))
     assert "--media-port=40000" in container["command"] and (low, high) == (40000, 40999)
@@ -222,6 +225,11 @@ def test_every_dataplane_pod_binds_its_media_port_range_on_its_node(overlay: str
                  if item["metadata"]["name"].startswith("lianxiao-config")]
     hosts = dict(pair.split("=") for pair in config["data"]["RELAY_DATAPLANE_PUBLIC_HOSTS"].split(","))
     assert len(hosts) == dataplane["spec"]["replicas"]
+    # The ingest beside each data plane takes RTMP on its node's 1935, and recording hosts are told that address.
+    assert ingest["command"][:3] == ["python", "-m", "services.classroom_relay.ingest"]
+    assert {port["name"]: port["containerPort"] for port in ingest["ports"]}["rtmp"] == 1935
+    rtmp_urls = dict(pair.split("=", 1) for pair in config["data"]["RELAY_RTMP_PUBLIC_URLS"].split(","))
+    assert rtmp_urls == {name: f"rtmp://{host}:1935/live" for name, host in hosts.items()}
 
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
@@ -242,6 +250,13 @@ def test_migration_job_runs_the_migrations() -> None:
     ]
 
 
+def dataplane_rules_for_port(objects: list[dict], port_number: int) -> list[dict]:
+    """The NetworkPolicy ingress rules of the data-plane pods that open `port_number`."""
+    return [rule for policy in of_kind(objects, "NetworkPolicy")
+            if policy["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == "relay-dataplane"
+            for rule in policy["spec"]["ingress"] if any(port["port"] == port_number for port in rule["ports"])]
+
+
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_the_relay_control_plane_reaches_every_dataplane_pod_and_only_it_does(overlay: str) -> None:
     from services.classroom_relay.placement import parse_dataplanes
@@ -257,14 +272,18 @@ def test_the_relay_control_plane_reaches_every_dataplane_pod_and_only_it_does(ov
         f"relay-dataplane-{index}.{service}:7070" for index in range(dataplane["spec"]["replicas"])
     ]
     assert all(spec.public_host for spec in specs), "every data plane needs its public media address"
-    (container,) = dataplane["spec"]["template"]["spec"]["containers"]
+    container, ingest = dataplane["spec"]["template"]["spec"]["containers"]
     assert "--control-port=7070" in container["command"] and "--control-host=0.0.0.0" in container["command"]
-    control_rules = [rule for policy in of_kind(objects, "NetworkPolicy")
-                     if policy["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name")
-                     == "relay-dataplane"
-                     for rule in policy["spec"]["ingress"] if any(port["port"] == 7070 for port in rule["ports"])]
-    assert control_rules == [{"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "classroom-relay"}}}],
-                              "ports": [{"port": 7070, "protocol": "TCP"}]}]
+    from_control_plane = [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "classroom-relay"}}}]
+    assert dataplane_rules_for_port(objects, 7070) == [{"from": from_control_plane,
+                                                        "ports": [{"port": 7070, "protocol": "TCP"}]}]
+    # Each pod's ingest is told which classrooms to carry by the control plane alone, with the same secret.
+    ingest_addresses = dict(pair.split("=") for pair in config["data"]["RELAY_INGESTS"].split(","))
+    assert ingest_addresses == {spec.name: spec.address.replace(":7070", ":7080") for spec in specs}
+    assert "--control-port=7080" in ingest["command"]
+    assert ingest["env"] == [variable for variable in container["env"] if variable["name"] == "RELAY_CONTROL_SECRET"]
+    assert dataplane_rules_for_port(objects, 7080) == [{"from": from_control_plane,
+                                                        "ports": [{"port": 7080, "protocol": "TCP"}]}]
     (relay,) = [item for item in of_kind(objects, "Deployment") if item["metadata"]["name"] == "classroom-relay"]
     variables = {variable["name"]: variable for variable in relay["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert variables["RELAY_JOIN_SECRETS"]["valueFrom"]["secretKeyRef"]["name"] == "lianxiao-secrets"

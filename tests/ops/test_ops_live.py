@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from services.classroom_relay.dataplane.admission import issue_token
+from tests.ingest.ingest_harness import exported_metric_names as ingest_metric_names
 from tests.relay.relay_harness import DataPlane, start_dataplane
 
 from .ops_helpers import (
@@ -248,6 +249,7 @@ def test_every_metric_used_by_rules_and_dashboards_is_exported(
     exported |= exposed_names(relay.plane.metrics())
     exported |= rabbitmq_names()
     exported |= gateway_names()
+    exported |= ingest_metric_names()
 
     missing = {name: sorted(places) for name, places in used_metric_names().items()
                if name not in exported and name not in recorded_names()}

@@ -29,7 +29,8 @@ def test_scrape_config_covers_every_component() -> None:
         if "component" in target_group.get("labels", {})
     }
     assert components == {
-        "accounts", "activities", "reporting", "classroom_relay", "gateway", "relay_dataplane", "rabbitmq"
+        "accounts", "activities", "reporting", "classroom_relay", "gateway", "relay_dataplane", "relay_ingest",
+        "rabbitmq",
     }
     # Queue-level RabbitMQ metrics (queue/vhost labels) only come from the per-object endpoint.
     assert jobs["rabbitmq"]["metrics_path"] == "/metrics/per-object"

@@ -76,7 +76,7 @@ def wait_until_ready(url: str, process: subprocess.Popen, seconds: float) -> Non
 
 @pytest.mark.integration
 def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_config, tmp_path):
-    base = free_port_block(9)
+    base = free_port_block(12)
     gateway = f"127.0.0.1:{base + 5}"
     env = {
         **os.environ,
@@ -87,6 +87,9 @@ def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_conf
         "RELAY_METRICS_PORT": str(base + 4),
         "RELAY_MEDIA_PORT": str(base + 6),  # and +7 for RTCP
         "RELAY_CONTROL_PORT": str(base + 8),
+        "RELAY_INGEST_METRICS_PORT": str(base + 9),
+        "RELAY_INGEST_CONTROL_PORT": str(base + 10),
+        "RELAY_RTMP_PORT": str(base + 11),
         "RELAY_ALLOW_DEV_SECRET": "1",
         "GATEWAY_WORKERS": "1",
     }
@@ -111,8 +114,15 @@ def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_conf
         for offset in range(5):  # four services and the relay data plane
             metrics = requests.get(f"http://127.0.0.1:{base + offset}/metrics", timeout=5)
             assert metrics.status_code == 200 and "lianxiao_" in metrics.text
+        # The ingest beside the data plane: its /metrics, and its nginx-rtmp taking connections.
+        wait_until_ready(f"http://127.0.0.1:{base + 9}/metrics", platform, seconds=30)
+        ingest_metrics = requests.get(f"http://127.0.0.1:{base + 9}/metrics", timeout=5)
+        assert ingest_metrics.status_code == 200, ingest_metrics.text
+        assert "lianxiao_ingest_rtmp_server_up 1.0" in ingest_metrics.text
+        with socket.create_connection(("127.0.0.1", base + 11), timeout=5):
+            pass
         started = descendants(platform.pid)
-        assert len(started) >= 7  # 4 services, the data plane, gunicorn and its worker
+        assert len(started) >= 9  # 4 services, the data plane, the ingest and its nginx, gunicorn and its worker
     finally:
         platform.send_signal(signal.SIGINT)  # what Ctrl-C sends
         try:

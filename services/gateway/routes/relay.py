@@ -75,6 +75,10 @@ def issue_join_token(call: Call, session_id: int, classroom_id: int) -> Reply:
     return Reply(call.remote(SERVICE, "issue_join_token", call.scope, session_id, classroom_id, body), 201)
 
 
+def rtmp_publish_point(call: Call, session_id: int, classroom_id: int) -> Reply:
+    return Reply(call.remote(SERVICE, "rtmp_publish_point", call.scope, session_id, classroom_id), 201)
+
+
 def register_sender(call: Call, session_id: int, classroom_id: int) -> Reply:
     body = call.json(relay.SenderIn())
     return Reply(call.remote(SERVICE, "register_sender", call.scope, session_id, classroom_id, body))
@@ -116,6 +120,10 @@ ROUTES = [
           "A join token for this classroom's encoder (send `hello` from its RTP port to `media_address`, the "
           "session's data plane, once the session is live)", "relay",
           relay.JoinTokenOut, 201, relay.TokenIn, writes=True),
+    Route("POST", BRANCH + "/rtmp-publish", rtmp_publish_point,
+          "The RTMP server URL and stream key a live session's broadcasting classroom configures its recording "
+          "host with (the key is this classroom's, for this lesson, and expires with it)", "relay",
+          relay.RtmpPublishOut, 201, writes=True, error_statuses=(409,)),
     Route("PUT", BRANCH + "/sender", register_sender,
           "Register the source address of one track's encoder (it needs no hello then); replaces that track's "
           "earlier sender — the hand-over when an encoder restarts on another port", "relay",
