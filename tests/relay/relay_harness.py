@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import shutil
 import socket
 import struct
 import subprocess
@@ -61,6 +62,7 @@ class DataPlane:
     metrics_port: int
     control: ControlClient
     control_secret: str
+    scratch: str | None = None  # the temporary folder of a generated secret file, removed on stop
 
     def call(self, op: str, **fields: object) -> dict:
         """One control request that must succeed."""
@@ -79,6 +81,8 @@ class DataPlane:
         """Terminate (then kill) the process and return what it wrote to stderr."""
         self.control.close()
         stop_process(self.process)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
         return self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
 
 
@@ -86,8 +90,10 @@ def start_dataplane(*extra: str, secret_file: str | None = None) -> DataPlane:
     """A data plane subprocess; its control secret is generated into ``secret_file`` (a fresh temporary
     file by default) as `make run` does it, and the client reads it from there."""
     metrics_port = free_tcp_port()
+    scratch = None
     if secret_file is None:
-        secret_file = os.path.join(tempfile.mkdtemp(prefix="relay-test-"), "control.secret")
+        scratch = tempfile.mkdtemp(prefix="relay-test-")
+        secret_file = os.path.join(scratch, "control.secret")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RELAY_CONTROL_SECRET_FILE": secret_file}
     env.pop("RELAY_CONTROL_SECRET", None)
     process = subprocess.Popen(
@@ -117,12 +123,14 @@ def start_dataplane(*extra: str, secret_file: str | None = None) -> DataPlane:
     match = READY_PATTERN.search(line)
     if match is None:
         process.kill()
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
         raise RuntimeError(f"data plane did not start: {line!r} {process.stderr.read()!r}")
     _host, media_port, rtcp_port, control_port = match.groups()
     control_secret = Path(secret_file).read_text().strip()
     return DataPlane(
         process, int(media_port), int(rtcp_port), int(control_port), metrics_port,
-        ControlClient(port=int(control_port), secret=control_secret), control_secret,
+        ControlClient(port=int(control_port), secret=control_secret), control_secret, scratch,
     )
 
 
