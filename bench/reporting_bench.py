@@ -35,7 +35,7 @@ from sqlalchemy.orm import Session
 
 from services.common import migrations
 from services.common.progress import ProgressBar
-from services.reporting import bulletin, compliance, projection, rules
+from services.reporting import bulletin, compliance, projection, rules, views
 from services.reporting.kinds import (
     ACTIVITY_KINDS,
     MEASURE_COLUMNS,
@@ -319,7 +319,7 @@ def main() -> None:
     school_id = 1
     with Session(engine) as session:
         bulletin_time, report = timed(lambda: bulletin.build(session, BUREAU, "month", args.month), args.repeat)
-        school_time, _ = timed(lambda: compliance.school_report(
+        school_time, _ = timed(lambda: views.school_report(
             compliance.evaluate(session, BUREAU, month, rule_set, [school_id]), school_id), args.repeat)
         raw_time, raw_rows = timed(lambda: session.execute(text(RAW_GROUP_BY.format(school="")), bounds).all(),
                                    args.repeat)

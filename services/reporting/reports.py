@@ -12,7 +12,7 @@ from sqlalchemy.orm import Session
 
 from services.common.scope import Scope
 from services.common.validation import load
-from services.reporting import bulletin, compliance, schemas
+from services.reporting import bulletin, compliance, schemas, views
 from services.reporting.exceptions import Forbidden, NotFound
 from services.reporting.models import schools, teachers
 from services.reporting.periods import Period
@@ -54,8 +54,8 @@ def teacher_progress(session: Session, caller: Scope, teacher_id: int, period: A
     found = [result for result in school.teachers if result.teacher_id == row["id"]]
     if not found:
         raise NotFound(f"Teacher {teacher_id} has left; no progress is reported for them.")
-    return {"period": compliance.period_out(when, evaluation.through), "rules_version": school.rules_version,
-            "rules_scope": school.rules_scope, **compliance.teacher_out(found[0])}
+    return {"period": views.period_out(when, evaluation.through), "rules_version": school.rules_version,
+            "rules_scope": school.rules_scope, **views.teacher_out(found[0])}
 
 
 def school_compliance(session: Session, caller: Scope, school_id: int, period: Any) -> dict[str, Any]:
@@ -63,7 +63,7 @@ def school_compliance(session: Session, caller: Scope, school_id: int, period: A
     require_school(session, caller, school_id)
     when, rule_set = period_of(session, caller.bureau_id, period)
     evaluation = compliance.evaluate(session, caller.bureau_id, when, rule_set, [school_id])
-    return compliance.school_report(evaluation, school_id)
+    return views.school_report(evaluation, school_id)
 
 
 def bulletin_in_scope(session: Session, caller: Scope, period: dict[str, str]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from decimal import Decimal
 import pytest
 from openpyxl import load_workbook
 
-from services.reporting import bulletin, compliance, exports, rules
+from services.reporting import bulletin, compliance, exports, results, rules, views
 from services.reporting.exceptions import InvalidInput
 from services.reporting.kinds import ACTIVITY_KINDS
 from tests.reporting.conftest import BUREAU, SPRING_TERM, CityEvents, event
@@ -43,7 +43,7 @@ def judge_term(session):
     return compliance.evaluate(session, BUREAU, rule_set.calendar.term("2025-spring"), rule_set, today=TODAY)
 
 
-def results_of(evaluation, teacher_id: int) -> dict[str, compliance.RuleResult]:
+def results_of(evaluation, teacher_id: int) -> dict[str, results.RuleResult]:
     teacher = next(t for school in evaluation.schools.values() for t in school.teachers if t.teacher_id == teacher_id)
     return {result.rule_id: result for result in teacher.rules}
 
@@ -185,7 +185,7 @@ def test_000_group_quotas_are_judged_every_month_and_months_missed_are_named(spr
     rule_set = rules.in_force(spring, BUREAU)
     mid_term = compliance.evaluate(spring, BUREAU, rule_set.calendar.term("2025-spring"), rule_set,
                                    today=date(2025, 5, 15))
-    groups = {group.group_id: compliance.group_out(group) for group in mid_term.schools[11].groups}
+    groups = {group.group_id: views.group_out(group) for group in mid_term.schools[11].groups}
     assert groups[501]["compliant"]  # was failing: 6 preps against a term total of 2 × 6 months
     preps = next(rule for rule in groups[501]["rules"] if rule["rule_id"] == "group_online_preps")
     # February: the term covers 12 of 28 days, so 2 × 12/28 → 1; May has not ended yet.
@@ -204,7 +204,7 @@ def test_a_running_term_is_judged_to_date_throughout_and_says_so(spring):
     rule_set = rules.in_force(spring, BUREAU)
     today = date(2025, 4, 30)
     mid_term = compliance.evaluate(spring, BUREAU, rule_set.calendar.term("2025-spring"), rule_set, today=today)
-    report = compliance.school_report(mid_term, 11)
+    report = views.school_report(mid_term, 11)
     assert report["period"]["to_date"] and report["period"]["judged_through"] == "2025-04-30"
     assert "2025-04-30" in report["period"]["note"]
     online = next(rule for rule in report["teacher_results"][0]["rules"] if rule["rule_id"] == "online_hours")
@@ -215,7 +215,7 @@ def test_a_running_term_is_judged_to_date_throughout_and_says_so(spring):
     weekly = report["weekly_activity"]
     assert weekly["required"] == 10  # the weeks of 17 Feb … 21 Apr have ended; 28 Apr has not
     finished = compliance.evaluate(spring, BUREAU, rule_set.calendar.term("2025-spring"), rule_set, today=TODAY)
-    assert not compliance.school_report(finished, 11)["period"]["to_date"]
+    assert not views.school_report(finished, 11)["period"]["to_date"]
 
 
 def test_collaboration_groups_across_schools_are_judged(spring):

@@ -15,7 +15,7 @@ from openpyxl import load_workbook
 from sqlalchemy.orm import Session
 
 from services.common.scope import Scope
-from services.reporting import bulletin, compliance, exports, names, rules
+from services.reporting import bulletin, compliance, exports, names, rules, views
 from services.reporting.service import ReportingService
 from tests.reporting.conftest import BUREAU, SPRING_TERM, small_city
 from tests.reporting.test_projection import apply_all
@@ -87,7 +87,7 @@ def test_a_school_report_names_its_teachers(ranked: Session) -> None:
     rule_set = rules.in_force(ranked, BUREAU)
     evaluation = compliance.evaluate(ranked, BUREAU, rule_set.calendar.term("2025-spring"), rule_set, [12],
                                      today=TODAY)
-    report = names.name_lines(compliance.school_report(evaluation, 12), ["teacher_results"], FakeAccounts())
+    report = names.name_lines(views.school_report(evaluation, 12), ["teacher_results"], FakeAccounts())
     assert {line["teacher_id"]: line["name"] for line in report["teacher_results"]} == NAMES
 
 

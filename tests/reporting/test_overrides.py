@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 from sqlalchemy.orm import Session
 
-from services.reporting import bulletin, compliance, rules
+from services.reporting import bulletin, compliance, results, rules
 from tests.reporting.conftest import BUREAU, SPRING_TERM, event, small_city
 from tests.reporting.test_projection import apply_all
 from tests.reporting.test_reports import TODAY, comply
@@ -39,13 +39,13 @@ def city_of_two_districts(session: Session) -> Session:
     return session
 
 
-def judged_in_term(session: Session) -> dict[int, compliance.TeacherResult]:
+def judged_in_term(session: Session) -> dict[int, results.TeacherResult]:
     rule_set = rules.in_force(session, BUREAU)
     evaluation = compliance.evaluate(session, BUREAU, rule_set.calendar.term("2025-spring"), rule_set, today=TODAY)
     return {teacher.teacher_id: teacher for school in evaluation.schools.values() for teacher in school.teachers}
 
 
-def online_rule(teacher: compliance.TeacherResult) -> dict:
+def online_rule(teacher: results.TeacherResult) -> dict:
     return next(result for result in teacher.rules if result.rule_id == "online_hours").to_dict()
 
 

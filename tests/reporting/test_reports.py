@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from openpyxl import load_workbook
 
-from services.reporting import bulletin, compliance, exports, rules
+from services.reporting import bulletin, compliance, exports, rules, views
 from services.reporting.exceptions import InvalidInput
 from tests.reporting.conftest import BUREAU, SPRING_TERM, CityEvents, small_city
 from tests.reporting.test_projection import apply_all
@@ -90,7 +90,7 @@ def test_month_report_judges_term_rules_pro_rata_and_groups_monthly(judged):
 
 
 def test_roll_ups_add_up_schools(judged):
-    ups = compliance.roll_ups(term_evaluation(judged))
+    ups = views.roll_ups(term_evaluation(judged))
     east = next(d for d in ups["districts"] if d["district_id"] == 1)
     assert (east["schools"], east["teachers"], east["name"]) == (2, 11, "东片区")
     assert ups["city"]["teachers"] == sum(d["teachers"] for d in ups["districts"]) == 12
