@@ -4,6 +4,9 @@ Plain functions over a SQLAlchemy session; the caller owns the transaction. Ever
 to is added to the outbox in the same transaction. Bandwidth is committed only while a classroom is
 `joined` to a live session; link_budgets.py checks it against every link the flows cross, and
 placement.py picks the data plane a starting session runs on.
+
+Longer than most files (~530 lines) on purpose: it is one state machine (session scheduled → live → ended,
+member planned → joined → left), and splitting it would spread each transition's checks over two files.
 """
 
 from __future__ import annotations

@@ -20,6 +20,9 @@ Failures:
 - Any other error is retried a bounded number of times (`MAX_ATTEMPTS`), then dead-lettered with its
   reason: one poison message never blocks the queue. A failed batch is split in halves until the poison
   event is alone, so the good events of the batch are applied and only the poison one is set aside.
+
+Longer than most files (~560 lines) on purpose: the single and batch consumers, deduplication and
+dead-lettering share one acknowledge/retry protocol, which reads best in one place.
 """
 
 from __future__ import annotations
