@@ -17,8 +17,8 @@ from typing import Any
 
 from sqlalchemy.orm import Session
 
-from services.reporting import compliance, results, rules, views
-from services.reporting.results import Evaluation
+from services.reporting import compliance, rules, views
+from services.reporting.results import Evaluation, GroupResult, SchoolResult, display_hours
 
 TOP = 10
 # The sections whose lines are teachers (named through `names.name_lines`).
@@ -69,14 +69,14 @@ def _excellent_teachers(evaluation: Evaluation, top: int) -> list[dict[str, Any]
     return [
         {"rank": rank, "teacher_id": teacher.teacher_id, "name": None, "staff_number": teacher.staff_number,
          "school_id": teacher.school_id, "school_name": evaluation.schools[teacher.school_id].name,
-         "online_hours": results.display_hours(teacher.online_seconds),
-         "offline_hours": results.display_hours(teacher.offline_seconds),
+         "online_hours": display_hours(teacher.online_seconds),
+         "offline_hours": display_hours(teacher.offline_seconds),
          "activities": teacher.activities}
         for rank, teacher in enumerate(candidates[:top], start=1)
     ]
 
 
-def _group_line(evaluation: Evaluation, group: results.GroupResult) -> dict[str, Any]:
+def _group_line(evaluation: Evaluation, group: GroupResult) -> dict[str, Any]:
     return {"group_id": group.group_id, "name": group.name, "kind": group.kind, "school_id": group.school_id,
             "school_name": evaluation.schools[group.school_id].name if group.school_id in evaluation.schools else None,
             "activities": group.activities, "judged": group.judged, "compliant": group.judged and group.compliant,
@@ -91,7 +91,7 @@ def _excellent_groups(evaluation: Evaluation, top: int) -> list[dict[str, Any]]:
     return [{"rank": rank, **_group_line(evaluation, group)} for rank, group in enumerate(candidates[:top], start=1)]
 
 
-def _compliant_share(school: results.SchoolResult) -> float:
+def _compliant_share(school: SchoolResult) -> float:
     return 1 - school.noncompliant_share if school.teacher_count else 0.0
 
 
