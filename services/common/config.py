@@ -92,3 +92,15 @@ def durable_queue_arguments() -> dict[str, str] | None:
     """`LIANXIAO_QUEUE_TYPE=quorum` makes the platform's durable event queues quorum queues."""
     queue_type = QUEUE_TYPE.get()
     return {"x-queue-type": queue_type} if queue_type != "classic" else None
+# Recording and playback (docs/recording.md): shared by the recorder, the relay, the resources service and nginx.
+RECORDINGS_ROOT = setting(
+    "RECORDINGS_ROOT", str, "var/recordings",
+    "where recordings are written and served from (a PersistentVolumeClaim in Kubernetes)")
+PLAYBACK_SECRET = setting(
+    "PLAYBACK_SECRET", str, None,
+    "signs playback URLs; nginx checks them with the same secret (`make run` generates one into var/)")
+PLAYBACK_URL_LIFETIME = setting(
+    "PLAYBACK_URL_LIFETIME", int, 7200, "seconds a signed playback URL stays valid")
+MEDIA_PUBLIC_URL = setting(
+    "MEDIA_PUBLIC_URL", str, "",
+    "the public base URL of nginx's `/media/` (empty: URLs are relative to the API's own host)")
