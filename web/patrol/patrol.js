@@ -78,7 +78,13 @@ function attach(video, url, { onGone = () => {}, onError = () => {} } = {}) {
     onError("this browser plays no HLS (no Media Source Extensions)");
     return () => {};
   }
-  const failed = () => onError(video.error ? `media error ${video.error.code}` : "media error");
+  // A <video> does not say why a file failed: one byte asked again tells a refused or expired URL apart.
+  const failed = () => {
+    fetch(url, { headers: { Range: "bytes=0-0" } })
+      .then((answer) => ([403, 410].includes(answer.status) ? onGone(answer.status)
+        : onError(video.error ? `media error ${video.error.code}` : "media error")))
+      .catch(() => onError("network error"));
+  };
   video.addEventListener("error", failed);
   video.src = url;
   tryPlay();
