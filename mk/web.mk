@@ -19,7 +19,7 @@ $(WEB_VENDOR): web/package.json web/package-lock.json
 
 web-deps: $(WEB_VENDOR) ## Install hls.js for the patrol page from web/package-lock.json (npm ci)
 
-run test: web-deps
+run test test-containers: web-deps
 
 test-web: deps system-deps web-deps ## The playback and patrol page tests: real nginx, ffmpeg, headless Chromium
 	$(VENV)/bin/pytest -q -p no:cacheprovider tests/web
