@@ -4,10 +4,11 @@
 
 # Debian's chromium (built with its ffmpeg: H.264 and Opus in fMP4 play through MSE, checked by
 # tests/web) is the browser the tests drive through Playwright (`executable_path`, no browser download);
-# nodejs/npm install hls.js from web/package-lock.json.
+# a CJK font so screenshots show the page's Chinese labels; nodejs/npm install hls.js from web/package-lock.json.
 system-deps::
-	@command -v chromium >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 || { apt-get update && \
-		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends chromium fonts-dejavu-core npm; }
+	@command -v chromium >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+		&& fc-list 2>/dev/null | grep -qi wenquanyi || { apt-get update && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y --no-install-recommends chromium fonts-dejavu-core fonts-wqy-microhei npm; }
 
 # hls.js exactly as web/package-lock.json pins it, copied where nginx serves it (/patrol/vendor/).
 WEB_VENDOR := web/patrol/vendor/hls.min.js
