@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common.config import PLAYBACK_SECRET, RECORDINGS_ROOT, REPO_ROOT
+from services.common.config import REPO_ROOT
 
 NGINX_CONFIG_DIR = REPO_ROOT / "deploy" / "nginx"
 WEB_ROOT = REPO_ROOT / "web"
@@ -30,15 +30,6 @@ class Media:
 
     recordings_root: Path
     playback_secret: str
-
-    @classmethod
-    def from_settings(cls) -> Media | None:
-        """RECORDINGS_ROOT (relative to the repository) and PLAYBACK_SECRET; None without a secret."""
-        secret = PLAYBACK_SECRET.get()
-        if not secret:
-            return None
-        root = Path(RECORDINGS_ROOT.get())
-        return cls(root if root.is_absolute() else REPO_ROOT / root, secret)
 
 
 def _quoted(value: str, what: str) -> str:

@@ -3,6 +3,9 @@
 The tests run it as a child process (tests/web/browser_support.py) because the test process is
 monkey-patched by eventlet (tests/conftest.py), under which Playwright's sync API never returns from
 stopping its driver; here nothing is patched. Debian's chromium, never a downloaded browser.
+Playwright rather than selenium + chromedriver: one pinned pip package that drives the installed chromium
+(no chromedriver whose version must match it), and it evaluates script in the page and screenshots one
+element directly.
 """
 
 from __future__ import annotations

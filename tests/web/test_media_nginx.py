@@ -157,3 +157,22 @@ def test_signed_urls_keep_working_until_their_second_of_expiry(server: Nginx) ->
     assert requests.get(url, timeout=10).status_code == 200
     time.sleep(3.2)
     assert requests.get(url, timeout=10).status_code == 410
+
+
+def test_the_patrol_page_is_served_with_its_types_and_a_strict_policy(server: Nginx) -> None:
+    page = requests.get(f"{server.url}/patrol/", timeout=10)
+    assert page.status_code == 200 and page.headers["Content-Type"] == "text/html; charset=utf-8"
+    assert "巡课" in page.text
+    policy = page.headers["Content-Security-Policy"]
+    assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy
+    assert page.headers["Referrer-Policy"] == "no-referrer"  # signed URLs never leak in a Referer
+    for path, kind in (("patrol.js", "application/javascript"), ("patrol.css", "text/css"),
+                       ("vendor/hls.min.js", "application/javascript")):
+        asset = requests.get(f"{server.url}/patrol/{path}", timeout=10)
+        assert asset.status_code == 200, (path, "make web-deps installs hls.js")
+        assert asset.headers["Content-Type"].startswith(kind), path
+    moved = requests.get(f"{server.url}/patrol", allow_redirects=False, timeout=10)
+    assert moved.status_code == 301 and moved.headers["Location"].endswith("/patrol/")
+    # Only web/patrol/ is served: not npm's folder beside it, not the repository above it.
+    assert requests.get(f"{server.url}/patrol/node_modules/hls.js/package.json", timeout=10).status_code == 404
+    assert raw_get(server, "/patrol/../../deploy/run_local.py") == 400
