@@ -122,6 +122,8 @@ def test_an_inspector_patrols_a_live_lesson_then_plays_a_clip_of_its_recording(
         "RECORDER_LOW_FREE_BYTES": str(512 * 1024**2),
         "PLAYBACK_SECRET": "e2e-playback-secret-5b0c",
         "WATCH_HEARTBEAT_SECONDS": "5",
+        # Short-lived URLs, so the page must renew the live tile's URL while it plays (within 2 refreshes).
+        "PLAYBACK_URL_LIFETIME": "45",
         "RELAY_ALLOW_DEV_SECRET": "1",
         "GATEWAY_WORKERS": "1",
     }
@@ -185,6 +187,13 @@ def test_an_inspector_patrols_a_live_lesson_then_plays_a_clip_of_its_recording(
                                         if item["target_kind"] == "live_session" and item["target_id"] == session_id
                                         and item["seconds_watched"] > 0], 30, "the patrol's watch with seconds")
             assert watch[0]["counted_as"] == "supervision"
+
+            # The live URL expires in 45 s: the page plays a fresh one before (a new MediaSource), without a gap
+            # the inspector would have to fix.
+            first_source = video_state(browser, tile)["src"]
+            browser.wait_for(f"document.querySelector('{tile}').currentSrc !== {json.dumps(first_source)}", 40)
+            wait_until_playing(browser, tile, seconds=30)
+            assert advance_over(browser, tile, 2.0) >= 1.0
 
             # The lesson ends: its tile goes at the next refresh, its recording becomes a resource.
             api("POST", f"/sessions/{session_id}/end")

@@ -172,17 +172,22 @@ function duration(seconds) {
 // ---- live classrooms -------------------------------------------------------------------------------
 
 function startTile(tile, session) {
+  tile.wanted = true; // started by the page or by a click: the refresh keeps it playing
+  tile.play.hidden = true;
   const url = mediaUrl(session.live_url);
+  if (!url) { tile.error.textContent = "等待直播流 waiting for the stream…"; return; } // tried again at the refresh
   tile.error.textContent = "";
-  if (!url) { tile.error.textContent = "no playable URL"; return; }
   tile.url = session.live_url;
   tile.expiresAt = Date.parse(session.expires_at) || Infinity;
   tile.detach = attach(tile.video, url, {
     onGone: () => { tile.error.textContent = "链接过期，正在更新 URL expired, renewing…"; tile.expiresAt = 0; },
-    onError: (message) => { tile.error.textContent = `无法播放 cannot play: ${message}`; },
+    onError: (message) => {
+      tile.error.textContent = `无法播放 cannot play: ${message}`;
+      if (tile.detach) tile.detach();
+      tile.detach = null; // the next refresh tries again with a fresh URL
+    },
   });
   tile.watch = tile.watch || new Watch("live_session", session.session_id, tile.video);
-  tile.play.hidden = true;
 }
 
 function stopTile(tile) {
@@ -200,7 +205,8 @@ function newTile(session) {
   const play = element("button", { type: "button", class: "play" }, "▶ 播放 Play");
   const error = element("span", { class: "error" });
   root.append(video, play, caption, error);
-  const tile = { root, video, caption, play, error, detach: null, watch: null, url: null, expiresAt: 0, session };
+  const tile = { root, video, caption, play, error, detach: null, watch: null, url: null, expiresAt: 0, session,
+    wanted: false };
   play.addEventListener("click", () => startTile(tile, tile.session));
   root.addEventListener("dblclick", () => root.classList.toggle("big"));
   return tile;
@@ -229,6 +235,8 @@ async function refreshLive() {
     } else if (tile.detach && tile.expiresAt - Date.now() < 2 * REFRESH_SECONDS * 1000) {
       tile.detach(); // the signed URL is about to expire (or did): play the fresh one
       startTile(tile, session);
+    } else if (tile.wanted && !tile.detach) {
+      startTile(tile, session); // it had no stream yet, or failed: try again
     }
     tile.session = session;
     tile.caption.textContent = `${session.title || session.session_id} · ${clock(session.started_at)}`;
