@@ -29,11 +29,14 @@ from tests.web.browser_support import advance_over, chromium, picture_variance, 
 from tests.web.web_support import probe_duration
 
 REPO = Path(__file__).resolve().parents[2]
-PARTS = [REPO / "services" / "resources", REPO / "services" / "classroom_relay" / "recorder" / "__main__.py"]
+# The recorder, the relay's side of recording (which attaches it to live sessions) and the resource library.
+PARTS = [REPO / "services" / "resources", REPO / "services" / "classroom_relay" / "recorder" / "__main__.py",
+         REPO / "services" / "classroom_relay" / "recorder_link.py"]
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.timeout(420),
-    pytest.mark.skipif(not all(part.exists() for part in PARTS), reason="the recorder and the resources service"),
+    pytest.mark.skipif(not all(part.exists() for part in PARTS),
+                       reason="the recorder, the relay's recordings and the resources service"),
     pytest.mark.skipif(shutil.which("ffmpeg") is None, reason="ffmpeg: make system-deps"),
 ]
 MIN_PICTURE_VARIANCE = 300.0
