@@ -64,6 +64,7 @@ SETTINGS_MODULES = (
     "services.gateway.settings",
     "services.classroom_relay.settings",
     "services.classroom_relay.ingest_settings",
+    "services.classroom_relay.recorder_settings",
 )
 LOCAL_METRICS_PORT_BASE = setting(
     "METRICS_PORT_BASE", int, 9101,
