@@ -3,7 +3,6 @@ and what a failure leaves — a new part and a gap, never a broken file."""
 
 from __future__ import annotations
 
-import signal
 import time
 from pathlib import Path
 
@@ -16,7 +15,6 @@ from .recorder_harness import (
     ffprobe,
     manifest,
     recording_entry,
-    start_recorder,
     start_sender,
     wait_until,
 )

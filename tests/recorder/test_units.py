@@ -37,7 +37,7 @@ def test_a_live_window_counts_what_left_it() -> None:
     text = compose([_part("part-000", 5), _part("part-001", 4)], ended=False, keep=False, segment_seconds=2)
     lines = text.splitlines()
     assert "#EXT-X-MEDIA-SEQUENCE:3" in lines and "#EXT-X-DISCONTINUITY-SEQUENCE:0" not in lines
-    assert [line for line in lines if line.endswith(".m4s")][0] == "part-000/seg-00003.m4s"
+    assert next(line for line in lines if line.endswith(".m4s")) == "part-000/seg-00003.m4s"
     assert lines.count('#EXT-X-MAP:URI="part-000/init.mp4"') == 1 and "#EXT-X-DISCONTINUITY" in lines
     later = compose([_part("part-000", 5), _part("part-001", 8)], ended=False, keep=False, segment_seconds=2)
     assert "#EXT-X-DISCONTINUITY-SEQUENCE:1" in later and "#EXT-X-DISCONTINUITY\n" not in later
