@@ -183,3 +183,19 @@ def decode_errors(path: Path) -> str:
 
 def manifest(root: Path, key: str) -> dict:
     return json.loads((root / key / "manifest.json").read_text())
+
+
+def exported_metric_names() -> set[str]:
+    """The metric families the recorder exports, as a scrape shows them (tests/ops checks every metric the alert
+    rules use is exported by someone)."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from services.classroom_relay.recorder.metrics import RecorderCollector
+
+    snapshot = {"guard": "ok", "active": 0, "storage": {"free_bytes": 1, "total_bytes": 2},
+                "counters": {"segments": {"program": 0}, "gaps": {}, "restarts": 0, "bytes": 0, "refused": {},
+                             "latency_buckets": [0] * 6, "latency_count": 0, "latency_sum": 0.0}}
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(RecorderCollector(lambda: snapshot))
+    page = generate_latest(registry).decode()
+    return {line.split("{")[0].split(" ")[0] for line in page.splitlines() if line and not line.startswith("#")}
