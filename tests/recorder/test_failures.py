@@ -126,3 +126,48 @@ def test_a_patrol_only_recording_keeps_a_window_and_leaves_nothing(recorder: Rec
         sender.wait()
     assert not (recorder.root / "rec-4").exists()
     assert done["files"]["program_mp4"] is None and done["keep"] is False
+
+
+def test_media_pausing_ends_the_part_and_media_returning_starts_the_next(recorder: RecorderProcess,
+                                                                        media_base: int) -> None:
+    index = recorder.root / "rec-10" / "index.m3u8"
+    assert recorder.call("set_state", recordings=[recording_entry("rec-10", media_base)])["refused"] == []
+    first = start_sender(media_base, 6)
+    try:
+        wait_until(lambda: len(_listed(index)) >= 2, 15, "part 0")
+        first.wait(timeout=15)
+        # The classroom's encoder is silent for longer than the stall time (3 s here): ffmpeg ends part 0.
+        wait_until(lambda: (entry := recorder.recording("rec-10")) and entry["gaps"], 10, "the gap opened")
+        second = start_sender(media_base, 8)
+        try:
+            wait_until(lambda: len([u for u in _listed(index) if u.startswith("part-001/")]) >= 2, 20, "part 1")
+        finally:
+            second.kill()
+            second.wait()
+        assert recorder.call("set_state", recordings=[])["ok"]
+        done = recorder.wait_state("rec-10", ("finished",), timeout=25)
+    finally:
+        first.kill()
+        first.wait()
+    [gap] = done["gaps"]
+    assert gap["reason"] == "media_stopped" and gap["end_seconds"] - gap["start_seconds"] >= 2.5, gap
+    assert [part["index"] for part in done["parts"]] == [0, 1]  # the runs that waited for media wrote no parts
+    assert decode_errors(recorder.root / "rec-10" / "program.mp4") == ""
+
+
+def test_a_stuck_ffmpeg_is_replaced_after_the_stall_time(recorder: RecorderProcess, media_base: int) -> None:
+    sender = start_sender(media_base, 30)
+    index = recorder.root / "rec-11" / "index.m3u8"
+    try:
+        assert recorder.call("set_state", recordings=[recording_entry("rec-11", media_base)])["refused"] == []
+        wait_until(lambda: len(_listed(index)) >= 2, 15, "part 0")
+        [pid] = recorder.ffmpeg_children("part-000")
+        os.kill(pid, signal.SIGSTOP)  # alive, holding its ports, writing nothing
+        wait_until(lambda: any(uri.startswith("part-001/") for uri in _listed(index)), 30, "part 1 after the stall")
+        assert recorder.call("set_state", recordings=[])["ok"]
+        done = recorder.wait_state("rec-11", ("finished",), timeout=25)
+    finally:
+        sender.kill()
+        sender.wait()
+    assert [gap["reason"] for gap in done["gaps"]] == ["stall"]
+    assert decode_errors(index) == ""

@@ -44,7 +44,8 @@ class Part:
     index: int
     folder: str  # relative to the recording's folder: part-000, courseware-part-000
     started_at: float  # wall clock
-    ended_at: float | None = None  # wall clock of its last segment
+    media_started_at: float | None = None  # wall clock: its first segment's file time less its duration
+    ended_at: float | None = None  # wall clock: where its media ends (media start + the segments' durations)
     playlist: PartPlaylist = field(default_factory=PartPlaylist)
     playlist_mtime: float = 0.0
 
@@ -110,7 +111,11 @@ class Recording:
             part = Part(entry["index"], f"{PART_FOLDERS[stream.name]}-{entry['index']:03d}",
                         float(entry.get("started_at_unix") or self.started_at))
             part.playlist = read_part(self.folder / part.folder / PART_PLAYLIST, part.folder)
-            part.ended_at = entry.get("ended_at_unix") or self._last_segment_time(part)
+            part.media_started_at = entry.get("media_started_at_unix")
+            last = self._last_segment_time(part)
+            if part.media_started_at is None and last is not None:
+                part.media_started_at = last - sum(segment.duration for segment in part.playlist.segments)
+            self._set_end(part)
             if part.playlist.segments:
                 stream.parts.append(part)
         for stream in self.streams.values():
@@ -127,7 +132,8 @@ class Recording:
             "parts": [{"stream": stream.name, "index": part.index, "folder": part.folder,
                        "started_at": utc_iso(part.started_at), "started_at_unix": part.started_at,
                        "ended_at": utc_iso(part.ended_at) if part.ended_at else None,
-                       "ended_at_unix": part.ended_at, "segments": len(part.playlist.segments)}
+                       "ended_at_unix": part.ended_at, "media_started_at_unix": part.media_started_at,
+                       "segments": len(part.playlist.segments)}
                       for stream in self.streams.values() for part in stream.parts],
             "gaps": [*self.gaps, *(stream.open_gap for stream in self.streams.values() if stream.open_gap)],
             "tracks": [{name: track.get(name) for name in ("track", "kind", "source", "codec")}
@@ -165,12 +171,19 @@ class Recording:
                            "end_seconds": None, "playback_seconds": round(stream.playback_seconds(), 3),
                            "reason": reason}
 
-    def _close_gap(self, stream: Stream, first_segment_time: float, first_duration: float) -> None:
+    def _close_gap(self, stream: Stream, media_started_at: float) -> None:
         if stream.open_gap is None:
             return
-        resumed = max(first_segment_time - first_duration - self.started_at, stream.open_gap["start_seconds"])
+        resumed = max(media_started_at - self.started_at, stream.open_gap["start_seconds"])
         self.gaps.append({**stream.open_gap, "end_seconds": round(resumed, 3)})
         stream.open_gap = None
+
+    @staticmethod
+    def _set_end(part: Part) -> None:
+        # From the media's own timeline, not file times: ffmpeg writes a part's last segment only when it ends,
+        # which is the stall time after the media stopped.
+        if part.media_started_at is not None:
+            part.ended_at = part.media_started_at + sum(segment.duration for segment in part.playlist.segments)
 
     def _last_segment_time(self, part: Part) -> float | None:
         if not part.playlist.segments:
@@ -212,8 +225,9 @@ class Recording:
             except FileNotFoundError:
                 times.append(time.time())
         if before == 0:
-            self._close_gap(stream, times[0], added[0].duration)
-        part.ended_at = max(times)
+            part.media_started_at = times[0] - added[0].duration
+            self._close_gap(stream, part.media_started_at)
+        self._set_end(part)
         self.last_segment_at = time.time()
         stream.last_progress = now
         stream.failures = 0
