@@ -26,6 +26,15 @@ MAX_HEARTBEAT_SECONDS = 3600
 MAX_DURATION_SECONDS = 24 * 3600
 
 
+class Seconds(fields.Float):
+    """A JSON number of seconds (not a numeric string, not a boolean)."""
+
+    def _deserialize(self, value: Any, attr: str | None, data: Any, **kwargs: Any) -> Any:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValidationError("Not a number of seconds.")
+        return super()._deserialize(value, attr, data, **kwargs)
+
+
 # --- consumed events (classroom_relay.events) ----------------------------------------------------------
 
 class TrackIn(Schema):
@@ -123,8 +132,8 @@ class ResourcePatch(StrictSchema):
 
 class ClipIn(StrictSchema):
     title = fields.String(required=True, validate=TEXT)
-    start_seconds = fields.Float(required=True, validate=validate.Range(min=0, max=MAX_DURATION_SECONDS))
-    end_seconds = fields.Float(required=True, validate=validate.Range(min=0, max=MAX_DURATION_SECONDS))
+    start_seconds = Seconds(required=True, validate=validate.Range(min=0, max=MAX_DURATION_SECONDS))
+    end_seconds = Seconds(required=True, validate=validate.Range(min=0, max=MAX_DURATION_SECONDS))
 
     @validates_schema
     def starts_before_it_ends(self, data: dict[str, Any], **_kwargs: Any) -> None:
@@ -141,7 +150,7 @@ class WatchIn(StrictSchema):
 
 
 class HeartbeatIn(StrictSchema):
-    seconds_watched = fields.Float(required=True, validate=validate.Range(min=0, max=MAX_HEARTBEAT_SECONDS))
+    seconds_watched = Seconds(required=True, validate=validate.Range(min=0, max=MAX_HEARTBEAT_SECONDS))
 
 
 class RetentionIn(StrictSchema):
