@@ -31,7 +31,7 @@ from services.resources.models import outbox, processed_events
 
 EVENT_BATCH = 50
 SILENCE_CHECK_SECONDS = 5  # how often silent watches are ended and pending observations recorded
-ACTIVITIES_TIMEOUT_SECONDS = 5.0
+ACTIVITIES_TIMEOUT_SECONDS = 2.0  # well inside the gateway's RPC timeout (`end_watch` waits for it)
 log = logging.getLogger(__name__)
 
 
@@ -124,7 +124,7 @@ class ResourcesService(HealthRpc, ReplayRpc):
     def end_watch(self, scope: dict, watch_id: str) -> None:
         with self.db.begin():
             watches.end(self.db, Scope.from_dict(scope), watch_id, self._rules())
-        self._record_observations()
+        self._record_observations(watch_id)  # this one only: the timer takes care of any backlog
 
     @rpc
     def list_watches(self, scope: dict, params: dict | None = None) -> dict[str, Any]:
@@ -137,10 +137,11 @@ class ResourcesService(HealthRpc, ReplayRpc):
             watches.end_silent(self.db, self._rules())
         self._record_observations()
 
-    def _record_observations(self) -> None:
-        """Pending observations into the activity log, each call bounded; outside any transaction."""
+    def _record_observations(self, watch_id: str | None = None) -> None:
+        """Pending observations (or `watch_id`'s) into the activity log, each call bounded; outside any
+        transaction."""
         with self.db.begin():
-            todo = watches.pending_observations(self.db)
+            todo = watches.pending_observations(self.db, watch_id=watch_id)
         for item in todo:
             try:
                 with eventlet.Timeout(ACTIVITIES_TIMEOUT_SECONDS):

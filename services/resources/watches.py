@@ -162,12 +162,16 @@ def _lesson(session: Session, watch: Watch) -> tuple[int | None, dict[str, str]]
                                "title": title[:200]}
 
 
-def pending_observations(session: Session, now: datetime | None = None, limit: int = 100) -> list[PendingObservation]:
-    """Ended teacher watches whose observation is not yet in the activity log (those too old are given up)."""
+def pending_observations(session: Session, now: datetime | None = None, limit: int = 100,
+                         watch_id: str | None = None) -> list[PendingObservation]:
+    """Ended teacher watches whose observation is not yet in the activity log (those too old are given up);
+    only `watch_id`'s when given."""
     now = now or utcnow()
     todo = []
-    for watch in session.scalars(select(Watch).where(Watch.activity_state == "pending").order_by(Watch.ended_at)
-                                 .limit(limit)):
+    query = select(Watch).where(Watch.activity_state == "pending")
+    if watch_id is not None:
+        query = query.where(Watch.id == str(watch_id)[:36])
+    for watch in session.scalars(query.order_by(Watch.ended_at).limit(limit)):
         if now - as_utc(watch.ended_at or now) > PENDING_FOR:
             settle(session, watch.id, "refused", "activities did not accept it within a day")
             continue
