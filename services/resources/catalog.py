@@ -51,10 +51,15 @@ def local_date(moment: datetime) -> date:
 
 
 def district_of(session: Session, school_id: int, given: int | None) -> int | None:
+    """The body's district, else accounts' (`school.created`), else the one an earlier recording named."""
     if given is not None:
         return given
     school = session.get(School, school_id)
-    return school.district_id if school is not None else None
+    if school is not None:
+        return school.district_id
+    return session.scalar(select(Resource.district_id).where(Resource.school_id == school_id,
+                                                             Resource.district_id.is_not(None))
+                          .order_by(Resource.id.desc()).limit(1))
 
 
 def apply_relay_event(session: Session, event_type: str, body: Mapping[str, Any], bureau_id: int) -> None:

@@ -200,3 +200,13 @@ def test_clips_lie_within_the_recording(db):
     assert [item["id"] for item in clips] == [clip["id"]]
     with pytest.raises(NotFound), db.begin():
         library.delete_clip(db, school, resource_id, whole["id"])
+
+
+def test_a_live_recordings_district_falls_back_to_an_earlier_recording_of_its_school(db):
+    # School 301 was created before this service listened to accounts: no school.created ever reached it.
+    with db.begin():
+        catalog.recording_available(db, recording_body(101) | {"school_id": 301, "district_id": EAST}, BUREAU)
+    body = recording_body(101) | {"school_id": 301, "district_id": None}
+    with db.begin():
+        catalog.apply_relay_event(db, "recording.started", body | {"ended_at": None}, BUREAU)
+    assert live_state(db, body["recording_id"]).district_id == EAST
