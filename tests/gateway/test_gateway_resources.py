@@ -17,6 +17,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import pytest
 import requests
+from kombu import Connection, Exchange, Queue, binding
 from nameko.runners import ServiceRunner
 
 from services.common import playback_urls
@@ -99,7 +100,8 @@ def available(started: dict[str, Any], duration: float = 2400.0) -> dict[str, An
 
 
 @pytest.mark.integration
-def test_the_resource_library_through_the_gateway(resources: str, city: City, platform_config: dict[str, Any]):
+def test_the_resource_library_through_the_gateway(resources: str, city: City, platform_config: dict[str, Any],
+                                                  subscriber: dict[str, Any]):
     url, uri, tokens = resources, platform_config["AMQP_URI"], city.tokens
     published = f"lxt-published-{uuid.uuid4().hex[:6]}"
     declare_queue(uri, published, event_exchange("resources"), (f"bureau.{city.bureau_id}.resource.published",))
@@ -245,3 +247,18 @@ def test_the_resource_library_through_the_gateway(resources: str, city: City, pl
     patrol_record = call("GET", f"{url}/v1/watches", tokens["bureau_read"], params={"target_kind": "live_session"})
     assert any(item["id"] == supervision.json()["id"] and item["counted_as"] == "supervision"
                for item in patrol_record.json()["items"])
+
+    # Another bureau's subscriber may bind its own queue to resources.events (its bureau only) and have the
+    # library's events replayed into it.
+    library_queue = f"{subscriber['user']}.library"
+    library = Exchange("resources.events", type="topic", durable=True, no_declare=True)  # the platform's own
+    with Connection(subscriber["uri"]) as connection:
+        Queue(library_queue, bindings=[binding(library, routing_key=f"bureau.{city.bureau_id}.resource.published")],
+              durable=True, channel=connection.channel()).declare()
+    replayed = call("POST", f"{url}/v1/events/replay", tokens["bureau_read"], {
+        "queue": library_queue, "since": "2000-01-01T00:00:00Z", "exchanges": ["resources.events"]})
+    assert replayed.status_code == 200, replayed.text
+    assert replayed.json()["exchanges"][0]["republished"] >= 3
+    again = [json.loads(message.body) for message in drain(uri, library_queue, 3)]
+    assert {(body["resource_id"], body["shared_with_alliance"]) for body in again} >= {
+        (west_id, False), (west_id, True), (east_id, False)}
