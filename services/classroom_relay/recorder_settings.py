@@ -18,7 +18,7 @@ def port_range(text: str) -> tuple[int, int]:
 
 CONTROL_PORT = setting("RECORDER_CONTROL_PORT", int, 7090, "the recorder's control port (the relay's control plane)")
 METRICS_PORT = setting(
-    "RECORDER_METRICS_PORT", int, 9467, "the recorder's `/metrics` port", default_text="`9467` (`make run`: 9107)")
+    "RECORDER_METRICS_PORT", int, 9467, "the recorder's `/metrics` port", default_text="`9467` (`make run`: 9108)")
 MEDIA_HOST = setting(
     "RECORDER_MEDIA_HOST", str, "127.0.0.1", "the address the data plane sends the recorded tracks to")
 MEDIA_PORTS = setting(
