@@ -25,7 +25,7 @@ from urllib.parse import urlparse
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from services.classroom_relay import ingest_settings  # noqa: E402
+from services.classroom_relay import ingest_settings, recorder_settings  # noqa: E402
 from services.classroom_relay import settings as relay_settings  # noqa: E402
 from services.classroom_relay.ingest.rtmp_server import RTMP_MODULE  # noqa: E402
 from services.common.config import PLAYBACK_SECRET, RECORDINGS_ROOT, amqp_uri, database_url  # noqa: E402
@@ -55,6 +55,12 @@ INGEST_PORTS = {
     "rtmp": ingest_settings.RTMP_PORT.get(),
     "metrics": ingest_settings.METRICS_PORT.get() if ingest_settings.METRICS_PORT.raw() is not None
     else METRICS_PORT_BASE + len(SERVICE_NAMES) + 1,
+}
+# The recorder beside the data plane (docs/recording.md): its metrics port follows the ingest's unless set.
+RECORDER_PORTS = {
+    "control": recorder_settings.CONTROL_PORT.get(),
+    "metrics": recorder_settings.METRICS_PORT.get() if recorder_settings.METRICS_PORT.raw() is not None
+    else METRICS_PORT_BASE + len(SERVICE_NAMES) + 2,
 }
 # Where encoders and branch classrooms reach the relay; 127.0.0.1 keeps a laptop's relay private.
 RELAY_MEDIA_HOST = relay_settings.MEDIA_HOST.get()
@@ -205,6 +211,15 @@ def main() -> None:
             ]
         else:
             print(f"No RTMP/RTSP ingest: {missing}.")
+        if shutil.which("ffmpeg"):
+            commands["relay-recorder"] = [
+                PYTHON, "-m", "services.classroom_relay.recorder",
+                "--control-port", str(RECORDER_PORTS["control"]),
+                "--metrics-port", str(RECORDER_PORTS["metrics"]),
+                "--root", str(recordings),
+            ]
+        else:
+            print("No recorder: ffmpeg is not installed (make system-deps).")
     processes: dict[str, subprocess.Popen] = {}
     for name, command in commands.items():
         # Each part in its own process group, so stopping it also stops what it started (gunicorn's
@@ -222,6 +237,8 @@ def main() -> None:
            f"metrics http://127.0.0.1:{DATAPLANE_PORTS['metrics']}/metrics\n" if dataplane_available() else "")
         + (f"  relay ingest      rtmp://{RELAY_MEDIA_HOST}:{INGEST_PORTS['rtmp']}/live, "
            f"metrics http://127.0.0.1:{INGEST_PORTS['metrics']}/metrics\n" if "relay-ingest" in commands else "")
+        + (f"  relay recorder    {recordings}, control 127.0.0.1:{RECORDER_PORTS['control']}, "
+           f"metrics http://127.0.0.1:{RECORDER_PORTS['metrics']}/metrics\n" if "relay-recorder" in commands else "")
         + f"  databases         {database_url('{service}')}\n"
         f"  broker            {broker_address()}\n"
         "Try `make demo` in another terminal for a fictional bureau and a token. Ctrl-C stops everything.\n",
