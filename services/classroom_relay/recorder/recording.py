@@ -156,7 +156,9 @@ class Recording:
         else:
             index = stream.parts[-1].index + 1 if stream.parts else 0
         part = Part(index, f"{PART_FOLDERS[stream.name]}-{index:03d}", time.time())
-        (self.folder / part.folder).mkdir(parents=True, exist_ok=True)
+        # Whatever is there is stale (a run an earlier recorder began but that wrote no segment).
+        shutil.rmtree(self.folder / part.folder, ignore_errors=True)
+        (self.folder / part.folder).mkdir(parents=True)
         stream.parts.append(part)
         stream.process_started = stream.last_progress = now
         return part
