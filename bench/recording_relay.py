@@ -98,6 +98,7 @@ def relay_rounds(source: Path, ffmpeg: str, recorder_command: list[str], recorde
     hops = [TrackHop(t["track"], t["kind"], t["clock_rate"], token, ("127.0.0.1", media_port)) for t in TRACKS]
     recorder = sender = None
     results: dict[str, list[float]] = {"without": [], "with": []}
+    shares: dict[str, list[float]] = {"without": [], "with": []}
     segments_recorded = 0
     try:
         assert control.call("set_secrets", secrets=[JOIN_SECRET])["ok"]
@@ -146,6 +147,7 @@ def relay_rounds(source: Path, ffmpeg: str, recorder_command: list[str], recorde
             cpu1, packets1 = _cpu(plane.pid), _packets_out(control.call("get_stats")["stats"])
             if packets1 > packets0:
                 results["with" if attached else "without"].append((cpu1 - cpu0) / (packets1 - packets0) * 1e6)
+                shares["with" if attached else "without"].append((cpu1 - cpu0) / seconds)
             if attached:  # the recorder really got the lesson: segments written from what the data plane sent
                 stats = recorder_control.call("get_stats")["recordings"]
                 segments_recorded += sum(entry["segments"] or 0 for entry in stats)
@@ -166,4 +168,6 @@ def relay_rounds(source: Path, ffmpeg: str, recorder_command: list[str], recorde
         control.close()
         subprocess.run(["rm", "-rf", scratch], check=False)
     return {name: statistics.median(values) if values else float("nan") for name, values in results.items()} | {
-        "rounds": rounds, "branches": branches, "segments_recorded": segments_recorded}
+        "rounds": rounds, "branches": branches, "segments_recorded": segments_recorded,
+        "cpu_share_without": statistics.median(shares["without"]) if shares["without"] else float("nan"),
+        "cpu_share_with": statistics.median(shares["with"]) if shares["with"] else float("nan")}
