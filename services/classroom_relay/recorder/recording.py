@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,8 +91,7 @@ class Recording:
         self.bytes = 0
         self.forgotten = False
         self.streams = {name: Stream(name, sdp) for name, sdp in spec.streams.items()}
-        self.latencies: deque[float] = deque(maxlen=4096)  # segment complete → in the recording's playlist
-        self.new_latencies: list[float] = []  # since the supervisor last counted
+        self.new_latencies: list[float] = []  # segment complete → in the playlist, since last counted
         self.new_bytes = 0
         self.gaps_counted = 0
         self.last_segment_at: float | None = None
@@ -235,7 +233,6 @@ class Recording:
         stream.failures = 0
         self.compose(stream)
         written = time.time()
-        self.latencies.extend(written - at for at in times)
         self.new_latencies.extend(written - at for at in times)
         for segment in added:
             try:
