@@ -130,7 +130,7 @@ def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_conf
                                                                    timeout=5).text
         assert (tmp_path / "recordings").is_dir()
         started = descendants(platform.pid)
-        assert len(started) >= 11  # 5 services, the data plane, the ingest and its nginx, the recorder, gunicorn and its worker
+        assert len(started) >= 11  # 5 services, data plane, ingest + its nginx, recorder, gunicorn + worker
     finally:
         platform.send_signal(signal.SIGINT)  # what Ctrl-C sends
         try:
