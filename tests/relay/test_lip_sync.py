@@ -254,6 +254,12 @@ def test_flash_and_beep_stay_within_45_ms_through_layer_switches(tmp_path) -> No
     print(f"lip sync through switches: beep - flash per layer = "
           f"{ {size: [round(offset * 1000, 1) for offset in offsets] for size, offsets in by_layer.items()} } ms")
     assert len(by_layer.get("640x360", [])) >= 3 and len(by_layer.get("320x180", [])) >= 2, (by_layer, output)
-    assert all(abs(offset) <= LIP_SYNC_LIMIT for offsets in by_layer.values() for offset in offsets), by_layer
+    every = [offset for offsets in by_layer.values() for offset in offsets]
+    assert all(abs(offset) <= LIP_SYNC_LIMIT for offset in every), by_layer
+    # One offset through the switches: the new layer continues where the sender's reports put it (forwarder.py;
+    # a one-frame step made the first low-layer second 40 ms late: -34 ms against 6 ms), so the relay's reports
+    # never contradict the timestamps already sent and ffmpeg's clock for the picture never jumps back.
+    assert max(every) - min(every) <= 0.005, by_layer
+    assert "non monoton" not in errors, errors[-2000:]
 
 
