@@ -65,6 +65,8 @@ def test_a_restarted_encoder_on_a_new_port_takes_the_track_only_after_three_seco
         refused_at.append(time.monotonic() - stopped)
         time.sleep(0.15)
     assert accepted_at is not None, refused_at
+    print(f"hand-over: {len(refused_at)} hellos refused (last {max(refused_at, default=0):.2f} s after A stopped), "
+          f"taken over {accepted_at:.2f} s after")
     # A's last packet left at most a moment before its process ended, so the silence the relay measured is at
     # least as long as ours: refusals only inside the first 3 s, the take-over within a hello period after it.
     assert refused_at and max(refused_at) < HANDOVER_SILENCE_SECONDS + 0.05, refused_at
