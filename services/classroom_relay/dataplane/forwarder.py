@@ -79,7 +79,8 @@ class Forwarder:
         after a switch the receiver's clock for this stream moves by (reported step - our step). A switch
         down usually lands on the low layer's keyframe of the very instant whose high-layer frame was just
         sent (the encoder writes its outputs in order): one frame step made the picture 40 ms late until the
-        next report, then jump back (measured: flash 34 ms before the beep on the first low-layer second).
+        next report pulled it back (measured: the beep 34 ms before its flash for the first low-layer second,
+        and a non-monotonic dts at ffmpeg; test_lip_sync.py).
         Whole frames are kept whole; the same instant becomes one tick, so timestamps still increase.
         """
         if self.source_ticks is None or self.layer_ssrc == NO_LAYER:
