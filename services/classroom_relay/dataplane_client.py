@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from services.classroom_relay import dataplane_state, lessons, link_budgets, placement, relay_settings, settings
 from services.classroom_relay.dataplane.protocol import ControlClient
 from services.classroom_relay.ingest_link import IngestLink
+from services.classroom_relay.recorder_link import RecorderLink
 from services.common.config import database_url
 from services.common.db import make_engine
 from services.common.link_targets import LINK_TARGETS_BYTES_PER_SECOND
@@ -151,6 +152,7 @@ class DataPlaneChannel:
             if time.monotonic() >= next_stats:
                 stats = self._call("get_stats")["stats"]
                 self.stats, self.stats_at = stats, time.monotonic()
+                self.link.recorders.poll(self.name)  # recordings' progress; finished ones become available
                 next_stats = self.stats_at + self.link.stats_interval
                 if stats.get("instance") != self.pushed_instance:
                     # ControlClient reconnects by itself: a restarted data plane shows up here first.
@@ -161,6 +163,7 @@ class DataPlaneChannel:
     def _push(self) -> None:
         # Clear the flag before reading: a change committed meanwhile asks for another push.
         self.push_wanted = False
+        self.link.recorders.prepare(self.name)  # recordings start and end with the sessions (recorder member)
         with Session(self.link.engine) as db:
             state = dataplane_state.desired_state(db, self.link.settings, dataplane=self.name)
         instance = self.hello.get("instance")
@@ -169,6 +172,8 @@ class DataPlaneChannel:
             log.warning("data plane %s refused: %s", self.name, refused)
         self.confirmed_outputs = list(reply.get("outputs") or [])
         self.link.ingest.push_for(self.name, self.hello.get("media_address"))  # classroom equipment in (RTMP/RTSP)
+        self.link.recorders.push_for(self.name, self.hello.get("media_address"),
+                                     dataplane_state.outputs_by_key(None, self.confirmed_outputs))
         self.pushed_instance = instance
         self.next_reconcile = time.monotonic() + self.link.reconcile_interval
         self.link.pushes_total.labels(self.name).inc()
@@ -201,6 +206,7 @@ class DataPlaneLink(DependencyProvider):
         self.engine = make_engine(database_url(self.service, config))
         self.channels = {spec.name: DataPlaneChannel(spec, self) for spec in self.specs}
         self.ingest = IngestLink.from_config(config, self.engine, self.settings, self.control_secret)  # RTMP/RTSP in
+        self.recorders = RecorderLink.from_config(config, self.engine, self.control_secret)  # recordings out
         self._setup_metrics()
 
     def _setup_metrics(self) -> None:
@@ -261,6 +267,7 @@ class DataPlaneLink(DependencyProvider):
         for channel in self.channels.values():
             channel.close()
         self.ingest.close()
+        self.recorders.close()
         self.engine.dispose()
 
     def kill(self) -> None:
