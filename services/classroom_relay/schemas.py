@@ -167,7 +167,7 @@ class SessionIn(StrictSchema):
     master_tracks = TRACKS
     # Keep each lesson as a recording (null: yes for dedicated delivery and master-teacher lessons, no for
     # online research); what the recording is filed under in the resource library.
-    record = fields.Boolean(load_default=None, allow_none=True)
+    record = fields.Boolean(load_default=None, allow_none=True, truthy={True}, falsy={False})
     subject = _label(64)  # e.g. 数学
     grade = _label(32)  # e.g. 四年级
 
@@ -185,7 +185,7 @@ class SessionIn(StrictSchema):
 class RecordingIn(StrictSchema):
     """Switch keeping a session's lessons as recordings on or off (takes effect at once while it is live)."""
 
-    record = fields.Boolean(required=True)
+    record = fields.Boolean(required=True, truthy={True}, falsy={False})  # JSON true or false, nothing else
 
 
 class JoinIn(ReceiveAddress):
