@@ -330,7 +330,7 @@ def apply_stats(db: Session, dataplane: str, stats: Any, now: datetime | None = 
             else None
         if match:
             reported[int(match.group(1))] = entry
-    forget = []
+    forget: list[str] = []
     if not reported:
         return forget
     rows = db.scalars(select(Recording).where(Recording.id.in_(reported), Recording.recorder == dataplane))

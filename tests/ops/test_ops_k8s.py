@@ -311,12 +311,13 @@ def test_a_recorder_sits_beside_every_dataplane_with_its_volume_and_only_the_rel
     claims = {item["metadata"]["name"]: item for item in of_kind(objects, "PersistentVolumeClaim")}
     claim = claims[volume["persistentVolumeClaim"]["claimName"]]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # nginx and the resources service read it too
-    (config,) = [item for item in of_kind(objects, "ConfigMap") if item["metadata"]["name"].startswith("lianxiao-config")]
+    (config,) = [item for item in of_kind(objects, "ConfigMap")
+                 if item["metadata"]["name"].startswith("lianxiao-config")]
     dataplanes = dict(pair.split("=") for pair in config["data"]["RELAY_DATAPLANES"].split(","))
     recorders = dict(pair.split("=") for pair in config["data"]["RELAY_RECORDERS"].split(","))
     assert recorders == {name: address.replace("relay-dataplane", "relay-recorder").replace(":7070", ":7090")
                          for name, address in dataplanes.items()}
-    assert "7090" == variables["RECORDER_CONTROL_PORT"]["value"]
+    assert variables["RECORDER_CONTROL_PORT"]["value"] == "7090"
     rules = [rule for policy in of_kind(objects, "NetworkPolicy")
              if policy["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == "relay-recorder"
              for rule in policy["spec"]["ingress"]]

@@ -16,7 +16,6 @@ from services.classroom_relay.exceptions import Forbidden, InvalidInput
 from services.classroom_relay.models import MBIT, Recording, outbox
 from services.common.events import event_type_of
 from services.common.scope import Scope
-
 from tests.activities.contract import channel_for, resolve, validator
 
 from .conftest import FACTS, NOW, lesson
@@ -66,7 +65,8 @@ def test_bad_recording_input_is_refused_with_the_field(db, admin, settings, scho
         with pytest.raises(InvalidInput):
             recordings.set_recording(db, admin, created["id"], body)
     with pytest.raises(Forbidden):
-        recordings.set_recording(db, Scope(bureau_id=7, kind="bureau", id=7, access="read"), created["id"], {"record": False})
+        reader = Scope(bureau_id=7, kind="bureau", id=7, access="read")
+        recordings.set_recording(db, reader, created["id"], {"record": False})
 
 
 def test_port_blocks_are_even_blocks_of_eight_within_the_range():
