@@ -52,6 +52,10 @@ RECORDER_BUDGET_FACTOR = 2
 HOLDING_PORTS = ("recording", "ending")  # an ending recording's ffmpeg may still hold its ports a moment
 FINAL_STATES = ("available", "discarded", "failed")
 KEY = re.compile(r"rec-([1-9][0-9]{0,17})")
+# What the recorder copies into HLS/MP4 as it arrives (services/classroom_relay/recorder/control.py), and the
+# track name it keeps apart as the courseware.
+RECORDABLE = {"audio": ("opus", "aac"), "video": ("h264",)}
+COURSEWARE = "courseware"
 
 
 @dataclass(frozen=True)
@@ -78,10 +82,20 @@ def free_base(used: set[int], low: int, high: int) -> int | None:
 
 
 def recorded_tracks(published: list[dict[str, Any]], base: int) -> list[dict[str, Any]]:
-    """The master's tracks as the recorder receives them: `base + 2*i` for the i-th."""
-    return [{"track": track["track"], "kind": track["kind"], "source": track.get("source") or track["track"],
-             "codec": track.get("codec") or ("opus" if track["kind"] == "audio" else "h264"), "port": base + 2 * index}
-            for index, track in enumerate(published[: schemas.MAX_TRACKS_PER_CLASSROOM])]
+    """The master's tracks as the recorder receives them, the i-th at `base + 2*i`; only what it writes without
+    re-encoding (RECORDABLE: G.711 audio is left out, its port stays unused)."""
+    found = []
+    for index, track in enumerate(published[: schemas.MAX_TRACKS_PER_CLASSROOM]):
+        codec = track.get("codec") or ("opus" if track["kind"] == "audio" else "h264")
+        if codec in RECORDABLE.get(track["kind"], ()):
+            found.append({"track": track["track"], "kind": track["kind"], "codec": codec,
+                          "source": track.get("source") or track["track"], "port": base + 2 * index})
+    return found
+
+
+def has_program(recorded: list[dict[str, Any]]) -> bool:
+    """The recorder's program is the camera (any video but the courseware) and the audio: one of them is needed."""
+    return any(track["kind"] == "audio" or track["track"] != COURSEWARE for track in recorded)
 
 
 def recorder_budget_bps(published: list[dict[str, Any]]) -> int:
@@ -134,7 +148,7 @@ def running_of(db: Session, session_id: int) -> Recording | None:
 
 def start(db: Session, live: LiveSession, recorder: Recorder, now: datetime) -> Recording | None:
     """A new running recording of `live` on `recorder` and its `recording.started`; None when no port block
-    is free (logged: the session runs unrecorded until one is)."""
+    is free (logged: the session runs unrecorded until one is) or the master publishes nothing recordable."""
     used = set(db.scalars(select(Recording.base_port).where(
         Recording.recorder == recorder.dataplane, Recording.state.in_(HOLDING_PORTS))))
     base = free_base(used, *recorder.media_ports)
@@ -142,10 +156,13 @@ def start(db: Session, live: LiveSession, recorder: Recorder, now: datetime) -> 
         log.warning("recorder beside %s has no free port block for session %s", recorder.dataplane, live.id)
         return None
     master = master_member(live)
+    recorded = recorded_tracks(master.tracks or [], base)
+    if not has_program(recorded):
+        return None  # e.g. only courseware, or only G.711 audio: nothing the recorder can make a program of
     recording = Recording(
         session_id=live.id, recorder=recorder.dataplane, media_host=recorder.media_host, base_port=base,
         keep=live.record, state="recording", bureau_id=master.classroom.school.bureau_id, facts=facts_of(live),
-        tracks=recorded_tracks(master.tracks or [], base), started_at=now, duration_seconds=0.0, bytes=0,
+        tracks=recorded, started_at=now, duration_seconds=0.0, bytes=0,
         segments=0, gaps=[], files={},
     )
     db.add(recording)

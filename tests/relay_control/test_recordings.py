@@ -36,7 +36,7 @@ def events(db, prefix: str = "recording.") -> list[tuple[str, dict]]:
 
 def schedule(db, admin, settings, school, kind="master_teacher", **extra) -> dict:
     data = lesson(kind, master_classroom_id=school["master"]["id"], teacher_id=501,
-                  branch_classroom_ids=[school["branches"][0]["id"]], master_tracks=MASTER_TRACKS, **extra)
+                  branch_classroom_ids=[school["branches"][0]["id"]], **{"master_tracks": MASTER_TRACKS, **extra})
     return lessons.create_session(db, admin, data, settings, FACTS)
 
 
@@ -76,6 +76,21 @@ def test_port_blocks_are_even_blocks_of_eight_within_the_range():
     assert recordings.free_base({42000, 42008}, 42000, 42015) is None
     assert [track["port"] for track in recordings.recorded_tracks(
         [{"track": name, "kind": "video"} for name in "abcde"], 42008)] == [42008, 42010, 42012, 42014]
+
+
+def test_only_what_the_recorder_copies_is_recorded_and_a_program_is_needed():
+    published = [{"track": "audio", "kind": "audio", "codec": "pcma"}, {"track": "courseware", "kind": "video"},
+                 {"track": "camera", "kind": "video", "codec": "h264"}]
+    recorded = recordings.recorded_tracks(published, 42000)
+    assert [(track["track"], track["port"]) for track in recorded] == [("courseware", 42002), ("camera", 42004)]
+    assert recordings.has_program(recorded) and not recordings.has_program(recorded[:1])
+    assert recordings.has_program(recordings.recorded_tracks([{"track": "mic", "kind": "audio", "codec": "aac"}], 0))
+
+
+def test_a_master_without_anything_recordable_gets_no_recording(db, admin, settings, school):
+    live_session(db, admin, settings, school, master_tracks=[
+        {"track": "audio", "kind": "audio", "codec": "pcmu"}, {"track": "courseware", "kind": "video"}])
+    assert recordings.reconcile(db, RECORDER, NOW) == [] and events(db) == []
 
 
 def test_a_live_session_gets_a_recording_a_port_block_and_a_started_event(db, admin, settings, school):
