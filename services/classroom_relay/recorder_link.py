@@ -104,8 +104,16 @@ class RecorderLink:
             log.warning("recorder state for data plane %s not read: %s", dataplane, error)
             return None
         reply = self.sidecars.call(dataplane, "set_state", **state)
-        for refused in (reply or {}).get("refused") or []:
-            log.warning("recorder beside data plane %s refused %s", dataplane, refused)
+        refused = (reply or {}).get("refused") or []
+        for entry in refused:
+            log.warning("recorder beside data plane %s refused %s", dataplane, entry)
+        if refused:
+            try:
+                with Session(self.engine) as db, db.begin():
+                    recordings.mark_refused(db, dataplane, refused)
+            except SQLAlchemyError as error:
+                self.errors += 1
+                log.warning("recorder refusals of data plane %s not recorded: %s", dataplane, error)
         return reply
 
     def poll(self, dataplane: str) -> list[str]:

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import re
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import select
@@ -50,6 +50,7 @@ PORT_BLOCK = 2 * schemas.MAX_TRACKS_PER_CLASSROOM  # an RTP/RTCP pair per track 
 # picks each track's best layer, with room for a keyframe burst.
 RECORDER_BUDGET_FACTOR = 2
 HOLDING_PORTS = ("recording", "ending")  # an ending recording's ffmpeg may still hold its ports a moment
+ENDING_GRACE = timedelta(minutes=5)  # an ending recording the recorder does not list is failed after this
 FINAL_STATES = ("available", "discarded", "failed")
 KEY = re.compile(r"rec-([1-9][0-9]{0,17})")
 # What the recorder copies into HLS/MP4 as it arrives (services/classroom_relay/recorder/control.py), and the
@@ -143,7 +144,9 @@ def _emit(db: Session, event: str, recording: Recording, body: dict[str, Any]) -
 
 
 def running_of(db: Session, session_id: int) -> Recording | None:
-    return db.scalar(select(Recording).where(Recording.session_id == session_id, Recording.state == "recording"))
+    # Locked: two control-plane replicas must not both end it (one recording.ended).
+    return db.scalar(select(Recording).where(Recording.session_id == session_id, Recording.state == "recording")
+                     .with_for_update())
 
 
 def start(db: Session, live: LiveSession, recorder: Recorder, now: datetime) -> Recording | None:
@@ -211,7 +214,7 @@ def reconcile(db: Session, recorder: Recorder, now: datetime | None = None) -> l
     lives = {live.id: live for live in db.scalars(select(LiveSession).where(
         LiveSession.status == "live", LiveSession.dataplane == recorder.dataplane).order_by(LiveSession.id))}
     running = {recording.session_id: recording for recording in db.scalars(select(Recording).where(
-        Recording.recorder == recorder.dataplane, Recording.state == "recording"))}
+        Recording.recorder == recorder.dataplane, Recording.state == "recording").with_for_update())}
     for session_id, recording in list(running.items()):
         live = lives.get(session_id)
         if live is None or recording.keep != live.record:
@@ -336,13 +339,40 @@ def _finish(db: Session, recording: Recording, now: datetime) -> None:
         recording.state = "failed"  # finished without a playlist: nothing to publish
 
 
+def _fail_unknown(db: Session, dataplane: str, listed: list[Any], now: datetime) -> None:
+    """An ending recording the recorder no longer lists (it refused it, or lost it with its disk) will never
+    finish: failed, once it had ENDING_GRACE to show up (a restarting recorder lists its recordings again)."""
+    keys = {entry.get("key") for entry in listed if isinstance(entry, dict)}
+    stale = db.scalars(select(Recording).where(
+        Recording.recorder == dataplane, Recording.state == "ending", Recording.ended_at < now - ENDING_GRACE)
+        .with_for_update())
+    for recording in stale:
+        if recording_key(recording.id) not in keys:
+            recording.state, recording.recorder_state = "failed", "unknown to the recorder"
+            log.warning("recording %s never finished on the recorder beside %s", recording_key(recording.id),
+                        dataplane)
+
+
+def mark_refused(db: Session, dataplane: str, refused: Any) -> None:
+    """What the recorder refused in `set_state` (e.g. `disk_full`), kept on the recording for operators."""
+    for entry in refused if isinstance(refused, list) else []:
+        match = KEY.fullmatch(entry.get("key", "")) if isinstance(entry, dict) and isinstance(entry.get("key"), str) \
+            else None
+        recording = db.get(Recording, int(match.group(1))) if match else None
+        if recording is not None and recording.recorder == dataplane and recording.state == "recording":
+            recording.recorder_state = f"refused: {str(entry.get('error'))[:22]}"
+
+
 def apply_stats(db: Session, dataplane: str, stats: Any, now: datetime | None = None) -> list[str]:
     """Fold the recorder's `get_stats` into the rows of its recordings; a `finished` one becomes available
     (with its event) or discarded, a `failed` one failed. Returns the keys the recorder may forget (the
     caller commits first). Anything malformed is skipped, never raised."""
     now = now or utcnow()
     reported: dict[int, dict[str, Any]] = {}
-    for entry in (stats.get("recordings") if isinstance(stats, dict) else None) or []:
+    listed = stats.get("recordings") if isinstance(stats, dict) else None
+    if isinstance(listed, list):
+        _fail_unknown(db, dataplane, listed, now)
+    for entry in listed or []:
         match = KEY.fullmatch(entry.get("key", "")) if isinstance(entry, dict) and isinstance(entry.get("key"), str) \
             else None
         if match:
@@ -350,7 +380,9 @@ def apply_stats(db: Session, dataplane: str, stats: Any, now: datetime | None = 
     forget: list[str] = []
     if not reported:
         return forget
-    rows = db.scalars(select(Recording).where(Recording.id.in_(reported), Recording.recorder == dataplane))
+    # Locked: of two control-plane replicas reading the same stats, the second sees the first's outcome.
+    rows = db.scalars(select(Recording).where(Recording.id.in_(reported), Recording.recorder == dataplane)
+                      .with_for_update())
     for recording in rows:
         entry = reported[recording.id]
         if recording.state in FINAL_STATES:

@@ -319,3 +319,23 @@ def test_every_recording_event_follows_the_asyncapi_document(db, admin, settings
         assert resolve(channel["subscribe"]["message"])["name"] == "Recording" + kind.split(".")[1].title()
         errors = [error.message for error in validator(f"{pointer}/payload").iter_errors(body)]
         assert errors == [], (kind, errors)
+
+
+def test_refusals_are_kept_and_an_ending_recording_the_recorder_never_lists_fails(db, admin, settings, school):
+    created = live_session(db, admin, settings, school)
+    recording = recordings.reconcile(db, RECORDER, NOW)[0]
+    key = f"rec-{recording.id}"
+    recordings.mark_refused(db, "default", [{"key": key, "error": "disk_full", "message": "2 GB left"}, None, 3,
+                                            {"key": "rec-999"}, {"key": 5}])
+    assert recording.recorder_state == "refused: disk_full" and recording.state == "recording"
+    recordings.mark_refused(db, "default", "nonsense")
+    ended_at = NOW + timedelta(minutes=40)
+    lessons.end_session(db, admin, created["id"], now=ended_at)
+    # Listed (finalizing) or still within the grace: it stays ending.
+    recordings.apply_stats(db, "default", {"recordings": [{"key": key, "state": "finalizing"}]},
+                           ended_at + timedelta(minutes=10))
+    recordings.apply_stats(db, "default", {"recordings": []}, ended_at + timedelta(minutes=1))
+    recordings.apply_stats(db, "default", {"garbage": True}, ended_at + timedelta(minutes=10))
+    assert recording.state == "ending"
+    recordings.apply_stats(db, "default", {"recordings": []}, ended_at + recordings.ENDING_GRACE + timedelta(seconds=1))
+    assert recording.state == "failed" and recording.recorder_state == "unknown to the recorder"
