@@ -101,89 +101,112 @@ def wait_for(fetch: Any, timeout: float, what: str) -> Any:
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def test_a_master_teacher_lesson_is_recorded_and_becomes_available(
-    runner_factory: Any, service_config: dict[str, Any], relay_pair: tuple[DataPlane, int, Path], unique: Any
-) -> None:
+class Events:
+    """Every event on the relay's exchange, by type, through one consumer on the test's own queue."""
+
+    def __init__(self, connection: Connection, queue: Queue) -> None:
+        self.connection = connection
+        self.received: dict[str, list[Any]] = {}
+        self.consumer = Consumer(connection, [queue], accept=["json"], callbacks=[self._keep])
+        self.consumer.consume()
+
+    def _keep(self, _body: Any, message: Any) -> None:
+        self.received.setdefault(event_type_of(message.delivery_info["routing_key"]), []).append(message)
+        message.ack()
+
+    def wait(self, event: str, timeout: float, count: int = 1) -> list[dict[str, Any]]:
+        """The bodies of the first `count` `event`s, each checked against the AsyncAPI document."""
+        deadline = time.monotonic() + timeout
+        while len(self.received.get(event, [])) < count and time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                self.connection.drain_events(timeout=0.5)
+        found = self.received.get(event, [])
+        assert len(found) >= count, f"{len(found)} {event} within {timeout} s (got {sorted(self.received)})"
+        for message in found:
+            assert contract_errors("classroom_relay.events", message.delivery_info["routing_key"], message.headers,
+                                   message.body) == []
+        return [json.loads(message.body) for message in found[:count]]
+
+
+@pytest.fixture
+def recorded_relay(runner_factory: Any, service_config: dict[str, Any], relay_pair: tuple[DataPlane, int, Path],
+                   unique: Any) -> Iterator[dict[str, Any]]:
+    """accounts and classroom_relay (RELAY_RECORDERS: the recorder beside the data plane), a master school and
+    its broadcasting classroom publishing Opus + H.264, and the relay's events."""
     plane, recorder_port, root = relay_pair
     city = invent_bureau(service_config, [100 * MBIT])
-    admin = city.admin
     config = {**service_config, "RELAY_DATAPLANES": f"relay-0=127.0.0.1:{plane.control_port}",
               "RELAY_RECORDERS": f"relay-0=127.0.0.1:{recorder_port}",
               "RELAY_CONTROL_SECRET_FILE": str(root.parent / "relay-control.secret"),
               "RELAY_JOIN_SECRETS": "recording-secret", "RELAY_STATS_INTERVAL": 0.2, "RELAY_RECONCILE_INTERVAL": 1}
     queue = Queue(unique("recording-subscriber-"), exchange=event_exchange("classroom_relay"),
                   routing_key="#", durable=False, auto_delete=True)
-    received: dict[str, list] = {}
-    with Connection(config["AMQP_URI"]) as connection, peers(limit_seconds=100) as processes:
+    with Connection(config["AMQP_URI"]) as connection:
         queue(connection).declare()
+        events = Events(connection, queue)
         runner_factory(config, ClassroomRelayService, AccountsService).start()
-
-        def keep(_body: Any, message: Any) -> None:
-            received.setdefault(event_type_of(message.delivery_info["routing_key"]), []).append(message)
-            message.ack()
-
-        def drain(event: str, timeout: float) -> dict:
-            """The body of the first `event` on the relay's exchange, checked against the AsyncAPI document."""
-            deadline = time.monotonic() + timeout
-            while not received.get(event) and time.monotonic() < deadline:
-                with contextlib.suppress(TimeoutError):
-                    connection.drain_events(timeout=0.5)
-            assert received.get(event), f"no {event} within {timeout} s (got {sorted(received)})"
-            message = received[event][0]
-            assert contract_errors("classroom_relay.events", message.delivery_info["routing_key"], message.headers,
-                                   message.body) == []
-            return json.loads(message.body)
-
-        consumer = Consumer(connection, [queue], accept=["json"], callbacks=[keep])
-        consumer.consume()
         with ClusterRpcProxy(config, timeout=10) as rpc:
-            relay = rpc.classroom_relay
-            master = relay.create_classroom(admin, {
+            master = rpc.classroom_relay.create_classroom(city.admin, {
                 "school_id": city.schools[0], "name": "录播教室", "kind": "broadcasting",
                 "tracks": [{"track": "audio", "kind": "audio", "codec": "opus"},
                            {"track": "camera", "kind": "video", "layers_bps": [800_000]}]})
-            now = datetime.now(UTC)
-            lesson = relay.create_session(admin, {
-                "kind": "master_teacher", "title": "四年级数学", "master_classroom_id": master["id"],
-                "teacher_id": city.teachers[0], "subject": "数学", "grade": "四年级", "starts_at": now.isoformat(),
-                "ends_at": (now + timedelta(minutes=40)).isoformat()})
-            assert lesson["record"] is True  # 名师课堂: recorded unless switched off
-            relay.start_session(admin, lesson["id"])
+            yield {"relay": rpc.classroom_relay, "admin": city.admin, "city": city, "master": master,
+                   "events": events, "plane": plane, "root": root}
 
-            started = drain("recording.started", timeout=15)
-            key = started["key"]
-            assert (started["session_id"], started["keep"], started["subject"], started["grade"]) == (
-                lesson["id"], True, "数学", "四年级")
-            assert started["school_id"] == city.schools[0] and started["classroom_id"] == master["id"]
-            shown = wait_for(lambda: relay.get_session(admin, lesson["id"])["recording"], 10, "the recording")
-            assert shown["key"] == key and shown["state"] == "recording"
 
-            token = relay.issue_join_token(admin, lesson["id"], master["id"])
-            media = (token["media_address"][0], token["media_address"][1])
-            base = free_port_block(2)
-            ports = {"camera": base, "audio": base + 2}
-            for track, port in ports.items():
-                relay.register_sender(admin, lesson["id"], master["id"],
-                                      {"host": "127.0.0.1", "port": port, "track": track})
-            time.sleep(0.5)  # the registrations reach the data plane before the first packet
-            sender = encoder(media, SEND_SECONDS,
-                             [VideoSource("camera", "testsrc2=size=320x240:rate=25", "800k", ports["camera"])],
-                             AudioSource(ports["audio"]))
-            processes.append(sender)
-            sending_since = time.monotonic()
-            # The data plane forwards both tracks to the recorder member, not counted as a classroom.
-            outputs = wait_for(lambda: [output for output in (plane.stats()["sessions"].get(
-                f"session-{lesson['id']}") or {}).get("outputs", []) if output["classroom"].startswith("recorder-")
-                and output.get("bytes_out", 0) > 0], 10, "media towards the recorder")
-            assert {output["classroom"] for output in outputs} == {f"recorder-{lesson['id']}"}
-            time.sleep(max(0.0, sending_since + SEND_SECONDS - time.monotonic()))
-            assert sender.poll() is None, sender.stderr.read() if sender.stderr else ""
-            relay.end_session(admin, lesson["id"])  # while it still sends: the recorder stops at the end
-            sender.kill()
+def start_lesson(relay: Any, admin: dict, city: Any, master: dict, **extra: Any) -> dict:
+    now = datetime.now(UTC)
+    lesson = relay.create_session(admin, {
+        "kind": "master_teacher", "title": "四年级数学", "master_classroom_id": master["id"],
+        "teacher_id": city.teachers[0], "starts_at": now.isoformat(),
+        "ends_at": (now + timedelta(minutes=40)).isoformat(), **extra})
+    relay.start_session(admin, lesson["id"])
+    return lesson
 
-            ended = drain("recording.ended", timeout=10)
-            assert (ended["key"], ended["state"]) == (key, "finalizing")
-            available = drain("recording.available", timeout=60)
+
+def send_media(relay: Any, admin: dict, lesson: dict, master: dict, seconds: float) -> subprocess.Popen:
+    """The master's encoder: camera (H.264) and voice (Opus), each from a port registered with the relay."""
+    token = relay.issue_join_token(admin, lesson["id"], master["id"])
+    media = (token["media_address"][0], token["media_address"][1])
+    base = free_port_block(2)
+    ports = {"camera": base, "audio": base + 2}
+    for track, port in ports.items():
+        relay.register_sender(admin, lesson["id"], master["id"], {"host": "127.0.0.1", "port": port, "track": track})
+    time.sleep(0.5)  # the registrations reach the data plane before the first packet
+    return encoder(media, seconds, [VideoSource("camera", "testsrc2=size=320x240:rate=25", "800k", ports["camera"])],
+                   AudioSource(ports["audio"]))
+
+
+def test_a_master_teacher_lesson_is_recorded_and_becomes_available(recorded_relay: dict[str, Any]) -> None:
+    relay, admin, city, master = (recorded_relay[name] for name in ("relay", "admin", "city", "master"))
+    events, plane, root = recorded_relay["events"], recorded_relay["plane"], recorded_relay["root"]
+    with peers(limit_seconds=100) as processes:
+        lesson = start_lesson(relay, admin, city, master, subject="数学", grade="四年级")
+        assert lesson["record"] is True  # 名师课堂: recorded unless switched off
+        (started,) = events.wait("recording.started", timeout=15)
+        key = started["key"]
+        assert (started["session_id"], started["keep"], started["subject"], started["grade"]) == (
+            lesson["id"], True, "数学", "四年级")
+        assert started["school_id"] == city.schools[0] and started["classroom_id"] == master["id"]
+        shown = wait_for(lambda: relay.get_session(admin, lesson["id"])["recording"], 10, "the recording")
+        assert shown["key"] == key and shown["state"] == "recording"
+
+        sender = send_media(relay, admin, lesson, master, SEND_SECONDS)
+        processes.append(sender)
+        sending_since = time.monotonic()
+        # The data plane forwards both tracks to the recorder member (not a classroom).
+        outputs = wait_for(lambda: [output for output in (plane.stats()["sessions"].get(
+            f"session-{lesson['id']}") or {}).get("outputs", []) if output["classroom"].startswith("recorder-")
+            and output.get("bytes_out", 0) > 0], 10, "media towards the recorder")
+        assert {output["classroom"] for output in outputs} == {f"recorder-{lesson['id']}"}
+        time.sleep(max(0.0, sending_since + SEND_SECONDS - time.monotonic()))
+        assert sender.poll() is None, sender.stderr.read() if sender.stderr else ""
+        relay.end_session(admin, lesson["id"])  # while it still sends: the recording stops at the end
+        sender.kill()
+
+        (ended,) = events.wait("recording.ended", timeout=10)
+        assert (ended["key"], ended["state"]) == (key, "finalizing")
+        (available,) = events.wait("recording.available", timeout=60)
     assert available["key"] == key and available["recording_id"] == started["recording_id"]
     assert available["session_id"] == lesson["id"] and available["teacher_id"] == city.teachers[0]
     assert SEND_SECONDS - 2.5 <= available["duration_seconds"] <= SEND_SECONDS + 1.5, available
@@ -194,5 +217,36 @@ def test_a_master_teacher_lesson_is_recorded_and_becomes_available(
     assert sorted(stream["codec_name"] for stream in probed["streams"]) == ["h264", "opus"]
     assert SEND_SECONDS - 2.5 <= float(probed["format"]["duration"]) <= SEND_SECONDS + 1.5, probed["format"]
     assert ffprobe(root / key / "index.m3u8")["streams"]  # the HLS playlist plays too
-    # Made available once, then forgotten by the recorder; the files stay.
-    assert len(received["recording.available"]) == 1 and program.exists()
+
+
+def test_switching_recording_off_while_live_finalizes_it_and_patrol_goes_on(recorded_relay: dict[str, Any]) -> None:
+    """`PUT …/recording {"record": false}` mid-lesson: the kept recording ends and becomes available with what
+    was recorded so far; a patrol-only one (keep false) takes over and is not kept when the lesson ends."""
+    relay, admin, city, master = (recorded_relay[name] for name in ("relay", "admin", "city", "master"))
+    events, root = recorded_relay["events"], recorded_relay["root"]
+    with peers(limit_seconds=100) as processes:
+        lesson = start_lesson(relay, admin, city, master)
+        (kept,) = events.wait("recording.started", timeout=15)
+        sender = send_media(relay, admin, lesson, master, 3 * SEND_SECONDS)
+        processes.append(sender)
+        time.sleep(SEND_SECONDS)
+        switched = relay.set_recording(admin, lesson["id"], {"record": False})
+        assert switched["record"] is False
+        (ended,) = events.wait("recording.ended", timeout=10)
+        assert ended["key"] == kept["key"] and ended["keep"] is True
+        patrol = events.wait("recording.started", timeout=15, count=2)[1]
+        assert patrol["keep"] is False and patrol["key"] != kept["key"]
+        (available,) = events.wait("recording.available", timeout=60)
+        assert available["key"] == kept["key"] and 2 <= available["duration_seconds"] <= SEND_SECONDS + 3
+        assert ffprobe(root / kept["key"] / available["files"]["program_mp4"])["streams"]
+        # The patrol-only recording is live HLS while it runs...
+        playlist = root / patrol["key"] / "index.m3u8"
+        wait_for(lambda: playlist.exists() and "#EXTINF" in playlist.read_text(), 20, "patrol HLS segments")
+        relay.end_session(admin, lesson["id"])
+        sender.kill()
+        events.wait("recording.ended", timeout=10, count=2)
+        # ...and nothing of it stays: no recording.available for it, its folder goes.
+        wait_for(lambda: not (root / patrol["key"]).exists(), 30, "the patrol-only folder to go")
+        events.wait("session.ended", timeout=5)
+        assert [body["key"] for body in events.wait("recording.available", timeout=1)] == [kept["key"]]
+        assert len(events.received["recording.available"]) == 1
