@@ -76,7 +76,7 @@ def wait_until_ready(url: str, process: subprocess.Popen, seconds: float) -> Non
 
 @pytest.mark.integration
 def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_config, tmp_path):
-    base = free_port_block(12)
+    base = free_port_block(14)
     gateway = f"127.0.0.1:{base + 5}"
     env = {
         **os.environ,
@@ -90,6 +90,9 @@ def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_conf
         "RELAY_INGEST_METRICS_PORT": str(base + 9),
         "RELAY_INGEST_CONTROL_PORT": str(base + 10),
         "RELAY_RTMP_PORT": str(base + 11),
+        "RECORDER_CONTROL_PORT": str(base + 12),
+        "RECORDER_METRICS_PORT": str(base + 13),
+        "RECORDINGS_ROOT": str(tmp_path / "recordings"),
         "RELAY_ALLOW_DEV_SECRET": "1",
         "GATEWAY_WORKERS": "1",
     }
@@ -121,6 +124,11 @@ def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_conf
         assert "lianxiao_ingest_rtmp_server_up 1.0" in ingest_metrics.text
         with socket.create_connection(("127.0.0.1", base + 11), timeout=5):
             pass
+        if (REPO / "services" / "classroom_relay" / "recorder" / "__main__.py").exists():
+            # The recorder beside the data plane (docs/recording.md): its /metrics and its control port.
+            wait_until_ready(f"http://127.0.0.1:{base + 13}/metrics", platform, seconds=30)
+            with socket.create_connection(("127.0.0.1", base + 12), timeout=5):
+                pass
         started = descendants(platform.pid)
         assert len(started) >= 9  # 4 services, the data plane, the ingest and its nginx, gunicorn and its worker
     finally:
