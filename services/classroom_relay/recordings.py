@@ -331,6 +331,8 @@ def _update(recording: Recording, entry: dict[str, Any]) -> None:
 def _finish(db: Session, recording: Recording, now: datetime) -> None:
     if not recording.keep:
         recording.state = "discarded"  # patrol only: the recorder removed its folder
+    elif not recording.duration_seconds:
+        recording.state = "discarded"  # the master never sent anything: no lesson to publish
     elif (recording.files or {}).get("hls"):
         recording.state, recording.available_at = "available", now
         db.flush()

@@ -190,13 +190,20 @@ def test_ending_the_session_ends_its_recording_and_finished_makes_it_available(d
     assert [kind for kind, _ in events(db)].count("recording.available") == 1
 
 
-def test_a_patrol_only_recording_is_discarded_and_a_failed_one_failed(db, admin, settings, school):
+def test_patrol_only_and_empty_recordings_are_discarded_and_a_failed_one_failed(db, admin, settings, school):
     created = live_session(db, admin, settings, school, record=False)
     patrol = recordings.reconcile(db, RECORDER, NOW)[0]
     lessons.end_session(db, admin, created["id"], now=NOW + timedelta(minutes=40))
     done = {"key": f"rec-{patrol.id}", "state": "finished", "files": {"hls": "index.m3u8"}}
     assert recordings.apply_stats(db, "default", {"recordings": [done]}) == [f"rec-{patrol.id}"]
     assert patrol.state == "discarded"
+    assert "recording.available" not in [kind for kind, _ in events(db)]
+    silent = live_session(db, admin, settings, school)
+    empty = recordings.reconcile(db, RECORDER, NOW)[0]
+    lessons.end_session(db, admin, silent["id"], now=NOW + timedelta(minutes=40))
+    nothing = {"key": f"rec-{empty.id}", "state": "finished", "duration_seconds": 0, "files": {"hls": "index.m3u8"}}
+    assert recordings.apply_stats(db, "default", {"recordings": [nothing]}) == [f"rec-{empty.id}"]
+    assert empty.state == "discarded"  # the master never sent: nothing to publish
     assert "recording.available" not in [kind for kind, _ in events(db)]
     other = live_session(db, admin, settings, school)
     failing = recordings.reconcile(db, RECORDER, NOW)[0]
