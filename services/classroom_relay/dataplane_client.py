@@ -29,7 +29,15 @@ from nameko.extensions import DependencyProvider
 from prometheus_client import Counter, Gauge
 from sqlalchemy.orm import Session
 
-from services.classroom_relay import dataplane_state, lessons, link_budgets, placement, relay_settings, settings
+from services.classroom_relay import (
+    dataplane_state,
+    lessons,
+    link_budgets,
+    placement,
+    recordings,
+    relay_settings,
+    settings,
+)
 from services.classroom_relay.dataplane.protocol import ControlClient
 from services.classroom_relay.ingest_link import IngestLink
 from services.classroom_relay.recorder_link import RecorderLink
@@ -240,6 +248,11 @@ class DataPlaneLink(DependencyProvider):
             "plane's per-session metrics on `session`)",
             ["session", "dataplane", "master_classroom", "master_school"], registry=registry,
         )
+        self.recordings_gauge = Gauge(
+            "lianxiao_relay_recordings",
+            "Recordings not final yet, by the data plane whose recorder has them and state (recording: running; "
+            "ending: the recorder finalizes it)", ["dataplane", "state"], registry=registry,
+        )
         targets = Gauge(
             "lianxiao_relay_link_target_bytes_per_second", "Bandwidth targets from the source documents",
             ["link"], registry=registry,
@@ -319,10 +332,15 @@ class DataPlaneLink(DependencyProvider):
         with Session(self.engine) as db:
             labels = dataplane_state.live_session_labels(db)
             loads = lessons.committed_loads(db)
-        self._export(labels, loads)
+            unfinished = recordings.unfinished_counts(db)
+        self._export(labels, loads, unfinished)
 
-    def _export(self, labels: list[dict[str, str]], loads: list[link_budgets.Load]) -> None:
+    def _export(self, labels: list[dict[str, str]], loads: list[link_budgets.Load],
+                unfinished: dict[tuple[str, str], int] | None = None) -> None:
         # Reset then set in one go without yielding (no I/O in between), so a scrape never sees a gap.
+        self.recordings_gauge.clear()
+        for (dataplane, state), count in (unfinished or {}).items():
+            self.recordings_gauge.labels(dataplane, state).set(count)
         self.session_info.clear()
         for entry in labels:
             self.session_info.labels(**entry).set(1)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from services.classroom_relay import schemas, tracks
@@ -292,6 +292,13 @@ def recorder_state(db: Session, dataplane: str, relay_host: str,
                         "keep": recording.keep, "sdp": recorder_sdp(live, recording, relay_host, confirmed),
                         "tracks": [dict(track) for track in recording.tracks]})
     return {"recordings": entries}
+
+
+def unfinished_counts(db: Session) -> dict[tuple[str, str], int]:
+    """(data plane, state) → how many recordings are running or ending there (the control plane's gauge)."""
+    query = (select(Recording.recorder, Recording.state, func.count()).where(Recording.state.in_(HOLDING_PORTS))
+             .group_by(Recording.recorder, Recording.state))
+    return {(dataplane, state): count for dataplane, state, count in db.execute(query)}
 
 
 # --- what the recorder reports ----------------------------------------------------------------------------------

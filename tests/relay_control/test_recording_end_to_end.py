@@ -28,6 +28,7 @@ from services.accounts.service import AccountsService
 from services.classroom_relay.models import MBIT
 from services.classroom_relay.service import ClassroomRelayService
 from services.common.events import event_exchange, event_type_of
+from services.common.metrics import registry_for
 from tests.activities.contract import contract_errors
 from tests.relay.relay_harness import REPO_ROOT, DataPlane, free_tcp_port, start_dataplane, stop_process
 
@@ -144,14 +145,16 @@ def recorded_relay(runner_factory: Any, service_config: dict[str, Any], relay_pa
     with Connection(config["AMQP_URI"]) as connection:
         queue(connection).declare()
         events = Events(connection, queue)
-        runner_factory(config, ClassroomRelayService, AccountsService).start()
+        runner = runner_factory(config, ClassroomRelayService, AccountsService)
+        runner.start()
         with ClusterRpcProxy(config, timeout=10) as rpc:
             master = rpc.classroom_relay.create_classroom(city.admin, {
                 "school_id": city.schools[0], "name": "录播教室", "kind": "broadcasting",
                 "tracks": [{"track": "audio", "kind": "audio", "codec": "opus"},
                            {"track": "camera", "kind": "video", "layers_bps": [800_000]}]})
             yield {"relay": rpc.classroom_relay, "admin": city.admin, "city": city, "master": master,
-                   "events": events, "plane": plane, "root": root}
+                   "events": events, "plane": plane, "root": root,
+                   "registry": registry_for(next(iter(runner.containers)))}
 
 
 def start_lesson(relay: Any, admin: dict, city: Any, master: dict, **extra: Any) -> dict:
@@ -190,6 +193,9 @@ def test_a_master_teacher_lesson_is_recorded_and_becomes_available(recorded_rela
         assert started["school_id"] == city.schools[0] and started["classroom_id"] == master["id"]
         shown = wait_for(lambda: relay.get_session(admin, lesson["id"])["recording"], 10, "the recording")
         assert shown["key"] == key and shown["state"] == "recording"
+        running = {"dataplane": "relay-0", "state": "recording"}
+        wait_for(lambda: recorded_relay["registry"].get_sample_value("lianxiao_relay_recordings", running) == 1, 10,
+                 "the recordings gauge")
 
         sender = send_media(relay, admin, lesson, master, SEND_SECONDS)
         processes.append(sender)

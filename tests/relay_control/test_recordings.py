@@ -118,6 +118,7 @@ def test_a_live_session_gets_a_recording_a_port_block_and_a_started_event(db, ad
                           fleet=placement.Fleet.single())
     running = recordings.reconcile(db, RECORDER, NOW + timedelta(minutes=45))
     assert [(item.session_id, item.base_port) for item in running] == [(other["id"], 42008)]  # 42000 is ending
+    assert recordings.unfinished_counts(db) == {("default", "recording"): 1, ("default", "ending"): 1}
 
 
 def test_session_dump_shows_the_running_recording(db, admin, settings, school):
@@ -185,6 +186,7 @@ def test_ending_the_session_ends_its_recording_and_finished_makes_it_available(d
                    {"track": "camera", "kind": "video", "source": "camera", "codec": "h264"},
                    {"track": "courseware", "kind": "video", "source": "screen", "codec": "h264"}],
         "files": files, "gaps": gaps, "bytes": 812_000_000}
+    assert recordings.unfinished_counts(db) == {}
     # Reported again (the forget was lost): forgotten again, no second event.
     assert recordings.apply_stats(db, "default", {"recordings": [finished]}, now) == [key]
     assert [kind for kind, _ in events(db)].count("recording.available") == 1
