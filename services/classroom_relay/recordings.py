@@ -257,18 +257,19 @@ def recorder_member(live: LiveSession, recording: Recording) -> dict[str, Any] |
                         "outputs": outputs}}
 
 
+def _present(live: LiveSession, recording: Recording) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(recorded track, the master's full track) for each recorded track the master still publishes."""
+    by_name = {track["track"]: track for track in master_member(live).tracks or []}
+    return [(wanted, by_name[wanted["track"]]) for wanted in recording.tracks if wanted["track"] in by_name]
+
+
 def recorder_sdp(live: LiveSession, recording: Recording, relay_host: str,
                  confirmed: dict[tuple[str, str, str, str], dict] | None = None) -> str:
     """What the recorder's ffmpeg reads: one m= per recorded track at its port; `a=rtcp` names the data
     plane's socket for that output once it confirmed it (receiver reports and keyframe requests go there)."""
-    master = master_member(live)
-    source = classroom_key(master.classroom_id)
-    by_name = {track["track"]: track for track in master.tracks or []}
+    source = classroom_key(master_member(live).classroom_id)
     sections = []
-    for wanted in recording.tracks:
-        track = by_name.get(wanted["track"])
-        if track is None:
-            continue
+    for wanted, track in _present(live, recording):
         found = (confirmed or {}).get((session_key(live.id), recorder_member_key(live.id), source, track["track"]))
         relay_rtcp = None
         if found and found.get("relay_address") and found["relay_address"][0] not in ("0.0.0.0", ""):
@@ -282,7 +283,7 @@ def recorder_sdp(live: LiveSession, recording: Recording, relay_host: str,
 def recorder_state(db: Session, dataplane: str, relay_host: str,
                    confirmed: dict[tuple[str, str, str, str], dict] | None = None) -> dict[str, Any]:
     """The recorder's whole desired state (`set_state` of docs/recording.md): the running recordings of the
-    live sessions on `dataplane`."""
+    live sessions on `dataplane`. Its `tracks` and the SDP's sections are the same list (the recorder checks)."""
     entries = []
     for session_id, recording in sorted(running_by_session(db, dataplane).items()):
         live = recording.session
@@ -290,7 +291,7 @@ def recorder_state(db: Session, dataplane: str, relay_host: str,
             continue
         entries.append({"key": recording_key(recording.id), "session": session_key(session_id),
                         "keep": recording.keep, "sdp": recorder_sdp(live, recording, relay_host, confirmed),
-                        "tracks": [dict(track) for track in recording.tracks]})
+                        "tracks": [dict(wanted) for wanted, _track in _present(live, recording)]})
     return {"recordings": entries}
 
 

@@ -6,6 +6,7 @@ push connects again. Both speak the data plane's wire format (dataplane/protocol
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +14,9 @@ from services.classroom_relay.dataplane.protocol import ControlClient
 
 log = logging.getLogger(__name__)
 TIMEOUT_SECONDS = 5.0
+# After a failure, calls wait this long (doubling up to the maximum) before trying again: a process that is
+# away (or a name that does not resolve) must not hold up every push of the data plane's channel.
+RETRY_SECONDS, MAX_RETRY_SECONDS = 1.0, 30.0
 
 
 def parse_named(text: str | None, what: str) -> dict[str, str]:
@@ -36,6 +40,7 @@ class SidecarClients:
         self.clients: dict[str, ControlClient] = {}
         self.hellos: dict[str, dict[str, Any]] = {}  # what each answered to `hello` on the current connection
         self.failures = 0
+        self.backoff: dict[str, tuple[float, float]] = {}  # data plane → (retry at, current wait)
 
     def wanted(self, dataplane: str) -> bool:
         return dataplane in self.addresses
@@ -52,7 +57,7 @@ class SidecarClients:
         """One request; None when the process is not configured or did not answer (logged, counted). A reply
         with `ok: false` is returned (and counted) for the caller to read."""
         address = self.addresses.get(dataplane)
-        if address is None:
+        if address is None or time.monotonic() < self.backoff.get(dataplane, (0.0, 0.0))[0]:
             return None
         try:
             client = self.clients.get(dataplane)
@@ -67,8 +72,12 @@ class SidecarClients:
         except (OSError, ValueError, PermissionError) as error:
             self.failures += 1
             self.close(dataplane)
-            log.warning("%s beside data plane %s (%s): %s: %s", self.what, dataplane, address, op, error)
+            wait = min(MAX_RETRY_SECONDS, self.backoff.get(dataplane, (0.0, RETRY_SECONDS / 2))[1] * 2)
+            self.backoff[dataplane] = (time.monotonic() + wait, wait)
+            log.warning("%s beside data plane %s (%s): %s: %s; trying again in %.0f s", self.what, dataplane,
+                        address, op, error, wait)
             return None
+        self.backoff.pop(dataplane, None)
         if not reply.get("ok"):
             self.failures += 1
             log.warning("%s beside data plane %s refused %s: %s", self.what, dataplane, op, reply.get("message"))
