@@ -168,7 +168,7 @@ class SessionIn(StrictSchema):
     # Keep each lesson as a recording (null: yes for dedicated delivery and master-teacher lessons, no for
     # online research); what the recording is filed under in the resource library.
     record = fields.Boolean(load_default=None, allow_none=True, truthy={True}, falsy={False})
-    subject = _label(64)  # e.g. 数学
+    subject = _label(60)  # e.g. 数学 (the resources service files it with up to 60)
     grade = _label(32)  # e.g. 四年级
 
     @validates_schema
