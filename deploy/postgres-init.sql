@@ -3,3 +3,4 @@ CREATE DATABASE lianxiao_accounts;
 CREATE DATABASE lianxiao_activities;
 CREATE DATABASE lianxiao_reporting;
 CREATE DATABASE lianxiao_classroom_relay;
+CREATE DATABASE lianxiao_resources;

@@ -25,10 +25,10 @@ from urllib.parse import urlparse
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from services.classroom_relay import ingest_settings  # noqa: E402
+from services.classroom_relay import ingest_settings, recorder_settings  # noqa: E402
 from services.classroom_relay import settings as relay_settings  # noqa: E402
 from services.classroom_relay.ingest.rtmp_server import RTMP_MODULE  # noqa: E402
-from services.common.config import amqp_uri, database_url  # noqa: E402
+from services.common.config import RECORDINGS_ROOT, amqp_uri, database_url  # noqa: E402
 from services.common.migrations import upgrade  # noqa: E402
 from services.gateway import settings as gateway_settings  # noqa: E402
 from services.gateway.local_proxy import nginx_binary, nginx_command, write_config  # noqa: E402
@@ -56,10 +56,12 @@ INGEST_PORTS = {
     "metrics": ingest_settings.METRICS_PORT.get() if ingest_settings.METRICS_PORT.raw() is not None
     else METRICS_PORT_BASE + len(SERVICE_NAMES) + 1,
 }
-# The recorder beside the data plane (docs/recording.md): its own settings (RECORDER_*) say where it listens; its
-# metrics port follows the ingest's unless RECORDER_METRICS_PORT is set. It writes to RECORDINGS_ROOT (var/recordings).
-RECORDER_CONTROL_PORT = int(os.environ.get("RECORDER_CONTROL_PORT") or 7090)
-RECORDER_METRICS_PORT = int(os.environ.get("RECORDER_METRICS_PORT") or METRICS_PORT_BASE + len(SERVICE_NAMES) + 2)
+# The recorder beside the data plane (docs/recording.md): its metrics port follows the ingest's unless set.
+RECORDER_PORTS = {
+    "control": recorder_settings.CONTROL_PORT.get(),
+    "metrics": recorder_settings.METRICS_PORT.get() if recorder_settings.METRICS_PORT.raw() is not None
+    else METRICS_PORT_BASE + len(SERVICE_NAMES) + 2,
+}
 # Where encoders and branch classrooms reach the relay; 127.0.0.1 keeps a laptop's relay private.
 RELAY_MEDIA_HOST = relay_settings.MEDIA_HOST.get()
 
@@ -137,11 +139,6 @@ def ingest_available() -> str | None:
     return None
 
 
-def recorder_available() -> bool:
-    return (REPO / "services" / "classroom_relay" / "recorder" / "__main__.py").exists() and bool(
-        shutil.which("ffmpeg"))
-
-
 def main() -> None:
     if nginx_binary() is None:
         sys.exit("nginx is not installed; `make run` installs it (make system-deps), or: apt-get install nginx")
@@ -194,13 +191,18 @@ def main() -> None:
             ]
         else:
             print(f"No RTMP/RTSP ingest: {missing}.")
-        if recorder_available():
+        if shutil.which("ffmpeg"):
+            recordings_root = REPO / RECORDINGS_ROOT.get()  # relative to the checkout unless absolute
             # Attached to every live session (patrol, 录播); the data plane sends it RTP over loopback.
-            env.setdefault(relay_settings.RECORDERS.name, f"default=127.0.0.1:{RECORDER_CONTROL_PORT}")
+            env.setdefault(relay_settings.RECORDERS.name, f"default=127.0.0.1:{RECORDER_PORTS['control']}")
             commands["relay-recorder"] = [
-                PYTHON, "-m", "services.classroom_relay.recorder", "--media-host", "127.0.0.1",
-                "--control-port", str(RECORDER_CONTROL_PORT), "--metrics-port", str(RECORDER_METRICS_PORT),
+                PYTHON, "-m", "services.classroom_relay.recorder",
+                "--control-port", str(RECORDER_PORTS["control"]),
+                "--metrics-port", str(RECORDER_PORTS["metrics"]),
+                "--root", str(recordings_root),
             ]
+        else:
+            print("No recorder: ffmpeg is not installed (make system-deps).")
     processes: dict[str, subprocess.Popen] = {}
     for name, command in commands.items():
         # Each part in its own process group, so stopping it also stops what it started (gunicorn's
@@ -216,8 +218,8 @@ def main() -> None:
            f"metrics http://127.0.0.1:{DATAPLANE_PORTS['metrics']}/metrics\n" if dataplane_available() else "")
         + (f"  relay ingest      rtmp://{RELAY_MEDIA_HOST}:{INGEST_PORTS['rtmp']}/live, "
            f"metrics http://127.0.0.1:{INGEST_PORTS['metrics']}/metrics\n" if "relay-ingest" in commands else "")
-        + (f"  relay recorder    metrics http://127.0.0.1:{RECORDER_METRICS_PORT}/metrics\n"
-           if "relay-recorder" in commands else "")
+        + (f"  relay recorder    {REPO / RECORDINGS_ROOT.get()}, control 127.0.0.1:{RECORDER_PORTS['control']}, "
+           f"metrics http://127.0.0.1:{RECORDER_PORTS['metrics']}/metrics\n" if "relay-recorder" in commands else "")
         + f"  databases         {database_url('{service}')}\n"
         f"  broker            {broker_address()}\n"
         "Try `make demo` in another terminal for a fictional bureau and a token. Ctrl-C stops everything.\n",

@@ -54,6 +54,7 @@ SERVICES: tuple[Service, ...] = (
     Service(
         "classroom_relay", "services.classroom_relay.service:ClassroomRelayService", "services.gateway.routes.relay"
     ),
+    Service("resources", "services.resources.service:ResourcesService", "services.gateway.routes.resources"),
 )
 SERVICE_NAMES: tuple[str, ...] = tuple(service.name for service in SERVICES)
 
@@ -64,6 +65,8 @@ SETTINGS_MODULES = (
     "services.gateway.settings",
     "services.classroom_relay.settings",
     "services.classroom_relay.ingest_settings",
+    "services.classroom_relay.recorder_settings",
+    "services.resources.settings",
 )
 LOCAL_METRICS_PORT_BASE = setting(
     "METRICS_PORT_BASE", int, 9101,

@@ -4,7 +4,7 @@ Events are routed `bureau.<id>.<event type>` (services/common/events.py). A subs
 gets, on the platform's vhost:
 
 - permissions (regexes on resource names): configure and write only its own queues `<user>.…`
-  (declare, bind); read its own queues and the three event exchanges. Nothing else: no `nameko-rpc`
+  (declare, bind); read its own queues and the four event exchanges. Nothing else: no `nameko-rpc`
   (no RPC), no other exchange, no publishing anywhere (not even the default exchange).
 - topic permissions on each event exchange: read only binding keys that start `bureau.<id>.` for
   its bureaus (RabbitMQ checks a queue binding's key against this regex), write nothing.
@@ -26,7 +26,7 @@ from services.common.config import ManagementApi
 from services.common.errors import Conflict, InvalidInput, NotFound, ServiceUnavailable
 from services.common.events import BUREAU_KEY_PREFIX
 
-EVENT_EXCHANGES = ("activities.events", "accounts.events", "classroom_relay.events")
+EVENT_EXCHANGES = ("activities.events", "accounts.events", "classroom_relay.events", "resources.events")
 USER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{2,62}$")
 TIMEOUT_SECONDS = 10.0
 

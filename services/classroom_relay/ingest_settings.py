@@ -21,5 +21,5 @@ RTSP_SOURCES_FILE = setting(
 CONTROL_PORT = setting("RELAY_INGEST_CONTROL_PORT", int, 7080, "the ingest process's control port")
 METRICS_PORT = setting(
     "RELAY_INGEST_METRICS_PORT", int, 9466, "the ingest process's `/metrics` port",
-    default_text="`9466` (`make run`: 9106)")
+    default_text="`9466` (`make run`: 9107)")
 RTMP_PORT = setting("RELAY_RTMP_PORT", int, 1935, "the port the ingest's nginx-rtmp receives classrooms' RTMP on")

@@ -52,6 +52,9 @@ RECORDER_BUDGET_FACTOR = 2
 HOLDING_PORTS = ("recording", "ending")  # an ending recording's ffmpeg may still hold its ports a moment
 ENDING_GRACE = timedelta(minutes=5)  # an ending recording the recorder does not list is failed after this
 FINAL_STATES = ("available", "discarded", "failed")
+# What the recorder reports of a recording whose files are complete and playable: finished, or finalized early
+# because its disk filled up (services/classroom_relay/recorder: the disk guard).
+FINISHED = ("finished", "stopped_disk_full")
 KEY = re.compile(r"rec-([1-9][0-9]{0,17})")
 # What the recorder copies into HLS/MP4 as it arrives (services/classroom_relay/recorder/control.py), and the
 # track name it keeps apart as the courseware.
@@ -400,7 +403,7 @@ def apply_stats(db: Session, dataplane: str, stats: Any, now: datetime | None = 
             continue
         _update(recording, entry)
         state = entry.get("state")
-        if state == "finished":
+        if state in FINISHED:
             end(db, recording, now)  # finished on its own (e.g. its disk filled up): ended first
             _finish(db, recording, now)
             forget.append(recording_key(recording.id))

@@ -53,7 +53,7 @@ MEDIA_PORT = setting("RELAY_MEDIA_PORT", int, 5004, "the data plane's RTP port (
 CONTROL_HOST = setting("RELAY_CONTROL_HOST", str, "127.0.0.1", "the address the data plane's control port listens on")
 CONTROL_PORT = setting("RELAY_CONTROL_PORT", int, 7070, "the data plane's control port")
 METRICS_PORT = setting(
-    "RELAY_METRICS_PORT", int, 9464, "the data plane's `/metrics` port", default_text="`9464` (`make run`: 9105)")
+    "RELAY_METRICS_PORT", int, 9464, "the data plane's `/metrics` port", default_text="`9464` (`make run`: 9106)")
 RECORDERS = setting(
     "RELAY_RECORDERS", str, None,
     "`dataplane=host:port`, comma-separated: the recorder beside each data plane (docs/recording.md); it is "

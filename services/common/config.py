@@ -27,7 +27,7 @@ SERVICE_DATABASE_URL = setting(
     "<SERVICE>_DATABASE_URL", str, None, "one service's database, e.g. `ACCOUNTS_DATABASE_URL`")
 SERVICE_METRICS_PORT = setting(
     "<SERVICE>_METRICS_PORT", int, None, "where one service serves `/metrics`, e.g. `ACCOUNTS_METRICS_PORT`",
-    default_text="none (`make run`: 9101–9104)")
+    default_text="none (`make run`: 9101–9105)")
 METRICS_PORT = setting("METRICS_PORT", int, None, "where a service serves `/metrics` when no `<SERVICE>_METRICS_PORT`")
 METRICS_ADDR = setting("METRICS_ADDR", str, "0.0.0.0", "the address services' `/metrics` listen on")
 MAX_WORKERS = setting("MAX_WORKERS", int, 10, "nameko workers per service")

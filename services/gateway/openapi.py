@@ -66,7 +66,7 @@ def _operation(route: Route) -> dict[str, Any]:
     elif route.request_schema is not None:
         operation["requestBody"] = {"required": True, "content": {"application/json": {"schema": route.request_schema}}}
 
-    success: dict[str, Any] = {"description": "OK" if route.success_status == 200 else "Created"}
+    success: dict[str, Any] = {"description": {200: "OK", 204: "No content"}.get(route.success_status, "Created")}
     if route.response_schema is not None:
         success["content"] = {route.response_content_type: {"schema": route.response_schema}}
     responses: dict[str, Any] = {str(route.success_status): success}

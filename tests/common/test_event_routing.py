@@ -36,7 +36,8 @@ def test_a_broker_user_touches_only_its_own_queues_and_reads_only_the_event_exch
     assert re.search(rules["configure"], "hexi-sub.activities") and not re.search(rules["configure"], "other.q")
     for resource in ("nameko-rpc", "amq.default", "accounts.events", "hexi-sub"):
         assert not re.search(rules["write"], resource), resource
-    for resource in ("activities.events", "accounts.events", "classroom_relay.events", "hexi-sub.q"):
+    readable = ("activities.events", "accounts.events", "classroom_relay.events", "resources.events", "hexi-sub.q")
+    for resource in readable:
         assert re.search(rules["read"], resource), resource
     assert not re.search(rules["read"], "nameko-rpc") and not re.search(rules["read"], "evt-accounts--x")
 

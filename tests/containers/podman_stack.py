@@ -19,8 +19,9 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "deploy" / "docker-compose.yml").read_text())["services"]
-APP_SERVICES = ("migrate", "accounts", "activities", "reporting", "classroom-relay", "relay-dataplane", "gateway")
-NAMEKO_SERVICES = ("accounts", "activities", "reporting", "classroom-relay")
+APP_SERVICES = ("migrate", "accounts", "activities", "reporting", "classroom-relay", "resources", "relay-dataplane",
+                "gateway")
+NAMEKO_SERVICES = ("accounts", "activities", "reporting", "classroom-relay", "resources")
 LOCALHOST = "127.0.0.1"
 
 
@@ -61,7 +62,7 @@ class Stack:
         for name in ("amqp", "rabbitmq_management", "rabbitmq_prometheus", "epmd", "erlang_dist", "postgres",
                      "gateway", "gunicorn", "media", "control", "dataplane_metrics", "prometheus", *NAMEKO_SERVICES):
             self.ports[name] = free_port()
-        for name in ("rabbitmq", "postgres", "join", "control", "scope"):
+        for name in ("rabbitmq", "postgres", "join", "control", "scope", "playback"):
             self.secrets[name] = secrets.token_hex(16)
 
     @property
@@ -150,6 +151,8 @@ class Stack:
                 env |= {"RELAY_DATAPLANES": f"relay-0={LOCALHOST}:{self.ports['control']}",
                         "RELAY_DATAPLANE_PUBLIC_HOSTS": f"relay-0={LOCALHOST}",
                         "RELAY_JOIN_SECRETS": self.secrets["join"], "RELAY_CONTROL_SECRET": self.secrets["control"]}
+            if service == "resources":  # no recordings volume here: retention finds nothing to delete
+                env |= {"PLAYBACK_SECRET": self.secrets["playback"], "RECORDINGS_ROOT": "/tmp/recordings"}
             if service == "relay-dataplane":
                 env = {"RELAY_CONTROL_SECRET": self.secrets["control"]}
             if service == "gateway":

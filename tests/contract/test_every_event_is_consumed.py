@@ -36,6 +36,10 @@ from services.reporting.models import groups as reporting_groups
 from services.reporting.models import metadata as reporting_metadata
 from services.reporting.models import processed_events as reporting_processed
 from services.reporting.service import ACCOUNTS_EVENTS, ACTIVITY_EVENTS, ReportingService
+from services.resources import catalog as resources_catalog
+from services.resources.models import metadata as resources_metadata
+from services.resources.models import processed_events as resources_processed
+from services.resources.service import ResourcesService
 from tests.activities.broker import publish_event
 from tests.activities.contract import document, resolve, validator
 from tests.reporting.conftest import event
@@ -44,6 +48,8 @@ from tests.reporting.conftest import event
 SUBSCRIBERS: dict[str, dict[str, tuple[str, ...]]] = {
     "reporting": {"accounts": tuple(ACCOUNTS_EVENTS), "activities": tuple(ACTIVITY_EVENTS)},
     "activities": {"accounts": activities_roster.TEACHER_EVENT_KEYS},
+    "resources": {"accounts": tuple(resources_catalog.ACCOUNTS_EVENTS),
+                  "classroom_relay": tuple(resources_catalog.RELAY_EVENTS)},
 }
 
 
@@ -85,12 +91,18 @@ def test_every_message_has_examples_that_follow_its_schema():
 
 def test_every_example_is_handled_by_each_subscriber(sqlite_session):
     """The consumers' own handlers (what their entrypoints call) accept every documented example."""
-    handled: dict[str, set[str]] = {"reporting": set(), "activities": set()}
-    with sqlite_session(reporting_metadata) as reporting_db, sqlite_session(activities_metadata) as activities_db:
+    handled: dict[str, set[str]] = {"reporting": set(), "activities": set(), "resources": set()}
+    with sqlite_session(reporting_metadata) as reporting_db, sqlite_session(activities_metadata) as activities_db, \
+            sqlite_session(resources_metadata) as resources_db:
         for service, routing_key, _pointer, payload in asyncapi_examples():
             for consumer in subscribers_of(service, routing_key):
                 item = event(routing_key, payload)
-                if consumer == "reporting":
+                if consumer == "resources":
+                    with resources_db.begin():
+                        apply = (resources_catalog.apply_accounts_event if service == "accounts"
+                                 else resources_catalog.apply_relay_event)
+                        apply(resources_db, routing_key, payload, payload.get("bureau_id", 1))
+                elif consumer == "reporting":
                     with reporting_db.begin():
                         projection.apply_event(reporting_db, routing_key, payload, item.attributes)
                 else:
@@ -101,6 +113,7 @@ def test_every_example_is_handled_by_each_subscriber(sqlite_session):
     assert {"group.created", "teacher.joined", "activity.recorded.training", "activity.hidden.comment"} \
         <= handled["reporting"]
     assert handled["activities"] == {"teacher.joined", "teacher.changed", "teacher.left"}
+    assert set(resources_catalog.ACCOUNTS_EVENTS) <= handled["resources"]
 
 
 # --- over the broker, from the real code paths --------------------------------------------------------
@@ -139,7 +152,7 @@ def queue_depth(uri: str, name: str) -> int:
 
 CONSUMER_QUEUES = [f"evt-{source}--{consumer}.{handler}" for consumer, source, handler in (
     ("reporting", "accounts", "on_accounts_event"), ("reporting", "activities", "on_activity_event"),
-    ("activities", "accounts", "on_teacher_event"))]
+    ("activities", "accounts", "on_teacher_event"), ("resources", "accounts", "on_accounts_event"))]
 
 
 def processed_types(url: str, table: Any) -> set[str]:
@@ -187,7 +200,7 @@ def test_every_published_event_type_is_consumed_without_dead_letters(service_con
 
     # The consumers first: their queues must be bound before accounts' relay publishes its backlog, or the
     # broker routes those events to no queue (the three started together raced, and lost them now and then).
-    runner_factory(service_config, ActivitiesService, ReportingService).start()
+    runner_factory(service_config, ActivitiesService, ReportingService, ResourcesService).start()
     runner_factory(service_config, AccountsService).start()
     scope = {"bureau_id": bureau["id"], "kind": "bureau", "id": bureau["id"], "access": "write"}
     # Activities: recorded, corrected and hidden, once it has heard of the roster's teacher.
@@ -225,8 +238,10 @@ def test_every_published_event_type_is_consumed_without_dead_letters(service_con
             "cn.lianxiao.activities.activity.recorded.blog_post", "cn.lianxiao.activities.activity.recorded.training",
             "cn.lianxiao.activities.activity.corrected.training", "cn.lianxiao.activities.activity.hidden.blog_post"},
         "activities": {f"cn.lianxiao.accounts.{key}" for key in ("teacher.joined", "teacher.changed", "teacher.left")},
+        "resources": {f"cn.lianxiao.accounts.{key}" for key in resources_catalog.ACCOUNTS_EVENTS},
     }
-    tables = {"reporting": reporting_processed.table, "activities": activities_processed.table}
+    tables = {"reporting": reporting_processed.table, "activities": activities_processed.table,
+              "resources": resources_processed.table}
 
     def reporting_groups_of_bureau() -> dict[str, Any]:
         engine = create_engine(url.replace("{service}", "reporting"))
@@ -247,7 +262,7 @@ def test_every_published_event_type_is_consumed_without_dead_letters(service_con
         time.sleep(0.3)
     for consumer in wanted:
         assert wanted[consumer] <= seen[consumer], (consumer, wanted[consumer] - seen[consumer])
-    for consumer in ("reporting", "activities"):
+    for consumer in ("reporting", "activities", "resources"):
         assert queue_depth(uri, dead_letter_queue_name(consumer)) == 0, f"{consumer} dead-lettered an event"
     assert set(known) == {"物理组", "城乡协作组"}, known
     assert known["物理组"].school_id == other["id"]  # the roster's group reached reporting

@@ -22,7 +22,7 @@ GRAFANA: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.grafana.yml").read_t
 def test_every_component_is_in_compose() -> None:
     assert set(SERVICES) == {
         "rabbitmq", "postgres", "migrate", "accounts", "activities", "reporting", "classroom-relay",
-        "relay-dataplane", "relay-ingest", "recorder", "gateway", "nginx", "prometheus",
+        "relay-dataplane", "relay-ingest", "recorder", "gateway", "nginx", "prometheus", "resources",
     }
     # Infrastructure from Debian's packages, built here; only Grafana needs a registry, in its own profile.
     infra = (DEPLOY / "infra" / "Containerfile").read_text()
@@ -63,7 +63,7 @@ def test_every_command_runs_something_that_exists() -> None:
             assert (REPO / (module.replace(".", "/") + ".py")).exists(), f"{name}: {module}"
             assert attribute == "app"
             checked += 1
-    assert checked == 7  # migrate, four services, the data plane, the gateway: nothing skipped
+    assert checked == 8  # migrate, five services, the data plane, the gateway: nothing skipped
 
 
 def test_nginx_fronts_the_gateway() -> None:

@@ -163,7 +163,7 @@ def test_secrets_are_only_referenced(overlay: str) -> None:
 def test_every_service_deployment_scales_and_survives_drains(overlay: str) -> None:
     objects = rendered(overlay)
     deployments = {item["metadata"]["name"] for item in of_kind(objects, "Deployment")}
-    assert deployments == {"accounts", "activities", "reporting", "classroom-relay", "gateway"}
+    assert deployments == {"accounts", "activities", "reporting", "classroom-relay", "resources", "gateway"}
     scaled = {item["spec"]["scaleTargetRef"]["name"] for item in of_kind(objects, "HorizontalPodAutoscaler")}
     assert scaled == deployments
     budgets = of_kind(objects, "PodDisruptionBudget")

@@ -24,6 +24,7 @@ import yaml
 
 from services.classroom_relay.dataplane.admission import issue_token
 from tests.ingest.ingest_harness import exported_metric_names as ingest_metric_names
+from tests.recorder.recorder_harness import exported_metric_names as recorder_metric_names
 from tests.relay.relay_harness import DataPlane, start_dataplane
 
 from .ops_helpers import (
@@ -250,6 +251,7 @@ def test_every_metric_used_by_rules_and_dashboards_is_exported(
     exported |= rabbitmq_names()
     exported |= gateway_names()
     exported |= ingest_metric_names()
+    exported |= recorder_metric_names()
 
     missing = {name: sorted(places) for name, places in used_metric_names().items()
                if name not in exported and name not in recorded_names()}

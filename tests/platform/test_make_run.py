@@ -76,22 +76,22 @@ def wait_until_ready(url: str, process: subprocess.Popen, seconds: float) -> Non
 
 @pytest.mark.integration
 def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_config, tmp_path):
-    base = free_port_block(14)
-    gateway = f"127.0.0.1:{base + 5}"
+    base = free_port_block(15)
+    gateway = f"127.0.0.1:{base + 6}"
     env = {
         **os.environ,
         "AMQP_URI": rabbit_config["AMQP_URI"],
         "DATABASE_URL": f"sqlite:///{tmp_path}/{{service}}.db",
         "GATEWAY_BIND": gateway,
         "METRICS_PORT_BASE": str(base),
-        "RELAY_METRICS_PORT": str(base + 4),
-        "RELAY_MEDIA_PORT": str(base + 6),  # and +7 for RTCP
-        "RELAY_CONTROL_PORT": str(base + 8),
-        "RELAY_INGEST_METRICS_PORT": str(base + 9),
-        "RELAY_INGEST_CONTROL_PORT": str(base + 10),
-        "RELAY_RTMP_PORT": str(base + 11),
-        "RECORDER_CONTROL_PORT": str(base + 12),
-        "RECORDER_METRICS_PORT": str(base + 13),
+        "RELAY_METRICS_PORT": str(base + 5),
+        "RELAY_MEDIA_PORT": str(base + 7),  # and +8 for RTCP
+        "RELAY_CONTROL_PORT": str(base + 9),
+        "RELAY_INGEST_METRICS_PORT": str(base + 10),
+        "RELAY_INGEST_CONTROL_PORT": str(base + 11),
+        "RELAY_RTMP_PORT": str(base + 12),
+        "RECORDER_CONTROL_PORT": str(base + 13),
+        "RECORDER_METRICS_PORT": str(base + 14),
         "RECORDINGS_ROOT": str(tmp_path / "recordings"),
         "RELAY_ALLOW_DEV_SECRET": "1",
         "GATEWAY_WORKERS": "1",
@@ -114,23 +114,22 @@ def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_conf
         )
         assert answer.status_code == 200, answer.text
         assert {teacher["staff_number"] for teacher in answer.json()["items"]} == {"T0201", "T0202"}
-        for offset in range(5):  # four services and the relay data plane
+        for offset in range(6):  # five services and the relay data plane
             metrics = requests.get(f"http://127.0.0.1:{base + offset}/metrics", timeout=5)
             assert metrics.status_code == 200 and "lianxiao_" in metrics.text
         # The ingest beside the data plane: its /metrics, and its nginx-rtmp taking connections.
-        wait_until_ready(f"http://127.0.0.1:{base + 9}/metrics", platform, seconds=30)
-        ingest_metrics = requests.get(f"http://127.0.0.1:{base + 9}/metrics", timeout=5)
+        wait_until_ready(f"http://127.0.0.1:{base + 10}/metrics", platform, seconds=30)
+        ingest_metrics = requests.get(f"http://127.0.0.1:{base + 10}/metrics", timeout=5)
         assert ingest_metrics.status_code == 200, ingest_metrics.text
         assert "lianxiao_ingest_rtmp_server_up 1.0" in ingest_metrics.text
-        with socket.create_connection(("127.0.0.1", base + 11), timeout=5):
+        with socket.create_connection(("127.0.0.1", base + 12), timeout=5):
             pass
-        if (REPO / "services" / "classroom_relay" / "recorder" / "__main__.py").exists():
-            # The recorder beside the data plane (docs/recording.md): its /metrics and its control port.
-            wait_until_ready(f"http://127.0.0.1:{base + 13}/metrics", platform, seconds=30)
-            with socket.create_connection(("127.0.0.1", base + 12), timeout=5):
-                pass
+        # The recorder beside the data plane (docs/recording.md) on the ports asked for: its /metrics and control.
+        wait_until_ready(f"http://127.0.0.1:{base + 14}/metrics", platform, seconds=30)
+        with socket.create_connection(("127.0.0.1", base + 13), timeout=5):
+            pass
         started = descendants(platform.pid)
-        assert len(started) >= 9  # 4 services, the data plane, the ingest and its nginx, gunicorn and its worker
+        assert len(started) >= 10  # 5 services, the data plane, the ingest and its nginx, gunicorn and its worker
     finally:
         platform.send_signal(signal.SIGINT)  # what Ctrl-C sends
         try:

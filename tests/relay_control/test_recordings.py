@@ -348,3 +348,14 @@ def test_refusals_are_kept_and_an_ending_recording_the_recorder_never_lists_fail
     assert recording.state == "ending"
     recordings.apply_stats(db, "default", {"recordings": []}, ended_at + recordings.ENDING_GRACE + timedelta(seconds=1))
     assert recording.state == "failed" and recording.recorder_state == "unknown to the recorder"
+
+
+def test_a_recording_stopped_by_a_full_disk_is_published_with_what_it_has(db, admin, settings, school):
+    live_session(db, admin, settings, school)
+    recording = recordings.reconcile(db, RECORDER, NOW)[0]
+    stopped = {"key": f"rec-{recording.id}", "state": "stopped_disk_full", "duration_seconds": 600.0,
+               "files": {"hls": "index.m3u8", "program_mp4": None}}
+    assert recordings.apply_stats(db, "default", {"recordings": [stopped]}, NOW) == [f"rec-{recording.id}"]
+    assert recording.state == "available"
+    assert [kind for kind, _ in events(db)] == ["recording.started", "recording.ended", "recording.available"]
+    assert events(db)[-1][1]["files"]["program_mp4"] is None  # the MP4 did not fit: the HLS plays

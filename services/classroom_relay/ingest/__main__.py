@@ -14,17 +14,13 @@ import shutil
 import signal
 import sys
 import threading
-import time
-from pathlib import Path
 
-from services.classroom_relay import ingest_settings, settings
+from services.classroom_relay import ingest_settings, settings, sidecar
 
 from .control import IngestControl, serve_control
 from .metrics import IngestCollector, serve_metrics
 from .rtmp_server import APPLICATION, RtmpServer
 from .supervisor import Supervisor
-
-SECRET_WAIT_SECONDS = 30.0
 
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
@@ -47,18 +43,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def control_secret(path: str) -> str:
-    """The data plane's control secret: RELAY_CONTROL_SECRET, else its file (waiting for the data plane to
-    create it when both start together)."""
-    secret = settings.CONTROL_SECRET.get()
-    if secret:
-        return secret
-    deadline = time.monotonic() + SECRET_WAIT_SECONDS
-    while time.monotonic() < deadline:
-        if Path(path).exists() and Path(path).read_text().strip():
-            return Path(path).read_text().strip()
-        time.sleep(0.2)
-    raise SystemExit(f"relay-ingest: no control secret: set RELAY_CONTROL_SECRET or start the data plane, which "
-                     f"writes {path}")
+    return sidecar.control_secret(path, "relay-ingest")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,17 +11,14 @@ speaks to both. Operations:
 
 from __future__ import annotations
 
-import hmac
-import json
 import re
 import socket
 import socketserver
-import threading
 import uuid
 from typing import Any
 
+from services.classroom_relay import sidecar
 from services.classroom_relay.dataplane.admission import TRACK_NAME
-from services.classroom_relay.dataplane.protocol import MAX_LINE_BYTES
 
 from .keys import token_binding
 from .pipelines import AUDIO_ENCODERS
@@ -29,7 +26,6 @@ from .supervisor import IngestSpec, Supervisor
 
 MAX_INGESTS = 256
 MAX_TRACKS = 8
-IDLE_SECONDS = 60.0
 KEY_PART = re.compile(r"[A-Za-z0-9_-]{1,64}")
 AUDIO_CODECS = ("aac", *AUDIO_ENCODERS)
 
@@ -130,35 +126,4 @@ class IngestControl:
 
 
 def serve_control(control: IngestControl, host: str, port: int, secret: str) -> socketserver.ThreadingTCPServer:
-    class Handler(socketserver.StreamRequestHandler):
-        def handle(self) -> None:
-            self.connection.settimeout(IDLE_SECONDS)
-            authenticated = False
-            try:
-                for line in iter(lambda: self.rfile.readline(MAX_LINE_BYTES + 1), b""):
-                    try:
-                        request = json.loads(line)
-                    except ValueError:
-                        self._reply({"ok": False, "error": "bad_request", "message": "not JSON"})
-                        continue
-                    request_id = request.get("id") if isinstance(request, dict) else None
-                    if not authenticated:
-                        presented = request.get("secret") if isinstance(request, dict) else None
-                        if (not isinstance(request, dict) or request.get("op") != "hello"
-                                or not isinstance(presented, str)
-                                or not hmac.compare_digest(presented.encode(), secret.encode())):
-                            self._reply({"ok": False, "id": request_id, "error": "unauthorized",
-                                         "message": "send hello with the control secret first"})
-                            return
-                        authenticated = True
-                    self._reply({**control.handle(request), "id": request_id})
-            except (OSError, TimeoutError):
-                return
-
-        def _reply(self, reply: dict) -> None:
-            self.wfile.write(json.dumps(reply).encode() + b"\n")
-
-    server = socketserver.ThreadingTCPServer((host, port), Handler)
-    server.daemon_threads = True
-    threading.Thread(target=server.serve_forever, name="ingest-control", daemon=True).start()
-    return server
+    return sidecar.serve_control(control.handle, host, port, secret, "ingest-control")

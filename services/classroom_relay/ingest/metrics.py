@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+
+from services.classroom_relay import sidecar
 
 PREFIX = "lianxiao_ingest"
 _INGEST = ("session", "classroom", "kind")
@@ -61,7 +63,4 @@ class IngestCollector(Collector):
 
 
 def serve_metrics(collector: IngestCollector, port: int, host: str = "127.0.0.1") -> CollectorRegistry:
-    registry = CollectorRegistry(auto_describe=False)
-    registry.register(collector)
-    start_http_server(port, addr=host, registry=registry)
-    return registry
+    return sidecar.serve_metrics(collector, port, host)

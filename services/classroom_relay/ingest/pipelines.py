@@ -10,9 +10,12 @@ track: `aac` is copied (RTP `mpeg4-generic`, which the relay carries and describ
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Sequence
 from dataclasses import dataclass
+
+from services.classroom_relay.sidecar import stop_child
+
+__all__ = ["stop_child"]  # ingest modules stop their children through pipelines (shared with the recorder)
 
 AUDIO_ENCODERS = {"opus": ["-c:a", "libopus", "-ar", "48000", "-b:a", "96k"],
                   "pcma": ["-c:a", "pcm_alaw", "-ar", "8000", "-ac", "1"],
@@ -76,15 +79,3 @@ def redact(url: str) -> str:
     authority, slash, path = rest.partition("/")
     host = authority.rpartition("@")[2]
     return f"{scheme}://{'***@' if '@' in authority else ''}{host}{slash}{path}"
-
-
-def stop_child(process: subprocess.Popen | None, grace_seconds: float = 3.0) -> None:
-    """SIGTERM (ffmpeg finishes its output, nginx shuts down master and workers), SIGKILL after the grace."""
-    if process is None or process.poll() is not None:
-        return
-    process.terminate()
-    try:
-        process.wait(timeout=grace_seconds)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=grace_seconds)

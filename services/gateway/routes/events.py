@@ -15,12 +15,12 @@ from services.gateway.routes.base import Call, Reply, Route
 
 REPLAY_RPC_TIMEOUT = 60.0  # 10 000 confirmed publishes per exchange take seconds, not milliseconds
 EXCHANGES = {"activities.events": "activities", "accounts.events": "accounts",
-             "classroom_relay.events": "classroom_relay"}
+             "classroom_relay.events": "classroom_relay", "resources.events": "resources"}
 
 
 class ReplayRequest(ReplayIn):
     exchanges = fields.List(fields.String(validate=validate.OneOf(sorted(EXCHANGES))),
-                            load_default=lambda: sorted(EXCHANGES), validate=validate.Length(min=1, max=3))
+                            load_default=lambda: sorted(EXCHANGES), validate=validate.Length(min=1, max=len(EXCHANGES)))
 
 
 ReplayedExchange = Schema.from_dict({

@@ -1,0 +1,101 @@
+"""What the processes beside a data plane share (the ingest and the recorder): the control channel in the data
+plane's wire format (dataplane/protocol.py: line-delimited JSON, `hello` with the control secret first, one
+reply per request), the control secret, a Prometheus exporter on its own registry, stopping a child."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import socketserver
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client.registry import Collector
+
+from services.classroom_relay import settings
+from services.classroom_relay.dataplane.protocol import MAX_LINE_BYTES
+
+IDLE_SECONDS = 60.0
+SECRET_WAIT_SECONDS = 30.0
+
+
+def control_secret(path: str, process: str) -> str:
+    """The data plane's control secret: RELAY_CONTROL_SECRET, else its file (waiting for the data plane to
+    create it when both start together)."""
+    secret = settings.CONTROL_SECRET.get()
+    if secret:
+        return secret
+    deadline = time.monotonic() + SECRET_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if Path(path).exists() and Path(path).read_text().strip():
+            return Path(path).read_text().strip()
+        time.sleep(0.2)
+    raise SystemExit(f"{process}: no control secret: set RELAY_CONTROL_SECRET or start the data plane, which "
+                     f"writes {path}")
+
+
+def serve_control(handle: Callable[[Any], dict], host: str, port: int, secret: str,
+                  name: str) -> socketserver.ThreadingTCPServer:
+    """Answer each request line with `handle(request)`; a connection must say `hello` with the secret first.
+    Malformed lines get an error reply, never an exception out of the loop."""
+
+    class Handler(socketserver.StreamRequestHandler):
+        def handle(self) -> None:
+            self.connection.settimeout(IDLE_SECONDS)
+            authenticated = False
+            try:
+                for line in iter(lambda: self.rfile.readline(MAX_LINE_BYTES + 1), b""):
+                    if len(line) > MAX_LINE_BYTES:
+                        self._reply({"ok": False, "error": "bad_request",
+                                     "message": f"a request line is at most {MAX_LINE_BYTES} bytes"})
+                        return
+                    try:
+                        request = json.loads(line)
+                    except ValueError:
+                        self._reply({"ok": False, "error": "bad_request", "message": "not JSON"})
+                        continue
+                    request_id = request.get("id") if isinstance(request, dict) else None
+                    if not authenticated:
+                        presented = request.get("secret") if isinstance(request, dict) else None
+                        if (not isinstance(request, dict) or request.get("op") != "hello"
+                                or not isinstance(presented, str)
+                                or not hmac.compare_digest(presented.encode(), secret.encode())):
+                            self._reply({"ok": False, "id": request_id, "error": "unauthorized",
+                                         "message": "send hello with the control secret first"})
+                            return
+                        authenticated = True
+                    self._reply({**handle(request), "id": request_id})
+            except (OSError, TimeoutError):
+                return
+
+        def _reply(self, reply: dict) -> None:
+            self.wfile.write(json.dumps(reply).encode() + b"\n")
+
+    server = socketserver.ThreadingTCPServer((host, port), Handler)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, name=name, daemon=True).start()
+    return server
+
+
+def serve_metrics(collector: Collector, port: int, host: str = "127.0.0.1") -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(collector)
+    start_http_server(port, addr=host, registry=registry)
+    return registry
+
+
+def stop_child(process: subprocess.Popen | None, grace_seconds: float = 3.0) -> None:
+    """SIGTERM (ffmpeg finishes its output, nginx shuts down master and workers), SIGKILL after the grace."""
+    if process is None or process.poll() is not None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=grace_seconds)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=grace_seconds)
