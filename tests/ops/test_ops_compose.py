@@ -168,4 +168,4 @@ def test_kubernetes_runs_the_commands_compose_runs() -> None:
                 else:
                     assert command in compose_commands, f"{path.name}: {command}"
                 checked += 1
-    assert checked == 7  # migrations, four services, the data plane, the gateway
+    assert checked == 8  # migrations, five services (resources too), the data plane, the gateway
