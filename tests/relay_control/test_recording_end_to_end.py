@@ -29,6 +29,7 @@ from services.classroom_relay.models import MBIT
 from services.classroom_relay.service import ClassroomRelayService
 from services.common.events import event_exchange, event_type_of
 from services.common.metrics import registry_for
+from services.resources.service import ResourcesService
 from tests.activities.contract import contract_errors
 from tests.relay.relay_harness import REPO_ROOT, DataPlane, free_tcp_port, start_dataplane, stop_process
 
@@ -132,28 +133,30 @@ class Events:
 @pytest.fixture
 def recorded_relay(runner_factory: Any, service_config: dict[str, Any], relay_pair: tuple[DataPlane, int, Path],
                    unique: Any) -> Iterator[dict[str, Any]]:
-    """accounts and classroom_relay (RELAY_RECORDERS: the recorder beside the data plane), a master school and
-    its broadcasting classroom publishing Opus + H.264, and the relay's events."""
+    """accounts, classroom_relay (RELAY_RECORDERS: the recorder beside the data plane) and the resource library
+    that consumes its recording events, a master school and its broadcasting classroom publishing Opus + H.264,
+    and the relay's events."""
     plane, recorder_port, root = relay_pair
     city = invent_bureau(service_config, [100 * MBIT])
     config = {**service_config, "RELAY_DATAPLANES": f"relay-0=127.0.0.1:{plane.control_port}",
               "RELAY_RECORDERS": f"relay-0=127.0.0.1:{recorder_port}",
               "RELAY_CONTROL_SECRET_FILE": str(root.parent / "relay-control.secret"),
-              "RELAY_JOIN_SECRETS": "recording-secret", "RELAY_STATS_INTERVAL": 0.2, "RELAY_RECONCILE_INTERVAL": 1}
+              "RELAY_JOIN_SECRETS": "recording-secret", "RELAY_STATS_INTERVAL": 0.2, "RELAY_RECONCILE_INTERVAL": 1,
+              "PLAYBACK_SECRET": "recording-playback-secret"}
     queue = Queue(unique("recording-subscriber-"), exchange=event_exchange("classroom_relay"),
                   routing_key="#", durable=False, auto_delete=True)
     with Connection(config["AMQP_URI"]) as connection:
         queue(connection).declare()
         events = Events(connection, queue)
-        runner = runner_factory(config, ClassroomRelayService, AccountsService)
+        runner = runner_factory(config, ClassroomRelayService, AccountsService, ResourcesService)
         runner.start()
         with ClusterRpcProxy(config, timeout=10) as rpc:
             master = rpc.classroom_relay.create_classroom(city.admin, {
                 "school_id": city.schools[0], "name": "录播教室", "kind": "broadcasting",
                 "tracks": [{"track": "audio", "kind": "audio", "codec": "opus"},
                            {"track": "camera", "kind": "video", "layers_bps": [800_000]}]})
-            yield {"relay": rpc.classroom_relay, "admin": city.admin, "city": city, "master": master,
-                   "events": events, "plane": plane, "root": root,
+            yield {"relay": rpc.classroom_relay, "resources": rpc.resources, "admin": city.admin, "city": city,
+                   "master": master, "events": events, "plane": plane, "root": root,
                    "registry": registry_for(next(iter(runner.containers)))}
 
 
@@ -193,6 +196,11 @@ def test_a_master_teacher_lesson_is_recorded_and_becomes_available(recorded_rela
         assert started["school_id"] == city.schools[0] and started["classroom_id"] == master["id"]
         shown = wait_for(lambda: relay.get_session(admin, lesson["id"])["recording"], 10, "the recording")
         assert shown["key"] == key and shown["state"] == "recording"
+        # The resource library heard it: the lesson is on the patrol list, with a signed live playlist.
+        resources = recorded_relay["resources"]
+        (patrolled,) = wait_for(lambda: [item for item in resources.patrol_sessions(admin)["items"]
+                                         if item["recording_key"] == key], 15, "the patrol list")
+        assert patrolled["session_id"] == lesson["id"] and f"/{key}/index.m3u8" in patrolled["live_url"]
         running = {"dataplane": "relay-0", "state": "recording"}
         wait_for(lambda: recorded_relay["registry"].get_sample_value("lianxiao_relay_recordings", running) == 1, 10,
                  "the recordings gauge")
@@ -213,6 +221,12 @@ def test_a_master_teacher_lesson_is_recorded_and_becomes_available(recorded_rela
         (ended,) = events.wait("recording.ended", timeout=10)
         assert (ended["key"], ended["state"]) == (key, "finalizing")
         (available,) = events.wait("recording.available", timeout=60)
+        # ...and made it a resource of the lesson's school, findable by subject.
+        (resource,) = wait_for(lambda: resources.search_resources(admin, {"subject": "数学"})["items"], 15,
+                               "the resource")
+        assert (resource["session_id"], resource["grade"]) == (lesson["id"], "四年级")
+        assert resource["duration_seconds"] == available["duration_seconds"]
+        assert not [item for item in resources.patrol_sessions(admin)["items"] if item["recording_key"] == key]
     assert available["key"] == key and available["recording_id"] == started["recording_id"]
     assert available["session_id"] == lesson["id"] and available["teacher_id"] == city.teachers[0]
     assert SEND_SECONDS - 2.5 <= available["duration_seconds"] <= SEND_SECONDS + 1.5, available
