@@ -49,40 +49,60 @@ SEND_SECONDS = 6
 READY = re.compile(rb"relay-recorder ready control=(\d+)")
 
 
+class Recorder:
+    """The recorder process beside the data plane, restartable on the same ports, root and secret."""
+
+    def __init__(self, control_port: int, media: int, root: Path, secret_file: str, log: Path) -> None:
+        self.control_port, self.media, self.root = control_port, media, root
+        self.secret_file, self.log = secret_file, log
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:  # its log in a file: a pipe nobody reads would stall it
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "services.classroom_relay.recorder", "--control-port", str(self.control_port),
+                 "--metrics-port", "0", "--control-secret-file", self.secret_file, "--root", str(self.root),
+                 "--media-host", "127.0.0.1", "--media-ports", f"{self.media}-{self.media + 15}"],
+                cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, stdout=subprocess.PIPE, stderr=log,
+            )  # fmt: skip
+        deadline = time.monotonic() + 20
+        line = b""
+        while time.monotonic() < deadline and self.process.poll() is None and not READY.search(line):
+            line = self.process.stdout.readline() if self.process.stdout else b""
+        assert READY.search(line), f"the recorder did not start: {line!r} {self.log.read_text()[-2000:]}"
+
+    def kill(self) -> None:
+        """As a crash or an OOM kill does it: no chance to finalize anything."""
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(timeout=10)
+
+    def stop(self) -> str:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=20)
+            stop_process(self.process)
+        return self.log.read_text(errors="replace") if self.log.exists() else ""
+
+
 @pytest.fixture
-def relay_pair(tmp_path: Path) -> Iterator[tuple[DataPlane, int, Path]]:
+def relay_pair(tmp_path: Path) -> Iterator[tuple[DataPlane, Recorder]]:
     """A data plane and the recorder beside it, sharing the control secret the data plane wrote (as `make run`
-    starts them): (data plane, recorder control port, recordings root)."""
+    starts them)."""
     secret_file = str(tmp_path / "relay-control.secret")
     plane = start_dataplane(secret_file=secret_file)
     plane.control.close()  # the control plane under test is its only client
-    root = tmp_path / "recordings"
-    media = free_port_block(8)
-    control_port = free_tcp_port()
-    recorder = subprocess.Popen(
-        [sys.executable, "-m", "services.classroom_relay.recorder", "--control-port", str(control_port),
-         "--metrics-port", "0", "--control-secret-file", secret_file, "--root", str(root),
-         "--media-host", "127.0.0.1", "--media-ports", f"{media}-{media + 15}"],
-        cwd=REPO_ROOT, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)}, stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )  # fmt: skip
+    recorder = Recorder(free_tcp_port(), free_port_block(8), tmp_path / "recordings", secret_file,
+                        tmp_path / "recorder.log")
     try:
-        deadline = time.monotonic() + 20
-        line = b""
-        while time.monotonic() < deadline and recorder.poll() is None and not READY.search(line):
-            line = recorder.stdout.readline() if recorder.stdout else b""
-        assert READY.search(line), f"the recorder did not start: {line!r}"
-        yield plane, control_port, root
+        recorder.start()
+        yield plane, recorder
     finally:
-        if recorder.poll() is None:
-            recorder.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            recorder.wait(timeout=20)
-        stop_process(recorder)
-        recorder_errors = recorder.stderr.read().decode(errors="replace") if recorder.stderr else ""
+        recorder_log = recorder.stop()
         stop_process(plane.process)
         plane_errors = plane.process.stderr.read().decode(errors="replace") if plane.process.stderr else ""
-        assert "Traceback" not in recorder_errors, recorder_errors
+        assert "Traceback" not in recorder_log, recorder_log
         assert "Traceback" not in plane_errors, plane_errors
 
 
@@ -131,15 +151,16 @@ class Events:
 
 
 @pytest.fixture
-def recorded_relay(runner_factory: Any, service_config: dict[str, Any], relay_pair: tuple[DataPlane, int, Path],
+def recorded_relay(runner_factory: Any, service_config: dict[str, Any], relay_pair: tuple[DataPlane, Recorder],
                    unique: Any) -> Iterator[dict[str, Any]]:
     """accounts, classroom_relay (RELAY_RECORDERS: the recorder beside the data plane) and the resource library
     that consumes its recording events, a master school and its broadcasting classroom publishing Opus + H.264,
     and the relay's events."""
-    plane, recorder_port, root = relay_pair
+    plane, recorder = relay_pair
+    root = recorder.root
     city = invent_bureau(service_config, [100 * MBIT])
     config = {**service_config, "RELAY_DATAPLANES": f"relay-0=127.0.0.1:{plane.control_port}",
-              "RELAY_RECORDERS": f"relay-0=127.0.0.1:{recorder_port}",
+              "RELAY_RECORDERS": f"relay-0=127.0.0.1:{recorder.control_port}",
               "RELAY_CONTROL_SECRET_FILE": str(root.parent / "relay-control.secret"),
               "RELAY_JOIN_SECRETS": "recording-secret", "RELAY_STATS_INTERVAL": 0.2, "RELAY_RECONCILE_INTERVAL": 1,
               "PLAYBACK_SECRET": "recording-playback-secret"}
@@ -156,7 +177,7 @@ def recorded_relay(runner_factory: Any, service_config: dict[str, Any], relay_pa
                 "tracks": [{"track": "audio", "kind": "audio", "codec": "opus"},
                            {"track": "camera", "kind": "video", "layers_bps": [800_000]}]})
             yield {"relay": rpc.classroom_relay, "resources": rpc.resources, "admin": city.admin, "city": city,
-                   "master": master, "events": events, "plane": plane, "root": root,
+                   "master": master, "events": events, "plane": plane, "root": root, "recorder": recorder,
                    "registry": registry_for(next(iter(runner.containers)))}
 
 
@@ -270,3 +291,33 @@ def test_switching_recording_off_while_live_finalizes_it_and_patrol_goes_on(reco
         events.wait("session.ended", timeout=5)
         assert [body["key"] for body in events.wait("recording.available", timeout=1)] == [kept["key"]]
         assert len(events.received["recording.available"]) == 1
+
+
+def test_a_recorder_killed_mid_lesson_is_given_its_recording_again_and_the_lesson_keeps_a_gap(
+    recorded_relay: dict[str, Any]
+) -> None:
+    """The recorder is killed (no finalizing) and comes back: the control plane's next push names the key
+    again, the recorder continues it in a new part, and the published lesson is whole but for a gap."""
+    relay, admin, city, master = (recorded_relay[name] for name in ("relay", "admin", "city", "master"))
+    events, root, recorder = recorded_relay["events"], recorded_relay["root"], recorded_relay["recorder"]
+    with peers(limit_seconds=100) as processes:
+        lesson = start_lesson(relay, admin, city, master)
+        (started,) = events.wait("recording.started", timeout=15)
+        sender = send_media(relay, admin, lesson, master, 4 * SEND_SECONDS)
+        processes.append(sender)
+        time.sleep(SEND_SECONDS)
+        recorder.kill()
+        time.sleep(2)
+        recorder.start()
+        # Recording again: new segments after the restart, on the same key.
+        playlist = root / started["key"] / "index.m3u8"
+        before = playlist.read_text().count("#EXTINF") if playlist.exists() else 0
+        wait_for(lambda: playlist.read_text().count("#EXTINF") > before + 1, 30, "segments after the restart")
+        relay.end_session(admin, lesson["id"])
+        sender.kill()
+        (available,) = events.wait("recording.available", timeout=60)
+    assert available["key"] == started["key"] and len(events.received["recording.started"]) == 1
+    assert [gap["reason"] for gap in available["gaps"]] == ["recorder_restart"], available["gaps"]
+    assert available["duration_seconds"] >= SEND_SECONDS, available
+    probed = ffprobe(root / started["key"] / available["files"]["program_mp4"])
+    assert sorted(stream["codec_name"] for stream in probed["streams"]) == ["h264", "opus"]
