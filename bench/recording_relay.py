@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import os
 import re
 import secrets
@@ -53,6 +54,7 @@ MASTER_TRACKS = [tracks.complete(track) for track in (
 )]
 SOURCE_STREAMS = {"camera": "0:v:0", "audio": "0:a:0", "courseware": "0:v:1"}  # bench/recording.py's source
 WARMUP_SECONDS = 4.0
+KEYS = itertools.count(900_000)
 
 
 def free_udp_block(size: int) -> int:
@@ -146,11 +148,11 @@ def session_state(number: int, branches: int, sinks: Sinks, source_ports: dict[s
     return {"session": session, "members": members}
 
 
-def recorder_entry(number: int, base: int) -> dict[str, Any]:
+def recorder_entry(number: int, base: int, key: str) -> dict[str, Any]:
     """What recordings.recorder_state sends for one session: its SDP (sdp.py) and tracks at base + 2*i."""
     sections = [Section(base + 2 * index, track, f"classroom-m{number}/{track['track']}")
                 for index, track in enumerate(MASTER_TRACKS)]
-    return {"key": f"rec-{900_000 + number}", "session": f"session-{number}", "keep": True,
+    return {"key": key, "session": f"session-{number}", "keep": True,
             "sdp": build_receiver_sdp(relay_host="127.0.0.1", sections=sections),
             "tracks": [{"track": track["track"], "kind": track["kind"], "codec": track["codec"],
                         "source": track["source"], "port": base + 2 * index}
@@ -185,7 +187,8 @@ def one_round(dataplane: tuple[subprocess.Popen, ControlClient, tuple[str, int]]
     reply = control.call("set_state", secrets=[JOIN_SECRET], sessions=state)
     assert reply["ok"] and not reply.get("refused_outputs") and not reply.get("refused_senders"), reply
     if recorder:
-        entries = [recorder_entry(number, recorder_bases[number]) for number in range(sessions)]
+        # A key is one recording for good (the recorder refuses a finished one): new keys every round.
+        entries = [recorder_entry(number, recorder_bases[number], f"rec-{next(KEYS)}") for number in range(sessions)]
         answer = recorder[1].call("set_state", recordings=entries)
         assert answer["ok"] and not answer["refused"], answer
     senders = [sender(media, ports[number], WARMUP_SECONDS + seconds + 5) for number in range(sessions)]
