@@ -229,10 +229,6 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=20, help="measured seconds per N")
     parser.add_argument("--media-base", type=int, default=46000)
     parser.add_argument("--json", action="store_true", help="one JSON line per N as well")
-    parser.add_argument("--relay-rounds", type=int, default=3,
-                        help="data plane CPU per packet with and without the recorder: rounds of each (0: skip)")
-    parser.add_argument("--relay-seconds", type=int, default=8)
-    parser.add_argument("--branches", type=int, default=4, help="receiving classrooms in the relay rounds")
     arguments = parser.parse_args()
     encode_source()
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}; load average at start "
@@ -252,22 +248,6 @@ def main() -> None:
               flush=True)
         if arguments.json:
             print(json.dumps(result), flush=True)
-    if arguments.relay_rounds:
-        from bench.recording_relay import relay_rounds
-
-        command = [sys.executable, "-m", "services.classroom_relay.recorder", "--control-port", "0",
-                   "--metrics-port", "0", "--control-secret", SECRET, "--root",
-                   tempfile.mkdtemp(prefix="bench-relay-recordings-", dir=ROOT / "var" / "bench")]
-        relay = relay_rounds(SOURCE, FFMPEG, command, SECRET, arguments.media_base, arguments.relay_seconds,
-                             arguments.relay_rounds, arguments.branches)
-        shutil.rmtree(command[-1], ignore_errors=True)
-        print(f"relay data plane, 1 lesson (camera + courseware + audio) to {relay['branches']} classrooms, CPU per "
-              f"forwarded packet (median of {relay['rounds']} interleaved rounds): without the recorder "
-              f"{relay['without']:.1f} µs, with the recorder attached {relay['with']:.1f} µs "
-              f"(ratio {relay['with'] / relay['without']:.2f}); the data plane's CPU "
-              f"{100 * relay['cpu_share_without']:.1f} % of a core without, "
-              f"{100 * relay['cpu_share_with']:.1f} % with; the recorder wrote {relay['segments_recorded']} "
-              "segments from the relay's output", flush=True)
     print(f"load average at the end {os.getloadavg()[0]:.2f}")
 
 

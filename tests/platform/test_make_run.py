@@ -124,11 +124,13 @@ def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_conf
         assert "lianxiao_ingest_rtmp_server_up 1.0" in ingest_metrics.text
         with socket.create_connection(("127.0.0.1", base + 12), timeout=5):
             pass
-        # The recorder beside it: its /metrics, its disk guard on the recordings' root.
+        # The recorder beside it: its /metrics (the disk guard on the recordings' root) and its control port.
         wait_until_ready(f"http://127.0.0.1:{base + 13}/metrics", platform, seconds=30)
         assert "lianxiao_recorder_disk_free_bytes" in requests.get(f"http://127.0.0.1:{base + 13}/metrics",
                                                                    timeout=5).text
         assert (tmp_path / "recordings").is_dir()
+        with socket.create_connection(("127.0.0.1", base + 14), timeout=5):
+            pass
         started = descendants(platform.pid)
         assert len(started) >= 11  # 5 services, data plane, ingest + its nginx, recorder, gunicorn + worker
     finally:
