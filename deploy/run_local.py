@@ -212,6 +212,8 @@ def main() -> None:
         else:
             print(f"No RTMP/RTSP ingest: {missing}.")
         if shutil.which("ffmpeg"):
+            # Attached to every live session (patrol, 录播); the data plane sends it RTP over loopback.
+            env.setdefault(relay_settings.RECORDERS.name, f"default=127.0.0.1:{RECORDER_PORTS['control']}")
             commands["relay-recorder"] = [
                 PYTHON, "-m", "services.classroom_relay.recorder",
                 "--control-port", str(RECORDER_PORTS["control"]),
