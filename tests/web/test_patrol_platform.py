@@ -221,6 +221,7 @@ def test_an_inspector_patrols_a_live_lesson_then_plays_a_clip_of_its_recording(
             browser.wait_for("document.getElementById('playback-video').currentSrc.includes('start=2')", 10)
             played = wait_until_playing(browser, "#playback-video", seconds=30)
             assert 2.0 <= played["duration"] <= 5.0, played  # 3 s, from the keyframe at or before 2 s
+            browser.screenshot("body", tmp_path / "patrol-recording.png")  # kept for a person to look at
             clip_shot = browser.screenshot("#playback-video", tmp_path / "clip.png")
             assert picture_variance(clip_shot) > MIN_PICTURE_VARIANCE
             assert browser.errors() == []
