@@ -143,7 +143,8 @@ def test_nothing_outside_the_key_folder_is_served(server: Nginx) -> None:
     assert requests.get(hidden, timeout=10).status_code == 403
     # A symlink inside the folder, even with a valid signature, is not followed.
     assert requests.get(server.signed("rec-1", "leak.mp4"), timeout=10).status_code == 403
-    assert requests.get(server.signed("rec-1", "missing.mp4"), timeout=10).status_code == 404
+    missing = requests.get(server.signed("rec-1", "missing.mp4"), timeout=10)
+    assert missing.status_code == 404 and missing.headers["Content-Type"] == "application/problem+json"
 
 
 def test_without_a_playback_secret_no_url_opens(root: Path) -> None:
