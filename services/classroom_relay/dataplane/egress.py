@@ -37,8 +37,9 @@ class Egress:
         self.before_first_packet = lambda output, now: None
 
     def prepare_output(self, output: Output) -> None:
-        """The output's own sendmmsg headers (its socket is not connected: every message names it)."""
-        if self.gather is not None:
+        """Without a connected twin (streams.py), the output's own sendmmsg headers: every message names it.
+        With one, the shared headers (no name) serve every output."""
+        if self.gather is not None and not output.connected:
             output.messages, output.messages_base = self.gather.messages_to(output.sockaddr)
             output.sockaddr_address = ctypes.addressof(ctypes.c_char.from_buffer(output.sockaddr))
 
@@ -145,7 +146,7 @@ class Egress:
     def _send_gathered(self, output: Output, batch: LayerBatch) -> None:
         gather = self.gather
         assert gather is not None  # _forward_run sends runs only with sendmmsg
-        fd = output.fd
+        fd = output.send_fd
         if self.gso_enabled:
             for start, count, segment_bytes in batch.gso_chunks:
                 if not gather.send_segmented(fd, start, count, segment_bytes, output.sockaddr_address):
@@ -241,7 +242,10 @@ class Egress:
 
     def send(self, output: Output, packet: memoryview | bytes) -> None:
         try:
-            output.sock.sendto(packet, output.destination)
+            if output.connected:
+                output.send_sock.send(packet)
+            else:
+                output.sock.sendto(packet, output.destination)
         except OSError as error:
             self._count_send_error(output, error, 1)
 
@@ -260,7 +264,7 @@ class Egress:
         assert stage is not None  # outputs have a GSO stage when GSO is on
         segments = stage.segments
         try:
-            stage.flush(output.sock, output.destination)
+            stage.flush(output.send_sock, None if output.connected else output.destination)
         except OSError as error:
             self._count_send_error(output, error, segments)
 

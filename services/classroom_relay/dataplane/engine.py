@@ -150,8 +150,8 @@ class Engine:
                     self.feedback.drain_rtcp(self.rtcp_socket, now, None)
                 else:
                     output = self.streams.outputs_by_fd.get(fd)
-                    if output is not None:
-                        self.feedback.drain_rtcp(output.sock, now, output)
+                    if output is not None:  # on its unconnected socket or on the connected twin
+                        self.feedback.drain_rtcp(output.send_sock if fd == output.send_fd else output.sock, now, output)
             if outputs_with_queue:
                 self.egress.drain_queues(now)
             if now >= self.next_tick:
