@@ -39,6 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 PACKET_BYTES = 1200
+AUDIO_BYTES = 172  # 20 ms of PCMA/Opus at 64 kbit/s + the RTP header
+AUDIO_PPS = 50
 WARMUP_PACKETS = 150
 BURST_SECONDS = 0.5
 ROUNDS = 5
@@ -80,8 +82,104 @@ def cpu_seconds() -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------- child roles
+# A lesson's streams for the mixed rounds: (track slot, SSRC, packets per flood cycle (0: audio, paced at
+# AUDIO_PPS), packet bytes). Each stream leaves its own port, as ffmpeg sends every stream and layer.
+MIXES = {
+    # teacher's voice, the camera in 3 simulcast layers (packet counts roughly as 2.5 / 0.8 / 0.4 Mbit/s),
+    # the courseware screen
+    "av": (("audio", 0x2000, 0, AUDIO_BYTES), ("camera:0", 0x1000, 24, PACKET_BYTES),
+           ("camera:1", 0x1001, 8, PACKET_BYTES), ("camera:2", 0x1002, 4, PACKET_BYTES),
+           ("courseware", 0x3000, 12, PACKET_BYTES)),
+    # 名校网络课堂: voice and one camera layer to every classroom
+    "wide": (("audio", 0x2000, 0, AUDIO_BYTES), ("camera", 0x1000, 24, PACKET_BYTES)),
+}
+# Rounds of 2 ms, each sending a quarter of a flood cycle's packets per stream; fewer at 1→200, where each
+# packet costs 400 sends and a longer warm-up would overflow the relay's receive buffer.
+MIX_WARMUP_ROUNDS = {"av": 150, "wide": 40}
+MIX_KEYFRAME_CYCLES = 50  # a keyframe per video stream every this many flood cycles (a GOP, so layers can switch)
+
+
+def mix_warmup_packets(mix: str) -> int:
+    """Packets the generator sends in a mix's warm-up (the engine starts measuring after them)."""
+    per_round = sum(max(1, per_cycle // 4) for _slot, _ssrc, per_cycle, _size in MIXES[mix] if per_cycle)
+    audio_streams = sum(1 for _slot, _ssrc, per_cycle, _size in MIXES[mix] if not per_cycle)
+    rounds = MIX_WARMUP_ROUNDS[mix]
+    return rounds * per_round + audio_streams * (rounds + 9) // 10
+
+
+def run_mix_generator(arguments: argparse.Namespace) -> None:
+    """A lesson: every stream from its own port; video flooded in GSO bursts in the mix's proportions with a
+    keyframe now and then, audio at its real rate (AUDIO_PPS). Warm-up first (keyframes, so the relay picks
+    layers; packet counts in the same proportions, so the allocator ranks the layers as in the flood)."""
+    pin(LOAD_CPU)
+    streams = MIXES[arguments.mix]
+    destination = ("127.0.0.1", arguments.port)
+    sockets = []
+    for source_port in arguments.source_ports:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+        sock.bind(("127.0.0.1", source_port))
+        sock.connect(destination)
+        sockets.append(sock)
+    sequence = [0] * len(streams)
+    sent = 0
+    option = struct.pack("=H", PACKET_BYTES)
+
+    def burst(index: int, count: int, keyframe: bool) -> bytes:
+        _slot, ssrc, _per_cycle, size = streams[index]
+        packets = []
+        for number in range(count):
+            header = RTP_HEADER.pack(0x80, 96, sequence[index] & 0xFFFF, (sequence[index] // 5 * 3600) & 0xFFFFFFFF,
+                                     ssrc)  # fmt: skip
+            first_octet = 0x65 if keyframe and number == 0 else 0x41
+            packets.append(header + bytes((first_octet,)) + SEND_STAMP.pack(time.monotonic_ns()) + bytes(size - 21))
+            sequence[index] += 1
+        return b"".join(packets)
+
+    def audio(index: int) -> None:
+        _slot, ssrc, _per_cycle, size = streams[index]
+        header = RTP_HEADER.pack(0x80, 8, sequence[index] & 0xFFFF, (sequence[index] * 960) & 0xFFFFFFFF, ssrc)
+        sockets[index].send(header + bytes((0x78,)) + SEND_STAMP.pack(time.monotonic_ns()) + bytes(size - 21))
+        sequence[index] += 1
+
+    for round_number in range(MIX_WARMUP_ROUNDS[arguments.mix]):
+        for index, (_slot, _ssrc, per_cycle, _size) in enumerate(streams):
+            if not per_cycle:
+                if round_number % 10 == 0:
+                    audio(index)
+                    sent += 1
+                continue
+            count = max(1, per_cycle // 4)
+            packets = burst(index, count, round_number % 10 == 0)
+            for number in range(count):
+                sockets[index].send(packets[number * PACKET_BYTES : (number + 1) * PACKET_BYTES])
+            sent += count
+        time.sleep(0.002)
+    time.sleep(0.05)
+    start = time.monotonic()
+    deadline = start + arguments.seconds
+    audio_sent = 0
+    cycle = 0
+    while time.monotonic() < deadline and sent < arguments.max_packets:
+        for index, (_slot, _ssrc, per_cycle, _size) in enumerate(streams):
+            if not per_cycle:
+                while audio_sent < (time.monotonic() - start) * AUDIO_PPS:
+                    audio(index)
+                    audio_sent += 1
+                    sent += 1
+                continue
+            sockets[index].sendmsg((burst(index, per_cycle, cycle % MIX_KEYFRAME_CYCLES == 0),),
+                                   ((SOL_UDP, UDP_SEGMENT, option),))  # fmt: skip
+            sent += per_cycle
+        cycle += 1
+    print(json.dumps({"sent": sent}), flush=True)
+
+
 def run_generator(arguments: argparse.Namespace) -> None:
     """Warm-up (keyframes, so the relay picks a layer), then a bounded burst; prints packets sent."""
+    if arguments.mix:
+        run_mix_generator(arguments)
+        return
     pin(LOAD_CPU)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
@@ -149,8 +247,11 @@ def run_generator(arguments: argparse.Namespace) -> None:
     print(json.dumps({"sent": sent}), flush=True)
 
 
-def _measure(read_counters, step, idle_seconds: float = 0.3, timeout: float = 6.0) -> dict:
-    """Drive ``step`` until the burst is over; rate and CPU time over the busy period after the warm-up."""
+def _measure(
+    read_counters, step, idle_seconds: float = 0.3, timeout: float = 6.0, warmup: int = WARMUP_PACKETS
+) -> dict:
+    """Drive ``step`` until the burst is over; rate and CPU time over the busy period after the warm-up
+    (``warmup`` packets in)."""
     start_time = start_out = start_in = None
     last_time = last_out = last_in = 0
     start_cpu = last_cpu = (0.0, 0.0)
@@ -160,7 +261,7 @@ def _measure(read_counters, step, idle_seconds: float = 0.3, timeout: float = 6.
         packets_in, packets_out = read_counters()
         now = time.monotonic()
         if start_time is None:
-            if packets_in > WARMUP_PACKETS + 64:
+            if packets_in > warmup + 64:
                 start_time, start_out, start_in = now, packets_out, packets_in
                 last_time, last_out, last_in = now, packets_out, packets_in
                 start_cpu = last_cpu = cpu_seconds()
@@ -248,6 +349,32 @@ def _configure_session(engine, sinks: list[int], token: str, source_port: int) -
     assert engine.register_sender("bench", "master", "camera", token, ("127.0.0.1", source_port)) == 0
 
 
+def _configure_mix(engine, mix: str, sinks: list[int], token: str, source_ports: list[int]) -> list:
+    """The master publishes the mix's tracks (each stream from its own port); every sink port pair/triple is
+    one receiving classroom with one output per track. Returns the first classroom's outputs."""
+    from services.classroom_relay.dataplane.streams import TrackSpec
+    from services.classroom_relay.dataplane.topology import MemberSpec, OutputSpec
+
+    tracks = []
+    for slot, _ssrc, _per_cycle, _size in MIXES[mix]:
+        name = slot.partition(":")[0]
+        if name in [track.name for track in tracks]:
+            continue
+        kind = "audio" if name == "audio" else "video"
+        tracks.append(TrackSpec(name, kind, name, 48_000 if kind == "audio" else 90_000))
+    members = [MemberSpec("master", tuple(tracks))]
+    per_member = len(tracks)
+    for index in range(len(sinks) // per_member):
+        ports = sinks[index * per_member : (index + 1) * per_member]
+        outputs = tuple(OutputSpec("master", track.name, port) for track, port in zip(tracks, ports, strict=True))
+        members.append(MemberSpec(f"branch-{index}", (), "127.0.0.1", 1e9, outputs))
+    _outputs, refused = engine.set_session("bench", members)
+    assert not refused, refused
+    for (slot, *_rest), port in zip(MIXES[mix], source_ports, strict=True):
+        assert engine.register_sender("bench", "master", slot, token, ("127.0.0.1", port)) == 0
+    return list(engine.sessions["bench"].members["branch-0"].outputs.values())
+
+
 def run_engine(arguments: argparse.Namespace) -> None:
     """The data plane with all its logic, configured as the control plane would."""
     pin(FORWARDER_CPU)
@@ -267,21 +394,33 @@ def run_engine(arguments: argparse.Namespace) -> None:
     registry = serve_metrics(engine.snapshot_locked, 0)  # exporter on (port 0: any free port)
     engine.set_secrets([SECRET.encode()])
     token = issue_token(SECRET.encode(), "bench", "master", 600)
-    _configure_session(engine, arguments.sinks, token, arguments.source_port)
+    if arguments.mix:
+        watched = _configure_mix(engine, arguments.mix, arguments.sinks, token, arguments.source_ports)
+        warmup = mix_warmup_packets(arguments.mix)
+    else:
+        _configure_session(engine, arguments.sinks, token, arguments.source_port)
+        watched = engine.all_outputs[:1]
+        warmup = WARMUP_PACKETS
     print(json.dumps({"port": engine.media_address[1]}), flush=True)
-    outputs = engine.all_outputs
+    # Every receiving classroom gets the same packets: count the first one's, times the classrooms.
+    receivers = len(engine.all_outputs) // len(watched)
+    layers = engine.layers
 
     def counters() -> tuple[int, int]:
-        packets_in = sum(layer.packets_in for layer in engine.layers.values())
-        return packets_in, outputs[0].packets_out * len(outputs)
+        packets_in = sum(layer.packets_in for layer in layers.values())
+        return packets_in, sum(output.packets_out for output in watched) * receivers
 
-    result = _measure(counters, lambda: engine.run_once(0.05))
+    if hasattr(engine, "prepare_loop"):  # as Engine.run does before its loop (absent in older checkouts)
+        engine.prepare_loop()
+    result = _measure(counters, lambda: engine.run_once(0.05), warmup=warmup)
     result["metrics_bytes"] = len(generate_latest(registry))  # one scrape's worth of work, after the burst
     snapshot = engine.snapshot_locked()
     result["drops"] = {reason: count for reason, count in snapshot["drops"].items() if count}
     result["gso"] = engine.gso_enabled
     result["scheduler"] = "SCHED_FIFO 1" if os.sched_getscheduler(0) == os.SCHED_FIFO else f"nice {os.nice(0)}"
     result["layers"] = len(engine.layers)
+    result["outputs"] = len(engine.all_outputs)
+    result["followed"] = sorted({output.track.name + f":{output.forwarder.layer_ssrc:#x}" for output in watched})
     result["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     print(json.dumps(result), flush=True)
 
@@ -304,9 +443,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def spawn(role: str, *extra: str) -> subprocess.Popen:
+def spawn(role: str, *extra: str, code_root: str | None = None) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, __file__, "--role", role, "--code-root", CODE_ROOT, *extra],
+        [sys.executable, __file__, "--role", role, "--code-root", code_root or CODE_ROOT, *extra],
         stdout=subprocess.PIPE,
         text=True,
         cwd=ROOT,
@@ -345,21 +484,27 @@ def drain(sinks: list[socket.socket], until: float, latencies: list[int] | None 
     return received
 
 
-def one_round(role: str, fanout: int, gso: bool = False, layers: int = 1) -> dict:
+def one_round(
+    role: str, fanout: int, gso: bool = False, layers: int = 1, mix: str = "", code_root: str | None = None
+) -> dict:
     """One throughput measurement. The sinks are not read: reading 10⁵–10⁶ packets/s in Python would
     take the load core from the generator; the kernel drops what overflows their small buffers, after
-    the forwarder's send has done all its work."""
-    sinks = make_sinks(fanout, SINK_RECEIVE_BUFFER)
-    source_port = free_port()
+    the forwarder's send has done all its work. ``mix``: a lesson's streams (MIXES), one sink per
+    (receiving classroom, track); ``code_root``: whose data plane (default: --code-root)."""
+    streams = len({slot.partition(":")[0] for slot, *_rest in MIXES[mix]}) if mix else 1
+    sinks = make_sinks(fanout * streams, SINK_RECEIVE_BUFFER)
+    source_ports = [free_port() for _ in (MIXES[mix] if mix else (None,))]
+    source_port = source_ports[0]
     extra = ["--sinks", *[str(sink.getsockname()[1]) for sink in sinks], "--source-port", str(source_port)]
+    mixing = ["--mix", mix, "--source-ports", *map(str, source_ports)] if mix else []
     if gso:
         extra.append("--gso")
-    forwarder = spawn(role, *extra)
+    forwarder = spawn(role, *extra, *mixing, code_root=code_root)
     generator = None
     try:
         port = read_json(forwarder)["port"]
         generator = spawn("generator", "--port", str(port), "--source-port", str(source_port),
-                          "--seconds", str(BURST_SECONDS), "--layers", str(layers))  # fmt: skip
+                          "--seconds", str(BURST_SECONDS), "--layers", str(layers), *mixing)  # fmt: skip
         sent = read_json(generator)["sent"]
         result = read_json(forwarder)
         result["sent"] = sent
@@ -420,6 +565,16 @@ def latency_round(fanout: int, direct: bool) -> dict:
 
 VARIANTS = (("bare", "bare recv/send", "bare", False), ("c", "C recvmmsg/sendmmsg", "c", False),
             ("full", "full logic", "engine", False), ("gso", "full logic + GSO", "engine", True))  # fmt: skip
+COMPARE_ROOT = ""  # --compare-root: its data plane runs as two more variants in the same rounds
+
+
+def variants() -> list[tuple[str, str, str, bool, str | None]]:
+    """(key, label, role, GSO, code root) of every variant of a round, in the order they run."""
+    found: list[tuple[str, str, str, bool, str | None]] = [(*variant, None) for variant in VARIANTS]
+    if COMPARE_ROOT:
+        found += [("full_cmp", "full [compared]", "engine", False, COMPARE_ROOT),
+                  ("gso_cmp", "GSO [compared]", "engine", True, COMPARE_ROOT)]  # fmt: skip
+    return found
 C_FORWARDER_SOURCE = ROOT / "bench" / "relay_forwarder.c"
 
 
@@ -443,12 +598,12 @@ def run_c(arguments: argparse.Namespace) -> None:
 
 def throughput(fanout: int) -> dict[str, list[dict]]:
     """ROUNDS interleaved rounds of every variant: bare, full, GSO, bare, full, GSO, …"""
-    rounds: dict[str, list[dict]] = {key: [] for key, *_ in VARIANTS}
+    rounds: dict[str, list[dict]] = {key: [] for key, *_ in variants()}
     for _ in range(ROUNDS):
-        for key, _label, role, gso in VARIANTS:
+        for key, _label, role, gso, code_root in variants():
             if role == "c" and not os.environ.get("RELAY_BENCH_C_FORWARDER"):
                 continue  # no C compiler on this machine
-            rounds[key].append(one_round(role, fanout, gso=gso))
+            rounds[key].append(one_round(role, fanout, gso=gso, code_root=code_root))
     return rounds
 
 
@@ -462,7 +617,8 @@ def print_throughput(fanout: int, rounds: dict[str, list[dict]]) -> dict[str, fl
     bare_rates = [result["packets_per_second"] for result in rounds["bare"]]
     bare_cpu = statistics.median(sum(cpu_per_packet(result)) for result in rounds["bare"])
     ratios = {}
-    for key, label, _role, gso in VARIANTS:
+    c_cpu = [sum(cpu_per_packet(result)) for result in rounds["c"]]
+    for key, label, _role, gso, _code_root in variants():
         if not rounds[key]:
             continue
         rates = [result["packets_per_second"] for result in rounds[key]]
@@ -484,7 +640,44 @@ def print_throughput(fanout: int, rounds: dict[str, list[dict]]) -> dict[str, fl
               f"{total:>6.2f} {bare_cpu / total if total else float('nan'):>6.2f}{note}")  # fmt: skip
         ratios[key] = ratio
         ratios[key + "_cpu"] = bare_cpu / total if total else float("nan")
+        if c_cpu:  # C's CPU per packet ÷ this one's, round by round (both ran in the same round), median
+            ratios[key + "_c_cpu"] = statistics.median(
+                c / sum(value) if sum(value) else float("nan") for c, value in zip(c_cpu, cpu, strict=True)
+            )
     return ratios
+
+
+LESSONS = (("av", 16, "A/V lesson 1→16: audio 50 pkt/s + camera (3 simulcast layers) + courseware"),
+           ("wide", 200, "名校网络课堂 1→200: audio 50 pkt/s + one camera layer to every classroom"))  # fmt: skip
+LESSON_ROUNDS = 3
+
+
+def lessons() -> dict[str, dict[str, float]]:
+    """LESSON_ROUNDS interleaved rounds of each lesson mix, full logic with and without GSO (and the compared
+    checkout's); out packets/s, CPU per packet, peak RSS (the highest of the rounds)."""
+    keys = [(key, label, gso, code_root) for key, label, role, gso, code_root in variants() if role == "engine"]
+    figures: dict[str, dict[str, float]] = {}
+    for mix, fanout, title in LESSONS:
+        rounds: dict[str, list[dict]] = {key: [] for key, *_ in keys}
+        for _ in range(LESSON_ROUNDS):
+            for key, _label, gso, code_root in keys:
+                rounds[key].append(one_round("engine", fanout, gso=gso, mix=mix, code_root=code_root))
+        first = rounds["full"][-1]
+        print(f"{title} ({first['outputs']} outputs, {first['layers']} incoming SSRCs; classroom 1 follows "
+              f"{', '.join(first['followed'])}), median of {LESSON_ROUNDS} interleaved rounds:")  # fmt: skip
+        for key, label, _gso, _code_root in keys:
+            results = rounds[key]
+            rate = statistics.median(result["packets_per_second"] for result in results)
+            cpu = statistics.median(sum(cpu_per_packet(result)) for result in results)
+            rss = max(result["max_rss_bytes"] for result in results)
+            drops = {}
+            for result in results:
+                for reason, count in result.get("drops", {}).items():
+                    drops[reason] = drops.get(reason, 0) + count
+            print(f"  {label:<17} {rate:>10,.0f} out pkt/s  {cpu:>5.2f} CPU µs/packet  peak RSS {rss / 1e6:>6.1f} MB"
+                  f"{f'  drops {drops}' if drops else ''}")  # fmt: skip
+            figures[f"{mix}_{key}"] = {"rate": rate, "cpu": cpu, "rss": rss}
+    return figures
 
 
 def latency() -> dict:
@@ -521,7 +714,8 @@ def main() -> None:
         os.environ["RELAY_BENCH_C_FORWARDER"] = c_forwarder
     print("command: " + " ".join([sys.executable, *sys.argv]))
     print(f"load average at start: {load_start[0]:.2f} {load_start[1]:.2f} {load_start[2]:.2f} "
-          f"({os.cpu_count()} CPUs); data plane code from {CODE_ROOT}")  # fmt: skip
+          f"({os.cpu_count()} CPUs); data plane code from {CODE_ROOT}"
+          f"{f', compared with {COMPARE_ROOT}' if COMPARE_ROOT else ''}")  # fmt: skip
     print(f"forwarder on CPU {FORWARDER_CPU}, generator on CPU {LOAD_CPU} (nice {os.getpriority(os.PRIO_PROCESS, 0)}), "
           f"{PACKET_BYTES}-byte packets, "
           f"{ROUNDS} interleaved rounds of {BURST_SECONDS} s per variant, 127.0.0.1")  # fmt: skip
@@ -547,6 +741,8 @@ def main() -> None:
           f"{wide['packets_per_second']:,.0f} out pkt/s, peak RSS {wide['max_rss_bytes'] / 1e6:.1f} MB "
           f"(budget {RSS_BUDGET_BYTES / 1e6:.0f} MB)")  # fmt: skip
     print()
+    lesson = lessons()
+    print()
     for fanout, ratios in summary.items():
         if "c" in ratios:
             print(f"1→{fanout} against the C recvmmsg/sendmmsg forwarder: full {ratios['full'] / ratios['c']:.2f}×, "
@@ -556,6 +752,14 @@ def main() -> None:
         print(f"goal 1→{fanout}: full {ratios['full']:.2f}× bare (≥ 0.9: {full_met}), "
               f"GSO {ratios['gso']:.2f}× (≥ 2: {'met' if ratios['gso'] >= 2 else 'MISSED'}); "
               f"by CPU per packet: full {ratios['full_cpu']:.2f}×, GSO {ratios['gso_cpu']:.2f}×")  # fmt: skip
+    for key, label in (("full", "full logic"), ("gso", "full logic + GSO")):
+        if key + "_c_cpu" in summary[16]:
+            compared = f"; compared checkout {summary[16][key + '_cmp_c_cpu']:.2f}×" if COMPARE_ROOT else ""
+            print(f"1→16 {label}, packets per CPU-second ÷ the C forwarder's (median of per-round ratios): "
+                  f"{summary[16][key + '_c_cpu']:.2f}×{compared} (goal ≥ {'2' if key == 'gso' else '1.0'}×)")
+    wide_rss = max(lesson["wide_full"]["rss"], lesson["wide_gso"]["rss"])
+    print(f"goal peak RSS at 1→200 with audio + video: {wide_rss / 1e6:.1f} MB "
+          f"({'met' if wide_rss <= RSS_BUDGET_BYTES else 'MISSED'}, ≤ {RSS_BUDGET_BYTES / 1e6:.0f} MB)")
     print(f"goal latency: p50 {added['p50']:.1f} µs ({'met' if added['p50'] <= 100 else 'MISSED'}), "
           f"p99 {added['p99']:.0f} µs ({'met' if added['p99'] <= 1000 else 'MISSED'})")  # fmt: skip
     load_end = os.getloadavg()
@@ -573,6 +777,11 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--pps", type=int, default=0)
     parser.add_argument("--max-packets", type=int, default=2_000_000)
     parser.add_argument("--layers", type=int, default=1)
+    parser.add_argument("--mix", choices=sorted(MIXES), default="", help="generator/engine: a lesson's streams")
+    parser.add_argument("--source-ports", type=int, nargs="*", default=[])
+    parser.add_argument(
+        "--compare-root", default="", help="another checkout whose data plane runs in the same rounds as this one"
+    )
     parser.add_argument("--gso", action="store_true")
     parser.add_argument("--realtime", action="store_true", help="engine: SCHED_FIFO (latency rounds)")
     parser.add_argument("--code-root", default=str(ROOT), help="checkout whose data plane to measure")
@@ -582,6 +791,7 @@ def parse_arguments() -> argparse.Namespace:
 if __name__ == "__main__":
     arguments = parse_arguments()
     CODE_ROOT = arguments.code_root
+    COMPARE_ROOT = str(Path(arguments.compare_root).resolve()) if arguments.compare_root else ""
     {"main": lambda _args: main(), "generator": run_generator, "bare": run_bare, "c": run_c,
      "engine": run_engine}[arguments.role](
         arguments

@@ -10,10 +10,36 @@ so a NACK from a receiver (which only knows rewritten sequence numbers) finds th
 
 from __future__ import annotations
 
+import functools
+import struct
 from collections.abc import Sequence
 from itertools import repeat
 
 from .rtp import MAX_DATAGRAM_BYTES
+
+MIN_VECTOR_RUN = 4  # shorter runs are rewritten packet by packet (forwarder.py): no gain below this
+
+
+@functools.cache
+def _lanes(count: int, lane_bytes: int) -> tuple[struct.Struct, int]:
+    """Packs ``count`` values into big-endian lanes of ``lane_bytes``; and the number with a 1 in every lane
+    (times an offset: the offset in every lane)."""
+    return struct.Struct(f"!{count}{'I' if lane_bytes == 4 else 'Q'}"), int.from_bytes(
+        (1).to_bytes(lane_bytes, "big") * count, "big"
+    )
+
+
+class HeaderLanes:
+    """The sequence numbers and timestamps of a run as one big integer each, one value per lane with room
+    above it: adding an output's offset to every packet is then one integer addition, and the result's
+    bytes hold each packet's new field in network order (``PacketRing.rewrite_headers``)."""
+
+    __slots__ = ("count", "sequences", "timestamps")
+
+    def __init__(self, sequences: Sequence[int], timestamps: Sequence[int]) -> None:
+        count = self.count = len(sequences)
+        self.sequences = int.from_bytes(_lanes(count, 4)[0].pack(*sequences), "big")  # 16-bit values, 32-bit lanes
+        self.timestamps = int.from_bytes(_lanes(count, 8)[0].pack(*timestamps), "big")  # 32-bit values, 64-bit lanes
 
 
 class PacketRing:
@@ -30,6 +56,8 @@ class PacketRing:
         "ssrc",
         "timestamp",
         "view",
+        "words16",
+        "words32",
     )
 
     def __init__(self, slot_count: int = 8192, slot_bytes: int = MAX_DATAGRAM_BYTES) -> None:
@@ -37,6 +65,10 @@ class PacketRing:
         self.slot_bytes = slot_bytes
         self.data = bytearray(slot_count * slot_bytes)
         self.view = memoryview(self.data)
+        # The ring as 16- and 32-bit words: a header field of consecutive slots is one strided slice of them.
+        # (Slots of a size that is not a multiple of 4 leave these None; runs are then rewritten per packet.)
+        self.words16 = self.view.cast("H") if slot_bytes % 4 == 0 else None
+        self.words32 = self.view.cast("I") if slot_bytes % 4 == 0 else None
         # Per-slot metadata of the packet as it arrived (the header bytes may be rewritten in place).
         self.length = [0] * slot_count
         self.ssrc = [0] * slot_count
@@ -108,6 +140,39 @@ class PacketRing:
     def holds(self, slot: int, serial: int) -> bool:
         return self.serial[slot] == serial
 
+    def rewrite_headers(
+        self,
+        runs: Sequence[tuple[int, int, int]],
+        lanes: HeaderLanes,
+        sequence_offset: int,
+        timestamp_offset: int,
+        ssrc: int,
+    ) -> None:
+        """Write one output's sequence numbers, timestamps and SSRC into the headers of a run of packets,
+        with a handful of C-level operations whatever the run's length (what ``Forwarder.rewrite_run`` does
+        per packet). ``runs``: (first slot, first index in ``lanes``, count) of each stretch of consecutive
+        slots; ``out = (in + offset)`` modulo 2¹⁶ / 2³².
+
+        The additions happen in ``lanes`` (every field has room above it, so no carry reaches its
+        neighbour); the low 16 / 32 bits of each lane are then copied with one strided slice assignment per
+        field and stretch (the ring's words hold network-order bytes, copied as they are)."""
+        words16, words32 = self.words16, self.words32
+        assert words16 is not None and words32 is not None  # callers check ring.words16 first
+        count = lanes.count
+        sequences = (lanes.sequences + sequence_offset * _lanes(count, 4)[1]).to_bytes(4 * count, "big")
+        timestamps = (lanes.timestamps + timestamp_offset * _lanes(count, 8)[1]).to_bytes(8 * count, "big")
+        out_sequences = memoryview(sequences).cast("H")[1::2]
+        out_timestamps = memoryview(timestamps).cast("I")[1::2]
+        ssrcs = memoryview(ssrc.to_bytes(4, "big") * count).cast("I")
+        step16, step32 = self.slot_bytes // 2, self.slot_bytes // 4
+        for first_slot, index, length in runs:
+            end_index = index + length
+            start16, stop16 = first_slot * step16, (first_slot + length) * step16
+            start32, stop32 = first_slot * step32, (first_slot + length) * step32
+            words16[start16 + 1 : stop16 : step16] = out_sequences[index:end_index]  # octets 2-3
+            words32[start32 + 1 : stop32 : step32] = out_timestamps[index:end_index]  # octets 4-7
+            words32[start32 + 2 : stop32 : step32] = ssrcs[index:end_index]  # octets 8-11
+
 
 class OutputHistory:
     """Outgoing sequence number → (slot, serial) of the packet sent with it, for NACK answers."""
@@ -140,11 +205,17 @@ class OutputHistory:
         count = len(slots)
         first_out = (in_sequences[0] + sequence_offset) & 0xFFFF
         start = first_out & self.mask
-        if in_order and start + count <= self.mask + 1 and first_out + count <= 0x10000:
-            end = start + count
-            self.slots[start:end] = slots
-            self.serials[start:end] = serials
-            self.sent_sequence[start:end] = range(first_out, first_out + count)
+        if in_order and first_out + count <= 0x10000 and count <= self.mask + 1:
+            # Consecutive: slices, in two pieces where the run wraps around the end of the history.
+            head = min(count, self.mask + 1 - start)
+            self.slots[start : start + head] = slots[:head]
+            self.serials[start : start + head] = serials[:head]
+            self.sent_sequence[start : start + head] = range(first_out, first_out + head)
+            if head < count:
+                rest = count - head
+                self.slots[:rest] = slots[head:]
+                self.serials[:rest] = serials[head:]
+                self.sent_sequence[:rest] = range(first_out + head, first_out + count)
             return
         mask, history_slots, history_serials, sent = self.mask, self.slots, self.serials, self.sent_sequence
         for in_sequence, slot, serial in zip(in_sequences, slots, serials, strict=True):

@@ -13,6 +13,7 @@ follows one packet through these files.
 
 from __future__ import annotations
 
+import gc
 import os
 import select
 import socket
@@ -125,7 +126,15 @@ class Engine:
         return self.streams.all_outputs
 
     # ----------------------------------------------------------------- the loop
+    def prepare_loop(self) -> None:
+        """Before the loop: what exists now (modules, tables, the ring's lists) is never garbage, so the
+        collector stops walking it (gc.freeze); the loop's short-lived tuples and lists then trigger only
+        cheap young-generation collections instead of full ones over everything."""
+        gc.collect()
+        gc.freeze()
+
     def run(self) -> None:
+        self.prepare_loop()
         self.running = True
         while self.running:
             self.run_once()
@@ -151,6 +160,7 @@ class Engine:
                 else:
                     output = self.streams.outputs_by_fd.get(fd)
                     if output is not None:  # on its unconnected socket or on the connected twin
+                        output.bucket.refill(now)  # NACK answers take tokens too
                         self.feedback.drain_rtcp(output.send_sock if fd == output.send_fd else output.sock, now, output)
             if outputs_with_queue:
                 self.egress.drain_queues(now)

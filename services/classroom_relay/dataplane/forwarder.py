@@ -114,6 +114,14 @@ class Forwarder:
                 (in_timestamp + timestamp_offset) & 0xFFFFFFFF,
                 out_ssrc,
             )
+        self.advance_run(in_sequences, in_timestamps, in_order, now)
+
+    def advance_run(
+        self, in_sequences: Sequence[int], in_timestamps: Sequence[int], in_order: bool, now: float
+    ) -> None:
+        """The "last sent" state after a run whose headers were written (``rewrite_run``, or buffer.py's
+        ``PacketRing.rewrite_headers`` for the whole run at once)."""
+        sequence_offset, timestamp_offset = self.sequence_offset, self.timestamp_offset
         last_sequence = self.last_out_sequence
         if in_order:
             # Consecutive numbers: if any of them is ahead of "last", all after it are, so the last one wins.

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from .admission import address_key, key_address
 from .allocator import NO_TARGET, RateMeter
-from .buffer import OutputHistory
+from .buffer import HeaderLanes, OutputHistory
 from .forwarder import Forwarder
 from .pacer import PacedQueue, TokenBucket
 from .rtcp import ReceptionStats
@@ -206,7 +206,7 @@ class Output:
         self.queue = PacedQueue(self.budget, config.max_queue_delay_seconds)
         self.forwarder = Forwarder(clock_rate=track.clock_rate)
         self.history = OutputHistory()
-        self.gso = GsoStage() if config.use_gso else None
+        self.gso: GsoStage | None = None  # egress.py makes it on first use (67 KB: most outputs never need one)
         self.messages_base = 0  # this output's sendmmsg headers (egress.py prepares them)
         self.messages: object = None
         self.sockaddr_address = 0
@@ -272,6 +272,7 @@ class LayerBatch:
     """
 
     __slots__ = (
+        "_lanes",
         "gather_start",
         "gso_chunks",
         "header_offsets",
@@ -281,6 +282,7 @@ class LayerBatch:
         "sequences",
         "serials",
         "sizes",
+        "slot_runs",
         "slots",
         "timestamps",
         "total_bytes",
@@ -309,6 +311,29 @@ class LayerBatch:
         self.in_order = _consecutive(sequences)
         self.gather_start = 0
         self.gso_chunks: list[tuple[int, int, int]] = []
+        # (first slot, first index, count) of each stretch of consecutive slots: the strided header rewrite
+        # (buffer.py) works per stretch.
+        self.slot_runs = _slot_runs(slots)
+        self._lanes: HeaderLanes | None = None
+
+    @property
+    def lanes(self) -> HeaderLanes:
+        """The run's sequence numbers and timestamps as lanes (buffer.py), made once for all outputs."""
+        if self._lanes is None:
+            self._lanes = HeaderLanes(self.sequences, self.timestamps)
+        return self._lanes
+
+
+def _slot_runs(slots: Sequence[int]) -> list[tuple[int, int, int]]:
+    if isinstance(slots, range):  # the whole batch: one stretch
+        return [(slots.start, 0, len(slots))]
+    runs: list[tuple[int, int, int]] = []
+    start_index = 0
+    for index in range(1, len(slots) + 1):
+        if index == len(slots) or slots[index] != slots[index - 1] + 1:
+            runs.append((slots[start_index], start_index, index - start_index))
+            start_index = index
+    return runs
 
 
 def _consecutive(sequence_numbers: Sequence[int]) -> bool:
