@@ -438,6 +438,20 @@ def make_sinks(count: int, receive_buffer: int = 1 << 20) -> list[socket.socket]
 
 
 def free_port() -> int:
+    """A port for a generator to bind later: below the kernel's ephemeral range, so that the relay's own
+    sockets (ephemeral: 800 of them at 1→200) cannot take it in between."""
+    import random
+
+    with open("/proc/sys/net/ipv4/ip_local_port_range") as ports:
+        ephemeral_low = int(ports.read().split()[0])
+    for _ in range(200):
+        port = random.randrange(max(1024, ephemeral_low - 20_000), ephemeral_low)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
         probe.bind(("127.0.0.1", 0))
         return probe.getsockname()[1]

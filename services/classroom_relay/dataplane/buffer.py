@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import functools
 import struct
+from collections import deque
 from collections.abc import Sequence
 from itertools import repeat
 
 from .rtp import MAX_DATAGRAM_BYTES
 
-MIN_VECTOR_RUN = 4  # shorter runs are rewritten packet by packet (forwarder.py): no gain below this
+MIN_VECTOR_RUN = 12  # shorter runs are rewritten packet by packet (forwarder.py): as fast below this
 
 
 @functools.cache
@@ -200,6 +201,7 @@ class OutputHistory:
         slots: Sequence[int],
         serials: Sequence[int],
         in_order: bool,
+        increasing: bool = False,
     ) -> None:
         """``remember`` a run sent with ``out = (in + sequence_offset) & 0xFFFF``; slices when consecutive."""
         count = len(slots)
@@ -216,6 +218,16 @@ class OutputHistory:
                 self.slots[:rest] = slots[head:]
                 self.serials[:rest] = serials[head:]
                 self.sent_sequence[:rest] = range(first_out + head, first_out + count)
+            return
+        span = in_sequences[-1] - in_sequences[0]
+        if increasing and start + span <= self.mask and first_out + span <= 0xFFFF:
+            # Gaps (loss upstream) but no wrap of the history or of the numbers: every position is
+            # start + (in - first in); scattered writes, driven from C.
+            shift = start - in_sequences[0]
+            positions = list(map(shift.__add__, in_sequences))
+            deque(map(self.slots.__setitem__, positions, slots), maxlen=0)
+            deque(map(self.serials.__setitem__, positions, serials), maxlen=0)
+            deque(map(self.sent_sequence.__setitem__, positions, map((first_out - start).__add__, positions)), maxlen=0)
             return
         mask, history_slots, history_serials, sent = self.mask, self.slots, self.serials, self.sent_sequence
         for in_sequence, slot, serial in zip(in_sequences, slots, serials, strict=True):

@@ -113,7 +113,8 @@ class Egress:
         if len(declared) > 1 and output.budget * FIT_FRACTION < declared[-1]:
             return NO_TARGET
         for ssrc, batch in by_ssrc.items():
-            if batch.keyframe_timestamps or (len(track.layers) == 1 and batch.layer.packets_in == len(batch.slots)):
+            # (A layer's very first batch: ingest.py counts a batch's packets only after it was forwarded.)
+            if batch.keyframe_timestamps or (len(track.layers) == 1 and batch.layer.packets_in == 0):
                 return ssrc
         return NO_TARGET
 
@@ -139,13 +140,13 @@ class Egress:
             ring.rewrite_headers(
                 batch.slot_runs, batch.lanes, forwarder.sequence_offset, forwarder.timestamp_offset, forwarder.out_ssrc
             )
-            forwarder.advance_run(batch.sequences, batch.timestamps, batch.in_order, now)
+            forwarder.advance_run(batch.sequences, batch.timestamps, batch.increasing, now)
         else:
             forwarder.rewrite_run(
-                ring.data, batch.header_offsets, batch.sequences, batch.timestamps, batch.in_order, now
+                ring.data, batch.header_offsets, batch.sequences, batch.timestamps, batch.increasing, now
             )
         output.history.remember_run(
-            forwarder.sequence_offset, batch.sequences, batch.slots, batch.serials, batch.in_order
+            forwarder.sequence_offset, batch.sequences, batch.slots, batch.serials, batch.in_order, batch.increasing
         )
         self._send_gathered(output, batch)
         output.bytes_out += batch.total_bytes

@@ -81,11 +81,12 @@ class Ingest:
             self._layer_batch(layer, indices, keyframes, first, first_serial, lengths, sequences, timestamps)
             for layer, indices in accepted.items()
         ]
-        for batch in batches:
-            self._account_layer(batch, now)
         if self.egress.gather is not None:
             self.egress.load_gather(batches)
         self.egress.forward_batches(batches, now)
+        # Counted after sending: the statistics are for the timers and RTCP, the packets should not wait.
+        for batch in batches:
+            self._account_layer(batch, now)
 
     def _classify_single_source(
         self,

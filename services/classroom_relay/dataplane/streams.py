@@ -10,6 +10,8 @@ socket, pacer, forwarder and NACK history). ``Streams`` holds the tables the loo
 from __future__ import annotations
 
 import contextlib
+import itertools
+import operator
 import socket
 import struct
 from collections.abc import Sequence
@@ -277,6 +279,7 @@ class LayerBatch:
         "gso_chunks",
         "header_offsets",
         "in_order",
+        "increasing",
         "keyframe_timestamps",
         "layer",
         "sequences",
@@ -309,6 +312,9 @@ class LayerBatch:
         self.keyframe_timestamps = keyframe_timestamps
         self.total_bytes = sum(sizes)
         self.in_order = _consecutive(sequences)
+        # Each number above the previous (gaps allowed: loss upstream), within half the number space: the
+        # newest packet of the run is its last one.
+        self.increasing = self.in_order or _increasing(sequences)
         self.gather_start = 0
         self.gso_chunks: list[tuple[int, int, int]] = []
         # (first slot, first index, count) of each stretch of consecutive slots: the strided header rewrite
@@ -322,6 +328,13 @@ class LayerBatch:
         if self._lanes is None:
             self._lanes = HeaderLanes(self.sequences, self.timestamps)
         return self._lanes
+
+
+def _increasing(sequence_numbers: Sequence[int]) -> bool:
+    """Strictly increasing without a wrap across 0, spanning less than half the number space: at C speed."""
+    return sequence_numbers[-1] - sequence_numbers[0] < 0x8000 and all(
+        map(operator.lt, sequence_numbers, itertools.islice(sequence_numbers, 1, None))
+    )
 
 
 def _slot_runs(slots: Sequence[int]) -> list[tuple[int, int, int]]:
