@@ -375,6 +375,72 @@ def _configure_mix(engine, mix: str, sinks: list[int], token: str, source_ports:
     return list(engine.sessions["bench"].members["branch-0"].outputs.values())
 
 
+def _trace_engine(engine) -> list[list[int]]:
+    """Time stamps (CLOCK_MONOTONIC ns, as the generator's send stamp in the payload) of every received batch:
+    [sent (first packet's stamp), relay entered epoll, epoll returned, recvmmsg returned, classified (egress
+    starts), first output sent, all outputs sent, packets]. Wraps the engine's own objects; tracing round only."""
+    records: list[list[int]] = []
+    clock = time.monotonic_ns
+    poller, receiver, egress, ring = engine.poller, engine.ingest.media_receiver, engine.egress, engine.ring
+    poll_times = [0, 0]
+
+    class TimedPoller:  # select.epoll's methods cannot be replaced on the object itself
+        def poll(self, timeout: float = -1) -> list:
+            poll_times[0] = clock()
+            events = poller.poll(timeout)
+            poll_times[1] = clock()
+            return events
+
+        def __getattr__(self, name: str):
+            return getattr(poller, name)
+
+    engine.poller = engine.topology.poller = TimedPoller()
+    receive, forward_batches, send_gathered = receiver.receive, egress.forward_batches, egress._send_gathered
+
+    def timed_receive() -> tuple[int, int]:
+        first, count = receive()
+        if count:
+            stamp = SEND_STAMP.unpack_from(ring.data, first * ring.slot_bytes + 13)[0]
+            records.append([stamp, poll_times[0], poll_times[1], clock(), 0, 0, 0, count])
+        return first, count
+
+    def timed_forward(batches: list, now: float) -> None:
+        records[-1][4] = clock()
+        forward_batches(batches, now)
+        records[-1][6] = clock()
+
+    def timed_send(output, batch) -> None:
+        send_gathered(output, batch)
+        if not records[-1][5]:
+            records[-1][5] = clock()
+
+    receiver.receive, egress.forward_batches, egress._send_gathered = timed_receive, timed_forward, timed_send
+    return records
+
+
+def _trace_summary(records: list[list[int]]) -> dict:
+    """Median and p99 µs of each step of the steady part (the first fifth is the warm-up)."""
+    steady = [record for record in records[len(records) // 5 :] if all(record[4:7])]
+    if not steady:
+        return {}
+    steps = {
+        # A packet that arrived while the relay was still busy with the previous batch waited there; one that
+        # arrived while it slept in epoll waited for the kernel to wake it.
+        "queued behind the previous batch": [max(0, entered - sent) for sent, entered, *_rest in steady],
+        "kernel → relay woke (epoll)": [woke - max(sent, entered) for sent, entered, woke, *_rest in steady],
+        "recvmmsg": [received - woke for _sent, _entered, woke, received, *_rest in steady],
+        "validate, admit, group": [record[4] - record[3] for record in steady],
+        "rewrite + send, receiver 1": [record[5] - record[4] for record in steady],
+        "rewrite + send, the other receivers": [record[6] - record[5] for record in steady],
+        "total, first packet of the batch": [record[5] - record[0] for record in steady],
+    }
+    summary = {"batches": len(steady), "mean_packets": statistics.mean(record[7] for record in steady)}
+    for name, values in steps.items():
+        values.sort()
+        summary[name] = (values[len(values) // 2] / 1000, values[int(len(values) * 0.99)] / 1000)
+    return summary
+
+
 def run_engine(arguments: argparse.Namespace) -> None:
     """The data plane with all its logic, configured as the control plane would."""
     pin(FORWARDER_CPU)
@@ -410,6 +476,7 @@ def run_engine(arguments: argparse.Namespace) -> None:
         packets_in = sum(layer.packets_in for layer in layers.values())
         return packets_in, sum(output.packets_out for output in watched) * receivers
 
+    records = _trace_engine(engine) if arguments.trace else None
     if hasattr(engine, "prepare_loop"):  # as Engine.run does before its loop (absent in older checkouts)
         engine.prepare_loop()
     result = _measure(counters, lambda: engine.run_once(0.05), warmup=warmup)
@@ -422,6 +489,8 @@ def run_engine(arguments: argparse.Namespace) -> None:
     result["outputs"] = len(engine.all_outputs)
     result["followed"] = sorted({output.track.name + f":{output.forwarder.layer_ssrc:#x}" for output in watched})
     result["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    if records is not None:
+        result["trace"] = _trace_summary(records)
     print(json.dumps(result), flush=True)
 
 
@@ -534,7 +603,7 @@ def one_round(
             sink.close()
 
 
-def latency_round(fanout: int, direct: bool) -> dict:
+def latency_round(fanout: int, direct: bool, trace: bool = False, code_root: str | None = None) -> dict:
     sinks = make_sinks(fanout)
     source_port = free_port()
     forwarder = None
@@ -543,7 +612,8 @@ def latency_round(fanout: int, direct: bool) -> dict:
             port = sinks[0].getsockname()[1]
         else:
             forwarder = spawn("engine", "--sinks", *[str(s.getsockname()[1]) for s in sinks],
-                              "--source-port", str(source_port), "--gso", "--realtime")  # fmt: skip
+                              "--source-port", str(source_port), "--gso", "--realtime",
+                              *(["--trace"] if trace else []), code_root=code_root)  # fmt: skip
             port = read_json(forwarder)["port"]
         limit = str(int(LATENCY_PPS * LATENCY_SECONDS) + WARMUP_PACKETS)
         generator = spawn("generator", "--port", str(port), "--source-port", str(source_port),
@@ -556,6 +626,7 @@ def latency_round(fanout: int, direct: bool) -> dict:
         received = drain(sinks[:1], start + LATENCY_SECONDS + 1.0, latencies)
         sent = read_json(generator)["sent"]
         generator.wait(timeout=5)
+        breakdown = read_json(forwarder, timeout=8).get("trace", {}) if trace and forwarder is not None else {}
         # The warm-up packets before the relay picked a layer are not forwarded by design: compare the
         # steady part only (latencies were recorded for what arrived).
         steady = latencies[len(latencies) // 10 :]
@@ -568,6 +639,7 @@ def latency_round(fanout: int, direct: bool) -> dict:
             "received": received,
             "expected_steady": expected_steady,
             "loss": max(0.0, 1 - forwarded_steady / expected_steady) if expected_steady else float("nan"),
+            "trace": breakdown,
         }
     finally:
         if forwarder is not None:
@@ -695,27 +767,51 @@ def lessons() -> dict[str, dict[str, float]]:
 
 
 def latency() -> dict:
-    """Direct and relayed rounds, interleaved in pairs; added = relayed − direct of each pair, median."""
-    pairs = []
+    """Direct and relayed rounds, interleaved (direct, relay[, compared checkout's relay]); added = relayed −
+    direct of each group, median. Then one traced round per checkout: where a packet's time goes."""
+    groups = []
     for _ in range(LATENCY_PAIRS):
-        pairs.append((latency_round(1, direct=True), latency_round(4, direct=False)))
+        group = [latency_round(1, direct=True), latency_round(4, direct=False)]
+        if COMPARE_ROOT:
+            group.append(latency_round(4, direct=False, code_root=COMPARE_ROOT))
+        groups.append(group)
     print(f"latency at {LATENCY_PPS:,} packets/s, 1→4 (GSO on), send timestamp in the payload, "
-          f"{LATENCY_PAIRS} interleaved pairs of {LATENCY_SECONDS:.0f} s; relay asks for SCHED_FIFO 1 "
+          f"{LATENCY_PAIRS} interleaved groups of {LATENCY_SECONDS:.0f} s rounds; relay asks for SCHED_FIFO 1 "
           "(granted if root/CAP_SYS_NICE):")  # fmt: skip
-    print(f"  {'pair':>4} {'direct p50':>11} {'p99':>8} {'relay p50':>10} {'p99':>8} {'added p50':>10} {'p99':>8} "
-          f"{'relay loss':>11}")  # fmt: skip
-    for number, (direct, relayed) in enumerate(pairs, 1):
-        print(f"  {number:>4} {direct['p50_us']:>9.1f}µs {direct['p99_us']:>6.0f}µs {relayed['p50_us']:>8.1f}µs "
-              f"{relayed['p99_us']:>6.0f}µs {relayed['p50_us'] - direct['p50_us']:>8.1f}µs "
-              f"{relayed['p99_us'] - direct['p99_us']:>6.0f}µs {relayed['loss'] * 100:>9.3f} %")  # fmt: skip
-    added_p50 = statistics.median(relayed["p50_us"] - direct["p50_us"] for direct, relayed in pairs)
-    added_p99 = statistics.median(relayed["p99_us"] - direct["p99_us"] for direct, relayed in pairs)
-    loss = statistics.median(relayed["loss"] for _direct, relayed in pairs)
-    sent = sum(relayed["expected_steady"] for _direct, relayed in pairs)
-    print(f"  added by the relay (median of pairs): p50 {added_p50:.1f} µs, p99 {added_p99:.0f} µs "
-          f"(goals ≤ 100 µs, ≤ 1000 µs); loss {loss * 100:.3f} % of {sent} steady packets "
-          "(receiver 1 of 4)")  # fmt: skip
-    return {"p50": added_p50, "p99": added_p99, "loss": loss}
+    columns = ["relay"] + (["compared"] if COMPARE_ROOT else [])
+    print(f"  {'group':>5} {'direct p50':>11} {'p99':>8}" + "".join(
+        f" {name + ' p50':>13} {'p99':>8} {'added p50':>10} {'p99':>8} {'loss':>8}" for name in columns))  # fmt: skip
+    for number, (direct, *relayed) in enumerate(groups, 1):
+        line = f"  {number:>5} {direct['p50_us']:>9.1f}µs {direct['p99_us']:>6.0f}µs"
+        for result in relayed:
+            added_p50, added_p99 = result["p50_us"] - direct["p50_us"], result["p99_us"] - direct["p99_us"]
+            line += (f" {result['p50_us']:>11.1f}µs {result['p99_us']:>6.0f}µs {added_p50:>8.1f}µs "
+                     f"{added_p99:>6.0f}µs {result['loss'] * 100:>6.3f} %")  # fmt: skip
+        print(line)
+    figures = {}
+    for index, name in enumerate(columns, 1):
+        added_p50 = statistics.median(group[index]["p50_us"] - group[0]["p50_us"] for group in groups)
+        added_p99 = statistics.median(group[index]["p99_us"] - group[0]["p99_us"] for group in groups)
+        loss = statistics.median(group[index]["loss"] for group in groups)
+        sent = sum(group[index]["expected_steady"] for group in groups)
+        print(f"  added by the {name} relay (median of groups): p50 {added_p50:.1f} µs, p99 {added_p99:.0f} µs "
+              f"(goals ≤ 100 µs, ≤ 1000 µs); loss {loss * 100:.3f} % of {sent} steady packets "
+              "(receiver 1 of 4)")  # fmt: skip
+        figures[name] = {"p50": added_p50, "p99": added_p99, "loss": loss}
+    traced = [("relay", latency_round(4, direct=False, trace=True))]
+    if COMPARE_ROOT:
+        traced.append(("compared", latency_round(4, direct=False, trace=True, code_root=COMPARE_ROOT)))
+    print("  where the time goes (one more round each, with time stamps in the relay; µs, median / p99 over its "
+          "batches):")  # fmt: skip
+    steps = [key for key in traced[0][1]["trace"] if key not in ("batches", "mean_packets")]
+    print(f"    {'':<38}" + "".join(f" {name:>17}" for name, _result in traced))
+    missing = (float("nan"), float("nan"))
+    for step in steps:
+        cells = [result["trace"].get(step, missing) for _name, result in traced]
+        print(f"    {step:<38}" + "".join(f" {median:>8.1f} / {p99:>6.0f}" for median, p99 in cells))
+    print(f"    {'packets per batch (mean)':<38}" + "".join(
+        f" {result['trace'].get('mean_packets', float('nan')):>17.1f}" for _name, result in traced))  # fmt: skip
+    return figures["relay"] | {"compared": figures.get("compared")}
 
 
 def main() -> None:
@@ -775,7 +871,9 @@ def main() -> None:
     print(f"goal peak RSS at 1→200 with audio + video: {wide_rss / 1e6:.1f} MB "
           f"({'met' if wide_rss <= RSS_BUDGET_BYTES else 'MISSED'}, ≤ {RSS_BUDGET_BYTES / 1e6:.0f} MB)")
     print(f"goal latency: p50 {added['p50']:.1f} µs ({'met' if added['p50'] <= 100 else 'MISSED'}), "
-          f"p99 {added['p99']:.0f} µs ({'met' if added['p99'] <= 1000 else 'MISSED'})")  # fmt: skip
+          f"p99 {added['p99']:.0f} µs ({'met' if added['p99'] <= 1000 else 'MISSED'})"
+          + (f"; compared checkout p50 {added['compared']['p50']:.1f} µs, p99 {added['compared']['p99']:.0f} µs"
+             if added.get("compared") else ""))  # fmt: skip
     load_end = os.getloadavg()
     print(f"load average at end: {load_end[0]:.2f} {load_end[1]:.2f} {load_end[2]:.2f}; "
           f"benchmark wall time {time.monotonic() - began:.0f} s")  # fmt: skip
@@ -798,6 +896,7 @@ def parse_arguments() -> argparse.Namespace:
     )
     parser.add_argument("--gso", action="store_true")
     parser.add_argument("--realtime", action="store_true", help="engine: SCHED_FIFO (latency rounds)")
+    parser.add_argument("--trace", action="store_true", help="engine: time stamps per batch (latency breakdown)")
     parser.add_argument("--code-root", default=str(ROOT), help="checkout whose data plane to measure")
     return parser.parse_args()
 

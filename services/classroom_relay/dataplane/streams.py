@@ -78,6 +78,9 @@ class EngineConfig:
     use_gso: bool = True
     burst_seconds: float = 0.05
     max_queue_delay_seconds: float = 0.2
+    # While media wake-ups come closer together than this, the loop polls instead of sleeping in epoll for
+    # up to this long after the last one (engine.py); 0: always sleep.
+    busy_poll_seconds: float = 0.0001
 
 
 class Layer:
