@@ -4,8 +4,8 @@
 ring (buffer.py). Each packet is validated (rtp.py), admitted (topology.py: its sender's address and SSRC
 must be pinned by a join token) and checked for a keyframe start (h264.py); RTCP and hellos that arrive
 on the media port go to feedback.py and topology.py. The accepted packets are grouped into one
-``LayerBatch`` per layer, each layer's receive statistics are updated once per batch, and egress.py
-sends them on.
+``LayerBatch`` per layer, egress.py sends them on, and then each layer's receive statistics are updated
+once per batch.
 """
 
 from __future__ import annotations

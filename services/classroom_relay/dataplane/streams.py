@@ -42,15 +42,16 @@ def sockaddr_in(host: str, port: int) -> bytes:
 
 def connected_twin(sock: socket.socket, destination: tuple[str, int]) -> socket.socket | None:
     """A second socket on ``sock``'s own address and port, connected to ``destination``: media leaves
-    through it, so the kernel reuses one cached route instead of looking one up per datagram (≈ 0.4 µs of
-    the ≈ 2.7 µs a datagram cost, `make bench-relay`), while ``sock`` stays unconnected to receive the
-    receiver's RTCP from any port. The kernel hands a datagram from ``destination`` to the connected
-    twin and every other one to ``sock``. ``sock`` must have been bound with SO_REUSEPORT (ports.py,
-    ``shareable``); the option is cleared on both afterwards so no other socket can join the port.
-    None when the twin cannot be made (media then names its destination in every send)."""
+    through it, so the kernel reuses one cached route instead of looking one up per datagram, while
+    ``sock`` stays unconnected to receive the receiver's RTCP from any port. The kernel hands a datagram
+    from ``destination`` to the connected twin and every other one to ``sock``. ``sock`` must have been
+    bound with SO_REUSEPORT (ports.py, ``shareable``); the option is cleared on both afterwards so no
+    other socket can join the port. None when the twin cannot be made (media then names its destination
+    in every send)."""
     if sock.getsockname()[1] == 0:
         return None  # not bound yet: there is no port to share
-    twin: socket.socket | None = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    twin = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    made: socket.socket | None = twin
     try:
         twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         twin.bind(sock.getsockname())
@@ -58,10 +59,10 @@ def connected_twin(sock: socket.socket, destination: tuple[str, int]) -> socket.
         twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
     except OSError:
         twin.close()
-        twin = None
+        made = None
     with contextlib.suppress(OSError):
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
-    return twin
+    return made
 
 
 @dataclass(frozen=True, slots=True)

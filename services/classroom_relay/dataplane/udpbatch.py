@@ -279,16 +279,11 @@ class GsoStage:
             return 0
         try:
             packet = self.view[: self.used]
-            if segments == 1 and destination is None:
-                sock.send(packet)
-            elif segments == 1:
-                sock.sendto(packet, destination)
+            control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", self.segment_bytes))] if segments > 1 else []
+            if destination is None:
+                sock.sendmsg((packet,), control)
             else:
-                control = ((SOL_UDP, UDP_SEGMENT, struct.pack("=H", self.segment_bytes)),)
-                if destination is None:
-                    sock.sendmsg((packet,), control)
-                else:
-                    sock.sendmsg((packet,), control, 0, destination)
+                sock.sendmsg((packet,), control, 0, destination)
         finally:
             self.segments = 0
             self.used = 0
