@@ -127,8 +127,8 @@ def test_history_of_a_run_with_upstream_gaps_answers_only_what_was_sent() -> Non
     history, reference = OutputHistory(64), OutputHistory(64)
     history.remember_run(7, sequences, slots, serials, in_order=False, increasing=True)
     reference.remember_run(7, sequences, slots, serials, in_order=False)  # the per-packet loop
-    assert (history.slots, history.serials, history.sent_sequence) == (
-        reference.slots, reference.serials, reference.sent_sequence
+    assert (history.slots, history.serials, history.in_sequences, history.offsets) == (
+        reference.slots, reference.serials, reference.in_sequences, reference.offsets
     )  # fmt: skip
     for sequence, slot in zip(sequences, slots, strict=True):
         assert history.find(sequence + 7, ring) == slot

@@ -146,7 +146,12 @@ class Egress:
                 ring.data, batch.header_offsets, batch.sequences, batch.timestamps, batch.increasing, now
             )
         output.history.remember_run(
-            forwarder.sequence_offset, batch.sequences, batch.slots, batch.serials, batch.in_order, batch.increasing
+            forwarder.sequence_offset,
+            batch.sequences,
+            batch.slot_list,
+            batch.serial_list,
+            batch.in_order,
+            batch.increasing,
         )
         self._send_gathered(output, batch)
         output.bytes_out += batch.total_bytes

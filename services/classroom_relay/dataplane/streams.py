@@ -279,6 +279,8 @@ class LayerBatch:
 
     __slots__ = (
         "_lanes",
+        "_serial_list",
+        "_slot_list",
         "gather_start",
         "gso_chunks",
         "header_offsets",
@@ -325,6 +327,21 @@ class LayerBatch:
         # (buffer.py) works per stretch.
         self.slot_runs = _slot_runs(slots)
         self._lanes: HeaderLanes | None = None
+        self._slot_list: list[int] | None = None
+        self._serial_list: list[int] | None = None
+
+    @property
+    def slot_list(self) -> list[int]:
+        """``slots`` as a list made once: every output's NACK history then shares its number objects."""
+        if self._slot_list is None:
+            self._slot_list = list(self.slots)
+        return self._slot_list
+
+    @property
+    def serial_list(self) -> list[int]:
+        if self._serial_list is None:
+            self._serial_list = list(self.serials)
+        return self._serial_list
 
     @property
     def lanes(self) -> HeaderLanes:
