@@ -18,7 +18,7 @@ from itertools import repeat
 
 from .rtp import MAX_DATAGRAM_BYTES
 
-MIN_VECTOR_RUN = 12  # shorter runs are rewritten packet by packet (forwarder.py): as fast below this
+MIN_VECTOR_RUN = 8  # shorter runs are rewritten packet by packet (forwarder.py): as fast below this
 
 
 @functools.cache
