@@ -15,6 +15,13 @@ Prints, in one run, with the forwarder pinned to one core (the load generator on
   system ``cc``): the machine's per-packet limit, reported beside the bare Python one;
 - peak resident memory of the data plane for 1 master → 16 branches, 3 simulcast layers, NACK cache on, and
   for a 1 → 200 fan-out (one output socket per receiving classroom);
+- two lessons (bench/relay_lessons.py), every stream from its own port: audio at 50 packets/s + a camera in
+  3 simulcast layers + courseware to 16 classrooms, and audio + one camera layer to 200 (名校网络课堂);
+  out packets/s, CPU per packet and peak RSS, 3 interleaved rounds each;
+- a traced latency round (bench/relay_trace.py): where a packet's time goes inside the relay; and the
+  latency with ``--busy-poll-us``;
+- with ``--compare-root DIR``: another checkout's data plane in the same rounds (throughput, lessons,
+  latency), so before/after figures come from one run;
 - the command, and the machine's load average at the start and at the end.
 Everything runs on 127.0.0.1, every load loop is bounded by packets and time; about 2 minutes.
 """
@@ -38,9 +45,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-PACKET_BYTES = 1200
-AUDIO_BYTES = 172  # 20 ms of PCMA/Opus at 64 kbit/s + the RTP header
-AUDIO_PPS = 50
+from relay_lessons import MIXES, configure_mix, mix_warmup_packets, run_mix_generator  # noqa: E402
+from relay_trace import trace_engine, trace_summary  # noqa: E402
+from relay_wire import PACKET_BYTES, RTP_HEADER, SEND_STAMP, SOL_UDP, UDP_SEGMENT  # noqa: E402
+
 WARMUP_PACKETS = 150
 BURST_SECONDS = 0.5
 ROUNDS = 5
@@ -48,6 +56,7 @@ FANOUTS = (1, 4, 16)
 LATENCY_PAIRS = 3
 LATENCY_PPS = 20_000
 LATENCY_SECONDS = 1.0
+BUSY_POLL_US = 100.0  # the relay's --busy-poll-us in the latency rounds that turn it on
 GENERATOR_BURST = 48  # 48 × 1200 B: under the 64 KiB a UDP GSO send may carry
 SINK_RECEIVE_BUFFER = 256 << 10
 CODE_ROOT = str(ROOT)
@@ -61,10 +70,6 @@ RSS_BUDGET_BYTES = 150e6
 FORWARDER_CPU = 0
 LOAD_CPU = 1
 SECRET = "bench-secret"
-RTP_HEADER = struct.Struct("!BBHII")
-SEND_STAMP = struct.Struct("!Q")
-UDP_SEGMENT = 103
-SOL_UDP = 17
 
 
 def pin(cpu: int) -> None:
@@ -82,105 +87,12 @@ def cpu_seconds() -> tuple[float, float]:
 
 
 # --------------------------------------------------------------------------- child roles
-# A lesson's streams for the mixed rounds: (track slot, SSRC, packets per flood cycle (0: audio, paced at
-# AUDIO_PPS), packet bytes). Each stream leaves its own port, as ffmpeg sends every stream and layer.
-MIXES = {
-    # teacher's voice, the camera in 3 simulcast layers (packet counts roughly as 2.5 / 0.8 / 0.4 Mbit/s),
-    # the courseware screen
-    "av": (("audio", 0x2000, 0, AUDIO_BYTES), ("camera:0", 0x1000, 24, PACKET_BYTES),
-           ("camera:1", 0x1001, 8, PACKET_BYTES), ("camera:2", 0x1002, 4, PACKET_BYTES),
-           ("courseware", 0x3000, 12, PACKET_BYTES)),
-    # 名校网络课堂: voice and one camera layer to every classroom
-    "wide": (("audio", 0x2000, 0, AUDIO_BYTES), ("camera", 0x1000, 24, PACKET_BYTES)),
-}
-# Rounds of 2 ms, each sending a quarter of a flood cycle's packets per stream; fewer at 1→200, where each
-# packet costs 400 sends and a longer warm-up would overflow the relay's receive buffer.
-MIX_WARMUP_ROUNDS = {"av": 150, "wide": 40}
-MIX_KEYFRAME_CYCLES = 50  # a keyframe per video stream every this many flood cycles (a GOP, so layers can switch)
-
-
-def mix_warmup_packets(mix: str) -> int:
-    """Packets the generator sends in a mix's warm-up (the engine starts measuring after them)."""
-    per_round = sum(max(1, per_cycle // 4) for _slot, _ssrc, per_cycle, _size in MIXES[mix] if per_cycle)
-    audio_streams = sum(1 for _slot, _ssrc, per_cycle, _size in MIXES[mix] if not per_cycle)
-    rounds = MIX_WARMUP_ROUNDS[mix]
-    return rounds * per_round + audio_streams * (rounds + 9) // 10
-
-
-def run_mix_generator(arguments: argparse.Namespace) -> None:
-    """A lesson: every stream from its own port; video flooded in GSO bursts in the mix's proportions with a
-    keyframe now and then, audio at its real rate (AUDIO_PPS). Warm-up first (keyframes, so the relay picks
-    layers; packet counts in the same proportions, so the allocator ranks the layers as in the flood)."""
-    pin(LOAD_CPU)
-    streams = MIXES[arguments.mix]
-    destination = ("127.0.0.1", arguments.port)
-    sockets = []
-    for source_port in arguments.source_ports:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
-        sock.bind(("127.0.0.1", source_port))
-        sock.connect(destination)
-        sockets.append(sock)
-    sequence = [0] * len(streams)
-    sent = 0
-    option = struct.pack("=H", PACKET_BYTES)
-
-    def burst(index: int, count: int, keyframe: bool) -> bytes:
-        _slot, ssrc, _per_cycle, size = streams[index]
-        packets = []
-        for number in range(count):
-            header = RTP_HEADER.pack(0x80, 96, sequence[index] & 0xFFFF, (sequence[index] // 5 * 3600) & 0xFFFFFFFF,
-                                     ssrc)  # fmt: skip
-            first_octet = 0x65 if keyframe and number == 0 else 0x41
-            packets.append(header + bytes((first_octet,)) + SEND_STAMP.pack(time.monotonic_ns()) + bytes(size - 21))
-            sequence[index] += 1
-        return b"".join(packets)
-
-    def audio(index: int) -> None:
-        _slot, ssrc, _per_cycle, size = streams[index]
-        header = RTP_HEADER.pack(0x80, 8, sequence[index] & 0xFFFF, (sequence[index] * 960) & 0xFFFFFFFF, ssrc)
-        sockets[index].send(header + bytes((0x78,)) + SEND_STAMP.pack(time.monotonic_ns()) + bytes(size - 21))
-        sequence[index] += 1
-
-    for round_number in range(MIX_WARMUP_ROUNDS[arguments.mix]):
-        for index, (_slot, _ssrc, per_cycle, _size) in enumerate(streams):
-            if not per_cycle:
-                if round_number % 10 == 0:
-                    audio(index)
-                    sent += 1
-                continue
-            count = max(1, per_cycle // 4)
-            packets = burst(index, count, round_number % 10 == 0)
-            for number in range(count):
-                sockets[index].send(packets[number * PACKET_BYTES : (number + 1) * PACKET_BYTES])
-            sent += count
-        time.sleep(0.002)
-    time.sleep(0.05)
-    start = time.monotonic()
-    deadline = start + arguments.seconds
-    audio_sent = 0
-    cycle = 0
-    while time.monotonic() < deadline and sent < arguments.max_packets:
-        for index, (_slot, _ssrc, per_cycle, _size) in enumerate(streams):
-            if not per_cycle:
-                while audio_sent < (time.monotonic() - start) * AUDIO_PPS:
-                    audio(index)
-                    audio_sent += 1
-                    sent += 1
-                continue
-            sockets[index].sendmsg((burst(index, per_cycle, cycle % MIX_KEYFRAME_CYCLES == 0),),
-                                   ((SOL_UDP, UDP_SEGMENT, option),))  # fmt: skip
-            sent += per_cycle
-        cycle += 1
-    print(json.dumps({"sent": sent}), flush=True)
-
-
 def run_generator(arguments: argparse.Namespace) -> None:
     """Warm-up (keyframes, so the relay picks a layer), then a bounded burst; prints packets sent."""
+    pin(LOAD_CPU)
     if arguments.mix:
         run_mix_generator(arguments)
         return
-    pin(LOAD_CPU)
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     sock.bind(("127.0.0.1", arguments.source_port))
@@ -349,98 +261,6 @@ def _configure_session(engine, sinks: list[int], token: str, source_port: int) -
     assert engine.register_sender("bench", "master", "camera", token, ("127.0.0.1", source_port)) == 0
 
 
-def _configure_mix(engine, mix: str, sinks: list[int], token: str, source_ports: list[int]) -> list:
-    """The master publishes the mix's tracks (each stream from its own port); every sink port pair/triple is
-    one receiving classroom with one output per track. Returns the first classroom's outputs."""
-    from services.classroom_relay.dataplane.streams import TrackSpec
-    from services.classroom_relay.dataplane.topology import MemberSpec, OutputSpec
-
-    tracks = []
-    for slot, _ssrc, _per_cycle, _size in MIXES[mix]:
-        name = slot.partition(":")[0]
-        if name in [track.name for track in tracks]:
-            continue
-        kind = "audio" if name == "audio" else "video"
-        tracks.append(TrackSpec(name, kind, name, 48_000 if kind == "audio" else 90_000))
-    members = [MemberSpec("master", tuple(tracks))]
-    per_member = len(tracks)
-    for index in range(len(sinks) // per_member):
-        ports = sinks[index * per_member : (index + 1) * per_member]
-        outputs = tuple(OutputSpec("master", track.name, port) for track, port in zip(tracks, ports, strict=True))
-        members.append(MemberSpec(f"branch-{index}", (), "127.0.0.1", 1e9, outputs))
-    _outputs, refused = engine.set_session("bench", members)
-    assert not refused, refused
-    for (slot, *_rest), port in zip(MIXES[mix], source_ports, strict=True):
-        assert engine.register_sender("bench", "master", slot, token, ("127.0.0.1", port)) == 0
-    return list(engine.sessions["bench"].members["branch-0"].outputs.values())
-
-
-def _trace_engine(engine) -> list[list[int]]:
-    """Time stamps (CLOCK_MONOTONIC ns, as the generator's send stamp in the payload) of every received batch:
-    [sent (first packet's stamp), relay entered epoll, epoll returned, recvmmsg returned, classified (egress
-    starts), first output sent, all outputs sent, packets]. Wraps the engine's own objects; tracing round only."""
-    records: list[list[int]] = []
-    clock = time.monotonic_ns
-    poller, receiver, egress, ring = engine.poller, engine.ingest.media_receiver, engine.egress, engine.ring
-    poll_times = [0, 0]
-
-    class TimedPoller:  # select.epoll's methods cannot be replaced on the object itself
-        def poll(self, timeout: float = -1) -> list:
-            poll_times[0] = clock()
-            events = poller.poll(timeout)
-            poll_times[1] = clock()
-            return events
-
-        def __getattr__(self, name: str):
-            return getattr(poller, name)
-
-    engine.poller = engine.topology.poller = TimedPoller()
-    receive, forward_batches, send_gathered = receiver.receive, egress.forward_batches, egress._send_gathered
-
-    def timed_receive() -> tuple[int, int]:
-        first, count = receive()
-        if count:
-            stamp = SEND_STAMP.unpack_from(ring.data, first * ring.slot_bytes + 13)[0]
-            records.append([stamp, poll_times[0], poll_times[1], clock(), 0, 0, 0, count])
-        return first, count
-
-    def timed_forward(batches: list, now: float) -> None:
-        records[-1][4] = clock()
-        forward_batches(batches, now)
-        records[-1][6] = clock()
-
-    def timed_send(output, batch) -> None:
-        send_gathered(output, batch)
-        if not records[-1][5]:
-            records[-1][5] = clock()
-
-    receiver.receive, egress.forward_batches, egress._send_gathered = timed_receive, timed_forward, timed_send
-    return records
-
-
-def _trace_summary(records: list[list[int]]) -> dict:
-    """Median and p99 µs of each step of the steady part (the first fifth is the warm-up)."""
-    steady = [record for record in records[len(records) // 5 :] if all(record[4:7])]
-    if not steady:
-        return {}
-    steps = {
-        # A packet that arrived while the relay was still busy with the previous batch waited there; one that
-        # arrived while it slept in epoll waited for the kernel to wake it.
-        "queued behind the previous batch": [max(0, entered - sent) for sent, entered, *_rest in steady],
-        "kernel → relay woke (epoll)": [woke - max(sent, entered) for sent, entered, woke, *_rest in steady],
-        "recvmmsg": [received - woke for _sent, _entered, woke, received, *_rest in steady],
-        "validate, admit, group": [record[4] - record[3] for record in steady],
-        "rewrite + send, receiver 1": [record[5] - record[4] for record in steady],
-        "rewrite + send, the other receivers": [record[6] - record[5] for record in steady],
-        "total, first packet of the batch": [record[5] - record[0] for record in steady],
-    }
-    summary = {"batches": len(steady), "mean_packets": statistics.mean(record[7] for record in steady)}
-    for name, values in steps.items():
-        values.sort()
-        summary[name] = (values[len(values) // 2] / 1000, values[int(len(values) * 0.99)] / 1000)
-    return summary
-
-
 def run_engine(arguments: argparse.Namespace) -> None:
     """The data plane with all its logic, configured as the control plane would."""
     pin(FORWARDER_CPU)
@@ -456,12 +276,15 @@ def run_engine(arguments: argparse.Namespace) -> None:
     from services.classroom_relay.dataplane.engine import Engine, EngineConfig
     from services.classroom_relay.dataplane.metrics import serve_metrics
 
-    engine = Engine(EngineConfig(use_gso=arguments.gso))
+    options = {"use_gso": arguments.gso}
+    if arguments.busy_poll_us:  # only checkouts that have it are asked for it
+        options["busy_poll_seconds"] = arguments.busy_poll_us / 1e6
+    engine = Engine(EngineConfig(**options))
     registry = serve_metrics(engine.snapshot_locked, 0)  # exporter on (port 0: any free port)
     engine.set_secrets([SECRET.encode()])
     token = issue_token(SECRET.encode(), "bench", "master", 600)
     if arguments.mix:
-        watched = _configure_mix(engine, arguments.mix, arguments.sinks, token, arguments.source_ports)
+        watched = configure_mix(engine, arguments.mix, arguments.sinks, token, arguments.source_ports)
         warmup = mix_warmup_packets(arguments.mix)
     else:
         _configure_session(engine, arguments.sinks, token, arguments.source_port)
@@ -476,7 +299,7 @@ def run_engine(arguments: argparse.Namespace) -> None:
         packets_in = sum(layer.packets_in for layer in layers.values())
         return packets_in, sum(output.packets_out for output in watched) * receivers
 
-    records = _trace_engine(engine) if arguments.trace else None
+    records = trace_engine(engine) if arguments.trace else None
     if hasattr(engine, "prepare_loop"):  # as Engine.run does before its loop (absent in older checkouts)
         engine.prepare_loop()
     result = _measure(counters, lambda: engine.run_once(0.05), warmup=warmup)
@@ -490,20 +313,42 @@ def run_engine(arguments: argparse.Namespace) -> None:
     result["followed"] = sorted({output.track.name + f":{output.forwarder.layer_ssrc:#x}" for output in watched})
     result["max_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     if records is not None:
-        result["trace"] = _trace_summary(records)
+        result["trace"] = trace_summary(records)
     print(json.dumps(result), flush=True)
 
 
 # --------------------------------------------------------------------------- orchestration
+COMPANIONS: dict[int, socket.socket] = {}  # sink fd -> the socket holding its port + 1
+
+
 def make_sinks(count: int, receive_buffer: int = 1 << 20) -> list[socket.socket]:
+    """Receivers, each with its RTP port + 1 held by a companion socket (where the relay's sender reports
+    go, RFC 3550): otherwise the kernel could give that port to one of the relay's own sockets, which
+    would then count the reports as RTCP from a wrong port."""
     sinks = []
-    for _ in range(count):
+    while len(sinks) < count:
         sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         sink.bind(("127.0.0.1", 0))
+        companion = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            companion.bind(("127.0.0.1", sink.getsockname()[1] + 1))
+        except OSError:
+            sink.close()
+            companion.close()
+            continue
+        sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
         sink.setblocking(False)
+        COMPANIONS[sink.fileno()] = companion
         sinks.append(sink)
     return sinks
+
+
+def close_sinks(sinks: list[socket.socket]) -> None:
+    for sink in sinks:
+        companion = COMPANIONS.pop(sink.fileno(), None)
+        if companion is not None:
+            companion.close()
+        sink.close()
 
 
 def free_port() -> int:
@@ -599,11 +444,12 @@ def one_round(
             if process is not None and process.poll() is None:
                 process.kill()
                 process.wait(timeout=5)
-        for sink in sinks:
-            sink.close()
+        close_sinks(sinks)
 
 
-def latency_round(fanout: int, direct: bool, trace: bool = False, code_root: str | None = None) -> dict:
+def latency_round(
+    fanout: int, direct: bool, trace: bool = False, code_root: str | None = None, busy_poll_us: float = 0.0
+) -> dict:
     sinks = make_sinks(fanout)
     source_port = free_port()
     forwarder = None
@@ -613,7 +459,8 @@ def latency_round(fanout: int, direct: bool, trace: bool = False, code_root: str
         else:
             forwarder = spawn("engine", "--sinks", *[str(s.getsockname()[1]) for s in sinks],
                               "--source-port", str(source_port), "--gso", "--realtime",
-                              *(["--trace"] if trace else []), code_root=code_root)  # fmt: skip
+                              *(["--trace"] if trace else []), "--busy-poll-us", str(busy_poll_us),
+                              code_root=code_root)  # fmt: skip
             port = read_json(forwarder)["port"]
         limit = str(int(LATENCY_PPS * LATENCY_SECONDS) + WARMUP_PACKETS)
         generator = spawn("generator", "--port", str(port), "--source-port", str(source_port),
@@ -645,8 +492,7 @@ def latency_round(fanout: int, direct: bool, trace: bool = False, code_root: str
         if forwarder is not None:
             forwarder.kill()
             forwarder.wait(timeout=5)
-        for sink in sinks:
-            sink.close()
+        close_sinks(sinks)
 
 
 VARIANTS = (("bare", "bare recv/send", "bare", False), ("c", "C recvmmsg/sendmmsg", "c", False),
@@ -771,14 +617,15 @@ def latency() -> dict:
     direct of each group, median. Then one traced round per checkout: where a packet's time goes."""
     groups = []
     for _ in range(LATENCY_PAIRS):
-        group = [latency_round(1, direct=True), latency_round(4, direct=False)]
+        group = [latency_round(1, direct=True), latency_round(4, direct=False),
+                 latency_round(4, direct=False, busy_poll_us=BUSY_POLL_US)]  # fmt: skip
         if COMPARE_ROOT:
             group.append(latency_round(4, direct=False, code_root=COMPARE_ROOT))
         groups.append(group)
     print(f"latency at {LATENCY_PPS:,} packets/s, 1→4 (GSO on), send timestamp in the payload, "
           f"{LATENCY_PAIRS} interleaved groups of {LATENCY_SECONDS:.0f} s rounds; relay asks for SCHED_FIFO 1 "
           "(granted if root/CAP_SYS_NICE):")  # fmt: skip
-    columns = ["relay"] + (["compared"] if COMPARE_ROOT else [])
+    columns = ["relay", "busy poll"] + (["compared"] if COMPARE_ROOT else [])
     print(f"  {'group':>5} {'direct p50':>11} {'p99':>8}" + "".join(
         f" {name + ' p50':>13} {'p99':>8} {'added p50':>10} {'p99':>8} {'loss':>8}" for name in columns))  # fmt: skip
     for number, (direct, *relayed) in enumerate(groups, 1):
@@ -798,7 +645,8 @@ def latency() -> dict:
               f"(goals ≤ 100 µs, ≤ 1000 µs); loss {loss * 100:.3f} % of {sent} steady packets "
               "(receiver 1 of 4)")  # fmt: skip
         figures[name] = {"p50": added_p50, "p99": added_p99, "loss": loss}
-    traced = [("relay", latency_round(4, direct=False, trace=True))]
+    traced = [("relay", latency_round(4, direct=False, trace=True)),
+              ("busy poll", latency_round(4, direct=False, trace=True, busy_poll_us=BUSY_POLL_US))]  # fmt: skip
     if COMPARE_ROOT:
         traced.append(("compared", latency_round(4, direct=False, trace=True, code_root=COMPARE_ROOT)))
     print("  where the time goes (one more round each, with time stamps in the relay; µs, median / p99 over its "
@@ -811,7 +659,7 @@ def latency() -> dict:
         print(f"    {step:<38}" + "".join(f" {median:>8.1f} / {p99:>6.0f}" for median, p99 in cells))
     print(f"    {'packets per batch (mean)':<38}" + "".join(
         f" {result['trace'].get('mean_packets', float('nan')):>17.1f}" for _name, result in traced))  # fmt: skip
-    return figures["relay"] | {"compared": figures.get("compared")}
+    return figures["relay"] | {"compared": figures.get("compared"), "busy_poll": figures["busy poll"]}
 
 
 def main() -> None:
@@ -872,6 +720,8 @@ def main() -> None:
           f"({'met' if wide_rss <= RSS_BUDGET_BYTES else 'MISSED'}, ≤ {RSS_BUDGET_BYTES / 1e6:.0f} MB)")
     print(f"goal latency: p50 {added['p50']:.1f} µs ({'met' if added['p50'] <= 100 else 'MISSED'}), "
           f"p99 {added['p99']:.0f} µs ({'met' if added['p99'] <= 1000 else 'MISSED'})"
+          + f"; with --busy-poll-us {BUSY_POLL_US:.0f}: p50 {added['busy_poll']['p50']:.1f} µs, "
+          f"p99 {added['busy_poll']['p99']:.0f} µs"
           + (f"; compared checkout p50 {added['compared']['p50']:.1f} µs, p99 {added['compared']['p99']:.0f} µs"
              if added.get("compared") else ""))  # fmt: skip
     load_end = os.getloadavg()
@@ -897,6 +747,7 @@ def parse_arguments() -> argparse.Namespace:
     parser.add_argument("--gso", action="store_true")
     parser.add_argument("--realtime", action="store_true", help="engine: SCHED_FIFO (latency rounds)")
     parser.add_argument("--trace", action="store_true", help="engine: time stamps per batch (latency breakdown)")
+    parser.add_argument("--busy-poll-us", type=float, default=0.0, help="engine: EngineConfig.busy_poll_seconds")
     parser.add_argument("--code-root", default=str(ROOT), help="checkout whose data plane to measure")
     return parser.parse_args()
 

@@ -54,8 +54,9 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--ring-slots", type=int, default=8192, help="packet ring / NACK cache size")
     parser.add_argument("--no-gso", action="store_true", help="send one datagram per system call")
     parser.add_argument(
-        "--busy-poll-us", type=float, default=100.0,
-        help="while media arrives faster than this, poll instead of sleeping between packets (0: never)",
+        "--busy-poll-us", type=float, default=0.0,
+        help="while media arrives faster than this, poll instead of sleeping between packets (e.g. 100; "
+        "default 0: never; costs idle CPU for ~30 µs less latency per wake-up)",
     )  # fmt: skip
     parser.add_argument("--cpu", type=int, default=None, help="pin the loop to this CPU")
     return parser.parse_args(argv)

@@ -173,7 +173,8 @@ class Engine:
         """epoll; but while media arrives faster than ``busy_poll_seconds`` apart, poll without sleeping for up
         to that long after the last arrival: waking a sleeping thread costs ~30 µs (p99 ~100 µs) on this
         kind of VM (`make bench-relay`, "where the time goes"), more than the gap between packets. At the
-        rates classrooms send (a few hundred packets/s per stream) the gaps are longer and the loop sleeps."""
+        rates classrooms send (a few hundred packets/s per stream) the gaps are longer and the loop sleeps.
+        Off unless configured (``EngineConfig.busy_poll_seconds``, ``--busy-poll-us``)."""
         spin = self.config.busy_poll_seconds
         if spin > 0 and wait > 0 and self.last_media_wake - self.previous_media_wake < spin:
             start = now
