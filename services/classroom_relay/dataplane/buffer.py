@@ -137,7 +137,7 @@ class PacketRing:
         self.ssrc[first:end] = ssrcs
         self.sequence_number[first:end] = sequence_numbers
         self.timestamp[first:end] = timestamps
-        self.keyframe[first:end] = repeat(False, count)
+        self.keyframe[first:end] = [False] * count
         self.serial[first:end] = range(serial, serial + count)
         return serial
 
@@ -223,13 +223,13 @@ class OutputHistory:
             self.slots[start:end] = slots[:head]
             self.serials[start:end] = serials[:head]
             self.in_sequences[start:end] = in_sequences[:head]
-            self.offsets[start:end] = repeat(sequence_offset, head)
+            self.offsets[start:end] = [sequence_offset] * head
             if head < count:
                 rest = count - head
                 self.slots[:rest] = slots[head:]
                 self.serials[:rest] = serials[head:]
                 self.in_sequences[:rest] = in_sequences[head:]
-                self.offsets[:rest] = repeat(sequence_offset, rest)
+                self.offsets[:rest] = [sequence_offset] * rest
             return
         span = in_sequences[-1] - in_sequences[0]
         if increasing and start + span <= self.mask:
