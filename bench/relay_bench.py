@@ -10,7 +10,8 @@ Prints, in one run, with the forwarder pinned to one core (the load generator on
   less sensitive to other load on the machine than packets/s, since time spent waiting for the CPU is not
   counted (hardware instruction counters are not available in this VM);
 - packet loss and p50/p99 added latency at 20 000 packets/s, 1→4: relay path minus direct
-  generator→sink path, measured in interleaved pairs in the same run (send time inside the payload);
+  generator→sink path, measured in interleaved pairs in the same run (send time inside the payload,
+  arrival = the kernel's receive time stamp at the receiver's socket);
 - the same rounds for a minimal C recvmmsg/sendmmsg forwarder (bench/relay_forwarder.c, built with the
   system ``cc``): the machine's per-packet limit, reported beside the bare Python one;
 - peak resident memory of the data plane for 1 master → 16 branches, 3 simulcast layers, NACK cache on, and
@@ -388,23 +389,54 @@ def read_json(process: subprocess.Popen, timeout: float = 15.0) -> dict:
     return json.loads(process.stdout.readline())
 
 
+SO_TIMESTAMPNS = 35  # Linux; also its control-message type (Python's socket module does not name it)
+TIMESPEC = struct.Struct("@qq")
+
+
+def _monotonic_minus_realtime() -> int:
+    """CLOCK_MONOTONIC − CLOCK_REALTIME in ns (the tightest of a few readings): kernel receive timestamps are
+    realtime, the generator's send stamps monotonic."""
+    best = None
+    for _ in range(5):
+        before = time.monotonic_ns()
+        wall = time.time_ns()
+        after = time.monotonic_ns()
+        if best is None or after - before < best[0]:
+            best = (after - before, (before + after) // 2 - wall)
+    assert best is not None
+    return best[1]
+
+
 def drain(sinks: list[socket.socket], until: float, latencies: list[int] | None = None) -> int:
-    """Read sinks until ``until``; returns packets received, recording latency when asked."""
+    """Read sinks until ``until``; returns packets received, recording latency when asked.
+
+    A packet's arrival is the kernel's receive time stamp (SO_TIMESTAMPNS, taken when the datagram reaches
+    the receiver's socket), not when this process got round to reading it: this process shares a core with
+    the generator, and its own wake-up is neither the relay's doing nor the same on the direct path (same
+    core as the sender) as on the relayed one (another core)."""
     poller = select.epoll()
     for sink in sinks:
         poller.register(sink.fileno(), select.EPOLLIN)
+        if latencies is not None:
+            sink.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
     by_fd = {sink.fileno(): sink for sink in sinks}
     buffer = bytearray(2048)
+    ancillary_bytes = socket.CMSG_SPACE(TIMESPEC.size)
+    to_monotonic = _monotonic_minus_realtime()
     received = 0
     while time.monotonic() < until:
         for fd, _event in poller.poll(0.05):
             sink = by_fd[fd]
             while True:
                 try:
-                    size = sink.recv_into(buffer)
+                    size, ancillary, _flags, _address = sink.recvmsg_into([buffer], ancillary_bytes)
                 except BlockingIOError:
                     break
                 arrived = time.monotonic_ns()
+                for level, kind, data in ancillary:
+                    if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(data) >= TIMESPEC.size:
+                        seconds, nanoseconds = TIMESPEC.unpack_from(data)
+                        arrived = seconds * 1_000_000_000 + nanoseconds + to_monotonic
                 received += 1
                 if latencies is not None and size >= 21:
                     latencies.append(arrived - SEND_STAMP.unpack_from(buffer, 13)[0])
@@ -622,7 +654,8 @@ def latency() -> dict:
         if COMPARE_ROOT:
             group.append(latency_round(4, direct=False, code_root=COMPARE_ROOT))
         groups.append(group)
-    print(f"latency at {LATENCY_PPS:,} packets/s, 1→4 (GSO on), send timestamp in the payload, "
+    print(f"latency at {LATENCY_PPS:,} packets/s, 1→4 (GSO on), send time stamp in the payload, arrival = the "
+          "kernel's receive time stamp at the receiver's socket, "
           f"{LATENCY_PAIRS} interleaved groups of {LATENCY_SECONDS:.0f} s rounds; relay asks for SCHED_FIFO 1 "
           "(granted if root/CAP_SYS_NICE):")  # fmt: skip
     columns = ["relay", "busy poll"] + (["compared"] if COMPARE_ROOT else [])
