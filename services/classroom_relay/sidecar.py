@@ -1,16 +1,20 @@
 """What the processes beside a data plane share (the ingest and the recorder): the control channel in the data
 plane's wire format (dataplane/protocol.py: line-delimited JSON, `hello` with the control secret first, one
-reply per request), the control secret, a Prometheus exporter on its own registry, stopping a child."""
+reply per request, dispatched by `op`), the command line's control/metrics options, the control secret, a
+Prometheus exporter on its own registry, stop signals, stopping a child."""
 
 from __future__ import annotations
 
+import argparse
 import hmac
 import json
+import logging
+import signal
 import socketserver
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,51 @@ from services.classroom_relay.dataplane.protocol import MAX_LINE_BYTES
 
 IDLE_SECONDS = 60.0
 SECRET_WAIT_SECONDS = 30.0
+
+
+class BadRequest(Exception):
+    """Malformed control input: answered as `bad_request`, and nothing changes."""
+
+
+def add_control_arguments(parser: argparse.ArgumentParser, control_port: int, metrics_port: int) -> None:
+    """The options every sidecar takes: where its control channel and /metrics listen, the secret's file."""
+    parser.add_argument("--control-host", default="127.0.0.1")
+    parser.add_argument("--control-port", type=int, default=control_port)
+    parser.add_argument("--metrics-host", default="127.0.0.1")
+    parser.add_argument("--metrics-port", type=int, default=metrics_port, help="0: no /metrics")
+    parser.add_argument("--control-secret-file", default=None, help="default: RELAY_CONTROL_SECRET_FILE")
+
+
+def start_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+def on_stop_signal(stop: Callable[[], None]) -> None:
+    """SIGTERM and SIGINT call `stop` (which asks the main loop to finish; the loop cleans up)."""
+
+    def request_stop(_signal: int, _frame: object) -> None:
+        stop()
+
+    signal.signal(signal.SIGTERM, request_stop)
+    signal.signal(signal.SIGINT, request_stop)
+
+
+def answer(request: Any, operations: Mapping[str, Callable[[dict], dict]],
+           storage_errors: tuple[type[BaseException], ...] = ()) -> dict:
+    """One reply per request, whatever arrives: never an exception out of here. `operations` maps an `op` to
+    what answers it; a `BadRequest` it raises is `bad_request`, one of `storage_errors` is `storage_error`."""
+    if not isinstance(request, dict):
+        return {"ok": False, "error": "bad_request", "message": "a request is a JSON object"}
+    op = request.get("op")
+    operation = operations.get(op) if isinstance(op, str) else None
+    if operation is None:
+        return {"ok": False, "error": "unknown_op", "message": f"unknown op {op!r}"}
+    try:
+        return operation(request)
+    except BadRequest as error:
+        return {"ok": False, "error": "bad_request", "message": str(error)}
+    except storage_errors as error:
+        return {"ok": False, "error": "storage_error", "message": str(error)}
 
 
 def control_secret(path: str, process: str) -> str:
