@@ -11,7 +11,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from typing import Any
 
 from services.classroom_relay.dataplane.protocol import ControlClient
 from services.classroom_relay.sdp import Section, build_receiver_sdp
+from tests.relay.relay_harness import start_relay_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FFMPEG = shutil.which("ffmpeg")
@@ -147,22 +147,13 @@ class RecorderProcess:
 def start_recorder(root: Path, media_base: int, *extra: str, stall_seconds: int = 3) -> RecorderProcess:
     control_port, metrics_port = free_tcp_port(), free_tcp_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.classroom_relay.recorder", "--control-port", str(control_port),
+    process, _ready = start_relay_process(
+        ["services.classroom_relay.recorder", "--control-port", str(control_port),
          "--metrics-port", str(metrics_port), "--control-secret", SECRET, "--root", str(root),
          "--media-ports", f"{media_base}-{media_base + 8}", "--stall-seconds", str(stall_seconds),
          "--min-free-bytes", "1", "--low-free-bytes", "2", *extra],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env, READY, "recorder",
     )  # fmt: skip
-    deadline = time.monotonic() + 20
-    line = b""
-    while time.monotonic() < deadline:
-        line = process.stdout.readline() if process.stdout else b""
-        if READY.search(line) or process.poll() is not None:
-            break
-    if READY.search(line) is None:
-        process.kill()
-        raise RuntimeError(f"recorder did not start: {line!r} {process.stderr.read() if process.stderr else b''!r}")
     return RecorderProcess(process, ControlClient(port=control_port, secret=SECRET), root, metrics_port)
 
 
