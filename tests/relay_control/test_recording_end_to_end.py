@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from services.classroom_relay.service import ClassroomRelayService
 from services.common.events import event_exchange, event_type_of
 from services.common.metrics import registry_for
 from services.resources.service import ResourcesService
+from tests.activities.broker import wait_for as poll
 from tests.activities.contract import contract_errors
 from tests.relay.relay_harness import REPO_ROOT, DataPlane, free_tcp_port, start_dataplane, stop_process
 
@@ -113,14 +115,7 @@ def ffprobe(path: Path) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
-def wait_for(fetch: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = fetch()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+wait_for = partial(poll, interval=0.2)  # (fetch, timeout, what)
 
 
 class Events:
