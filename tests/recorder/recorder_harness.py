@@ -11,15 +11,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from services.classroom_relay.dataplane.protocol import ControlClient
 from services.classroom_relay.sdp import Section, build_receiver_sdp
-from tests.relay.relay_harness import start_relay_process
+from tests.activities.broker import wait_for
+from tests.relay.relay_harness import free_tcp_port, start_relay_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FFMPEG = shutil.which("ffmpeg")
@@ -50,20 +50,7 @@ def free_port_block(size: int = 8) -> int:
     raise RuntimeError("no free block of UDP ports")
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+wait_until = partial(wait_for, interval=0.2)  # (predicate, timeout, what)
 
 
 def recording_entry(key: str, base: int, keep: bool = True, courseware: bool = False,
