@@ -14,7 +14,7 @@ from services.common.validation import ID, StrictSchema
 
 TEXT = validate.Length(min=1, max=200)
 SHORT = validate.Length(min=1, max=60)
-KEY = validate.Regexp(r"^[a-z0-9-]{1,64}$", error="A recording key is 1–64 of a-z, 0-9 and '-'.")
+KEY = validate.Regexp(r"^[a-z0-9-]{1,64}\Z", error="A recording key is 1–64 of a-z, 0-9 and '-'.")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
 MAX_CLIPS = 200  # knowledge points of one lesson; far more than a 45-minute lesson has
@@ -54,14 +54,20 @@ class GapIn(Schema):
     reason = fields.String(load_default=None, allow_none=True)
 
 
+# A file of a recording is a plain name in its folder (index.m3u8, program.mp4): it is signed into playback
+# URLs, so a path or a name the URL signer refuses must stop at the door, not fail every playback later.
+FILE = validate.Regexp(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}\Z",
+                       error="A file is a plain name in the recording's folder.")
+
+
 class FilesIn(Schema):
     class Meta:
         unknown = "include"
 
-    hls = fields.String(load_default="index.m3u8", allow_none=True)
-    courseware_hls = fields.String(load_default=None, allow_none=True)
-    program_mp4 = fields.String(load_default=None, allow_none=True)
-    courseware_mp4 = fields.String(load_default=None, allow_none=True)
+    hls = fields.String(load_default="index.m3u8", allow_none=True, validate=FILE)
+    courseware_hls = fields.String(load_default=None, allow_none=True, validate=FILE)
+    program_mp4 = fields.String(load_default=None, allow_none=True, validate=FILE)
+    courseware_mp4 = fields.String(load_default=None, allow_none=True, validate=FILE)
 
 
 class RecordingStarted(Schema):

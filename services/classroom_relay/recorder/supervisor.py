@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from services.common.storage import FilesystemStorage, Usage
+from services.common.storage import FilesystemStorage, Usage, write_file
 
 from . import finalize
 from . import manifest as manifest_file
@@ -224,7 +224,7 @@ class Supervisor:
             self.counters["restarts"] += 1
         part = recording.new_part(stream, now)
         sdp_path = recording.folder / f".{stream.name}.sdp"
-        sdp_path.write_text(stream.sdp)
+        write_file(sdp_path, stream.sdp)
         stream.error_file.seek(0)
         stream.error_file.truncate()
         stream.process = subprocess.Popen(

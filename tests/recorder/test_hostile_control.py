@@ -1,0 +1,144 @@
+"""The recorder attacked through its control channel and its storage folder (issue 16's independent checks).
+
+A real recorder process with real ffmpeg: SDPs that would send ffmpeg's RTCP elsewhere, join a multicast
+group, resolve a host name or hide a line from the checks; absurd ports; a thousand recordings at once; and
+links planted inside a recording's folder that would have the recorder write, read or delete outside its root.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from services.classroom_relay.recorder import manifest as manifest_file
+from services.classroom_relay.recorder.control import BadRequest, parse_recording
+from services.classroom_relay.recorder.finalize import remux
+from services.classroom_relay.recorder.playlist import ComposedPart, Segment, write_atomically
+from services.common.storage import remove_tree
+
+from .recorder_harness import FFMPEG, RecorderProcess, recording_entry, start_sender, wait_until
+
+PORTS = (42000, 42999)
+
+
+def _with_sdp(entry: dict, old: str, new: str) -> dict:
+    assert old in entry["sdp"], entry["sdp"]
+    return {**entry, "sdp": entry["sdp"].replace(old, new)}
+
+
+def hostile_entries(base: int) -> dict[str, dict]:
+    good = recording_entry("rec-30", base)
+    return {
+        "c= a host name": _with_sdp(good, "c=IN IP4 127.0.0.1", "c=IN IP4 attacker.example"),
+        "c= multicast": _with_sdp(good, "c=IN IP4 127.0.0.1", "c=IN IP4 239.1.2.3/16"),
+        "c= multicast no ttl": _with_sdp(good, "c=IN IP4 127.0.0.1", "c=IN IP4 224.0.0.1"),
+        "c= family mismatch": _with_sdp(good, "c=IN IP4 127.0.0.1", "c=IN IP6 127.0.0.1"),
+        "c= in a media section": _with_sdp(good, "a=recvonly", "a=recvonly\r\nc=IN IP4 evil.example"),
+        "c= hidden behind a lone CR": _with_sdp(good, "a=recvonly", "a=recvonly\rc=IN IP4 evil.example"),
+        "a=rtcp to a host name": _with_sdp(good, "a=rtcp:9 IN IP4 127.0.0.1", "a=rtcp:9 IN IP4 evil.example"),
+        "a=rtcp port 0": _with_sdp(good, "a=rtcp:9 ", "a=rtcp:0 "),
+        "a=rtcp port 70000": _with_sdp(good, "a=rtcp:9 ", "a=rtcp:70000 "),
+        "a=rtcp empty": _with_sdp(good, "a=rtcp:9 IN IP4 127.0.0.1", "a=rtcp:"),
+        "m= a 5000-digit port": _with_sdp(good, f"m=audio {base + 2} ", "m=audio " + "9" * 5000 + " "),
+        "m= port 70000": _with_sdp(good, f"m=audio {base + 2} ", "m=audio 70000 "),
+    }
+
+
+def test_sdps_that_point_ffmpeg_elsewhere_are_refused_before_anything_runs() -> None:
+    for name, entry in hostile_entries(PORTS[0]).items():
+        with pytest.raises(BadRequest) as refused:
+            parse_recording(entry, PORTS)
+        assert "sdp" in str(refused.value), (name, refused.value)
+    # The relay's own SDP (sdp.py) still passes: its c= and a=rtcp: name the relay's unicast address.
+    assert set(parse_recording(recording_entry("rec-30", PORTS[0]), PORTS).streams) == {"program"}
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (make system-deps)")
+def test_the_recorder_answers_attacks_on_its_channel_and_runs_on(recorder: RecorderProcess, root: Path,
+                                                                 media_base: int) -> None:
+    for name, entry in hostile_entries(media_base).items():
+        reply = recorder.call("set_state", recordings=[entry])
+        assert reply["ok"] is False and reply["error"] == "bad_request" and "sdp" in reply["message"], (name, reply)
+    entries = [recording_entry(f"rec-{index}", media_base) for index in range(1000)]
+    reply = recorder.call("set_state", recordings=entries)
+    assert reply["ok"] is False and reply["error"] == "bad_request" and "at most" in reply["message"], reply
+    for key in ("rec-1\n", "rec-1/../x", "..", "rec-" + "x" * 61):
+        reply = recorder.call("set_state", recordings=[{**recording_entry("rec-1", media_base), "key": key}])
+        assert reply["error"] == "bad_request", (key, reply)
+    assert recorder.call("get_stats")["recordings"] == [] and recorder.process.poll() is None
+    assert sorted(path.name for path in root.iterdir()) == []  # nothing was made for any of them
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (make system-deps)")
+def test_links_planted_in_a_recording_folder_are_never_followed(recorder: RecorderProcess, root: Path,
+                                                                media_base: int, tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    precious = {name: outside / name for name in ("sdp", "manifest", "playlist", "mp4", "secret")}
+    for path in precious.values():
+        path.write_text(f"keep {path.name}")
+    (outside / "folder").mkdir()
+    (outside / "folder" / "keep").write_text("keep")
+    folder = root / "rec-40"
+    folder.mkdir(parents=True)
+    links = {".program.sdp": precious["sdp"], ".program.sdp.tmp": precious["sdp"],
+             ".manifest.json.tmp": precious["manifest"], ".index.m3u8.tmp": precious["playlist"],
+             "program.mp4": precious["mp4"], ".program.mp4.tmp": precious["mp4"], "part-000": outside / "folder",
+             ".finalize": outside / "folder"}
+    for name, target in links.items():
+        os.symlink(target, folder / name)
+
+    sender = start_sender(media_base, 8)
+    try:
+        assert recorder.call("set_state", recordings=[recording_entry("rec-40", media_base)])["refused"] == []
+        index = folder / "index.m3u8"
+        wait_until(lambda: index.exists() and index.read_text().count(".m4s") >= 2, 20, "two live segments")
+        assert recorder.call("set_state", recordings=[])["ok"]
+        done = recorder.wait_state("rec-40", ("finished", "failed"), timeout=25)
+    finally:
+        sender.kill()
+        sender.wait()
+    assert done["state"] == "finished", done
+    for path in precious.values():
+        assert path.read_text() == f"keep {path.name}", path
+    assert os.listdir(outside / "folder") == ["keep"]
+    assert not (folder / "program.mp4").is_symlink() and (folder / "program.mp4").stat().st_size > 10_000
+    assert not (folder / "part-000").is_symlink() and any((folder / "part-000").glob("seg-*.m4s"))
+    assert recorder.process.poll() is None
+
+
+def test_the_writers_replace_a_link_instead_of_writing_through_it(tmp_path: Path) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("keep")
+    folder = tmp_path / "rec-41"
+    folder.mkdir()
+    os.symlink(outside, folder / ".manifest.json.tmp")
+    os.symlink(outside, folder / "manifest.json")
+    manifest_file.write(folder, {"key": "rec-41"})
+    os.symlink(outside, folder / ".index.m3u8.tmp")
+    write_atomically(folder / "index.m3u8", "#EXTM3U\n")
+    assert outside.read_text() == "keep"
+    assert manifest_file.read(folder) == {"key": "rec-41"} and (folder / "index.m3u8").read_text() == "#EXTM3U\n"
+    assert not (folder / "manifest.json").is_symlink()
+    # remove_tree removes a link, not what it points at.
+    target = tmp_path / "target"
+    target.mkdir()
+    (target / "keep").write_text("keep")
+    os.symlink(target, folder / "part-000")
+    remove_tree(folder / "part-000")
+    assert not (folder / "part-000").exists() and (target / "keep").exists()
+
+
+def test_finalizing_does_not_copy_a_linked_segment_from_outside_into_the_mp4(tmp_path: Path) -> None:
+    secret = tmp_path / "secret.bin"
+    secret.write_bytes(b"SECRET" * 1000)
+    folder = tmp_path / "rec-42"
+    (folder / "part-000").mkdir(parents=True)
+    os.symlink(secret, folder / "part-000" / "init.mp4")
+    os.symlink(secret, folder / "part-000" / "seg-00000.m4s")
+    part = ComposedPart("part-000/init.mp4", (Segment("part-000/seg-00000.m4s", 2.0),))
+    problem = remux(FFMPEG or "false", folder, [part], "program.mp4", 10**12)
+    assert problem is not None and not (folder / "program.mp4").exists()  # nothing but links: nothing made
+    assert secret.read_bytes() == b"SECRET" * 1000 and not (folder / ".finalize").exists()
