@@ -238,3 +238,24 @@ def test_watches_cannot_be_hijacked_or_inflated(library: str, city: City, platfo
     # Not visible to the other bureau's list.
     other = call("GET", f"{url}/v1/watches", tokens["other_bureau_write"], params={"limit": 200}).json()["items"]
     assert watch.json()["id"] not in [item["id"] for item in other]
+
+
+@pytest.mark.integration
+def test_clips_added_all_at_once_stop_at_the_limit(library: str, city: City, platform_config: dict[str, Any]):
+    """Many writers adding clips at the same moment, near the limit: at most 200, each refusal a 409."""
+    url, uri, tokens = library, platform_config["AMQP_URI"], city.tokens
+    own = available(recording(city, "east_one"), duration=600.0)
+    own_id = publish_resources(city, uri, url, (own, city.bureau_id))[own["session_id"]]
+    clips = f"{url}/v1/resources/{own_id}/clips"
+    writers = [tokens[name] for name in ("school_write", "spare_one", "spare_two", "bureau_write")]
+
+    def add(index: int) -> int:
+        return call("POST", clips, writers[index % len(writers)],
+                    {"title": f"要点{index}", "start_seconds": index, "end_seconds": index + 1}).status_code
+
+    with ThreadPoolExecutor(8) as pool:
+        assert set(pool.map(add, range(180))) == {201}
+    with ThreadPoolExecutor(10) as pool:
+        statuses = list(pool.map(add, range(180, 240)))
+    assert statuses.count(201) == 20 and statuses.count(409) == 40, sorted(statuses)
+    assert len(call("GET", f"{url}/v1/resources/{own_id}", tokens["bureau_read"]).json()["clips"]) == 200
