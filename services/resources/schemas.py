@@ -12,11 +12,17 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from services.common.validation import ID, StrictSchema
 
-TEXT = validate.Length(min=1, max=200)
+def _not_blank(text: str) -> None:
+    if not text.strip():
+        raise ValidationError("Must not be only spaces.")
+
+
+TEXT = validate.And(validate.Length(min=1, max=200), _not_blank)
 SHORT = validate.Length(min=1, max=60)
 KEY = validate.Regexp(r"^[a-z0-9-]{1,64}\Z", error="A recording key is 1–64 of a-z, 0-9 and '-'.")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+MIN_CLIP_SECONDS = 1.0
 MAX_CLIPS = 200  # knowledge points of one lesson; far more than a 45-minute lesson has
 MAX_RETENTION_DAYS = 3650
 WATCH_TARGETS = ("live_session", "resource")
@@ -145,6 +151,11 @@ class ClipIn(StrictSchema):
     def starts_before_it_ends(self, data: dict[str, Any], **_kwargs: Any) -> None:
         if "start_seconds" in data and "end_seconds" in data and data["start_seconds"] >= data["end_seconds"]:
             raise ValidationError("A clip ends after it starts.", "end_seconds")
+        # Clip bounds are written in URLs to the millisecond (services/common/playback_urls.py): a shorter clip
+        # would be signed as start=600&end=600, which nginx cannot cut.
+        if "start_seconds" in data and "end_seconds" in data and (
+                data["end_seconds"] - data["start_seconds"] < MIN_CLIP_SECONDS):
+            raise ValidationError(f"A clip lasts at least {MIN_CLIP_SECONDS:g} s.", "end_seconds")
 
 
 class WatchIn(StrictSchema):

@@ -138,7 +138,10 @@ def test_a_hostile_tenant_gets_clear_refusals_and_no_one_elses_resources(
             ({"title": "倒", "start_seconds": 9, "end_seconds": 5}, "end_seconds"),
             ({"title": "长", "start_seconds": 1, "end_seconds": 601}, "end_seconds"),
             ({"title": "远", "start_seconds": 1, "end_seconds": 1e308}, "end_seconds"),
+            ({"title": "短", "start_seconds": 599.9999, "end_seconds": 600}, "at least"),  # signed as 600-600
+            ({"title": "零", "start_seconds": 0, "end_seconds": 5e-324}, "at least"),
             ({"title": "", "start_seconds": 1, "end_seconds": 2}, "title"),
+            ({"title": "   ", "start_seconds": 1, "end_seconds": 2}, "title"),
             ({"title": "题" * 201, "start_seconds": 1, "end_seconds": 2}, "title"),
             ({"title": "x" * 100_000, "start_seconds": 1, "end_seconds": 2}, "title"),
             ({"title": "零\u0000", "start_seconds": 1, "end_seconds": 2}, "title"),
@@ -153,6 +156,7 @@ def test_a_hostile_tenant_gets_clear_refusals_and_no_one_elses_resources(
         assert response.status_code in (400, 413, 422), response.text[:300]
         assert response.headers["Content-Type"].startswith(PROBLEM)
     assert call("GET", f"{url}/v1/resources/{own_id}", school).json()["clips"] == []
+    problem(call("PATCH", f"{url}/v1/resources/{own_id}", school, {"title": " \t "}), 422, "title")
 
     # 200 clips are kept, the 201st is a 409 (10 000 would be refused from there on), all 200 still there.
     writers = [tokens[name] for name in ("school_write", "spare_one", "spare_two", "bureau_write")]
