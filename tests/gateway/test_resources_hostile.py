@@ -263,3 +263,35 @@ def test_clips_added_all_at_once_stop_at_the_limit(library: str, city: City, pla
         statuses = list(pool.map(add, range(180, 240)))
     assert statuses.count(201) == 20 and statuses.count(409) == 40, sorted(statuses)
     assert len(call("GET", f"{url}/v1/resources/{own_id}", tokens["bureau_read"]).json()["clips"]) == 200
+
+
+@pytest.mark.integration
+def test_live_lessons_are_patrolled_only_in_scope(library: str, city: City, platform_config: dict[str, Any]):
+    """Live lessons are never shared: another school's or bureau's is a 404 to watch and absent from patrol."""
+    from tests.activities.broker import publish_event
+
+    url, uri, tokens = library, platform_config["AMQP_URI"], city.tokens
+    neighbour = recording(city, "east_two")
+    foreign = {**recording(city, "east_one"), "school_id": city.schools["elsewhere"],
+               "teacher_id": city.teachers["elsewhere"], "district_id": None}
+    publish_event(uri, "classroom_relay", "recording.started", neighbour, bureau_id=city.bureau_id)
+    publish_event(uri, "classroom_relay", "recording.started", foreign, bureau_id=city.other_bureau_id)
+
+    def patrolled(token: str) -> set[int]:
+        response = call("GET", f"{url}/v1/patrol/sessions", tokens[token])
+        assert response.status_code == 200, response.text
+        return {item["session_id"] for item in response.json()["items"]}
+
+    eventually("both live", lambda: neighbour["session_id"] in patrolled("bureau_read")
+               and foreign["session_id"] in patrolled("other_bureau_write"))
+    assert foreign["session_id"] not in patrolled("bureau_read") | patrolled("east_read") | patrolled("school_read")
+    assert neighbour["session_id"] not in patrolled("other_bureau_write") | patrolled("school_read")
+    assert neighbour["session_id"] in patrolled("east_read")
+    for token, session_id in (("school_write", neighbour["session_id"]), ("school_write", foreign["session_id"]),
+                              ("bureau_write", foreign["session_id"]), ("other_bureau_write", neighbour["session_id"])):
+        refused = call("POST", f"{url}/v1/watches", tokens[token], {"target_kind": "live_session",
+                                                                   "target_id": session_id})
+        problem(refused, 404, "not being recorded live")
+    watch = call("POST", f"{url}/v1/watches", tokens["east_read"], {"target_kind": "live_session",
+                                                                      "target_id": neighbour["session_id"]})
+    assert watch.status_code == 201, watch.text
