@@ -12,6 +12,7 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from services.common.validation import ID, StrictSchema
 
+
 def _not_blank(text: str) -> None:
     if not text.strip():
         raise ValidationError("Must not be only spaces.")
