@@ -142,3 +142,22 @@ def test_finalizing_does_not_copy_a_linked_segment_from_outside_into_the_mp4(tmp
     problem = remux(FFMPEG or "false", folder, [part], "program.mp4", 10**12)
     assert problem is not None and not (folder / "program.mp4").exists()  # nothing but links: nothing made
     assert secret.read_bytes() == b"SECRET" * 1000 and not (folder / ".finalize").exists()
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (make system-deps)")
+def test_a_poisoned_key_folder_refuses_that_key_only(recorder: RecorderProcess, root: Path, media_base: int,
+                                                     tmp_path: Path) -> None:
+    """A file or a link where a key's folder should be: that key is refused with `storage_error`, the other
+    lessons of the same set_state are recorded (before: the whole request failed, every push again)."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "rec-61").write_text("not a folder")
+    (tmp_path / "elsewhere").mkdir()
+    os.symlink(tmp_path / "elsewhere", root / "rec-62")
+    good = recording_entry("rec-60", media_base + 4)
+    for poisoned in ("rec-61", "rec-62"):
+        reply = recorder.call("set_state", recordings=[recording_entry(poisoned, media_base), good])
+        assert reply["ok"] is True, reply
+        assert [(item["key"], item["error"]) for item in reply["refused"]] == [(poisoned, "storage_error")], reply
+        assert [entry["key"] for entry in recorder.call("get_stats")["recordings"]] == ["rec-60"]
+    assert (root / "rec-61").read_text() == "not a folder" and os.listdir(tmp_path / "elsewhere") == []
+    assert recorder.process.poll() is None

@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from services.common.storage import FilesystemStorage, Usage, write_file
+from services.common.storage import BadKey, FilesystemStorage, Usage, write_file
 
 from . import finalize
 from . import manifest as manifest_file
@@ -100,7 +100,12 @@ class Supervisor:
             for key in [key for key in self.orphans if key not in wanted]:
                 self._finalize_orphan(key, self.orphans.pop(key))
             for key, spec in wanted.items():
-                problem = self._apply(spec, guard)
+                try:
+                    problem = self._apply(spec, guard)
+                except (OSError, BadKey) as error:
+                    # One key's folder failing (a file or a link planted in its place, a permission) refuses
+                    # that key only: the lessons after it in the list are still recorded.
+                    problem = ("storage_error", f"{key}: {error}")
                 if problem is not None:
                     refused.append({"key": key, "error": problem[0], "message": problem[1]})
                     self.counters["refused"][problem[0]] = self.counters["refused"].get(problem[0], 0) + 1
