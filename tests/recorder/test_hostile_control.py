@@ -7,18 +7,23 @@ links planted inside a recording's folder that would have the recorder write, re
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
+import socket
+import time
 from pathlib import Path
 
 import pytest
 
+from services.classroom_relay import sidecar
 from services.classroom_relay.recorder import manifest as manifest_file
 from services.classroom_relay.recorder.control import BadRequest, parse_recording
 from services.classroom_relay.recorder.finalize import remux
 from services.classroom_relay.recorder.playlist import ComposedPart, Segment, write_atomically
 from services.common.storage import remove_tree
 
-from .recorder_harness import FFMPEG, RecorderProcess, recording_entry, start_sender, wait_until
+from .recorder_harness import FFMPEG, SECRET, RecorderProcess, recording_entry, start_sender, wait_until
 
 PORTS = (42000, 42999)
 
@@ -160,4 +165,51 @@ def test_a_poisoned_key_folder_refuses_that_key_only(recorder: RecorderProcess, 
         assert [(item["key"], item["error"]) for item in reply["refused"]] == [(poisoned, "storage_error")], reply
         assert [entry["key"] for entry in recorder.call("get_stats")["recordings"]] == ["rec-60"]
     assert (root / "rec-61").read_text() == "not a folder" and os.listdir(tmp_path / "elsewhere") == []
+    assert recorder.process.poll() is None
+
+
+def _threads(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Threads:"):
+            return int(line.split()[1])
+    raise AssertionError("no Threads line")
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (make system-deps)")
+def test_connections_that_never_say_hello_cannot_exhaust_or_lock_out_the_recorder(recorder: RecorderProcess) -> None:
+    """Measured before: 320 silent connections were 320 threads and 20 of them sending 1 MiB without a newline
+    28 MB more memory, without end (a local user without the secret could exhaust the recorder). Now the
+    connections are capped, a silent one gives way to a new one, the hello line is bounded and timed, and an
+    authenticated client is never the one that gives way."""
+    port = recorder.control.port
+    assert port is not None
+    controller = socket.create_connection(("127.0.0.1", port), timeout=5)
+    reader = controller.makefile("rb")
+    controller.sendall(json.dumps({"op": "hello", "secret": SECRET}).encode() + b"\n")
+    assert json.loads(reader.readline())["ok"] is True
+    silent = [socket.create_connection(("127.0.0.1", port), timeout=5) for _ in range(200)]
+    talkative = []
+    for _ in range(10):
+        connection = socket.create_connection(("127.0.0.1", port), timeout=5)
+        with contextlib.suppress(OSError):  # the recorder may already have closed it
+            connection.sendall(b"x" * (1 << 20))
+        talkative.append(connection)
+    try:
+        time.sleep(1)
+        assert _threads(recorder.process.pid) <= sidecar.MAX_CONNECTIONS + 10
+        controller.sendall(b'{"op": "get_stats"}\n')  # the authenticated connection still works
+        assert json.loads(reader.readline())["ok"] is True
+        started = time.monotonic()
+        assert recorder.call("get_stats")["ok"]  # and a new client gets in at once
+        assert time.monotonic() - started < 2
+        # A connection that says nothing is closed after HELLO_SECONDS.
+        with socket.create_connection(("127.0.0.1", port), timeout=sidecar.HELLO_SECONDS + 5) as late:
+            opened = time.monotonic()
+            with contextlib.suppress(ConnectionResetError):  # reset rather than closed: it ended either way
+                assert late.recv(1024) == b""  # a timeout here (the recorder kept it) fails the test
+            assert time.monotonic() - opened <= sidecar.HELLO_SECONDS + 2
+    finally:
+        for connection in (*silent, *talkative):
+            connection.close()
+        controller.close()
     assert recorder.process.poll() is None
