@@ -4,8 +4,9 @@ The wire format, the operations and the client are in protocol.py.
 
 With a control secret (``serve_control(secret=...)``; ``__main__`` always has one), a connection must first
 send ``hello`` with ``"secret"``; anything else before that is answered ``unauthorized``. At most
-``max_connections`` connections at once (more are closed at accept), each closed after ``IDLE_SECONDS``
-without a request.
+``max_connections`` connections at once (when all are taken, the oldest not yet authenticated gives way to
+the new one; with none such, the new one is closed at accept), each closed after ``IDLE_SECONDS`` without a
+request.
 """
 
 from __future__ import annotations
