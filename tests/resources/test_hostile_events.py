@@ -8,6 +8,8 @@ signer refuses it). Both are now refused by name at the door, so the event is de
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from services.common import playback_urls
@@ -47,3 +49,38 @@ def test_a_resource_from_a_plain_body_plays_and_its_key_is_one_storage_takes(db,
     assert urls["mp4_url"].endswith("/program.mp4")
     with pytest.raises(BadKey):
         storage.folder("rec-1\n")
+
+
+def test_one_folder_retention_cannot_delete_does_not_stop_retention(db, tmp_path):
+    """A link (or a file) where the oldest expired recording's folder should be: that one is left for the next
+    run, the others are deleted, nothing outside the root is touched (before: the whole batch failed on every
+    run, oldest first, and the disk filled up)."""
+    from datetime import UTC, datetime, timedelta
+
+    from services.resources import retention
+    from services.resources.models import Resource
+
+    root = tmp_path / "recordings"
+    root.mkdir()
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep").write_text("keep")
+    storage = FilesystemStorage(root)
+    now = datetime(2027, 6, 1, tzinfo=UTC)
+    oldest = catalog_resource(db, now - timedelta(days=500))
+    older = catalog_resource(db, now - timedelta(days=400))
+    os.symlink(outside, root / oldest)
+    (root / older).mkdir()
+    (root / older / "program.mp4").write_bytes(b"\0" * 64)
+    with db.begin():
+        assert retention.delete_expired(db, storage.delete, 365, now) == [older]
+    with db.begin():
+        states = {row.recording_key: row.deleted_at for row in db.query(Resource).filter(
+            Resource.recording_key.in_([oldest, older]))}
+    assert states[oldest] is None and states[older] is not None
+    assert not (root / older).exists() and (outside / "keep").read_text() == "keep"
+
+
+def catalog_resource(db, started_at) -> str:
+    with db.begin():
+        return catalog.recording_available(db, recording_body(101, started_at=started_at), BUREAU).recording_key
