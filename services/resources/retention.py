@@ -7,7 +7,6 @@ and marks its row and its clips deleted; the row stays, so watches of it still n
 from __future__ import annotations
 
 import logging
-
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
