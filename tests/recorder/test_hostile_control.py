@@ -213,3 +213,33 @@ def test_connections_that_never_say_hello_cannot_exhaust_or_lock_out_the_recorde
             connection.close()
         controller.close()
     assert recorder.process.poll() is None
+
+
+@pytest.mark.skipif(FFMPEG is None, reason="ffmpeg is not installed (make system-deps)")
+def test_a_recording_whose_folder_is_replaced_does_not_take_the_others_down(recorder: RecorderProcess, root: Path,
+                                                                          media_base: int) -> None:
+    """Someone replaces one recording's folder with a file mid-lesson (an operator, a script on the volume):
+    that recording cannot go on, the recorder and the other lesson do (before: the loop raised
+    NotADirectoryError and the process exited, every lesson with a gap)."""
+    import shutil
+
+    sender = start_sender(media_base + 4, 20)
+    try:
+        reply = recorder.call("set_state", recordings=[recording_entry("rec-70", media_base),
+                                                      recording_entry("rec-71", media_base + 4)])
+        assert reply["refused"] == [], reply
+        playlist = root / "rec-71" / "index.m3u8"
+        wait_until(lambda: playlist.exists() and playlist.read_text().count("#EXTINF") >= 1, 20, "rec-71 segments")
+        shutil.rmtree(root / "rec-70")
+        (root / "rec-70").write_text("not a folder")
+        before = playlist.read_text().count("#EXTINF")
+        # rec-70 gets no media: its ffmpeg ends after the stall time (3 s) and the next part has no folder.
+        wait_until(lambda: playlist.read_text().count("#EXTINF") >= before + 3, 25, "rec-71 going on")
+        assert recorder.process.poll() is None
+        assert {entry["key"] for entry in recorder.call("get_stats")["recordings"]} >= {"rec-71"}
+    finally:
+        sender.kill()
+        sender.wait()
+    errors = recorder.stop()
+    assert errors.count("supervising failed") == 1, errors  # logged once, not every tick
+    assert "rec-70" in errors

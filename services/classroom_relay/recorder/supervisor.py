@@ -49,6 +49,7 @@ class Supervisor:
         self.usage = Usage(0, 0)
         self.guard = "ok"
         self._guard_checked = 0.0
+        self.troubles: dict[str, str] = {}  # key → the error its supervision last failed with
         self.counters: dict[str, Any] = {"segments": {PROGRAM: 0, COURSEWARE: 0}, "gaps": {}, "restarts": 0,
                                          "bytes": 0, "refused": {}, "latency_buckets": [0] * len(LATENCY_BUCKETS),
                                          "latency_count": 0, "latency_sum": 0.0}
@@ -183,10 +184,18 @@ class Supervisor:
             for recording in list(self.recordings.values()):
                 if recording.state != "recording":
                     continue
-                for stream in list(recording.streams.values()):
-                    if stream.name in recording.spec.streams:
-                        self._supervise(recording, stream, now)
-                self._count(recording)
+                try:
+                    for stream in list(recording.streams.values()):
+                        if stream.name in recording.spec.streams:
+                            self._supervise(recording, stream, now)
+                    self._count(recording)
+                    self.troubles.pop(recording.spec.key, None)
+                except Exception as error:
+                    # One recording's trouble (its folder gone, a disk error) is logged once and retried on the
+                    # next tick; before, it ended the loop and the process with it: every lesson got a gap.
+                    if self.troubles.get(recording.spec.key) != repr(error):
+                        self.troubles[recording.spec.key] = repr(error)
+                        log.error("recording %s: supervising failed (%r); trying again", recording.spec.key, error)
             self.finalizers = [thread for thread in self.finalizers if thread.is_alive()]
 
     def _supervise(self, recording: Recording, stream: Stream, now: float) -> None:
