@@ -249,7 +249,9 @@ def test_the_resource_library_through_the_gateway(resources: str, city: City, pl
     replayed = call("POST", f"{url}/v1/events/replay", tokens["bureau_read"], {
         "queue": library_queue, "since": "2000-01-01T00:00:00Z", "exchanges": ["resources.events"]})
     assert replayed.status_code == 200, replayed.text
-    assert replayed.json()["exchanges"][0]["republished"] >= 3
-    again = [json.loads(message.body) for message in drain(uri, library_queue, 3)]
+    republished = replayed.json()["exchanges"][0]["republished"]
+    assert republished >= 3
+    # Every one replayed: other tests of the package may have published into the same bureau before this one.
+    again = [json.loads(message.body) for message in drain(uri, library_queue, republished)]
     assert {(body["resource_id"], body["shared_with_alliance"]) for body in again} >= {
         (west_id, False), (west_id, True), (east_id, False)}
