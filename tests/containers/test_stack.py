@@ -1,8 +1,9 @@
 """The whole platform in containers: RabbitMQ and PostgreSQL from the infrastructure image, migrations,
-the four services, the relay data plane and the gateway from the application image, nginx in front of
-it from its own image — all started at once
+the five services, the relay data plane and the gateway from the application image, the recorder from the
+ingest image (ffmpeg), nginx in front of the gateway from its own image — all started at once
 (as podman-compose does, without waiting), read-only, every process as its own user without capabilities.
-Then: /readyz, the demo bureau, teachers through the gateway, an RTP stream from an ffmpeg encoder
+Then: /readyz, the demo bureau, teachers and the resource library through the gateway, the recorder's
+control channel and its write access to the recordings volume, an RTP stream from an ffmpeg encoder
 through the containerised data plane to an ffmpeg receiver at a branch. Everything on 127.0.0.1."""
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from tests.ops.ops_helpers import wait_until
 from tests.relay.relay_harness import free_udp_port_pair
 from tests.relay.test_end_to_end_ffmpeg import FULL_FRAME_BYTES, HIGH_SSRC, _decoded_frame_sizes, _encoder_output
 
-from .podman_stack import APP_SERVICES, REPO, Stack
+from .podman_stack import APP_SERVICES, RECORDINGS_ROOT, REPO, Stack, podman
 
 FFMPEG = shutil.which("ffmpeg")
 pytestmark = pytest.mark.timeout(420)
@@ -34,11 +35,12 @@ pytestmark = pytest.mark.timeout(420)
 APP_IMAGE = os.environ.get("LIANXIAO_IMAGE", "localhost/lianxiao:local")
 INFRA_IMAGE = os.environ.get("LIANXIAO_INFRA_IMAGE", "localhost/lianxiao-infra:local")
 NGINX_IMAGE = os.environ.get("LIANXIAO_NGINX_IMAGE", "localhost/lianxiao-nginx:local")
+INGEST_IMAGE = os.environ.get("LIANXIAO_INGEST_IMAGE", "localhost/lianxiao-ingest:local")
 CONTAINERS = ("rabbitmq", "postgres", "prometheus", *APP_SERVICES, "nginx")
 READY_SECONDS = 150
 # The application first, then what it uses; Kubernetes' default grace period is 30 s.
-STOP_ORDER = ("nginx", "gateway", "accounts", "activities", "reporting", "classroom-relay", "relay-dataplane",
-              "prometheus", "rabbitmq", "postgres")
+STOP_ORDER = ("nginx", "gateway", "accounts", "activities", "reporting", "resources", "classroom-relay", "recorder",
+              "relay-dataplane", "prometheus", "rabbitmq", "postgres")
 STOP_GRACE_SECONDS = 20
 # What no process may log in a read-only container without capabilities (gunicorn's control socket was one).
 FORBIDDEN_IN_LOGS = ("Read-only file system", "[Errno 30]", "Permission denied", "[Errno 13]",
@@ -52,7 +54,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     assert FFMPEG, "ffmpeg is not installed: make system-deps"
     # The run id labels everything the run creates (deploy/containers/test-containers.sh cleans up by it too).
     run = os.environ.get("LIANXIAO_CONTAINERS_RUN") or uuid.uuid4().hex[:8]
-    running = Stack(run=run, app_image=APP_IMAGE, infra_image=INFRA_IMAGE, nginx_image=NGINX_IMAGE)
+    running = Stack(run=run, app_image=APP_IMAGE, infra_image=INFRA_IMAGE, nginx_image=NGINX_IMAGE,
+                    ingest_image=INGEST_IMAGE)
     try:
         yield running
     finally:
@@ -88,6 +91,13 @@ def targets_up(url: str) -> dict[str, str]:
 
 def call(method: str, url: str, token: str, body: Any = None) -> requests.Response:
     return requests.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=15)
+
+
+def recorder_hello(stack: Stack) -> dict[str, Any]:
+    """The recorder's control channel as the relay's control plane opens it: `hello` with the control secret."""
+    with socket.create_connection(("127.0.0.1", stack.ports["recorder_control"]), timeout=10) as connection:
+        connection.sendall(json.dumps({"op": "hello", "secret": stack.secrets["control"]}).encode() + b"\n")
+        return json.loads(connection.makefile("rb").readline())
 
 
 def created(response: requests.Response) -> dict[str, Any]:
@@ -166,8 +176,14 @@ def test_the_platform_runs_in_containers(stack: Stack, tmp_path: Path) -> None:
           f"{time.monotonic() - started:.1f} s")
 
     assert stack.exit_code("migrate", timeout=30) == 0, stack.logs("migrate")
-    for service in ("accounts", "gateway", "relay-dataplane"):
+    for service in ("accounts", "resources", "gateway", "relay-dataplane", "recorder"):
         assert stack.user(service) == "10001", service  # the image's unprivileged user
+    for service in ("recorder", "resources"):  # the recordings volume: the recorder writes, retention deletes
+        probe = f"{RECORDINGS_ROOT}/write-probe-{service}"
+        podman("exec", stack.name(service), "sh", "-c", f"touch {probe} && rm {probe}")
+    hello = recorder_hello(stack)
+    assert hello["ok"] and hello["media_ports"] == list(stack.recorder_media_ports), hello
+    assert hello["storage"]["root"] == RECORDINGS_ROOT and hello["storage"]["free_bytes"] > 0, hello
     for service in ("rabbitmq", "postgres", "nginx"):
         assert stack.user(service) != "0", service  # the Debian package's user (nginx: the image's)
 
@@ -176,6 +192,9 @@ def test_the_platform_runs_in_containers(stack: Stack, tmp_path: Path) -> None:
                             headers={"Authorization": f"Bearer {tokens['school_token_QS-02']}"}, timeout=15)
     assert teachers.status_code == 200, teachers.text
     assert {teacher["staff_number"] for teacher in teachers.json()["items"]} == {"T0201", "T0202"}
+    # The resource library answers through the gateway (the resources service, its database): empty so far.
+    library = call("GET", f"{stack.gateway}/v1/resources", tokens["bureau_token"])
+    assert library.status_code == 200 and library.json()["items"] == [], library.text
 
     sizes = stream_to_a_branch(stack.gateway, tokens, tmp_path)
     assert len(sizes) >= 25 and set(sizes) == {FULL_FRAME_BYTES}, f"{len(sizes)} frames, sizes {set(sizes)}"

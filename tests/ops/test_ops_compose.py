@@ -22,7 +22,7 @@ GRAFANA: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.grafana.yml").read_t
 def test_every_component_is_in_compose() -> None:
     assert set(SERVICES) == {
         "rabbitmq", "postgres", "migrate", "accounts", "activities", "reporting", "classroom-relay",
-        "relay-dataplane", "relay-ingest", "gateway", "nginx", "prometheus", "resources",
+        "relay-dataplane", "relay-ingest", "recorder", "gateway", "nginx", "prometheus", "resources",
     }
     # Infrastructure from Debian's packages, built here; only Grafana needs a registry, in its own profile.
     infra = (DEPLOY / "infra" / "Containerfile").read_text()
@@ -158,4 +158,4 @@ def test_kubernetes_runs_the_commands_compose_runs() -> None:
                 else:
                     assert command in compose_commands, f"{path.name}: {command}"
                 checked += 1
-    assert checked == 7  # migrations, four services, the data plane, the gateway
+    assert checked == 8  # migrations, five services, the data plane, the gateway

@@ -30,7 +30,7 @@ def test_scrape_config_covers_every_component() -> None:
     }
     assert components == {
         "accounts", "activities", "reporting", "classroom_relay", "gateway", "relay_dataplane", "relay_ingest",
-        "rabbitmq", "resources",
+        "relay_recorder", "rabbitmq", "resources",
     }
     # Queue-level RabbitMQ metrics (queue/vhost labels) only come from the per-object endpoint.
     assert jobs["rabbitmq"]["metrics_path"] == "/metrics/per-object"
