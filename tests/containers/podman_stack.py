@@ -187,7 +187,8 @@ class Stack:
             self._run(service, image, options, env, self.app_command(service))
 
     def start_nginx(self, config_dir: Path) -> None:
-        """nginx in front of gunicorn as compose has it, its nginx.conf with this run's two ports."""
+        """nginx in front of gunicorn as compose has it, its nginx.conf with this run's two ports (after
+        start_applications, which creates the recordings volume)."""
         config = (REPO / "deploy" / "nginx" / "nginx.conf").read_text()
         ported = config.replace("server 127.0.0.1:8081;", f"server {LOCALHOST}:{self.ports['gunicorn']};")
         ported = ported.replace("listen 8080;", f"listen {LOCALHOST}:{self.ports['gateway']};")
@@ -196,7 +197,11 @@ class Stack:
         (config_dir / "nginx.conf").write_text(ported)
         (config_dir / "nginx.conf").chmod(0o644)
         options = [*lock_down(COMPOSE["nginx"]), f"--volume={config_dir / 'nginx.conf'}:/etc/nginx/nginx.conf:ro"]
-        self._run("nginx", self.nginx_image, options, {}, [])
+        # /media/ serves the recordings volume read-only, its URLs signed with the resources service's secret.
+        options += [f"--volume={self.name('recordings')}:{volume.partition(':')[2]}"
+                    for volume in COMPOSE["nginx"].get("volumes", []) if volume.startswith("recordings:")]
+        env = {**COMPOSE["nginx"].get("environment", {}), "PLAYBACK_SECRET": self.secrets["playback"]}
+        self._run("nginx", self.nginx_image, options, env, [])
 
     def run_once(self, command: list[str]) -> str:
         """A one-off command in the application image (like `podman-compose run`), its stdout."""
