@@ -83,12 +83,13 @@ def entry(number: int, base: int) -> dict:
 
 
 def sender(base: int, seconds: int) -> subprocess.Popen:
+    outputs = []
+    for index, (stream, track) in enumerate(zip(("0:v:0", "0:a:0", "0:v:1"), TRACKS, strict=True)):
+        outputs += ["-map", stream, "-c", "copy", "-payload_type", str(track["payload_type"]), "-f", "rtp",
+                    f"rtp://127.0.0.1:{base + 2 * index}?pkt_size=1200"]
     return subprocess.Popen(
         [FFMPEG, "-hide_banner", "-nostdin", "-loglevel", "error", "-re", "-t", str(seconds), "-i", str(SOURCE),
-         "-map", "0:v:0", "-c", "copy", "-f", "rtp", f"rtp://127.0.0.1:{base}?pkt_size=1200",
-         "-map", "0:a:0", "-c", "copy", "-f", "rtp", f"rtp://127.0.0.1:{base + 2}?pkt_size=1200",
-         "-map", "0:v:1", "-c", "copy", "-f", "rtp", f"rtp://127.0.0.1:{base + 4}?pkt_size=1200"],
-        stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+         *outputs], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def family(pid: int) -> list[int]:
@@ -105,17 +106,20 @@ def family(pid: int) -> list[int]:
     return found
 
 
-def cpu_and_rss(pids: list[int]) -> tuple[float, int]:
-    """User + system CPU seconds (with reaped children's) and resident bytes of these processes."""
-    cpu, rss = 0.0, 0
+def cpu_and_rss(pids: list[int]) -> tuple[float, int, int]:
+    """User + system CPU seconds (with reaped children's), resident bytes and proportional set size (shared
+    pages — ffmpeg's libraries — divided among the processes sharing them) of these processes."""
+    cpu, rss, pss = 0.0, 0, 0
     for pid in pids:
         try:
             fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
         except OSError:
             continue
         cpu += sum(int(value) for value in fields[11:15]) / TICKS  # utime stime cutime cstime
         rss += int(fields[21]) * PAGE
-    return cpu, rss
+        pss += next((int(line.split()[1]) * 1024 for line in rollup.splitlines() if line.startswith("Pss:")), 0)
+    return cpu, rss, pss
 
 
 def percentile(values: list[float], share: float) -> float:
@@ -147,12 +151,16 @@ def one_round(sessions: int, seconds: int, media_base: int) -> dict:
             time.sleep(0.1)
         seen: set[str] = set()
         latencies: list[float] = []
-        start_cpu, peak_rss = cpu_and_rss(family(recorder.pid))
+        for path in indexes:  # listed before the window opened: no latency measured for those
+            if path.exists():
+                seen |= {f"{path.parent.name}/{line}" for line in path.read_text().splitlines()
+                         if line.endswith(".m4s")}
+        start_cpu, peak_rss, peak_pss = cpu_and_rss(family(recorder.pid))
         started = time.monotonic()
         while time.monotonic() - started < seconds:
             pids = family(recorder.pid)
-            _, rss = cpu_and_rss(pids)
-            peak_rss = max(peak_rss, rss)
+            _, rss, pss = cpu_and_rss(pids)
+            peak_rss, peak_pss = max(peak_rss, rss), max(peak_pss, pss)
             for path in indexes:
                 try:
                     listed = [line for line in path.read_text().splitlines() if line.endswith(".m4s")]
@@ -168,9 +176,8 @@ def one_round(sessions: int, seconds: int, media_base: int) -> dict:
                         except FileNotFoundError:
                             continue
             time.sleep(0.05)
-        end_cpu, _ = cpu_and_rss(family(recorder.pid))
+        end_cpu, _, _ = cpu_and_rss(family(recorder.pid))
         elapsed = time.monotonic() - started
-        latencies = latencies[sessions * 2:]  # those listed before the window opened carry no latency
         ended = time.monotonic()
         control.call("set_state", recordings=[])
         finished = []
@@ -186,6 +193,10 @@ def one_round(sessions: int, seconds: int, media_base: int) -> dict:
         segments = sum(item["segments"] or 0 for item in finished)
         states = sorted({item["state"] for item in finished})
         segment_bytes = sum(path.stat().st_size for path in root.rglob("*.m4s"))
+        probe = subprocess.run(["ffprobe", "-v", "error", "-show_entries", "stream=codec_name", "-of", "csv=p=0",
+                                str(root / entries[0]["key"] / "program.mp4")], capture_output=True, text=True,
+                               check=False, timeout=30)
+        codecs = sorted(probe.stdout.split())
         bitrate = segment_bytes * 8 / max(1.0, sum(item["duration_seconds"] for item in finished))
     finally:
         for process in senders:
@@ -200,13 +211,19 @@ def one_round(sessions: int, seconds: int, media_base: int) -> dict:
         shutil.rmtree(root, ignore_errors=True)
     return {"sessions": sessions, "seconds": round(elapsed, 1), "gaps": gaps, "segments": segments,
             "states": states, "mp4_pairs": mp4s, "cpu_share_per_session": (end_cpu - start_cpu) / elapsed / sessions,
-            "peak_rss_mb_per_session": peak_rss / sessions / 1e6, "peak_rss_mb": peak_rss / 1e6,
+            "peak_rss_mb_per_session": peak_rss / sessions / 1e6,
+            "peak_pss_mb_per_session": peak_pss / sessions / 1e6, "peak_rss_mb": peak_rss / 1e6,
             "latency_p50_ms": percentile(latencies, 0.5) * 1000, "latency_p99_ms": percentile(latencies, 0.99) * 1000,
             "latency_samples": len(latencies), "finalize_seconds": round(finalize_seconds, 1),
-            "recorded_mbit_per_s_per_session": bitrate / 1e6}
+            "recorded_mbit_per_s_per_session": bitrate / 1e6, "program_codecs": codecs}
+
+
+def _interrupt(_signal: int, _frame: object) -> None:
+    raise KeyboardInterrupt  # the round's `finally` stops the senders and the recorder and removes its files
 
 
 def main() -> None:
+    signal.signal(signal.SIGTERM, _interrupt)
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sessions", default="1,4,8,16", help="comma-separated N")
     parser.add_argument("--seconds", type=int, default=20, help="measured seconds per N")
@@ -216,15 +233,18 @@ def main() -> None:
     encode_source()
     print(f"command: {' '.join([Path(sys.executable).name, *sys.argv])}; load average at start "
           f"{os.getloadavg()[0]:.2f}; {os.cpu_count()} CPUs", flush=True)
-    print(f"{'N':>3} {'gaps':>4} {'segments':>8} {'CPU/session':>11} {'RSS/session':>11} {'playlist p50':>12} "
+    print(f"{'N':>3} {'gaps':>4} {'segments':>8} {'CPU/session':>11} {'RSS/session':>11} {'PSS/session':>11} "
+          f"{'playlist p50':>12} "
           f"{'p99':>7} {'MP4s after':>10}  recorded")
-    for sessions in (int(value) for value in arguments.sessions.split(",")):
+    for sessions in (int(value) for value in arguments.sessions.split(",") if value):
         result = one_round(sessions, arguments.seconds, arguments.media_base)
         print(f"{sessions:>3} {result['gaps']:>4} {result['segments']:>8} "
               f"{100 * result['cpu_share_per_session']:>9.1f} % {result['peak_rss_mb_per_session']:>8.1f} MB "
+              f"{result['peak_pss_mb_per_session']:>8.1f} MB "
               f"{result['latency_p50_ms']:>9.0f} ms {result['latency_p99_ms']:>4.0f} ms "
               f"{result['finalize_seconds']:>8.1f} s  {result['recorded_mbit_per_s_per_session']:.2f} Mbit/s "
-              f"of segments per session, states {result['states']}, MP4 pairs {result['mp4_pairs']}/{sessions}",
+              f"of segments per session, states {result['states']}, MP4 pairs {result['mp4_pairs']}/{sessions} "
+              f"({'+'.join(result['program_codecs'])})",
               flush=True)
         if arguments.json:
             print(json.dumps(result), flush=True)

@@ -28,10 +28,10 @@ sys.path.insert(0, str(REPO))
 from services.classroom_relay import ingest_settings, recorder_settings  # noqa: E402
 from services.classroom_relay import settings as relay_settings  # noqa: E402
 from services.classroom_relay.ingest.rtmp_server import RTMP_MODULE  # noqa: E402
-from services.common.config import RECORDINGS_ROOT, amqp_uri, database_url  # noqa: E402
+from services.common.config import PLAYBACK_SECRET, RECORDINGS_ROOT, amqp_uri, database_url  # noqa: E402
 from services.common.migrations import upgrade  # noqa: E402
 from services.gateway import settings as gateway_settings  # noqa: E402
-from services.gateway.local_proxy import nginx_binary, nginx_command, write_config  # noqa: E402
+from services.gateway.local_proxy import Media, nginx_binary, nginx_command, write_config  # noqa: E402
 from services.platform import LOCAL_METRICS_PORT_BASE, SERVICE_NAMES  # noqa: E402
 
 PYTHON = sys.executable
@@ -139,6 +139,19 @@ def ingest_available() -> str | None:
     return None
 
 
+def playback_secret(path: Path) -> str:
+    """PLAYBACK_SECRET, or the one generated into `path` (mode 0600) on the first run and kept, so signed
+    playback URLs outlive a restart of `make run`."""
+    configured = PLAYBACK_SECRET.get()
+    if configured:
+        return configured
+    if not path.exists():
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(descriptor, "w") as file:
+            file.write(secrets.token_urlsafe(32) + "\n")
+    return path.read_text().strip()
+
+
 def main() -> None:
     if nginx_binary() is None:
         sys.exit("nginx is not installed; `make run` installs it (make system-deps), or: apt-get install nginx")
@@ -162,6 +175,12 @@ def main() -> None:
         # Production sets RELAY_JOIN_SECRETS (the service refuses to start without it otherwise).
         env["RELAY_ALLOW_DEV_SECRET"] = "1"
         print("RELAY_JOIN_SECRETS is not set: join tokens are signed with a development secret.")
+    # nginx checks signed playback URLs with the secret the services sign them with (docs/recording.md).
+    env["PLAYBACK_SECRET"] = playback_secret(REPO / "var" / "playback_secret")
+    recordings = Path(RECORDINGS_ROOT.get())
+    recordings = recordings if recordings.is_absolute() else REPO / recordings
+    recordings.mkdir(parents=True, exist_ok=True)
+    env["RECORDINGS_ROOT"] = str(recordings)
     # Clients reach nginx on GATEWAY_BIND; gunicorn listens only on a private Unix socket behind it.
     run_dir = Path(tempfile.mkdtemp(prefix="lianxiao-run-"))
     gateway_socket = run_dir / "gateway.sock"
@@ -169,7 +188,8 @@ def main() -> None:
         str(Path(PYTHON).with_name("gunicorn")), "-c", "services/gateway/gunicorn.conf.py",
         "--bind", f"unix:{gateway_socket}", "services.gateway.wsgi:app",
     ]
-    commands["nginx"] = nginx_command(write_config(run_dir, GATEWAY_BIND, gateway_socket))
+    media = Media(recordings, env["PLAYBACK_SECRET"])
+    commands["nginx"] = nginx_command(write_config(run_dir, GATEWAY_BIND, gateway_socket, media=media))
     if dataplane_available():
         commands["relay-dataplane"] = [
             PYTHON, "-m", "services.classroom_relay.dataplane",
@@ -192,12 +212,13 @@ def main() -> None:
         else:
             print(f"No RTMP/RTSP ingest: {missing}.")
         if shutil.which("ffmpeg"):
-            recordings_root = REPO / RECORDINGS_ROOT.get()  # relative to the checkout unless absolute
+            # Attached to every live session (patrol, 录播); the data plane sends it RTP over loopback.
+            env.setdefault(relay_settings.RECORDERS.name, f"default=127.0.0.1:{RECORDER_PORTS['control']}")
             commands["relay-recorder"] = [
                 PYTHON, "-m", "services.classroom_relay.recorder",
                 "--control-port", str(RECORDER_PORTS["control"]),
                 "--metrics-port", str(RECORDER_PORTS["metrics"]),
-                "--root", str(recordings_root),
+                "--root", str(recordings),
             ]
         else:
             print("No recorder: ffmpeg is not installed (make system-deps).")
@@ -211,12 +232,14 @@ def main() -> None:
         "\nlianxiao is running:\n"
         f"  API (nginx → gateway) http://{GATEWAY_BIND}/  (OpenAPI: /openapi.json, health: /healthz, /readyz)\n"
         f"  gateway metrics   http://{GATEWAY_BIND}/metrics\n"
+        f"  patrol page (巡课) http://{GATEWAY_BIND}/patrol/  (a bureau or district token from `make demo`)\n"
+        f"  recordings        {recordings}  (served signed under http://{GATEWAY_BIND}/media/)\n"
         + "".join(f"  {name:<17} metrics http://127.0.0.1:{port}/metrics\n" for name, port in METRICS_PORTS.items())
         + (f"  relay data plane  media udp://{RELAY_MEDIA_HOST}:{DATAPLANE_PORTS['media']}, "
            f"metrics http://127.0.0.1:{DATAPLANE_PORTS['metrics']}/metrics\n" if dataplane_available() else "")
         + (f"  relay ingest      rtmp://{RELAY_MEDIA_HOST}:{INGEST_PORTS['rtmp']}/live, "
            f"metrics http://127.0.0.1:{INGEST_PORTS['metrics']}/metrics\n" if "relay-ingest" in commands else "")
-        + (f"  relay recorder    {REPO / RECORDINGS_ROOT.get()}, control 127.0.0.1:{RECORDER_PORTS['control']}, "
+        + (f"  relay recorder    {recordings}, control 127.0.0.1:{RECORDER_PORTS['control']}, "
            f"metrics http://127.0.0.1:{RECORDER_PORTS['metrics']}/metrics\n" if "relay-recorder" in commands else "")
         + f"  databases         {database_url('{service}')}\n"
         f"  broker            {broker_address()}\n"

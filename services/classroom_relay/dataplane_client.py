@@ -29,9 +29,18 @@ from nameko.extensions import DependencyProvider
 from prometheus_client import Counter, Gauge
 from sqlalchemy.orm import Session
 
-from services.classroom_relay import dataplane_state, lessons, link_budgets, placement, relay_settings, settings
+from services.classroom_relay import (
+    dataplane_state,
+    lessons,
+    link_budgets,
+    placement,
+    recordings,
+    relay_settings,
+    settings,
+)
 from services.classroom_relay.dataplane.protocol import ControlClient
 from services.classroom_relay.ingest_link import IngestLink
+from services.classroom_relay.recorder_link import RecorderLink
 from services.common.config import database_url
 from services.common.db import make_engine
 from services.common.link_targets import LINK_TARGETS_BYTES_PER_SECOND
@@ -151,6 +160,7 @@ class DataPlaneChannel:
             if time.monotonic() >= next_stats:
                 stats = self._call("get_stats")["stats"]
                 self.stats, self.stats_at = stats, time.monotonic()
+                self.link.recorders.poll(self.name)  # recordings' progress; finished ones become available
                 next_stats = self.stats_at + self.link.stats_interval
                 if stats.get("instance") != self.pushed_instance:
                     # ControlClient reconnects by itself: a restarted data plane shows up here first.
@@ -161,6 +171,7 @@ class DataPlaneChannel:
     def _push(self) -> None:
         # Clear the flag before reading: a change committed meanwhile asks for another push.
         self.push_wanted = False
+        self.link.recorders.prepare(self.name)  # recordings start and end with the sessions (recorder member)
         with Session(self.link.engine) as db:
             state = dataplane_state.desired_state(db, self.link.settings, dataplane=self.name)
         instance = self.hello.get("instance")
@@ -169,6 +180,8 @@ class DataPlaneChannel:
             log.warning("data plane %s refused: %s", self.name, refused)
         self.confirmed_outputs = list(reply.get("outputs") or [])
         self.link.ingest.push_for(self.name, self.hello.get("media_address"))  # classroom equipment in (RTMP/RTSP)
+        self.link.recorders.push_for(self.name, self.hello.get("media_address"),
+                                     dataplane_state.outputs_by_key(None, self.confirmed_outputs))
         self.pushed_instance = instance
         self.next_reconcile = time.monotonic() + self.link.reconcile_interval
         self.link.pushes_total.labels(self.name).inc()
@@ -201,6 +214,7 @@ class DataPlaneLink(DependencyProvider):
         self.engine = make_engine(database_url(self.service, config))
         self.channels = {spec.name: DataPlaneChannel(spec, self) for spec in self.specs}
         self.ingest = IngestLink.from_config(config, self.engine, self.settings, self.control_secret)  # RTMP/RTSP in
+        self.recorders = RecorderLink.from_config(config, self.engine, self.control_secret)  # recordings out
         self._setup_metrics()
 
     def _setup_metrics(self) -> None:
@@ -234,6 +248,11 @@ class DataPlaneLink(DependencyProvider):
             "plane's per-session metrics on `session`)",
             ["session", "dataplane", "master_classroom", "master_school"], registry=registry,
         )
+        self.recordings_gauge = Gauge(
+            "lianxiao_relay_recordings",
+            "Recordings not final yet, by the data plane whose recorder has them and state (recording: running; "
+            "ending: the recorder finalizes it)", ["dataplane", "state"], registry=registry,
+        )
         targets = Gauge(
             "lianxiao_relay_link_target_bytes_per_second", "Bandwidth targets from the source documents",
             ["link"], registry=registry,
@@ -261,6 +280,7 @@ class DataPlaneLink(DependencyProvider):
         for channel in self.channels.values():
             channel.close()
         self.ingest.close()
+        self.recorders.close()
         self.engine.dispose()
 
     def kill(self) -> None:
@@ -312,10 +332,15 @@ class DataPlaneLink(DependencyProvider):
         with Session(self.engine) as db:
             labels = dataplane_state.live_session_labels(db)
             loads = lessons.committed_loads(db)
-        self._export(labels, loads)
+            unfinished = recordings.unfinished_counts(db)
+        self._export(labels, loads, unfinished)
 
-    def _export(self, labels: list[dict[str, str]], loads: list[link_budgets.Load]) -> None:
+    def _export(self, labels: list[dict[str, str]], loads: list[link_budgets.Load],
+                unfinished: dict[tuple[str, str], int] | None = None) -> None:
         # Reset then set in one go without yielding (no I/O in between), so a scrape never sees a gap.
+        self.recordings_gauge.clear()
+        for (dataplane, state), count in (unfinished or {}).items():
+            self.recordings_gauge.labels(dataplane, state).set(count)
         self.session_info.clear()
         for entry in labels:
             self.session_info.labels(**entry).set(1)

@@ -9,9 +9,10 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.classroom_relay import lessons, tracks
+from services.classroom_relay import lessons, recordings, tracks
 from services.classroom_relay.models import (
     LiveSession,
+    Recording,
 )
 from services.classroom_relay.records import classroom_key, master_member, session_key
 from services.classroom_relay.relay_settings import RelaySettings
@@ -22,10 +23,11 @@ def _wire_track(track: dict[str, Any]) -> dict[str, Any]:
                                          "channels", "layers_bps", "bps")}
 
 
-def session_state(live: LiveSession) -> dict[str, Any]:
+def session_state(live: LiveSession, recording: Recording | None = None) -> dict[str, Any]:
     """One live session in the data plane's terms (protocol 2): each joined classroom, the tracks it
     publishes, where it receives each track of every other classroom it hears (tracks.py), its budget, and
-    its registered senders."""
+    its registered senders; and, while `recording` runs, the recorder as a receive-only member
+    (recordings.recorder_member: not a classroom, not counted on any school's link)."""
     joined = [member for member in live.members if member.state == "joined"]
     routing = lessons.routing_members(joined, ("joined",))
     by_id = {member.classroom_id: member for member in routing}
@@ -47,6 +49,9 @@ def session_state(live: LiveSession) -> dict[str, Any]:
                                  "track": output.track["track"], "port": output.port} for output in outputs],
                 }
         members.append(entry)
+    recorder = recordings.recorder_member(live, recording) if recording is not None else None
+    if recorder is not None:
+        members.append(recorder)
     return {"session": session_key(live.id), "members": members}
 
 
@@ -56,7 +61,9 @@ def desired_state(session: Session, settings: RelaySettings, dataplane: str | No
     query = select(LiveSession).where(LiveSession.status == "live").order_by(LiveSession.id)
     if dataplane is not None:
         query = query.where(LiveSession.dataplane == dataplane)
-    return {"secrets": settings.join_secrets, "sessions": [session_state(live) for live in session.scalars(query)]}
+    running = recordings.running_by_session(session, dataplane)
+    return {"secrets": settings.join_secrets,
+            "sessions": [session_state(live, running.get(live.id)) for live in session.scalars(query)]}
 
 
 def live_session_labels(session: Session) -> list[dict[str, str]]:

@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.classroom_relay import link_budgets, placement, schemas, tracks
+from services.classroom_relay import link_budgets, placement, recordings, schemas, tracks
 from services.classroom_relay.exceptions import (
     AdmissionRefused,
     Conflict,
@@ -227,6 +227,9 @@ def create_session(
         return_bps=return_bps,
         interactive=interactive,
         occurrences_held=0,
+        record=values["record"] if values["record"] is not None else schemas.default_record(values["kind"]),
+        subject=values["subject"],
+        grade=values["grade"],
     )
     session.add(live)
     session.flush()
@@ -467,6 +470,7 @@ def end_session(session: Session, scope: Scope, session_id: Any, now: datetime |
         _leave(session, live, member, now)
     master.state, master.left_at = "left", now
     outbox.add(session, "session.ended", _event_body(live, master), **event_routing(live, master))
+    recordings.end_running(session, live, now)  # the recorder finalizes it at the next push
     live.occurrences_held += 1
     live.started_at = None
     live.dataplane = None  # the next occurrence is placed again when it starts

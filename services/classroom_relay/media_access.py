@@ -168,6 +168,7 @@ def classroom_sdp(
             )
         relay_host, relay_port = found["relay_address"]
         sections.append(Section(port=output.port, track=output.track, label=label(source_key, output.track),
-                                relay_rtcp=(relay_host, relay_port), ssrc=found.get("ssrc")))
+                                relay_rtcp=(relay_host, relay_port), ssrc=found.get("ssrc"),
+                                cname=source_key))
     return build_receiver_sdp(relay_host=sections[0].relay_rtcp[0] if sections[0].relay_rtcp else "127.0.0.1",
                               sections=sections, session_name=f"{live.title} (session {live.id})")

@@ -16,10 +16,12 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    Index,
     Integer,
     MetaData,
     String,
     UniqueConstraint,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -52,7 +54,9 @@ metadata = MetaData(
 )
 # Payload schemas, named as in docs/events/asyncapi.yaml.
 outbox = Outbox("classroom_relay", metadata, schemas={
-    "session": "session_classroom", "classroom": "session_classroom", "stream": "stream_quality"})
+    "session": "session_classroom", "classroom": "session_classroom", "stream": "stream_quality",
+    "recording.started": "recording_started", "recording.ended": "recording_ended",
+    "recording.available": "recording_available"})
 
 
 class Base(DeclarativeBase):
@@ -108,8 +112,16 @@ class LiveSession(Base):
     occurrences_held: Mapped[int] = mapped_column(Integer, default=0)
     # The data plane forwarding the live occurrence (placement.py); None while not live.
     dataplane: Mapped[str | None] = mapped_column(String(63), index=True)
+    # Kept as a recording (recordings.py); the recorder is beside every live session anyway, for patrol.
+    record: Mapped[bool] = mapped_column(Boolean, default=True)
+    subject: Mapped[str | None] = mapped_column(String(64))
+    grade: Mapped[str | None] = mapped_column(String(32))
     members: Mapped[list[SessionClassroom]] = relationship(
         back_populates="session", lazy="selectin", order_by="SessionClassroom.slot"
+    )
+    running_recording: Mapped[Recording | None] = relationship(
+        primaryjoin="and_(LiveSession.id == Recording.session_id, Recording.state == 'recording')",
+        viewonly=True, uselist=False,
     )
 
 
@@ -141,3 +153,43 @@ class SessionClassroom(Base):
     stream_state: Mapped[str] = mapped_column(String(10), default="ok")
     session: Mapped[LiveSession] = relationship(back_populates="members")
     classroom: Mapped[Classroom] = relationship(lazy="joined")
+
+
+ACTIVE = text("state = 'recording'")
+
+
+class Recording(Base):
+    """One recording of one live occurrence (recordings.py): key `rec-<id>` on the recorder beside the
+    session's data plane, which receives the master's tracks on `base_port + 2*i`."""
+
+    __tablename__ = "relay_recordings"
+    __table_args__ = (
+        # One running recording per session, and a port block used by one running recording per recorder,
+        # even when two control-plane replicas reconcile at once.
+        Index("uq_relay_recordings_running_session", "session_id", unique=True,
+              postgresql_where=ACTIVE, sqlite_where=ACTIVE),
+        Index("uq_relay_recordings_running_ports", "recorder", "base_port", unique=True,
+              postgresql_where=ACTIVE, sqlite_where=ACTIVE),
+    )
+    id: Mapped[int] = mapped_column(primary_key=True)
+    session_id: Mapped[int] = mapped_column(ForeignKey("sessions.id"), index=True)
+    recorder: Mapped[str] = mapped_column(String(63))  # the data plane it sits beside
+    media_host: Mapped[str] = mapped_column(String(64))
+    base_port: Mapped[int] = mapped_column(Integer)
+    keep: Mapped[bool] = mapped_column(Boolean)
+    # recording → ending (the recorder finalizes) → available | discarded (keep false) | failed
+    state: Mapped[str] = mapped_column(String(16), index=True, default="recording")
+    recorder_state: Mapped[str | None] = mapped_column(String(32))  # what the recorder said last
+    bureau_id: Mapped[int] = mapped_column(Integer)
+    facts: Mapped[dict] = mapped_column(JSON)  # who and what, as when it started (the events' common part)
+    tracks: Mapped[list] = mapped_column(JSON, default=list)  # [{track, kind, source, codec, port}]
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    available_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    duration_seconds: Mapped[float] = mapped_column(Float, default=0.0)
+    bytes: Mapped[int] = mapped_column(BigInteger, default=0)
+    segments: Mapped[int] = mapped_column(Integer, default=0)
+    last_segment_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    gaps: Mapped[list] = mapped_column(JSON, default=list)
+    files: Mapped[dict] = mapped_column(JSON, default=dict)
+    session: Mapped[LiveSession] = relationship()

@@ -26,9 +26,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from services.classroom_relay import settings
+from services.classroom_relay import settings, tracks
 from services.classroom_relay.exceptions import DataPlaneUnavailable
-from services.classroom_relay.models import Classroom, LiveSession, SessionClassroom
+from services.classroom_relay.models import Classroom, LiveSession, Recording, SessionClassroom
 
 DEFAULT_DATAPLANE = "default"
 DEFAULT_CONTROL_ADDRESS = settings.CONTROL_ADDRESS.default
@@ -138,6 +138,15 @@ def committed_by_dataplane(session: Session) -> dict[str, int]:
     totals: dict[str, int] = defaultdict(int)
     for dataplane, member in session.execute(query):
         totals[dataplane] += _member_bps(member)
+    # The recorder beside a data plane is its own egress (recordings.py): the best layer of each master track.
+    recorded = (select(LiveSession.dataplane, SessionClassroom.tracks)
+                .join(Recording, Recording.session_id == LiveSession.id)
+                .join(SessionClassroom, (SessionClassroom.session_id == LiveSession.id)
+                      & (SessionClassroom.role == "master"))
+                .where(LiveSession.status == "live", LiveSession.dataplane.is_not(None),
+                       Recording.state == "recording"))
+    for dataplane, published in session.execute(recorded):
+        totals[dataplane] += tracks.full_receive_bps(published or [])
     return dict(totals)
 
 

@@ -20,6 +20,7 @@ from services.classroom_relay.exceptions import (
 from services.classroom_relay.models import (
     Classroom,
     LiveSession,
+    Recording,
     SessionClassroom,
 )
 from services.common.scope import Scope
@@ -38,6 +39,16 @@ def session_key(session_id: int) -> str:
 
 def classroom_key(classroom_id: int) -> str:
     return f"classroom-{classroom_id}"
+
+
+def recorder_member_key(session_id: int) -> str:
+    """The recorder's receive-only member of a session in the data plane (not a classroom)."""
+    return f"recorder-{session_id}"
+
+
+def recording_key(recording_id: int) -> str:
+    """A recording's name on the recorder, in storage paths and in playback URLs (docs/recording.md)."""
+    return f"rec-{recording_id}"
 
 
 # --- output shapes -----------------------------------------------------------------------------------
@@ -86,6 +97,13 @@ def dump_member(member: SessionClassroom) -> dict[str, Any]:
     }
 
 
+def dump_recording(recording: Recording | None) -> dict[str, Any] | None:
+    if recording is None:
+        return None
+    return {"id": recording.id, "key": recording_key(recording.id), "keep": recording.keep, "state": recording.state,
+            "started_at": iso(recording.started_at), "duration_seconds": round(recording.duration_seconds or 0.0, 3)}
+
+
 def dump_session(live: LiveSession) -> dict[str, Any]:
     return {
         "id": live.id,
@@ -105,6 +123,10 @@ def dump_session(live: LiveSession) -> dict[str, Any]:
         "started_at": iso(live.started_at),
         "occurrences_held": live.occurrences_held,
         "dataplane": live.dataplane,
+        "record": live.record,
+        "subject": live.subject,
+        "grade": live.grade,
+        "recording": dump_recording(live.running_recording) if live.status == "live" else None,
         "classrooms": [dump_member(member) for member in live.members],
     }
 

@@ -135,6 +135,15 @@ class ClassroomIn(ReceiveAddress):
     downlink_capacity_bps = fields.Integer(strict=True, load_default=None, allow_none=True, validate=BITRATE)
 
 
+def _label(longest: int) -> fields.String:
+    return fields.String(load_default=None, allow_none=True, validate=validate.Length(min=1, max=longest))
+
+
+def default_record(kind: str) -> bool:
+    """Whether a session of `kind` is recorded unless it says: 专递课堂 and 名师课堂 yes, online research no."""
+    return kind != "online_research"
+
+
 class SessionIn(StrictSchema):
     kind = fields.String(required=True, validate=validate.OneOf(SESSION_KINDS))
     title = fields.String(required=True, validate=NAME)
@@ -156,6 +165,11 @@ class SessionIn(StrictSchema):
     interactive = fields.Boolean(load_default=None, allow_none=True)
     # What the master classroom publishes in this session (null: what it registered, else audio + camera).
     master_tracks = TRACKS
+    # Keep each lesson as a recording (null: yes for dedicated delivery and master-teacher lessons, no for
+    # online research); what the recording is filed under in the resource library.
+    record = fields.Boolean(load_default=None, allow_none=True, truthy={True}, falsy={False})
+    subject = _label(60)  # e.g. 数学 (the resources service files it with up to 60)
+    grade = _label(32)  # e.g. 四年级
 
     @validates_schema
     def _timetable(self, data: dict[str, Any], **_kwargs: Any) -> None:
@@ -166,6 +180,12 @@ class SessionIn(StrictSchema):
         until = data.get("recurrence_until")
         if until is not None and until < data["starts_at"]:
             raise ValidationError("recurrence_until is before the first lesson.", "recurrence_until")
+
+
+class RecordingIn(StrictSchema):
+    """Switch keeping a session's lessons as recordings on or off (takes effect at once while it is live)."""
+
+    record = fields.Boolean(required=True, truthy={True}, falsy={False})  # JSON true or false, nothing else
 
 
 class JoinIn(ReceiveAddress):
@@ -258,7 +278,21 @@ class SessionOut(Schema):
     started_at = fields.String(allow_none=True)
     occurrences_held = fields.Integer()
     dataplane = fields.String(allow_none=True)  # the relay data plane forwarding it while live
+    record = fields.Boolean()  # its lessons are kept as recordings
+    subject = fields.String(allow_none=True)
+    grade = fields.String(allow_none=True)
+    # The recording of the live occurrence (patrol only when `record` is false); null when none runs.
+    recording = fields.Nested(lambda: RecordingOut(), allow_none=True)
     classrooms = fields.List(fields.Nested(MemberOut))
+
+
+class RecordingOut(Schema):
+    id = fields.Integer()
+    key = fields.String()  # rec-<id>: its folder under RECORDINGS_ROOT and its playback URLs
+    keep = fields.Boolean()  # false: patrol only, nothing stays after the lesson
+    state = fields.String()  # recording, ending, available, discarded, failed
+    started_at = fields.String()
+    duration_seconds = fields.Float()
 
 
 class JoinTokenOut(Schema):

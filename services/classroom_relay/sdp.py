@@ -27,6 +27,8 @@ class Section:
     label: str
     relay_rtcp: tuple[str, int] | None = None
     ssrc: int | None = None
+    # RFC 5576: streams to play in sync share a CNAME; the relay's RTCP names the source classroom as CNAME.
+    cname: str | None = None
 
 
 def _rtpmap(track: dict[str, Any]) -> str:
@@ -87,5 +89,5 @@ def build_receiver_sdp(
             rtcp_address = ipaddress.ip_address(rtcp_host)
             lines.append(f"a=rtcp:{rtcp_port} IN {_family(rtcp_address)} {rtcp_address}")
         if section.ssrc is not None:
-            lines.append(f"a=ssrc:{section.ssrc & 0xFFFFFFFF} cname:{section.label}")
+            lines.append(f"a=ssrc:{section.ssrc & 0xFFFFFFFF} cname:{section.cname or section.label}")
     return "\r\n".join(lines) + "\r\n"

@@ -16,7 +16,15 @@ from typing import Any
 from nameko.rpc import RpcProxy
 from nameko.timer import timer
 
-from services.classroom_relay import classrooms, ingest_state, lessons, media_access, settings, stream_health
+from services.classroom_relay import (
+    classrooms,
+    ingest_state,
+    lessons,
+    media_access,
+    recordings,
+    settings,
+    stream_health,
+)
 from services.classroom_relay.dataplane_client import DataPlaneLink
 from services.classroom_relay.models import outbox
 from services.classroom_relay.school_facts import AccountsFacts
@@ -92,6 +100,14 @@ class ClassroomRelayService(HealthRpc, ReplayRpc):
     def end_session(self, scope: dict, session_id: int) -> dict[str, Any]:
         with self.db.begin():
             result = lessons.end_session(self.db, Scope.from_dict(scope), session_id)
+        self.dataplane.request_push()
+        return result
+
+    @rpc
+    def set_recording(self, scope: dict, session_id: int, data: dict) -> dict[str, Any]:
+        """Keep the session's lessons as recordings or not (while live: the running recording switches)."""
+        with self.db.begin():
+            result = recordings.set_recording(self.db, Scope.from_dict(scope), session_id, data)
         self.dataplane.request_push()
         return result
 

@@ -54,3 +54,8 @@ CONTROL_HOST = setting("RELAY_CONTROL_HOST", str, "127.0.0.1", "the address the 
 CONTROL_PORT = setting("RELAY_CONTROL_PORT", int, 7070, "the data plane's control port")
 METRICS_PORT = setting(
     "RELAY_METRICS_PORT", int, 9464, "the data plane's `/metrics` port", default_text="`9464` (`make run`: 9106)")
+RECORDERS = setting(
+    "RELAY_RECORDERS", str, None,
+    "`dataplane=host:port`, comma-separated: the recorder beside each data plane (docs/recording.md); it is "
+    "attached to every live session there (patrol) and keeps the ones whose `record` is on",
+    default_text="none (nothing recorded)")

@@ -40,7 +40,7 @@ def test_every_exchange_names_the_servers_vhost_and_every_relay_event_has_a_chan
     for binding in document()["components"]["channelBindings"].values():
         assert binding["exchange"]["vhost"] == "{vhost}"
     for event_type in ("session.started", "session.ended", "classroom.joined", "classroom.left", "stream.degraded",
-                       "stream.recovered"):
+                       "stream.recovered", "recording.started", "recording.ended", "recording.available"):
         assert channel_for("classroom_relay.events", f"bureau.7.{event_type}")
     headers = resolve({"$ref": "#/components/schemas/CloudEventHeaders"})
     assert "/lianxiao/classroom_relay" in headers["properties"]["cloudEvents:source"]["enum"]

@@ -144,6 +144,22 @@ def test_a_lesson_from_classrooms_to_sdp_and_a_refused_branch(
     labels = [line.split(":", 1)[1] for line in master_sdp.text.splitlines() if line.startswith("a=label:")]
     assert labels == [f"classroom-{room['id']}/{track}" for room in branches[:2] for track in ("audio", "camera")]
 
+    # Recording (录播) is on for a master-teacher lesson; switching it is checked at the door and by the relay.
+    assert started.json()["record"] is True
+    recording_url = f"{gateway}/v1/sessions/{lesson}/recording"
+    for body in ({}, {"record": "no"}, {"record": False, "keep": True}, [False]):
+        bad = call("PUT", recording_url, token, body)
+        assert bad.status_code == 422, (body, bad.text)
+        assert bad.headers["Content-Type"].startswith("application/problem+json") and bad.json()["detail"]
+    not_json = requests.put(recording_url, data="record=0", timeout=TIMEOUT,
+                            headers={**bearer(token), "Content-Type": "application/json"})
+    assert not_json.status_code == 400 and not_json.headers["Content-Type"].startswith("application/problem+json")
+    missing = call("PUT", f"{gateway}/v1/sessions/2000000000/recording", token, {"record": False})
+    assert missing.status_code == 404 and missing.headers["Content-Type"].startswith("application/problem+json")
+    switched = call("PUT", recording_url, token, {"record": False})
+    assert switched.status_code == 200, switched.text
+    assert switched.json()["record"] is False and switched.json()["recording"] is None  # no recorder here
+
     other_school = call("GET", f"{gateway}/v1/sessions/{lesson}", city.tokens["other_bureau_write"])
     assert other_school.status_code in (403, 404), other_school.text
     ended = call("POST", f"{gateway}/v1/sessions/{lesson}/end", token)

@@ -121,6 +121,16 @@ def test_prometheus_in_compose_scrapes_the_compose_services() -> None:
     assert importlib.util.find_spec(ingest["command"][2]) is not None
     assert ingest["build"]["dockerfile"] == "deploy/ingest/Dockerfile"
     assert "libnginx-mod-rtmp" in (DEPLOY / "ingest" / "Dockerfile").read_text()
+    # The recorder too (docs/recording.md): the ingest's image (ffmpeg), RTP over loopback, the recordings volume,
+    # and the control plane told where it is.
+    recorder = SERVICES["recorder"]
+    assert recorder["network_mode"] == "service:relay-dataplane" and recorder["image"] == ingest["image"]
+    assert recorder["command"][:3] == ["python", "-m", "services.classroom_relay.recorder"]
+    assert {"--control-host=0.0.0.0", "--control-port=7090", "--metrics-port=9467"} <= set(recorder["command"])
+    environment = recorder["environment"]
+    assert environment["RECORDER_MEDIA_HOST"] == "127.0.0.1" and "relay-dataplane:9467" in ports
+    assert f"recordings:{environment['RECORDINGS_ROOT']}" in recorder["volumes"]
+    assert SERVICES["classroom-relay"]["environment"]["RELAY_RECORDERS"] == "relay-0=relay-dataplane:7090"
 
 
 def test_dockerfile_is_non_root_and_built_from_the_lock() -> None:
@@ -158,4 +168,4 @@ def test_kubernetes_runs_the_commands_compose_runs() -> None:
                 else:
                     assert command in compose_commands, f"{path.name}: {command}"
                 checked += 1
-    assert checked == 8  # migrations, five services, the data plane, the gateway
+    assert checked == 8  # migrations, five services (resources too), the data plane, the gateway

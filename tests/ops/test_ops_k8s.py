@@ -287,3 +287,46 @@ def test_the_relay_control_plane_reaches_every_dataplane_pod_and_only_it_does(ov
     (relay,) = [item for item in of_kind(objects, "Deployment") if item["metadata"]["name"] == "classroom-relay"]
     variables = {variable["name"]: variable for variable in relay["spec"]["template"]["spec"]["containers"][0]["env"]}
     assert variables["RELAY_JOIN_SECRETS"]["valueFrom"]["secretKeyRef"]["name"] == "lianxiao-secrets"
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_a_recorder_sits_beside_every_dataplane_with_its_volume_and_only_the_relay_reaches_it(overlay: str) -> None:
+    """docs/recording.md: one recorder per data plane (RELAY_RECORDERS names each), writing to the shared
+    recordings volume; its control port only from the control plane, its RTP range only from the data planes."""
+    objects = rendered(overlay)
+    sets = {item["metadata"]["name"]: item for item in of_kind(objects, "StatefulSet")}
+    recorder, dataplane = sets["relay-recorder"], sets["relay-dataplane"]
+    assert recorder["spec"]["replicas"] == dataplane["spec"]["replicas"]
+    pod = recorder["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["command"][:3] == ["python", "-m", "services.classroom_relay.recorder"]
+    assert {"--control-host=0.0.0.0", "--control-port=7090", "--metrics-port=9467"} <= set(container["command"])
+    variables = {variable["name"]: variable for variable in container["env"]}
+    low, high = (int(port) for port in variables["RECORDER_MEDIA_PORTS"]["value"].split("-"))
+    assert variables["RECORDER_MEDIA_HOST"]["value"] == "$(POD_IP)"
+    assert variables["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert variables["RELAY_CONTROL_SECRET"]["valueFrom"]["secretKeyRef"]["name"] == "lianxiao-secrets"
+    root = variables["RECORDINGS_ROOT"]["value"]
+    (mount,) = [item for item in container["volumeMounts"] if item["mountPath"] == root]
+    (volume,) = [item for item in pod["volumes"] if item["name"] == mount["name"]]
+    claims = {item["metadata"]["name"]: item for item in of_kind(objects, "PersistentVolumeClaim")}
+    claim = claims[volume["persistentVolumeClaim"]["claimName"]]
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # nginx and the resources service read it too
+    (config,) = [item for item in of_kind(objects, "ConfigMap")
+                 if item["metadata"]["name"].startswith("lianxiao-config")]
+    dataplanes = dict(pair.split("=") for pair in config["data"]["RELAY_DATAPLANES"].split(","))
+    recorders = dict(pair.split("=") for pair in config["data"]["RELAY_RECORDERS"].split(","))
+    assert recorders == {name: address.replace("relay-dataplane", "relay-recorder").replace(":7070", ":7090")
+                         for name, address in dataplanes.items()}
+    rules = [rule for policy in of_kind(objects, "NetworkPolicy")
+             if policy["spec"]["podSelector"].get("matchLabels", {}).get("app.kubernetes.io/name") == "relay-recorder"
+             for rule in policy["spec"]["ingress"]]
+    assert rules == [
+        {"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "classroom-relay"}}}],
+         "ports": [{"port": 7090, "protocol": "TCP"}]},
+        {"from": [{"podSelector": {"matchLabels": {"app.kubernetes.io/name": "relay-dataplane"}}}],
+         "ports": [{"port": low, "endPort": high, "protocol": "UDP"}]},
+    ]
+    (relay,) = [item for item in of_kind(objects, "Deployment") if item["metadata"]["name"] == "classroom-relay"]
+    assert {"configMapRef": {"name": config["metadata"]["name"]}} in relay["spec"]["template"]["spec"]["containers"][0][
+        "envFrom"]

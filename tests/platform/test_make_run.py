@@ -76,7 +76,7 @@ def wait_until_ready(url: str, process: subprocess.Popen, seconds: float) -> Non
 
 @pytest.mark.integration
 def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_config, tmp_path):
-    base = free_port_block(13)
+    base = free_port_block(15)
     gateway = f"127.0.0.1:{base + 6}"
     env = {
         **os.environ,
@@ -90,6 +90,9 @@ def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_conf
         "RELAY_INGEST_METRICS_PORT": str(base + 10),
         "RELAY_INGEST_CONTROL_PORT": str(base + 11),
         "RELAY_RTMP_PORT": str(base + 12),
+        "RECORDER_METRICS_PORT": str(base + 13),
+        "RECORDER_CONTROL_PORT": str(base + 14),
+        "RECORDINGS_ROOT": str(tmp_path / "recordings"),
         "RELAY_ALLOW_DEV_SECRET": "1",
         "GATEWAY_WORKERS": "1",
     }
@@ -121,8 +124,15 @@ def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_conf
         assert "lianxiao_ingest_rtmp_server_up 1.0" in ingest_metrics.text
         with socket.create_connection(("127.0.0.1", base + 12), timeout=5):
             pass
+        # The recorder beside it: its /metrics (the disk guard on the recordings' root) and its control port.
+        wait_until_ready(f"http://127.0.0.1:{base + 13}/metrics", platform, seconds=30)
+        assert "lianxiao_recorder_disk_free_bytes" in requests.get(f"http://127.0.0.1:{base + 13}/metrics",
+                                                                   timeout=5).text
+        assert (tmp_path / "recordings").is_dir()
+        with socket.create_connection(("127.0.0.1", base + 14), timeout=5):
+            pass
         started = descendants(platform.pid)
-        assert len(started) >= 10  # 5 services, the data plane, the ingest and its nginx, gunicorn and its worker
+        assert len(started) >= 11  # 5 services, data plane, ingest + its nginx, recorder, gunicorn + worker
     finally:
         platform.send_signal(signal.SIGINT)  # what Ctrl-C sends
         try:

@@ -171,3 +171,53 @@ def test_a_stuck_ffmpeg_is_replaced_after_the_stall_time(recorder: RecorderProce
         sender.wait()
     assert [gap["reason"] for gap in done["gaps"]] == ["stall"]
     assert decode_errors(index) == ""
+
+
+def test_a_recording_whose_lesson_ended_while_the_recorder_was_down_is_finalized(root: Path,
+                                                                                  media_base: int) -> None:
+    first = start_recorder(root, media_base)
+    sender = start_sender(media_base, 8)
+    second = None
+    try:
+        assert first.call("set_state", recordings=[recording_entry("rec-12", media_base)])["refused"] == []
+        wait_until(lambda: len(_listed(root / "rec-12" / "index.m3u8")) >= 2, 15, "two segments")
+        first.process.kill()
+        first.process.wait()
+        second = start_recorder(root, media_base)
+        # The control plane's first state after the restart no longer names rec-12: its lesson is over.
+        assert second.call("set_state", recordings=[])["ok"]
+        done = second.wait_state("rec-12", ("finished",), timeout=25)
+    finally:
+        sender.kill()
+        sender.wait()
+        first.stop()
+        if second is not None:
+            errors = second.stop()
+            assert "Traceback" not in errors, errors
+    assert done["gaps"] == [] and done["files"]["program_mp4"] == "program.mp4"
+    assert "#EXT-X-ENDLIST" in (root / "rec-12" / "index.m3u8").read_text()
+    assert decode_errors(root / "rec-12" / "program.mp4") == ""
+
+
+def test_new_media_ports_for_the_same_key_continue_in_a_new_part(recorder: RecorderProcess, media_base: int) -> None:
+    index = recorder.root / "rec-13" / "index.m3u8"
+    first = start_sender(media_base, 20)
+    second = None
+    try:
+        assert recorder.call("set_state", recordings=[recording_entry("rec-13", media_base)])["refused"] == []
+        wait_until(lambda: len(_listed(index)) >= 2, 15, "part 0")
+        # The relay restarted and placed the recorder's outputs on other ports of its block.
+        moved = recording_entry("rec-13", media_base + 4)
+        assert recorder.call("set_state", recordings=[moved])["refused"] == []
+        first.kill()
+        second = start_sender(media_base + 4, 12)
+        wait_until(lambda: len([u for u in _listed(index) if u.startswith("part-001/")]) >= 2, 20, "part 1")
+        assert recorder.call("set_state", recordings=[])["ok"]
+        done = recorder.wait_state("rec-13", ("finished",), timeout=25)
+    finally:
+        for process in (first, second):
+            if process is not None:
+                process.kill()
+                process.wait()
+    assert [gap["reason"] for gap in done["gaps"]] == ["source_changed"]
+    assert decode_errors(index) == "" and decode_errors(recorder.root / "rec-13" / "program.mp4") == ""

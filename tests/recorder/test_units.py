@@ -30,7 +30,7 @@ def test_parts_are_joined_with_a_discontinuity_and_their_own_init_segment() -> N
     at = lines.index("#EXT-X-DISCONTINUITY")
     assert lines[at + 1:at + 4] == ['#EXT-X-MAP:URI="part-002/init.mp4"', "#EXTINF:2.000000,", "part-002/seg-00000.m4s"]
     ended = compose([_part("part-000", 2)], ended=True, keep=True, segment_seconds=2)
-    assert "#EXT-X-PLAYLIST-TYPE:VOD" in ended and ended.endswith("#EXT-X-ENDLIST\n")
+    assert "#EXT-X-PLAYLIST-TYPE:EVENT" in ended and ended.endswith("#EXT-X-ENDLIST\n")
 
 
 def test_a_live_window_counts_what_left_it() -> None:

@@ -83,3 +83,48 @@ def test_source_gaps_are_preserved_and_late_packets_do_not_rewind() -> None:
     late = forwarder.rewrite(buffer, 0, 65535, 0, 0.0)
     assert (late - first) & 0xFFFF == 1
     assert forwarder.last_out_sequence == after_gap
+
+
+@pytest.mark.parametrize(
+    ("keyframe_instant", "expected_step"),
+    [
+        (0.0, 1),  # the low layer's keyframe of the instant whose high-layer frame was just sent
+        (0.04, 3600),  # the next frame
+        (0.12, 3 * 3600),  # two frames of the old layer never went out (the pacer's queue was cleared)
+        (1.3, 3600),  # more than a second apart: two clocks that disagree, not trusted; the frame step
+        (-0.5, 3600),  # before the last frame sent: likewise
+    ],
+)
+def test_a_switch_continues_where_the_senders_reports_put_the_new_keyframe(
+    keyframe_instant: float, expected_step: int
+) -> None:
+    """Both layers' sender reports (one sender clock) say when each timestamp was captured: the output's
+    timestamps follow that, so the relay's own reports, which carry the followed layer's mapping, stay true
+    across the switch (feedback.py)."""
+    reports = {11: (1_000.0, 50_000), 22: (1_000.0, 4_000_000_000)}  # ssrc -> (report time s, its timestamp)
+
+    def source_ticks(ssrc: int, timestamp: int) -> float | None:
+        seconds, reported = reports[ssrc]
+        return seconds * 90_000 + ((timestamp - reported + (1 << 31)) & 0xFFFFFFFF) - (1 << 31)
+
+    forwarder = Forwarder(out_ssrc=1)
+    forwarder.source_ticks = source_ticks
+    forwarder.switch_to(11, in_sequence=10, in_timestamp=50_000, now=5.0, frame_ticks=3600)
+    packet = bytearray(rtp.build_rtp(b"x", sequence_number=10, timestamp=50_000, ssrc=11))
+    forwarder.rewrite(packet, 0, 10, 50_000, now=5.0)
+    first = header_of(packet).timestamp
+    new_timestamp = (4_000_000_000 + int(keyframe_instant * 90_000)) & 0xFFFFFFFF
+    forwarder.switch_to(22, in_sequence=500, in_timestamp=new_timestamp, now=5.05, frame_ticks=3600)
+    packet = bytearray(rtp.build_rtp(b"y", sequence_number=500, timestamp=new_timestamp, ssrc=22))
+    forwarder.rewrite(packet, 0, 500, new_timestamp, now=5.05)
+    assert (header_of(packet).timestamp - first) & 0xFFFFFFFF == expected_step
+
+
+def test_a_switch_without_sender_reports_continues_one_frame_later() -> None:
+    forwarder = Forwarder(out_ssrc=1)
+    forwarder.source_ticks = lambda _ssrc, _timestamp: None
+    forwarder.switch_to(11, in_sequence=10, in_timestamp=50_000, now=5.0, frame_ticks=3600)
+    forwarder.rewrite(bytearray(rtp.build_rtp(b"x", sequence_number=10, timestamp=50_000, ssrc=11)), 0, 10, 50_000, 5.0)
+    last = forwarder.last_out_timestamp
+    forwarder.switch_to(22, in_sequence=500, in_timestamp=123, now=5.01, frame_ticks=3600)
+    assert forwarder.out_timestamp(123) == (last + 3600) & 0xFFFFFFFF

@@ -207,6 +207,8 @@ def test_rtcp_nack_pli_and_receiver_reports(dataplane) -> None:
     items = rtcp.parse_compound(report, 0, len(report))
     sender_report = next(item for item in items if isinstance(item, rtcp.SenderReport))
     assert sender_report.sender_ssrc == out_ssrc
+    # ...followed by an SDES naming the source classroom as CNAME (what GStreamer's rtpbin syncs streams by).
+    assert report.endswith(rtcp.build_sdes_cname(out_ssrc, "master")), report.hex()
     delay_since_report = int((time.time() - received_at) * 65536)
     block = rtcp.ReportBlock(0x99, out_ssrc, 0.25, 5, 1000, 900, sender_report.ntp_middle_32, delay_since_report)
     branch.sock.sendto(rtcp.build_receiver_report(0x99, (block,)), relay_rtcp)

@@ -19,6 +19,19 @@ def test_sender_report_round_trip() -> None:
     assert parsed_block == rtcp.ReportBlock(9, 2, 0.25, 17, 70_000, 450, 0x12345678, 65536)
 
 
+@pytest.mark.parametrize("cname", ["m", "master", "classroom-12", "x" * 300])
+def test_sender_report_with_sdes_cname(cname: str) -> None:
+    sdes = rtcp.build_sdes_cname(9, cname)
+    text = cname.encode()[:255]
+    assert len(sdes) % 4 == 0 and sdes[1] == rtcp.PT_SDES and sdes[0] & 0x1F == 1
+    assert (int.from_bytes(sdes[2:4], "big") + 1) * 4 == len(sdes)
+    assert sdes[4:8] == (9).to_bytes(4, "big") and sdes[8] == rtcp.SDES_CNAME and sdes[9] == len(text)
+    assert sdes[10 : 10 + len(text)] == text and sdes[10 + len(text)] == 0  # a null octet ends the items
+    compound = rtcp.build_sender_report(9, 3_900_000_000, 0, 1, 1, 1) + sdes
+    items = rtcp.parse_compound(compound, 0, len(compound))
+    assert items is not None and [type(item) for item in items] == [rtcp.SenderReport]
+
+
 def test_compound_receiver_report_nack_pli_fir() -> None:
     block = rtcp.ReportBlock(5, 77, 0.5, -3, 10, 900, 0, 0)
     compound = (

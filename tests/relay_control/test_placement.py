@@ -6,7 +6,7 @@ from datetime import timedelta
 
 import pytest
 
-from services.classroom_relay import dataplane_state, lessons, placement, relay_settings
+from services.classroom_relay import dataplane_state, lessons, placement, recordings, relay_settings
 from services.classroom_relay.exceptions import DataPlaneUnavailable
 from services.classroom_relay.models import MBIT
 from services.classroom_relay.placement import DataPlaneSpec, Fleet
@@ -76,6 +76,10 @@ def test_the_most_free_data_plane_takes_a_new_school_and_the_school_stays_there(
     assert second["dataplane"] == "relay-0"
     master_bps = 64_000 + 3 * MBIT  # the default tracks: Opus audio and one H.264 camera layer
     assert placement.committed_by_dataplane(db) == {"relay-0": 20 * MBIT + 2 * master_bps, "relay-1": master_bps}
+    # The recorder beside relay-1 records its session: the relay's own egress, one more copy of the master.
+    recordings.reconcile(db, recordings.Recorder("relay-1", "127.0.0.1", (42000, 42999)))
+    assert placement.committed_by_dataplane(db) == {"relay-0": 20 * MBIT + 2 * master_bps,
+                                                    "relay-1": 2 * master_bps}
     # Each data plane is sent only its own sessions.
     pushed = {name: [entry["session"] for entry in dataplane_state.desired_state(db, settings, name)["sessions"]]
               for name in ("relay-0", "relay-1")}

@@ -103,3 +103,20 @@ def test_health_timer_publishes_degraded_from_the_latest_stats(service, db, admi
     assert [event_type_of(key) for key in rows].count("stream.degraded") == 1
     [member] = [m for m in service.get_session(admin.to_dict(), created["id"])["classrooms"] if m["role"] == "branch"]
     assert member["stream_state"] == "degraded"
+
+
+def test_set_recording_commits_asks_for_a_push_and_refuses_bad_input_typed(service, db, admin, school, link):
+    created = service.create_session(admin.to_dict(), lesson_now(school))
+    assert created["record"] is True  # a master-teacher lesson is recorded unless switched off
+    service.start_session(admin.to_dict(), created["id"])
+    link.request_push.reset_mock()
+    switched = service.set_recording(admin.to_dict(), created["id"], {"record": False})
+    assert switched["record"] is False
+    link.request_push.assert_called_once()
+    db.expire_all()
+    assert service.get_session(admin.to_dict(), created["id"])["record"] is False
+    db.rollback()  # the read's transaction
+    link.request_push.reset_mock()
+    with pytest.raises(InvalidInput, match="record"):
+        service.set_recording(admin.to_dict(), created["id"], {"record": None})
+    link.request_push.assert_not_called()

@@ -224,6 +224,8 @@ def test_desired_state_and_sdp_follow_the_live_session(db, admin, settings, scho
     assert video.startswith("video 40004 RTP/AVP 96") and "a=rtpmap:96 H264/90000" in video
     assert "a=fmtp:96 packetization-mode=1" in video and "a=rtcp:51002 IN IP4" in video
     assert f"a=label:{master_key}/camera" in video
+    # One CNAME for a classroom's tracks, the one the relay's RTCP carries: receivers sync audio and video by it.
+    assert f"a=ssrc:1000 cname:{master_key}\r\n" in audio and f"a=ssrc:1001 cname:{master_key}\r\n" in video
     with pytest.raises(exceptions.DataPlaneUnavailable):  # another data plane's view does not count
         media_access.classroom_sdp(db, admin, live["id"], first["id"], {"relay-1": outputs})
     with pytest.raises(Conflict, match="receive"):  # nobody speaks back to this master

@@ -27,6 +27,7 @@ from .rtcp import (
     SenderReport,
     build_pli,
     build_receiver_report,
+    build_sdes_cname,
     build_sender_report,
     ntp_middle_32,
     ntp_now,
@@ -206,7 +207,8 @@ class Feedback:
         sync) whatever layer is followed. The sender's NTP is used, not the report's arrival time: encoders
         (ffmpeg) send reports tens of milliseconds after the instant they describe, differently per stream;
         an offset between the sender's clock and ours is the same for all its tracks. Without a sender
-        report from the source there is no honest mapping: nothing is sent.
+        report from the source there is no honest mapping: nothing is sent. The SDES CNAME is the source
+        classroom, one name for all its tracks: receivers that sync by CNAME (GStreamer's rtpbin) need it.
         """
         forwarder = output.forwarder
         layer = output.track.layers.get(forwarder.layer_ssrc)
@@ -217,7 +219,7 @@ class Feedback:
         rtp_timestamp = layer.sender_report_timestamp + forwarder.timestamp_offset + elapsed_ticks
         return build_sender_report(
             forwarder.out_ssrc, ntp_seconds, ntp_fraction, rtp_timestamp, output.packets_out, output.bytes_out
-        )
+        ) + build_sdes_cname(forwarder.out_ssrc, output.track.classroom)
 
     def report_before_first_packet(self, output: Output, now: float) -> None:
         """A sender report just before an output's first packet, as encoders do (its mapping is known once

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 _SEQUENCE_TIMESTAMP_SSRC = struct.Struct("!HII")  # bytes 2..12 of the RTP header
 
@@ -31,6 +31,7 @@ class Forwarder:
         "layer_ssrc",
         "out_ssrc",
         "sequence_offset",
+        "source_ticks",
         "switches",
         "timestamp_offset",
     )
@@ -46,6 +47,9 @@ class Forwarder:
         self.last_out_timestamp = _random_u32()
         self.last_out_time = -1.0
         self.switches = 0
+        # (layer SSRC, its RTP timestamp) -> that instant on the sender's report clock in ticks, None without
+        # a sender report for the layer (streams.py's Track.source_ticks).
+        self.source_ticks: Callable[[int, int], float | None] | None = None
 
     def switch_to(
         self, layer_ssrc: int, in_sequence: int, in_timestamp: int, now: float, frame_ticks: int = 0
@@ -59,11 +63,40 @@ class Forwarder:
             # The new layer's next frame follows the last frame sent: one frame step, not the wall-clock
             # time the switch happened to take (that made steps of 827, 1416, 1 ticks instead of 3000).
             step = frame_ticks if frame_ticks > 0 and elapsed_ticks < self.clock_rate else max(1, elapsed_ticks)
+            reported = self._reported_step(layer_ssrc, in_timestamp, frame_ticks)
+            if reported is not None and elapsed_ticks < self.clock_rate:
+                step = reported
             next_timestamp = (self.last_out_timestamp + step) & 0xFFFFFFFF
         self.sequence_offset = (next_sequence - in_sequence) & 0xFFFF
         self.timestamp_offset = (next_timestamp - in_timestamp) & 0xFFFFFFFF
         self.layer_ssrc = layer_ssrc
         self.switches += 1
+
+    def _reported_step(self, layer_ssrc: int, in_timestamp: int, frame_ticks: int) -> int | None:
+        """The step the sender's reports put between the last frame sent and the new layer's keyframe.
+
+        Our sender reports map the output's timestamps through the followed layer's report (feedback.py), so
+        after a switch the receiver's clock for this stream moves by (reported step - our step). A switch
+        down usually lands on the low layer's keyframe of the very instant whose high-layer frame was just
+        sent (the encoder writes its outputs in order): one frame step made the picture 40 ms late until the
+        next report pulled it back (measured: the beep 34 ms before its flash for the first low-layer second,
+        and a non-monotonic dts at ffmpeg; test_lip_sync.py).
+        Whole frames are kept whole; the same instant becomes one tick, so timestamps still increase.
+        """
+        if self.source_ticks is None or self.layer_ssrc == NO_LAYER:
+            return None
+        last_in_timestamp = (self.last_out_timestamp - self.timestamp_offset) & 0xFFFFFFFF
+        before = self.source_ticks(self.layer_ssrc, last_in_timestamp)
+        after = self.source_ticks(layer_ssrc, in_timestamp)
+        if before is None or after is None:
+            return None
+        ticks = after - before
+        if not -frame_ticks / 2 < ticks < self.clock_rate:
+            return None  # not one sender's clock, or a pause: the frame step (or wall clock) it is
+        frames = round(ticks / frame_ticks) if frame_ticks > 0 else 0
+        if frames >= 1:
+            return frames * frame_ticks
+        return max(1, round(ticks)) if frame_ticks <= 0 else 1
 
     def out_sequence(self, in_sequence: int) -> int:
         return (in_sequence + self.sequence_offset) & 0xFFFF

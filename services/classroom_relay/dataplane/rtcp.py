@@ -23,6 +23,7 @@ PT_PSFB = 206
 FMT_GENERIC_NACK = 1
 FMT_PLI = 1
 FMT_FIR = 4
+SDES_CNAME = 1
 
 KEYFRAME_REQUEST_INTERVAL = 0.5
 NTP_UNIX_OFFSET = 2_208_988_800
@@ -190,6 +191,15 @@ def build_sender_report(
     )
     body += b"".join(_report_block_bytes(block) for block in blocks)
     return _header(PT_SR, len(blocks), len(body)) + body
+
+
+def build_sdes_cname(ssrc: int, cname: str) -> bytes:
+    """An SDES packet with one chunk: ``ssrc``'s CNAME (RFC 3550 §6.5.1), the name receivers group streams by
+    for lip sync (GStreamer's rtpbin aligns two streams only when their CNAMEs match)."""
+    text = cname.encode()[:255]
+    chunk = _U32.pack(ssrc) + bytes((SDES_CNAME, len(text))) + text
+    chunk += bytes(4 - len(chunk) % 4)  # the item list ends with a null octet, then pads to 32 bits
+    return _header(PT_SDES, 1, len(chunk)) + chunk
 
 
 def build_receiver_report(ssrc: int, blocks: tuple[ReportBlock, ...]) -> bytes:

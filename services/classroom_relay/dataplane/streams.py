@@ -122,6 +122,17 @@ class Track:
         self.outputs: list[Output] = []
         self.keyframe_requests_sent = 0
 
+    def source_ticks(self, ssrc: int, timestamp: int) -> float | None:
+        """``ssrc``'s RTP ``timestamp`` on its sender's report clock (NTP middle 32 bits), in ticks; None
+        until the layer has a sender report. Comparable between layers of one sender (forwarder.py)."""
+        layer = self.layers.get(ssrc)
+        if layer is None or not layer.last_sender_report_time:
+            return None
+        since_report = (timestamp - layer.sender_report_timestamp) & 0xFFFFFFFF
+        if since_report >= 0x80000000:
+            since_report -= 0x100000000
+        return layer.last_sender_report_middle / 65536 * self.clock_rate + since_report
+
     def layer_rates(self, now: float) -> list[tuple[int, float]]:
         rates = []
         for layer in self.layers.values():
@@ -173,6 +184,7 @@ class Output:
         self.bucket = TokenBucket(self.budget, config.burst_seconds, now)
         self.queue = PacedQueue(self.budget, config.max_queue_delay_seconds)
         self.forwarder = Forwarder(clock_rate=track.clock_rate)
+        self.forwarder.source_ticks = track.source_ticks
         self.history = OutputHistory()
         self.gso = GsoStage() if config.use_gso else None
         self.messages_base = 0  # this output's sendmmsg headers (egress.py prepares them)

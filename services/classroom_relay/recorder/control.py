@@ -16,6 +16,7 @@ from typing import Any
 
 from services.classroom_relay.dataplane.admission import TRACK_NAME
 from services.common.playback_urls import KEY_PATTERN
+from services.common.storage import BadKey
 
 from .pipeline import COURSEWARE, PROGRAM, BadSdp, parse_sdp, stream_sdp
 from .recording import RecordingSpec
@@ -134,6 +135,6 @@ class RecorderControl:
                 return {"ok": True, "forgotten": self.supervisor.forget(keys)}
         except BadRequest as error:
             return {"ok": False, "error": "bad_request", "message": str(error)}
-        except OSError as error:  # the storage failed under us (permissions, a vanished mount)
+        except (OSError, BadKey) as error:  # the storage failed under us (permissions, a mount, a planted link)
             return {"ok": False, "error": "storage_error", "message": str(error)}
         return {"ok": False, "error": "unknown_op", "message": f"unknown op {op!r}"}

@@ -77,7 +77,9 @@ def compose(parts: list[ComposedPart], *, ended: bool, keep: bool, segment_secon
     longest = max((segment.duration for _, _, segment in entries), default=float(segment_seconds))
     lines = ["#EXTM3U", "#EXT-X-VERSION:7", f"#EXT-X-TARGETDURATION:{max(1, math.ceil(longest))}"]
     if keep:
-        lines.append("#EXT-X-PLAYLIST-TYPE:" + ("VOD" if ended else "EVENT"))
+        # EVENT for good: RFC 8216 §6.2.1 lets a live playlist only grow and end, so it never turns VOD; an
+        # EVENT playlist with #EXT-X-ENDLIST is a complete one.
+        lines.append("#EXT-X-PLAYLIST-TYPE:EVENT")
     lines.append(f"#EXT-X-MEDIA-SEQUENCE:{media_sequence}")
     if discontinuity_sequence:
         lines.append(f"#EXT-X-DISCONTINUITY-SEQUENCE:{discontinuity_sequence}")

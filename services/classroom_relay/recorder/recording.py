@@ -14,7 +14,6 @@ import shutil
 import subprocess
 import tempfile
 import time
-from collections import deque
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -92,8 +91,7 @@ class Recording:
         self.bytes = 0
         self.forgotten = False
         self.streams = {name: Stream(name, sdp) for name, sdp in spec.streams.items()}
-        self.latencies: deque[float] = deque(maxlen=4096)  # segment complete → in the recording's playlist
-        self.new_latencies: list[float] = []  # since the supervisor last counted
+        self.new_latencies: list[float] = []  # segment complete → in the playlist, since last counted
         self.new_bytes = 0
         self.gaps_counted = 0
         self.last_segment_at: float | None = None
@@ -156,7 +154,9 @@ class Recording:
         else:
             index = stream.parts[-1].index + 1 if stream.parts else 0
         part = Part(index, f"{PART_FOLDERS[stream.name]}-{index:03d}", time.time())
-        (self.folder / part.folder).mkdir(parents=True, exist_ok=True)
+        # Whatever is there is stale (a run an earlier recorder began but that wrote no segment).
+        shutil.rmtree(self.folder / part.folder, ignore_errors=True)
+        (self.folder / part.folder).mkdir(parents=True)
         stream.parts.append(part)
         stream.process_started = stream.last_progress = now
         return part
@@ -233,7 +233,6 @@ class Recording:
         stream.failures = 0
         self.compose(stream)
         written = time.time()
-        self.latencies.extend(written - at for at in times)
         self.new_latencies.extend(written - at for at in times)
         for segment in added:
             try:

@@ -61,6 +61,10 @@ def end_session(call: Call, session_id: int) -> Reply:
     return Reply(call.remote(SERVICE, "end_session", call.scope, session_id))
 
 
+def set_recording(call: Call, session_id: int) -> Reply:
+    return Reply(call.remote(SERVICE, "set_recording", call.scope, session_id, call.json(relay.RecordingIn())))
+
+
 def join_branch(call: Call, session_id: int, classroom_id: int) -> Reply:
     body = _body_or_empty(call, relay.JoinIn())
     return Reply(call.remote(SERVICE, "join_branch", call.scope, session_id, classroom_id, body))
@@ -111,6 +115,10 @@ ROUTES = [
           relay.SessionOut, writes=True, error_statuses=(409,)),
     Route("POST", SESSION + "/end", end_session, "End the session (recurring ones go back to scheduled)",
           "relay", relay.SessionOut, writes=True),
+    Route("PUT", SESSION + "/recording", set_recording,
+          "Keep this session's lessons as recordings (录播) or not; while it is live the running recording ends "
+          "and one with the new choice starts (the recorder stays attached for patrol either way)", "relay",
+          relay.SessionOut, 200, relay.RecordingIn, writes=True),
     Route("PUT", BRANCH, join_branch,
           "Join a branch classroom (409 with the link, capacity and committed bandwidth when it does not fit)",
           "relay", relay.MemberOut, 200, relay.JoinIn, writes=True, error_statuses=(409,)),
