@@ -4,7 +4,9 @@ ingest image (ffmpeg), nginx in front of the gateway from its own image — all 
 (as podman-compose does, without waiting), read-only, every process as its own user without capabilities.
 Then: /readyz, the demo bureau, teachers and the resource library through the gateway, the recorder's
 control channel and its write access to the recordings volume, an RTP stream from an ffmpeg encoder
-through the containerised data plane to an ffmpeg receiver at a branch. Everything on 127.0.0.1."""
+through the containerised data plane to an ffmpeg receiver at a branch, recorded: live on the patrol list
+and its HLS through nginx's /media/, then a resource of the library whose MP4 and HLS nginx serves.
+Everything on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 import requests
@@ -105,8 +108,41 @@ def created(response: requests.Response) -> dict[str, Any]:
     return response.json()
 
 
-def stream_to_a_branch(gateway: str, tokens: dict[str, Any], tmp_path: Path) -> list[int]:
-    """A lesson from the master school QS-01 to QS-02 set up through the gateway; the decoded frame sizes."""
+def live_recording(gateway: str, token: str, session_id: int) -> str:
+    """The live lesson on the patrol list (the resources service heard recording.started) and its HLS playlist
+    through nginx's /media/ once the recorder has written a segment (signed URL, the recordings volume)."""
+    deadline = time.monotonic() + 25
+    while True:
+        items = [item for item in created(call("GET", f"{gateway}/v1/patrol/sessions", token))["items"]
+                 if item["session_id"] == session_id]
+        playlist = requests.get(urljoin(gateway, items[0]["live_url"]), timeout=5) if items else None
+        if playlist is not None and playlist.status_code == 200 and "#EXTINF" in playlist.text:
+            return playlist.text
+        assert time.monotonic() < deadline, f"no live recording: {items} {playlist and playlist.status_code}"
+        time.sleep(0.5)
+
+
+def recorded_and_played(gateway: str, token: str, session_id: int) -> dict[str, Any]:
+    """The ended lesson as a resource of the library (recording.available) and its MP4 and HLS through nginx."""
+    deadline = time.monotonic() + 60
+    while not (found := [item for item in created(call("GET", f"{gateway}/v1/resources", token))["items"]
+                         if item["session_id"] == session_id]):
+        assert time.monotonic() < deadline, "the recording never became a resource"
+        time.sleep(1)
+    resource = found[0]
+    assert resource["duration_seconds"] > 1, resource
+    urls = created(call("GET", f"{gateway}/v1/resources/{resource['id']}/playback", token))
+    mp4 = requests.get(urljoin(gateway, urls["mp4_url"]), headers={"Range": "bytes=0-1023"}, timeout=10)
+    assert mp4.status_code == 206 and mp4.headers["Content-Type"] == "video/mp4", (mp4.status_code, mp4.headers)
+    assert mp4.content[4:8] == b"ftyp", mp4.content[:16]
+    hls = requests.get(urljoin(gateway, urls["hls_url"]), timeout=10)
+    assert hls.status_code == 200 and "#EXT-X-ENDLIST" in hls.text, hls.text
+    return resource
+
+
+def stream_to_a_branch(gateway: str, tokens: dict[str, Any], tmp_path: Path) -> tuple[list[int], int]:
+    """A lesson from the master school QS-01 to QS-02 set up through the gateway, recorded: the decoded frame
+    sizes at the branch and the lesson's id. The master sends until the recorder's live playlist has a segment."""
     token, schools = tokens["bureau_token"], tokens["schools"]
     room = {"bureau_id": tokens["bureau_id"]}
     # The school's link comes from accounts; the master publishes one camera track (one m= section to play).
@@ -143,19 +179,20 @@ def stream_to_a_branch(gateway: str, tokens: dict[str, Any], tmp_path: Path) -> 
         hello.sendto(join["hellos"]["camera"].encode("ascii"), media)  # pins the camera track's sender
     time.sleep(0.5)  # the hello is handled before the encoder binds the same port
     sender = subprocess.Popen(
-        [FFMPEG, "-nostdin", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25", "-t", "7",
+        [FFMPEG, "-nostdin", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25", "-t", "40",
          *_encoder_output(HIGH_SSRC, "1200k", media[1], source_port, "640x360")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         framecrc, errors = receiver.communicate(timeout=20)
+        assert receiver.returncode == 0 and not errors.strip(), errors.decode(errors="replace")
+        live_recording(gateway, token, lesson["id"])
     finally:
         for process in (receiver, sender):
             if process.poll() is None:
                 process.kill()
             process.communicate(timeout=10)
-    assert receiver.returncode == 0 and not errors.strip(), errors.decode(errors="replace")
     created(call("POST", f"{session}/end", token))
-    return _decoded_frame_sizes(framecrc.decode())
+    return _decoded_frame_sizes(framecrc.decode()), lesson["id"]
 
 
 @pytest.mark.containers
@@ -196,8 +233,12 @@ def test_the_platform_runs_in_containers(stack: Stack, tmp_path: Path) -> None:
     library = call("GET", f"{stack.gateway}/v1/resources", tokens["bureau_token"])
     assert library.status_code == 200 and library.json()["items"] == [], library.text
 
-    sizes = stream_to_a_branch(stack.gateway, tokens, tmp_path)
+    sizes, lesson_id = stream_to_a_branch(stack.gateway, tokens, tmp_path)
     assert len(sizes) >= 25 and set(sizes) == {FULL_FRAME_BYTES}, f"{len(sizes)} frames, sizes {set(sizes)}"
+    ended = time.monotonic()
+    resource = recorded_and_played(stack.gateway, tokens["bureau_token"], lesson_id)
+    print(f"containers: the recording ({resource['duration_seconds']:.1f} s) a resource, played through nginx, "
+          f"{time.monotonic() - ended:.1f} s after the lesson ended")
     metrics = requests.get(f"http://127.0.0.1:{stack.ports['dataplane_metrics']}/metrics", timeout=5).text
     assert "lianxiao_relay_" in metrics
 
