@@ -137,6 +137,10 @@ def recorded_and_played(gateway: str, token: str, session_id: int) -> dict[str, 
     assert mp4.content[4:8] == b"ftyp", mp4.content[:16]
     hls = requests.get(urljoin(gateway, urls["hls_url"]), timeout=10)
     assert hls.status_code == 200 and "#EXT-X-ENDLIST" in hls.text, hls.text
+    # The patrol page that plays them, with hls.js (make web-deps put it in the nginx image).
+    for path, kind in (("/patrol/", "text/html"), ("/patrol/vendor/hls.min.js", "javascript")):
+        page = requests.get(urljoin(gateway, path), timeout=10)
+        assert page.status_code == 200 and kind in page.headers["Content-Type"], (path, page.status_code, page.headers)
     return resource
 
 
