@@ -128,3 +128,53 @@ def test_a_switch_without_sender_reports_continues_one_frame_later() -> None:
     last = forwarder.last_out_timestamp
     forwarder.switch_to(22, in_sequence=500, in_timestamp=123, now=5.01, frame_ticks=3600)
     assert forwarder.out_timestamp(123) == (last + 3600) & 0xFFFFFFFF
+
+
+@pytest.mark.parametrize("gaps", [False, True])
+def test_whole_run_header_rewrite_matches_packet_by_packet(gaps: bool) -> None:
+    """``PacketRing.rewrite_headers`` (strided slices, offsets added in lanes) writes exactly the bytes
+    ``Forwarder.rewrite_run`` writes, across 16- and 32-bit wrap-around, in stretches of consecutive slots."""
+    from services.classroom_relay.dataplane.buffer import HeaderLanes
+    from services.classroom_relay.dataplane.streams import _slot_runs
+
+    chooser = itertools.cycle([True, True, False] if gaps else [True])
+    slots = [slot for slot in range(40, 120) if next(chooser)][:48]
+    sequences = [(0xFFF0 + index) & 0xFFFF for index in range(len(slots))]  # wraps past 65535
+    timestamps = [(0xFFFFF000 + 3000 * (index // 5)) & 0xFFFFFFFF for index in range(len(slots))]
+    payload = bytes(range(256)) * 6
+    expected, actual = PacketRing(slot_count=128), PacketRing(slot_count=128)
+    for ring in (expected, actual):
+        for slot in slots:
+            ring.data[slot * ring.slot_bytes : (slot + 1) * ring.slot_bytes] = payload[: ring.slot_bytes]
+    forwarder = Forwarder(out_ssrc=0xCAFEF00D)
+    forwarder.switch_to(0x1000, sequences[0], timestamps[0], now=0.0)
+    forwarder.sequence_offset, forwarder.timestamp_offset = 0xABCD, 0xF0000000  # both wrap the sums
+    offsets = [slot * expected.slot_bytes + 2 for slot in slots]
+    forwarder.rewrite_run(expected.data, offsets, sequences, timestamps, not gaps, 0.0)
+    runs = _slot_runs(slots if gaps else range(slots[0], slots[0] + len(slots)))
+    assert len(runs) == (len(slots) + 1) // 2 if gaps else len(runs) == 1
+    actual.rewrite_headers(runs, HeaderLanes(sequences, timestamps), 0xABCD, 0xF0000000, 0xCAFEF00D)
+    assert actual.data == expected.data
+    first = slots[0] * actual.slot_bytes
+    assert rtp.build_rtp(b"", sequence_number=(0xFFF0 + 0xABCD) & 0xFFFF,
+                         timestamp=(0xFFFFF000 + 0xF0000000) & 0xFFFFFFFF, ssrc=0xCAFEF00D)[2:12] == bytes(
+        actual.data[first + 2 : first + 12]
+    )  # fmt: skip
+
+
+def test_history_of_a_run_with_upstream_gaps_answers_only_what_was_sent() -> None:
+    """A run whose numbers skip (loss before the relay) is remembered without a per-packet loop: each sent
+    number finds its slot, a skipped number finds nothing."""
+    ring = PacketRing(slot_count=64, slot_bytes=64)
+    slots = list(range(10, 20))
+    serials = [ring.stamp(slot, 1, 0, 0, False) for slot in slots]
+    sequences = [100, 101, 103, 104, 105, 108, 109, 110, 111, 115]
+    history, reference = OutputHistory(64), OutputHistory(64)
+    history.remember_run(7, sequences, slots, serials, in_order=False, increasing=True)
+    reference.remember_run(7, sequences, slots, serials, in_order=False)  # the per-packet loop
+    assert (history.slots, history.serials, history.in_sequences, history.offsets) == (
+        reference.slots, reference.serials, reference.in_sequences, reference.offsets
+    )  # fmt: skip
+    for sequence, slot in zip(sequences, slots, strict=True):
+        assert history.find(sequence + 7, ring) == slot
+    assert history.find(102 + 7, ring) == -1

@@ -53,6 +53,11 @@ def parse_arguments(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-connections", type=int, default=8, help="control connections at once")
     parser.add_argument("--ring-slots", type=int, default=8192, help="packet ring / NACK cache size")
     parser.add_argument("--no-gso", action="store_true", help="send one datagram per system call")
+    parser.add_argument(
+        "--busy-poll-us", type=float, default=0.0,
+        help="while media arrives faster than this, poll instead of sleeping between packets (e.g. 100; "
+        "default 0: never; costs idle CPU for ~30 µs less latency per wake-up)",
+    )  # fmt: skip
     parser.add_argument("--cpu", type=int, default=None, help="pin the loop to this CPU")
     return parser.parse_args(argv)
 
@@ -99,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             media_port=arguments.media_port,
             rtcp_port=arguments.rtcp_port,
             ring_slots=arguments.ring_slots,
+            busy_poll_seconds=max(0.0, arguments.busy_poll_us) / 1e6,
             use_gso=not arguments.no_gso,
             media_ports=media_ports,
             max_sessions=arguments.max_sessions,

@@ -16,10 +16,10 @@ from collections.abc import Sequence
 
 from . import rtp
 from .allocator import FIT_FRACTION, NO_TARGET
-from .buffer import PacketRing
+from .buffer import MIN_VECTOR_RUN, PacketRing
 from .forwarder import NO_LAYER
 from .streams import LayerBatch, Output, Streams, Track
-from .udpbatch import RingGather, gso_chunks
+from .udpbatch import GsoStage, RingGather, gso_chunks
 
 
 class Egress:
@@ -37,14 +37,16 @@ class Egress:
         self.before_first_packet = lambda output, now: None
 
     def prepare_output(self, output: Output) -> None:
-        """The output's own sendmmsg headers (its socket is not connected: every message names it)."""
-        if self.gather is not None:
+        """Without a connected twin (streams.py), the output's own sendmmsg headers: every message names it.
+        With one, the shared headers (no name) serve every output."""
+        if self.gather is not None and not output.connected:
             output.messages, output.messages_base = self.gather.messages_to(output.sockaddr)
             output.sockaddr_address = ctypes.addressof(ctypes.c_char.from_buffer(output.sockaddr))
 
     def begin_batch(self, now: float) -> None:
-        for output in self.all_outputs:
-            output.bucket.refill(now)
+        """Nothing per output: each bucket is refilled when its output sends (``_forward_run``,
+        ``_forward_packetwise``, ``drain_queues``) or answers feedback (engine.py), so a batch costs nothing
+        for the outputs of other tracks (at 1→200 with audio and video: 400 outputs)."""
 
     def end_batch(self) -> None:
         """Send what the GSO stages of the packet-by-packet path still hold."""
@@ -111,13 +113,15 @@ class Egress:
         if len(declared) > 1 and output.budget * FIT_FRACTION < declared[-1]:
             return NO_TARGET
         for ssrc, batch in by_ssrc.items():
-            if batch.keyframe_timestamps or (len(track.layers) == 1 and batch.layer.packets_in == len(batch.slots)):
+            # (A layer's very first batch: ingest.py counts a batch's packets only after it was forwarded.)
+            if batch.keyframe_timestamps or (len(track.layers) == 1 and batch.layer.packets_in == 0):
                 return ssrc
         return NO_TARGET
 
     def _forward_run(self, output: Output, batch: LayerBatch, now: float) -> None:
         """Send one output its layer's packets of this batch: one rewrite loop, one send call."""
         bucket = output.bucket
+        bucket.refill(now)
         if output.queue.entries or bucket.tokens < batch.total_bytes or self.gather is None:
             self._forward_packetwise(output, batch.slots, now)  # the pacer decides packet by packet
             return
@@ -131,11 +135,23 @@ class Egress:
                 if output.first_keyframe_time < 0:
                     output.first_keyframe_time = now
         forwarder = output.forwarder
-        forwarder.rewrite_run(
-            self.ring.data, batch.header_offsets, batch.sequences, batch.timestamps, batch.in_order, now
-        )
+        ring = self.ring
+        if len(batch.slots) >= MIN_VECTOR_RUN and ring.words16 is not None:
+            ring.rewrite_headers(
+                batch.slot_runs, batch.lanes, forwarder.sequence_offset, forwarder.timestamp_offset, forwarder.out_ssrc
+            )
+            forwarder.advance_run(batch.sequences, batch.timestamps, batch.increasing, now)
+        else:
+            forwarder.rewrite_run(
+                ring.data, batch.header_offsets, batch.sequences, batch.timestamps, batch.increasing, now
+            )
         output.history.remember_run(
-            forwarder.sequence_offset, batch.sequences, batch.slots, batch.serials, batch.in_order
+            forwarder.sequence_offset,
+            batch.sequences,
+            batch.slot_list,
+            batch.serial_list,
+            batch.in_order,
+            batch.increasing,
         )
         self._send_gathered(output, batch)
         output.bytes_out += batch.total_bytes
@@ -145,7 +161,7 @@ class Egress:
     def _send_gathered(self, output: Output, batch: LayerBatch) -> None:
         gather = self.gather
         assert gather is not None  # _forward_run sends runs only with sendmmsg
-        fd = output.fd
+        fd = output.send_fd
         if self.gso_enabled:
             for start, count, segment_bytes in batch.gso_chunks:
                 if not gather.send_segmented(fd, start, count, segment_bytes, output.sockaddr_address):
@@ -166,6 +182,7 @@ class Egress:
         ring_ssrc, ring_keyframe = ring.ssrc, ring.keyframe
         ring_sequence, ring_timestamp = ring.sequence_number, ring.timestamp
         forwarder = output.forwarder
+        output.bucket.refill(now)
         for slot in slots:
             ssrc = ring_ssrc[slot]
             keyframe = ring_keyframe[slot]
@@ -223,6 +240,8 @@ class Egress:
                 self.drops.counts[rtp.PACER_OVERFLOW] += 1
             return
         stage = output.gso
+        if stage is None and self.gso_enabled:
+            stage = output.gso = GsoStage()
         if stage is None:
             out_sequence = forwarder.rewrite(self.ring.data, offset, sequence_number, timestamp, now)
             output.history.remember(out_sequence, slot, serial)
@@ -241,7 +260,10 @@ class Egress:
 
     def send(self, output: Output, packet: memoryview | bytes) -> None:
         try:
-            output.sock.sendto(packet, output.destination)
+            if output.connected:
+                output.send_sock.send(packet)
+            else:
+                output.sock.sendto(packet, output.destination)
         except OSError as error:
             self._count_send_error(output, error, 1)
 
@@ -260,7 +282,7 @@ class Egress:
         assert stage is not None  # outputs have a GSO stage when GSO is on
         segments = stage.segments
         try:
-            stage.flush(output.sock, output.destination)
+            stage.flush(output.send_sock, None if output.connected else output.destination)
         except OSError as error:
             self._count_send_error(output, error, segments)
 

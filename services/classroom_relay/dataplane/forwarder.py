@@ -133,8 +133,8 @@ class Forwarder:
     ) -> None:
         """``rewrite`` for a run of packets of the followed layer (``header_offsets``: RTP header + 2).
 
-        ``in_order``: each sequence number is the previous one + 1, so the "last" state only depends on
-        the first and last packet instead of a comparison per packet.
+        ``in_order``: each sequence number is above the previous one (within half the number space), so the
+        "last" state only depends on the first and last packet instead of a comparison per packet.
         """
         sequence_offset, timestamp_offset = self.sequence_offset, self.timestamp_offset
         out_ssrc = self.out_ssrc
@@ -147,9 +147,17 @@ class Forwarder:
                 (in_timestamp + timestamp_offset) & 0xFFFFFFFF,
                 out_ssrc,
             )
+        self.advance_run(in_sequences, in_timestamps, in_order, now)
+
+    def advance_run(
+        self, in_sequences: Sequence[int], in_timestamps: Sequence[int], in_order: bool, now: float
+    ) -> None:
+        """The "last sent" state after a run whose headers were written (``rewrite_run``, or buffer.py's
+        ``PacketRing.rewrite_headers`` for the whole run at once)."""
+        sequence_offset, timestamp_offset = self.sequence_offset, self.timestamp_offset
         last_sequence = self.last_out_sequence
         if in_order:
-            # Consecutive numbers: if any of them is ahead of "last", all after it are, so the last one wins.
+            # Increasing numbers: if any of them is ahead of "last", all after it are, so the last one wins.
             first_out = (in_sequences[0] + sequence_offset) & 0xFFFF
             final_out = (in_sequences[-1] + sequence_offset) & 0xFFFF
             if ((first_out - last_sequence) & 0xFFFF) < 0x8000 or ((final_out - last_sequence) & 0xFFFF) < 0x8000:

@@ -4,8 +4,8 @@
 ring (buffer.py). Each packet is validated (rtp.py), admitted (topology.py: its sender's address and SSRC
 must be pinned by a join token) and checked for a keyframe start (h264.py); RTCP and hellos that arrive
 on the media port go to feedback.py and topology.py. The accepted packets are grouped into one
-``LayerBatch`` per layer, each layer's receive statistics are updated once per batch, and egress.py
-sends them on.
+``LayerBatch`` per layer, egress.py sends them on, and then each layer's receive statistics are updated
+once per batch.
 """
 
 from __future__ import annotations
@@ -81,11 +81,12 @@ class Ingest:
             self._layer_batch(layer, indices, keyframes, first, first_serial, lengths, sequences, timestamps)
             for layer, indices in accepted.items()
         ]
-        for batch in batches:
-            self._account_layer(batch, now)
         if self.egress.gather is not None:
             self.egress.load_gather(batches)
         self.egress.forward_batches(batches, now)
+        # Counted after sending: the statistics are for the timers and RTCP, the packets should not wait.
+        for batch in batches:
+            self._account_layer(batch, now)
 
     def _classify_single_source(
         self,

@@ -40,13 +40,16 @@ class PortPool:
     def contains(self, port: int) -> bool:
         return self.range is not None and self.range[0] <= port <= self.range[1]
 
-    def bind_udp(self, port: int = 0) -> socket.socket:
+    def bind_udp(self, port: int = 0, shareable: bool = False) -> socket.socket:
         """A UDP socket bound to ``port`` (must be in the range when there is one), or to the next free
-        port of the range, or to an ephemeral port without a range."""
+        port of the range, or to an ephemeral port without a range.
+
+        ``shareable``: bound with SO_REUSEPORT, so that the caller can bind a connected twin to the same
+        port (streams.py ``connected_twin``, which clears the option on both again)."""
         if port or self.range is None:
             if port and self.range is not None and not self.contains(port):
                 raise ValueError(f"port {port} is outside the media port range {self.range[0]}-{self.range[1]}")
-            sock = self._try_bind(port)
+            sock = self._try_bind(port, shareable)
             if sock is None:
                 raise OSError(errno.EADDRINUSE, f"UDP port {port} is in use")
             return sock
@@ -56,15 +59,17 @@ class PortPool:
             candidate = low + (self._cursor - low + step) % size
             if candidate in self.in_use:
                 continue
-            sock = self._try_bind(candidate)
+            sock = self._try_bind(candidate, shareable)
             if sock is not None:
                 self._cursor = low + (candidate - low + 1) % size
                 return sock
         raise PortsExhausted(errno.EADDRINUSE, f"no free UDP port left in {low}-{high}")
 
-    def _try_bind(self, port: int) -> socket.socket | None:
+    def _try_bind(self, port: int, shareable: bool = False) -> socket.socket | None:
         sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         try:
+            if shareable:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
             sock.bind((self.host, port))
         except OSError:
             sock.close()

@@ -9,6 +9,9 @@ socket, pacer, forwarder and NACK history). ``Streams`` holds the tables the loo
 
 from __future__ import annotations
 
+import contextlib
+import itertools
+import operator
 import socket
 import struct
 from collections.abc import Sequence
@@ -16,7 +19,7 @@ from dataclasses import dataclass, field
 
 from .admission import address_key, key_address
 from .allocator import NO_TARGET, RateMeter
-from .buffer import OutputHistory
+from .buffer import HeaderLanes, OutputHistory
 from .forwarder import Forwarder
 from .pacer import PacedQueue, TokenBucket
 from .rtcp import ReceptionStats
@@ -37,6 +40,31 @@ def sockaddr_in(host: str, port: int) -> bytes:
     return struct.pack("=H", socket.AF_INET) + struct.pack("!H", port) + socket.inet_aton(host) + bytes(8)
 
 
+def connected_twin(sock: socket.socket, destination: tuple[str, int]) -> socket.socket | None:
+    """A second socket on ``sock``'s own address and port, connected to ``destination``: media leaves
+    through it, so the kernel reuses one cached route instead of looking one up per datagram, while
+    ``sock`` stays unconnected to receive the receiver's RTCP from any port. The kernel hands a datagram
+    from ``destination`` to the connected twin and every other one to ``sock``. ``sock`` must have been
+    bound with SO_REUSEPORT (ports.py, ``shareable``); the option is cleared on both afterwards so no
+    other socket can join the port. None when the twin cannot be made (media then names its destination
+    in every send)."""
+    if sock.getsockname()[1] == 0:
+        return None  # not bound yet: there is no port to share
+    twin = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    made: socket.socket | None = twin
+    try:
+        twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        twin.bind(sock.getsockname())
+        twin.connect(destination)
+        twin.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+    except OSError:
+        twin.close()
+        made = None
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 0)
+    return made
+
+
 @dataclass(frozen=True, slots=True)
 class EngineConfig:
     media_host: str = "127.0.0.1"
@@ -51,6 +79,10 @@ class EngineConfig:
     use_gso: bool = True
     burst_seconds: float = 0.05
     max_queue_delay_seconds: float = 0.2
+    # While media wake-ups come closer together than this, the loop polls instead of sleeping in epoll for
+    # up to this long after the last one (engine.py); 0: always sleep. Off by default: it trades a core's
+    # idle time (and CPU quota) for the ~30 µs a wake-up costs.
+    busy_poll_seconds: float = 0.0
 
 
 class Layer:
@@ -152,9 +184,11 @@ class Track:
 
 
 class Output:
-    """One (source classroom, track) sent to one receiving member: its own socket (bound in the media port
-    range, not connected, so RTCP from the receiver's RTP port, port + 1 or rtcp-mux all arrive on it),
-    token bucket, queue, forwarder and NACK history."""
+    """One (source classroom, track) sent to one receiving member: its own port in the media port range,
+    token bucket, queue, forwarder and NACK history. On that port: ``sock``, not connected, so RTCP from
+    the receiver's RTP port + 1 (or any refused port) arrives on it; and ``send_sock``, its connected twin
+    that media leaves through (RTCP from the receiver's RTP port, rtcp-mux, arrives there). Both are on the
+    loop's poller."""
 
     def __init__(
         self,
@@ -177,16 +211,21 @@ class Output:
         # A raw sockaddr_in for sendmmsg/sendmsg on the unconnected socket (udpbatch.py).
         self.sockaddr = bytearray(sockaddr_in(destination[0], destination[1]))
         self.sock = sock
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
-        self.sock.setblocking(False)  # a full send buffer drops (counted); it must never stall the loop
-        self.fd = self.sock.fileno()
+        self.fd = sock.fileno()
+        twin = connected_twin(sock, destination)
+        self.connected = twin is not None
+        self.send_sock = twin if twin is not None else sock
+        self.send_fd = self.send_sock.fileno()
+        for own in {sock, self.send_sock}:
+            own.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER_BYTES)
+            own.setblocking(False)  # a full send buffer drops (counted); it must never stall the loop
         self.budget = float(budget_bytes_per_second)
         self.bucket = TokenBucket(self.budget, config.burst_seconds, now)
         self.queue = PacedQueue(self.budget, config.max_queue_delay_seconds)
         self.forwarder = Forwarder(clock_rate=track.clock_rate)
         self.forwarder.source_ticks = track.source_ticks
         self.history = OutputHistory()
-        self.gso = GsoStage() if config.use_gso else None
+        self.gso: GsoStage | None = None  # egress.py makes it on first use (67 KB: most outputs never need one)
         self.messages_base = 0  # this output's sendmmsg headers (egress.py prepares them)
         self.messages: object = None
         self.sockaddr_address = 0
@@ -240,6 +279,7 @@ class Output:
         self.queue.set_rate(self.budget, self.config.max_queue_delay_seconds)
 
     def close(self) -> None:
+        self.send_sock.close()
         self.sock.close()
 
 
@@ -251,15 +291,20 @@ class LayerBatch:
     """
 
     __slots__ = (
+        "_lanes",
+        "_serial_list",
+        "_slot_list",
         "gather_start",
         "gso_chunks",
         "header_offsets",
         "in_order",
+        "increasing",
         "keyframe_timestamps",
         "layer",
         "sequences",
         "serials",
         "sizes",
+        "slot_runs",
         "slots",
         "timestamps",
         "total_bytes",
@@ -286,8 +331,56 @@ class LayerBatch:
         self.keyframe_timestamps = keyframe_timestamps
         self.total_bytes = sum(sizes)
         self.in_order = _consecutive(sequences)
+        # Each number above the previous (gaps allowed: loss upstream), within half the number space: the
+        # newest packet of the run is its last one.
+        self.increasing = self.in_order or _increasing(sequences)
         self.gather_start = 0
         self.gso_chunks: list[tuple[int, int, int]] = []
+        # (first slot, first index, count) of each stretch of consecutive slots: the strided header rewrite
+        # (buffer.py) works per stretch.
+        self.slot_runs = _slot_runs(slots)
+        self._lanes: HeaderLanes | None = None
+        self._slot_list: list[int] | None = None
+        self._serial_list: list[int] | None = None
+
+    @property
+    def slot_list(self) -> list[int]:
+        """``slots`` as a list made once: every output's NACK history then shares its number objects."""
+        if self._slot_list is None:
+            self._slot_list = list(self.slots)
+        return self._slot_list
+
+    @property
+    def serial_list(self) -> list[int]:
+        if self._serial_list is None:
+            self._serial_list = list(self.serials)
+        return self._serial_list
+
+    @property
+    def lanes(self) -> HeaderLanes:
+        """The run's sequence numbers and timestamps as lanes (buffer.py), made once for all outputs."""
+        if self._lanes is None:
+            self._lanes = HeaderLanes(self.sequences, self.timestamps)
+        return self._lanes
+
+
+def _increasing(sequence_numbers: Sequence[int]) -> bool:
+    """Strictly increasing without a wrap across 0, spanning less than half the number space: at C speed."""
+    return sequence_numbers[-1] - sequence_numbers[0] < 0x8000 and all(
+        map(operator.lt, sequence_numbers, itertools.islice(sequence_numbers, 1, None))
+    )
+
+
+def _slot_runs(slots: Sequence[int]) -> list[tuple[int, int, int]]:
+    if isinstance(slots, range):  # the whole batch: one stretch
+        return [(slots.start, 0, len(slots))]
+    runs: list[tuple[int, int, int]] = []
+    start_index = 0
+    for index in range(1, len(slots) + 1):
+        if index == len(slots) or slots[index] != slots[index - 1] + 1:
+            runs.append((slots[start_index], start_index, index - start_index))
+            start_index = index
+    return runs
 
 
 def _consecutive(sequence_numbers: Sequence[int]) -> bool:

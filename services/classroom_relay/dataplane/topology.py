@@ -173,15 +173,16 @@ class Topology:
     def _add_output(
         self, session: Session, member: Member, track: Track, destination: tuple[str, int], now: float
     ) -> Output:
-        sock = self.ports.bind_udp()
+        sock = self.ports.bind_udp(shareable=True)  # Output binds its connected twin to the same port
         # Until the allocator shares the member's budget out, an output may use all of it (a first keyframe).
         output = Output(session.session, member.classroom, track, destination, member.budget or 1.0,
                         self.config, now, sock)
         track.outputs.append(output)
         self.streams.all_outputs.append(output)
-        self.streams.outputs_by_fd[output.fd] = output
         self.streams.outputs_by_ssrc[output.forwarder.out_ssrc] = output
-        self.poller.register(output.fd, select.EPOLLIN)
+        for fd in {output.fd, output.send_fd}:
+            self.streams.outputs_by_fd[fd] = output
+            self.poller.register(fd, select.EPOLLIN)
         self.on_output_added(output)
         return output
 
@@ -191,10 +192,13 @@ class Topology:
         if output in self.streams.all_outputs:
             self.streams.all_outputs.remove(output)
         self.streams.outputs_with_queue.discard(output)
-        self.streams.outputs_by_fd.pop(output.fd, None)
         self.streams.outputs_by_ssrc.pop(output.forwarder.out_ssrc, None)
-        with contextlib.suppress(OSError, ValueError):
-            self.poller.unregister(output.fd)
+        for fd in {output.fd, output.send_fd}:
+            self.streams.outputs_by_fd.pop(fd, None)
+            with contextlib.suppress(OSError, ValueError):
+                self.poller.unregister(fd)
+        if output.connected:
+            output.send_sock.close()
         self.ports.release(output.sock)
 
     def remove_session(self, session_id: str) -> bool:

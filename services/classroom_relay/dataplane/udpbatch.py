@@ -271,21 +271,19 @@ class GsoStage:
     def full(self) -> bool:
         return self.segments >= GSO_MAX_SEGMENTS or self.used + self.segment_bytes > GSO_MAX_BYTES or self.last_is_short
 
-    def flush(self, sock: socket.socket, destination: tuple[str, int]) -> int:
-        """Send what is staged to ``destination``; returns the number of datagrams handed to the kernel."""
+    def flush(self, sock: socket.socket, destination: tuple[str, int] | None) -> int:
+        """Send what is staged to ``destination`` (None: ``sock``'s connected peer); returns the number of
+        datagrams handed to the kernel."""
         segments = self.segments
         if segments == 0:
             return 0
         try:
-            if segments == 1:
-                sock.sendto(self.view[: self.used], destination)
+            packet = self.view[: self.used]
+            control = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", self.segment_bytes))] if segments > 1 else []
+            if destination is None:
+                sock.sendmsg((packet,), control)
             else:
-                sock.sendmsg(
-                    (self.view[: self.used],),
-                    ((SOL_UDP, UDP_SEGMENT, struct.pack("=H", self.segment_bytes)),),
-                    0,
-                    destination,
-                )
+                sock.sendmsg((packet,), control, 0, destination)
         finally:
             self.segments = 0
             self.used = 0

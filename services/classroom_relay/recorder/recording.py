@@ -82,6 +82,7 @@ class Recording:
         self.folder = folder
         self.segment_seconds = segment_seconds
         self.state = "recording"
+        self.final_state: str | None = None  # what finalizing ends in (the disk guard's stop is not "finished")
         self.started_at = time.time()
         self.ended_at: float | None = None
         self.gaps: list[dict] = []

@@ -111,6 +111,8 @@ class Supervisor:
         current = self.recordings.get(spec.key)
         if current is not None:
             if current.state != "recording":
+                if current.final_state == "stopped_disk_full":
+                    return "disk_full", f"{spec.key} was stopped because the recorder's disk is full"
                 return "finished", f"{spec.key} is finalizing; a new recording needs a new key"
             self._update(current, spec)
             return None
@@ -263,6 +265,7 @@ class Supervisor:
     # the end of a recording ----------------------------------------------------------------------------------
     def _begin_finalize(self, recording: Recording, final_state: str) -> None:
         recording.state = "finalizing"
+        recording.final_state = final_state
         recording.ended_at = time.time()
         recording.save()
         thread = threading.Thread(target=self._finalize, args=(recording, final_state),
