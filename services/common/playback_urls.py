@@ -13,8 +13,8 @@ import hmac
 import re
 from urllib.parse import quote
 
-KEY_PATTERN = re.compile(r"^[a-z0-9-]{1,64}$")
-FILE_PATTERN = re.compile(r"^[A-Za-z0-9._/-]{1,200}$")
+KEY_PATTERN = re.compile(r"^[a-z0-9-]{1,64}\Z")  # \Z: "$" would let a trailing newline through
+FILE_PATTERN = re.compile(r"^[A-Za-z0-9._/-]{1,200}\Z")
 MEDIA_PREFIX = "/media"
 
 

@@ -8,6 +8,7 @@ PersistentVolumeClaim in Kubernetes). Every path is checked to stay inside the r
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 from dataclasses import dataclass
@@ -86,3 +87,30 @@ class FilesystemStorage:
             return False
         shutil.rmtree(path)
         return True
+
+
+# Inside a recording's folder the recorder only ever makes plain files and folders; a symlink found there was
+# planted (by whatever else can write the volume). These two never follow one, so nothing is written or
+# removed outside the root through it.
+
+def write_file(path: Path, text: str) -> None:
+    """Replace `path` with `text` atomically (readers see the old file or the new one, never half of it);
+    a link at `path` or at its temporary name is replaced, never written through."""
+    temporary = path.with_name(f".{path.name}.tmp")
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(temporary)  # a leftover, or a planted link: O_EXCL below refuses both
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(descriptor, "w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+
+
+def remove_tree(path: Path) -> None:
+    """Remove a folder and what is in it, or just the link when `path` is one; nothing there is fine."""
+    if path.is_symlink() or path.is_file():
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)
+        return
+    shutil.rmtree(path, ignore_errors=True)  # rmtree itself removes links inside without following them

@@ -100,6 +100,9 @@ def add_clip(session: Session, scope: Scope, resource_id: int, data: Any) -> dic
             f"The clip ends at {values['end_seconds']:g} s, after the recording's end "
             f"({resource.duration_seconds:g} s).",
             {"end_seconds": [f"At most {resource.duration_seconds:g}."]})
+    # The resource's row is the clips' lock: concurrent adds near the limit count one after another (measured
+    # without it: 201 clips from 60 requests at once, tests/gateway/test_resources_hostile.py).
+    session.execute(select(Resource.id).where(Resource.id == resource.id).with_for_update())
     count = session.scalar(select(func.count()).select_from(Clip).where(
         Clip.resource_id == resource.id, Clip.deleted_at.is_(None))) or 0
     if count >= schemas.MAX_CLIPS:

@@ -6,6 +6,7 @@ and marks its row and its clips deleted; the row stays, so watches of it still n
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
@@ -21,6 +22,7 @@ from services.resources.exceptions import Forbidden
 from services.resources.models import Clip, Resource, Retention
 
 RETENTION_IN = schemas.RetentionIn()
+log = logging.getLogger(__name__)
 BATCH = 200  # resources deleted per transaction; the timer goes on until none has expired
 
 
@@ -69,7 +71,13 @@ def delete_expired(session: Session, delete_files: Callable[[str], Any], default
     now = now or utcnow()
     deleted = []
     for resource in expired(session, default_days, now):
-        delete_files(resource.recording_key)  # an error leaves the row as it was: tried again next time
+        try:
+            delete_files(resource.recording_key)
+        except (OSError, ValueError) as error:  # ValueError: storage.BadKey (a link or a file in its place)
+            # This one's row stays as it was (tried again next time); the others are deleted all the same.
+            # Before, one such folder failed the whole batch on every run, oldest first: retention stopped.
+            log.warning("retention: cannot delete the files of %s: %s", resource.recording_key, error)
+            continue
         resource.deleted_at = now
         for clip in session.scalars(select(Clip).where(Clip.resource_id == resource.id, Clip.deleted_at.is_(None))):
             clip.deleted_at = now

@@ -12,11 +12,18 @@ from marshmallow import Schema, ValidationError, fields, validate, validates_sch
 
 from services.common.validation import ID, StrictSchema
 
-TEXT = validate.Length(min=1, max=200)
+
+def _not_blank(text: str) -> None:
+    if not text.strip():
+        raise ValidationError("Must not be only spaces.")
+
+
+TEXT = validate.And(validate.Length(min=1, max=200), _not_blank)
 SHORT = validate.Length(min=1, max=60)
-KEY = validate.Regexp(r"^[a-z0-9-]{1,64}$", error="A recording key is 1–64 of a-z, 0-9 and '-'.")
+KEY = validate.Regexp(r"^[a-z0-9-]{1,64}\Z", error="A recording key is 1–64 of a-z, 0-9 and '-'.")
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
+MIN_CLIP_SECONDS = 1.0
 MAX_CLIPS = 200  # knowledge points of one lesson; far more than a 45-minute lesson has
 MAX_RETENTION_DAYS = 3650
 WATCH_TARGETS = ("live_session", "resource")
@@ -54,14 +61,20 @@ class GapIn(Schema):
     reason = fields.String(load_default=None, allow_none=True)
 
 
+# A file of a recording is a plain name in its folder (index.m3u8, program.mp4): it is signed into playback
+# URLs, so a path or a name the URL signer refuses must stop at the door, not fail every playback later.
+FILE = validate.Regexp(r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,199}\Z",
+                       error="A file is a plain name in the recording's folder.")
+
+
 class FilesIn(Schema):
     class Meta:
         unknown = "include"
 
-    hls = fields.String(load_default="index.m3u8", allow_none=True)
-    courseware_hls = fields.String(load_default=None, allow_none=True)
-    program_mp4 = fields.String(load_default=None, allow_none=True)
-    courseware_mp4 = fields.String(load_default=None, allow_none=True)
+    hls = fields.String(load_default="index.m3u8", allow_none=True, validate=FILE)
+    courseware_hls = fields.String(load_default=None, allow_none=True, validate=FILE)
+    program_mp4 = fields.String(load_default=None, allow_none=True, validate=FILE)
+    courseware_mp4 = fields.String(load_default=None, allow_none=True, validate=FILE)
 
 
 class RecordingStarted(Schema):
@@ -139,6 +152,11 @@ class ClipIn(StrictSchema):
     def starts_before_it_ends(self, data: dict[str, Any], **_kwargs: Any) -> None:
         if "start_seconds" in data and "end_seconds" in data and data["start_seconds"] >= data["end_seconds"]:
             raise ValidationError("A clip ends after it starts.", "end_seconds")
+        # Clip bounds are written in URLs to the millisecond (services/common/playback_urls.py): a shorter clip
+        # would be signed as start=600&end=600, which nginx cannot cut.
+        if "start_seconds" in data and "end_seconds" in data and (
+                data["end_seconds"] - data["start_seconds"] < MIN_CLIP_SECONDS):
+            raise ValidationError(f"A clip lasts at least {MIN_CLIP_SECONDS:g} s.", "end_seconds")
 
 
 class WatchIn(StrictSchema):

@@ -73,11 +73,13 @@ def drain(uri: str, queue_name: str, count: int, timeout: float = 10.0) -> list[
     return messages
 
 
-def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
+def wait_for(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition",
+             interval: float = 0.05) -> Any:
+    """`condition()`'s first truthy value, polled every `interval` s; AssertionError after `timeout` s."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = condition()
         if value:
             return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

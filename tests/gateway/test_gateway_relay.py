@@ -156,6 +156,12 @@ def test_a_lesson_from_classrooms_to_sdp_and_a_refused_branch(
     assert not_json.status_code == 400 and not_json.headers["Content-Type"].startswith("application/problem+json")
     missing = call("PUT", f"{gateway}/v1/sessions/2000000000/recording", token, {"record": False})
     assert missing.status_code == 404 and missing.headers["Content-Type"].startswith("application/problem+json")
+    # Another bureau's token: like a missing session; a read token of the master's own school: a 403.
+    foreign = call("PUT", recording_url, city.tokens["other_bureau_write"], {"record": False})
+    assert foreign.status_code == 404 and foreign.json()["detail"] == f"Session {lesson} does not exist."
+    read_only = call("PUT", recording_url, city.tokens["school_read"], {"record": False})
+    assert read_only.status_code == 403 and read_only.headers["Content-Type"].startswith("application/problem+json")
+    assert call("GET", f"{gateway}/v1/sessions/{lesson}", token).json()["record"] is True  # neither changed it
     switched = call("PUT", recording_url, token, {"record": False})
     assert switched.status_code == 200, switched.text
     assert switched.json()["record"] is False and switched.json()["recording"] is None  # no recorder here

@@ -6,8 +6,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import sys
-import time
 import urllib.request
 from collections import Counter
 from dataclasses import dataclass
@@ -17,7 +15,14 @@ from services.classroom_relay import tracks as track_shapes
 from services.classroom_relay.dataplane.admission import issue_token
 from services.classroom_relay.dataplane.protocol import ControlClient
 from services.classroom_relay.sdp import Section, build_receiver_sdp
-from tests.relay.relay_harness import SECRET, DataPlane, free_tcp_port, free_udp_port_pair, stop_process
+from tests.relay.relay_harness import (
+    SECRET,
+    DataPlane,
+    free_tcp_port,
+    free_udp_port_pair,
+    start_relay_process,
+    stop_process,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY = re.compile(rb"relay-ingest ready control=(\d+) metrics=(\d+) rtmp=(\d+)")
@@ -57,21 +62,11 @@ class IngestProcess:
 def start_ingest(control_secret: str, rtmp: bool = True) -> IngestProcess:
     metrics_port, control_port, rtmp_port = free_tcp_port(), free_tcp_port(), free_tcp_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RELAY_CONTROL_SECRET": control_secret}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.classroom_relay.ingest", "--control-port", str(control_port),
-         "--metrics-port", str(metrics_port), "--rtmp-listen", "127.0.0.1", "--rtmp-port", str(rtmp_port),
-         *([] if rtmp else ["--no-rtmp"])],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    process, _ready = start_relay_process(
+        ["services.classroom_relay.ingest", "--control-port", str(control_port), "--metrics-port", str(metrics_port),
+         "--rtmp-listen", "127.0.0.1", "--rtmp-port", str(rtmp_port), *([] if rtmp else ["--no-rtmp"])],
+        env, READY, "ingest",
     )  # fmt: skip
-    deadline = time.monotonic() + 20
-    line = b""
-    while time.monotonic() < deadline:
-        line = process.stdout.readline() if process.stdout else b""
-        if READY.search(line) or process.poll() is not None:
-            break
-    if READY.search(line) is None:
-        process.kill()
-        raise RuntimeError(f"ingest did not start: {line!r} {process.stderr.read() if process.stderr else b''!r}")
     return IngestProcess(process, ControlClient(port=control_port, secret=control_secret), metrics_port, rtmp_port)
 
 

@@ -25,7 +25,7 @@ import yaml
 from services.classroom_relay.dataplane.admission import issue_token
 from tests.ingest.ingest_harness import exported_metric_names as ingest_metric_names
 from tests.recorder.recorder_harness import exported_metric_names as recorder_metric_names
-from tests.relay.relay_harness import DataPlane, start_dataplane
+from tests.relay.relay_harness import DataPlane, start_dataplane, stop_process
 
 from .ops_helpers import (
     DASHBOARD_FILES,
@@ -169,12 +169,7 @@ def prometheus(relay: Relay, tmp_path: Path) -> Iterator[Prometheus]:
         wait_until(lambda: http_get(f"{server.base}/-/ready"), timeout=15, what="Prometheus ready")
         yield server
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
+        stop_process(process, grace=10)
 
 
 def test_link_target_alert_fires_for_a_starved_branch_and_resolves(relay: Relay, prometheus: Prometheus) -> None:

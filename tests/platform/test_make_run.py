@@ -4,37 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import requests
 
-REPO = Path(__file__).resolve().parents[2]
-
-
-def port_is_free(port: int) -> bool:
-    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-        try:
-            tcp.bind(("127.0.0.1", port))
-            udp.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port_block(size: int) -> int:
-    """The first of `size` consecutive free ports (the platform numbers its metrics ports from a base)."""
-    for _ in range(200):
-        base = random.randint(20000, 60000)
-        if all(port_is_free(base + offset) for offset in range(size)):
-            return base
-    raise RuntimeError("no block of free ports")
+from tests.platform.local_stack import REPO, STACK_PORTS, free_port_block, stack_env, start_platform, wait_until_ready
 
 
 def descendants(root: int) -> set[int]:
@@ -61,45 +40,12 @@ def running(pid: int) -> bool:
     return state != "Z"  # a zombie has exited; only its parent's bookkeeping is left
 
 
-def wait_until_ready(url: str, process: subprocess.Popen, seconds: float) -> None:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        assert process.poll() is None, "make run's platform exited during start-up"
-        try:
-            if requests.get(url, timeout=2).status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.3)
-    raise AssertionError(f"{url} was not ready within {seconds} s")
-
-
 @pytest.mark.integration
 def test_make_run_serves_the_demo_bureau_and_stops_cleanly_on_ctrl_c(rabbit_config, tmp_path):
-    base = free_port_block(15)
-    gateway = f"127.0.0.1:{base + 6}"
-    env = {
-        **os.environ,
-        "AMQP_URI": rabbit_config["AMQP_URI"],
-        "DATABASE_URL": f"sqlite:///{tmp_path}/{{service}}.db",
-        "GATEWAY_BIND": gateway,
-        "METRICS_PORT_BASE": str(base),
-        "RELAY_METRICS_PORT": str(base + 5),
-        "RELAY_MEDIA_PORT": str(base + 7),  # and +8 for RTCP
-        "RELAY_CONTROL_PORT": str(base + 9),
-        "RELAY_INGEST_METRICS_PORT": str(base + 10),
-        "RELAY_INGEST_CONTROL_PORT": str(base + 11),
-        "RELAY_RTMP_PORT": str(base + 12),
-        "RECORDER_METRICS_PORT": str(base + 13),
-        "RECORDER_CONTROL_PORT": str(base + 14),
-        "RECORDINGS_ROOT": str(tmp_path / "recordings"),
-        "RELAY_ALLOW_DEV_SECRET": "1",
-        "GATEWAY_WORKERS": "1",
-    }
-    platform = subprocess.Popen(
-        [sys.executable, "deploy/run_local.py"], cwd=REPO, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
+    base = free_port_block(STACK_PORTS)
+    env = stack_env(base, rabbit_config["AMQP_URI"], tmp_path, tmp_path / "recordings")
+    gateway = env["GATEWAY_BIND"]
+    platform = start_platform(env)
     try:
         wait_until_ready(f"http://{gateway}/readyz", platform, seconds=60)
         demo = subprocess.run(

@@ -11,15 +11,15 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from services.classroom_relay.dataplane.protocol import ControlClient
 from services.classroom_relay.sdp import Section, build_receiver_sdp
+from tests.activities.broker import wait_for
+from tests.relay.relay_harness import free_tcp_port, start_relay_process
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FFMPEG = shutil.which("ffmpeg")
@@ -50,20 +50,7 @@ def free_port_block(size: int = 8) -> int:
     raise RuntimeError("no free block of UDP ports")
 
 
-def free_tcp_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+wait_until = partial(wait_for, interval=0.2)  # (predicate, timeout, what)
 
 
 def recording_entry(key: str, base: int, keep: bool = True, courseware: bool = False,
@@ -147,22 +134,13 @@ class RecorderProcess:
 def start_recorder(root: Path, media_base: int, *extra: str, stall_seconds: int = 3) -> RecorderProcess:
     control_port, metrics_port = free_tcp_port(), free_tcp_port()
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
-    process = subprocess.Popen(
-        [sys.executable, "-m", "services.classroom_relay.recorder", "--control-port", str(control_port),
+    process, _ready = start_relay_process(
+        ["services.classroom_relay.recorder", "--control-port", str(control_port),
          "--metrics-port", str(metrics_port), "--control-secret", SECRET, "--root", str(root),
          "--media-ports", f"{media_base}-{media_base + 8}", "--stall-seconds", str(stall_seconds),
          "--min-free-bytes", "1", "--low-free-bytes", "2", *extra],
-        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        env, READY, "recorder",
     )  # fmt: skip
-    deadline = time.monotonic() + 20
-    line = b""
-    while time.monotonic() < deadline:
-        line = process.stdout.readline() if process.stdout else b""
-        if READY.search(line) or process.poll() is not None:
-            break
-    if READY.search(line) is None:
-        process.kill()
-        raise RuntimeError(f"recorder did not start: {line!r} {process.stderr.read() if process.stderr else b''!r}")
     return RecorderProcess(process, ControlClient(port=control_port, secret=SECRET), root, metrics_port)
 
 

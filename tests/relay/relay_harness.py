@@ -96,36 +96,16 @@ def start_dataplane(*extra: str, secret_file: str | None = None) -> DataPlane:
         secret_file = os.path.join(scratch, "control.secret")
     env = {**os.environ, "PYTHONPATH": str(REPO_ROOT), "RELAY_CONTROL_SECRET_FILE": secret_file}
     env.pop("RELAY_CONTROL_SECRET", None)
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "services.classroom_relay.dataplane",
-            "--media-port",
-            "0",
-            "--control-port",
-            "0",
-            "--metrics-port",
-            str(metrics_port),
-            *extra,
-        ],
-        cwd=REPO_ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
-    deadline = time.monotonic() + 15
-    line = b""
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if READY_PATTERN.search(line) or process.poll() is not None:
-            break
-    match = READY_PATTERN.search(line)
-    if match is None:
-        process.kill()
+    try:
+        process, match = start_relay_process(
+            ["services.classroom_relay.dataplane", "--media-port", "0", "--control-port", "0",
+             "--metrics-port", str(metrics_port), *extra],
+            env, READY_PATTERN, "data plane", timeout=15,
+        )  # fmt: skip
+    except RuntimeError:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-        raise RuntimeError(f"data plane did not start: {line!r} {process.stderr.read()!r}")
+        raise
     _host, media_port, rtcp_port, control_port = match.groups()
     control_secret = Path(secret_file).read_text().strip()
     return DataPlane(
@@ -134,11 +114,31 @@ def start_dataplane(*extra: str, secret_file: str | None = None) -> DataPlane:
     )
 
 
-def stop_process(process: subprocess.Popen) -> None:
+def start_relay_process(module_and_arguments: list[str], env: dict[str, str], ready: re.Pattern[bytes], what: str,
+                        timeout: float = 20) -> tuple[subprocess.Popen, re.Match[bytes]]:
+    """`python -m module arguments...` from the repository, read until its ready line (which carries the ports
+    it bound); RuntimeError with its stderr if it exits or says nothing else first."""
+    process = subprocess.Popen([sys.executable, "-m", *module_and_arguments], cwd=REPO_ROOT, env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    line = b""
+    while time.monotonic() < deadline:
+        line = process.stdout.readline() if process.stdout else b""
+        if ready.search(line) or process.poll() is not None:
+            break
+    match = ready.search(line)
+    if match is None:
+        process.kill()
+        raise RuntimeError(f"{what} did not start: {line!r} {process.stderr.read() if process.stderr else b''!r}")
+    return process, match
+
+
+def stop_process(process: subprocess.Popen, grace: float = 5) -> None:
+    """SIGTERM, and SIGKILL if it has not exited after `grace` seconds."""
     if process.poll() is None:
         process.terminate()
         try:
-            process.wait(timeout=5)
+            process.wait(timeout=grace)
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(timeout=5)

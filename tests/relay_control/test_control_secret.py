@@ -3,10 +3,12 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 
 import pytest
 
+from services.classroom_relay.dataplane.control import MAX_CONNECTIONS
 from services.classroom_relay.dataplane.protocol import ControlClient
 from tests.relay.relay_harness import DataPlane, start_dataplane, stop_process
 
@@ -39,3 +41,21 @@ def test_only_a_client_with_the_secret_is_served(guarded_dataplane: DataPlane) -
     with ControlClient(port=port, timeout=3, secret=SECRET) as trusted:
         assert trusted.call("set_state", sessions=[])["ok"]
         assert trusted.call("get_stats")["stats"]["sessions"] == {}
+
+
+def test_silent_connections_cannot_lock_the_control_plane_out(guarded_dataplane: DataPlane) -> None:
+    """Anyone on the host can open connections; before, eight that never said `hello` took every slot for a
+    minute and the control plane's own connection was closed at accept. Now the oldest silent one gives way,
+    and a connection that authenticated is never the one that does."""
+    port = guarded_dataplane.control_port
+    with ControlClient(port=port, timeout=3, secret=SECRET) as early:
+        assert early.call("get_stats")["ok"]
+        silent = [socket.create_connection(("127.0.0.1", port), timeout=3) for _ in range(3 * MAX_CONNECTIONS)]
+        try:
+            with ControlClient(port=port, timeout=3, secret=SECRET) as late:
+                assert late.call("set_state", sessions=[])["ok"]
+            assert early.call("get_stats")["ok"]  # still served on the connection it had
+            assert guarded_dataplane.process.poll() is None
+        finally:
+            for connection in silent:
+                connection.close()

@@ -17,6 +17,7 @@ import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,7 @@ from services.classroom_relay.service import ClassroomRelayService
 from services.common.events import event_exchange, event_type_of
 from services.common.metrics import registry_for
 from services.resources.service import ResourcesService
+from tests.activities.broker import wait_for as poll
 from tests.activities.contract import contract_errors
 from tests.relay.relay_harness import REPO_ROOT, DataPlane, free_tcp_port, start_dataplane, stop_process
 
@@ -113,14 +115,7 @@ def ffprobe(path: Path) -> dict[str, Any]:
     return json.loads(result.stdout)
 
 
-def wait_for(fetch: Any, timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = fetch()
-        if found:
-            return found
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+wait_for = partial(poll, interval=0.2)  # (fetch, timeout, what)
 
 
 class Events:
@@ -321,3 +316,61 @@ def test_a_recorder_killed_mid_lesson_is_given_its_recording_again_and_the_lesso
     assert available["duration_seconds"] >= SEND_SECONDS, available
     probed = ffprobe(root / started["key"] / available["files"]["program_mp4"])
     assert sorted(stream["codec_name"] for stream in probed["streams"]) == ["h264", "opus"]
+
+
+def test_a_data_plane_restarted_mid_lesson_leaves_a_gap_and_a_playable_recording(
+    recorded_relay: dict[str, Any]
+) -> None:
+    """The relay's data plane is killed mid-lesson (a crash: it forgets every session) and comes back on the
+    same ports: the control plane pushes the lesson again, media reaches the recorder again, and the published
+    lesson is one playable file with the outage marked as a gap, not a corrupt or truncated one."""
+    relay, admin, city, master = (recorded_relay[name] for name in ("relay", "admin", "city", "master"))
+    events, root, plane = recorded_relay["events"], recorded_relay["root"], recorded_relay["plane"]
+    with peers(limit_seconds=100) as processes:
+        lesson = start_lesson(relay, admin, city, master, subject="物理", grade="八年级")
+        (started,) = events.wait("recording.started", timeout=15)
+        sender = send_media(relay, admin, lesson, master, 5 * SEND_SECONDS)
+        processes.append(sender)
+        playlist = root / started["key"] / "index.m3u8"
+        wait_for(lambda: playlist.exists() and playlist.read_text().count("#EXTINF") >= 2, 20, "segments before")
+        plane.process.kill()  # no chance to say goodbye
+        plane.process.wait(timeout=10)
+        time.sleep(3)
+        restarted = start_dataplane("--control-port", str(plane.control_port), "--media-port", str(plane.media_port),
+                                    "--rtcp-port", str(plane.rtcp_port), secret_file=str(root.parent /
+                                                                                         "relay-control.secret"))
+        restarted.control.close()
+        try:
+            before = playlist.read_text().count("#EXTINF")
+            wait_for(lambda: playlist.read_text().count("#EXTINF") >= before + 3, 40, "segments after the restart")
+            relay.end_session(admin, lesson["id"])
+            sender.kill()
+            (available,) = events.wait("recording.available", timeout=60)
+        finally:
+            stop_process(restarted.process)
+    assert available["key"] == started["key"] and len(events.received["recording.started"]) == 1
+    # The outage is marked (measured: one `source_changed` gap of ~7 s, the data plane's new SDP for the
+    # recorder member), where the media stopped and resumed.
+    assert len(available["gaps"]) == 1, available
+    gap = available["gaps"][0]
+    assert gap["reason"] in ("source_changed", "media_stopped", "ffmpeg_exit", "stall"), gap
+    assert 0 < gap["start_seconds"] < gap["end_seconds"] and gap["end_seconds"] - gap["start_seconds"] >= 2, gap
+    program = root / started["key"] / available["files"]["program_mp4"]
+    probed = ffprobe(program)
+    assert sorted(stream["codec_name"] for stream in probed["streams"]) == ["h264", "opus"]
+    duration = float(probed["format"]["duration"])
+    # The media before and after, without the outage (gaps take no playback time), and nowhere near the
+    # absurd lengths a timestamp jump across the restart would make.
+    assert 2 * SEND_SECONDS - 4 <= duration <= available["duration_seconds"] + 1.5, (duration, available)
+    assert available["duration_seconds"] < (datetime.fromisoformat(available["ended_at"]) - datetime.fromisoformat(
+        available["started_at"])).total_seconds(), available
+    decoded = subprocess.run([FFMPEG, "-hide_banner", "-nostdin", "-v", "error", "-i", str(program),
+                              "-enc_time_base:v", "-1", "-f", "null", "-"],
+                             capture_output=True, timeout=60, check=False)
+    assert decoded.returncode == 0 and b"corrupt" not in decoded.stderr.lower(), decoded.stderr[-2000:]
+    resources = recorded_relay["resources"]
+    (resource,) = wait_for(lambda: [item for item in resources.search_resources(admin, {"subject": "物理"})["items"]
+                                    if item["session_id"] == lesson["id"]], 15, "the resource")
+    assert resource["gaps"] and resource["grade"] == "八年级" and resource["school_id"] == city.schools[0]
+    assert resource["classroom_id"] == master["id"] and resource["teacher_id"] == city.teachers[0]
+    assert [track["track"] for track in resource["tracks"]] == ["audio", "camera"] and resource["date"]

@@ -4,7 +4,6 @@ aside with their reason), RPC answers, and its timers run through nameko's entry
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,7 +17,7 @@ from nameko.testing.utils import get_container
 from services.common.errors import NotFound
 from services.common.subscriber import DEAD_LETTER_REASON_HEADER, dead_letter_queue_name
 from services.resources.service import ResourcesService
-from tests.activities.broker import drain, publish_event
+from tests.activities.broker import drain, publish_event, wait_for
 
 from .conftest import recording_body
 
@@ -31,16 +30,6 @@ def caller(kind: str = "bureau", ident: int = BUREAU, access: str = "write") -> 
 
 def search(rpc: Any, **params: Any) -> dict[int, dict]:
     return {item["recording_key"]: item for item in rpc.resources.search_resources(caller(), params)["items"]}
-
-
-def until(what: str, probe: Any, seconds: float = 20.0) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = probe()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.integration
@@ -67,7 +56,8 @@ def test_recording_events_become_resources_once_and_retention_deletes_their_file
                   bureau_id=BUREAU)
 
     with ClusterRpcProxy(config, timeout=10) as rpc:
-        found = until("three resources", lambda: (lambda items: items if len(items) == 3 else None)(search(rpc)))
+        found = wait_for(lambda: (lambda items: items if len(items) == 3 else None)(search(rpc)), 20, "three resources",
+                         interval=0.2)
         assert set(found) == {expiring["key"], kept["key"], fresh["key"]}
         assert found[expiring["key"]]["school_id"] == 101
         assert rpc.resources.search_resources(caller("school", 102), {})["total"] == 1

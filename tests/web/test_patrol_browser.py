@@ -19,6 +19,7 @@ from urllib.parse import quote
 import pytest
 import requests
 
+from tests.relay.relay_harness import stop_process
 from tests.web.browser_support import advance_over, chromium, picture_variance, video_state, wait_until_playing
 from tests.web.web_support import Nginx, make_mp4, nginx
 
@@ -66,12 +67,7 @@ def live(root: Path) -> Iterator[Path]:
             raise AssertionError("ffmpeg wrote no 4 segments within 30 s")
         yield folder
     finally:
-        ffmpeg.terminate()
-        try:
-            ffmpeg.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            ffmpeg.kill()
-            ffmpeg.wait(timeout=5)
+        stop_process(ffmpeg, grace=10)
 
 
 @pytest.fixture(scope="module")

@@ -16,19 +16,20 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import requests
 
-from tests.platform.test_make_run import free_port_block, wait_until_ready
+from tests.activities.broker import wait_for
+from tests.platform.local_stack import REPO, free_port_block, stack_env, start_platform, wait_until_ready
+from tests.relay.relay_harness import stop_process
 from tests.web.browser_support import advance_over, chromium, picture_variance, video_state, wait_until_playing
 from tests.web.web_support import probe_duration
 
-REPO = Path(__file__).resolve().parents[2]
 # The recorder, the relay's side of recording (which attaches it to live sessions) and the resource library.
 PARTS = [REPO / "services" / "resources", REPO / "services" / "classroom_relay" / "recorder" / "__main__.py",
          REPO / "services" / "classroom_relay" / "recorder_link.py"]
@@ -49,14 +50,7 @@ def even_ports(count: int) -> int:
     return first + first % 2
 
 
-def eventually(fetch: Callable[[], Any], seconds: float, what: str) -> Any:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = fetch()
-        if found:
-            return found
-        time.sleep(0.5)
-    raise AssertionError(f"not within {seconds} s: {what}")
+eventually = partial(wait_for, interval=0.5)  # (fetch, seconds, what): the services update at their own pace
 
 
 class Api:
@@ -87,53 +81,25 @@ def master_encoder(media_port: int, camera_port: int, audio_port: int) -> subpro
     )  # fmt: skip
 
 
-def stop(process: subprocess.Popen) -> None:
-    if process.poll() is None:
-        process.terminate()
-        try:
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=5)
-
-
 def test_an_inspector_patrols_a_live_lesson_then_plays_a_clip_of_its_recording(
     rabbit_config: dict[str, Any], tmp_path: Path
 ) -> None:
     base = free_port_block(40)
     recorder_ports = (base + 16) // 2 * 2 + 2  # even, as the control plane hands out blocks of 8
-    gateway = f"127.0.0.1:{base + 5}"
     recordings = Path(tempfile.mkdtemp(prefix="lxt-e2e-recordings-"))  # nginx's `nobody` workers read it
     recordings.chmod(0o755)
-    env = {
-        **os.environ,
-        "AMQP_URI": rabbit_config["AMQP_URI"],
-        "DATABASE_URL": f"sqlite:///{tmp_path}/{{service}}.db",
-        "GATEWAY_BIND": gateway,
-        "METRICS_PORT_BASE": str(base),
-        "RELAY_METRICS_PORT": str(base + 10),
-        "RELAY_MEDIA_PORT": str(base + 6),  # and +7 for RTCP
-        "RELAY_CONTROL_PORT": str(base + 8),
-        "RELAY_INGEST_METRICS_PORT": str(base + 11),
-        "RELAY_INGEST_CONTROL_PORT": str(base + 12),
-        "RELAY_RTMP_PORT": str(base + 13),
-        "RECORDER_CONTROL_PORT": str(base + 14),
-        "RECORDER_METRICS_PORT": str(base + 15),
-        "RECORDER_MEDIA_PORTS": f"{recorder_ports}-{recorder_ports + 15}",
-        "RECORDINGS_ROOT": str(recordings),
-        "RECORDER_MIN_FREE_BYTES": str(256 * 1024**2),
-        "RECORDER_LOW_FREE_BYTES": str(512 * 1024**2),
-        "PLAYBACK_SECRET": "e2e-playback-secret-5b0c",
-        "WATCH_HEARTBEAT_SECONDS": "5",
+    env = stack_env(
+        base, rabbit_config["AMQP_URI"], tmp_path, recordings,
+        RECORDER_MEDIA_PORTS=f"{recorder_ports}-{recorder_ports + 15}",
+        RECORDER_MIN_FREE_BYTES=str(256 * 1024**2),
+        RECORDER_LOW_FREE_BYTES=str(512 * 1024**2),
+        PLAYBACK_SECRET="e2e-playback-secret-5b0c",
+        WATCH_HEARTBEAT_SECONDS="5",
         # Short-lived URLs, so the page must renew the live tile's URL while it plays (within 2 refreshes).
-        "PLAYBACK_URL_LIFETIME": "45",
-        "RELAY_ALLOW_DEV_SECRET": "1",
-        "GATEWAY_WORKERS": "1",
-    }
-    platform = subprocess.Popen(
-        [sys.executable, "deploy/run_local.py"], cwd=REPO, env=env,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
-    )
+        PLAYBACK_URL_LIFETIME="45",
+    )  # fmt: skip
+    gateway = env["GATEWAY_BIND"]
+    platform = start_platform(env)
     encoder: subprocess.Popen | None = None
     try:
         wait_until_ready(f"http://{gateway}/readyz", platform, seconds=90)
@@ -163,7 +129,7 @@ def test_an_inspector_patrols_a_live_lesson_then_plays_a_clip_of_its_recording(
             api("PUT", f"/sessions/{session_id}/classrooms/{master['id']}/sender",
                 {"track": track, "host": "127.0.0.1", "port": port})
         time.sleep(0.5)  # the registrations reach the data plane before the first packet
-        encoder = master_encoder(base + 6, media, media + 2)
+        encoder = master_encoder(int(env["RELAY_MEDIA_PORT"]), media, media + 2)
 
         live = eventually(lambda: [item for item in api("GET", "/patrol/sessions")["items"]
                                    if item["session_id"] == session_id], 60, "the lesson in /v1/patrol/sessions")
@@ -200,7 +166,7 @@ def test_an_inspector_patrols_a_live_lesson_then_plays_a_clip_of_its_recording(
 
             # The lesson ends: its tile goes at the next refresh, its recording becomes a resource.
             api("POST", f"/sessions/{session_id}/end")
-            stop(encoder)
+            stop_process(encoder, grace=10)
             browser.click("#refresh")
             browser.wait_for(f"document.querySelector('{tile}') === null", 20)
             resource = eventually(lambda: [item for item in api("GET", "/resources")["items"]
@@ -235,7 +201,7 @@ def test_an_inspector_patrols_a_live_lesson_then_plays_a_clip_of_its_recording(
         assert requests.get(url.replace("end=5", "end=50"), timeout=10).status_code == 403
     finally:
         if encoder is not None:
-            stop(encoder)
+            stop_process(encoder, grace=10)
         platform.send_signal(signal.SIGINT)
         try:
             output, _ = platform.communicate(timeout=40)

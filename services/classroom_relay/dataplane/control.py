@@ -4,8 +4,9 @@ The wire format, the operations and the client are in protocol.py.
 
 With a control secret (``serve_control(secret=...)``; ``__main__`` always has one), a connection must first
 send ``hello`` with ``"secret"``; anything else before that is answered ``unauthorized``. At most
-``max_connections`` connections at once (more are closed at accept), each closed after ``IDLE_SECONDS``
-without a request.
+``max_connections`` connections at once (when all are taken, the oldest not yet authenticated gives way to
+the new one; with none such, the new one is closed at accept), each closed after ``IDLE_SECONDS`` without a
+request.
 """
 
 from __future__ import annotations
@@ -340,8 +341,7 @@ class _LineHandler(socketserver.StreamRequestHandler):
     def finish(self) -> None:
         with contextlib.suppress(OSError):
             super().finish()
-        with self.server.connections_lock:
-            self.server.connections -= 1
+        self.server.release(self.request)
 
     def handle(self) -> None:
         with contextlib.suppress(OSError):  # a timeout or a reset ends this connection only
@@ -365,6 +365,8 @@ class _LineHandler(socketserver.StreamRequestHandler):
             else:
                 if not authenticated:
                     authenticated = self._authenticates(request)
+                    if authenticated:
+                        self.server.authenticated(self.request)
                     reply = self.server.control.handle(request) if authenticated else {
                         "ok": False, "id": request.get("id") if isinstance(request, dict) else None,
                         "error": "unauthorized", "message": "send hello with the control secret first",
@@ -394,14 +396,40 @@ class _ControlServerMixin(socketserver.BaseServer):
     refused_connections = 0
     connections_lock = threading.Lock()
 
+    waiting: dict[Any, None]  # connections not yet authenticated, oldest first
+    evicted: set[Any]
+
     def verify_request(self, request: Any, client_address: Any) -> bool:
-        """At most ``max_connections`` at once: the control plane needs one per data plane, tests a few."""
+        """At most ``max_connections`` at once: the control plane needs one per data plane, tests a few. When
+        all are taken, the oldest connection that has not said ``hello`` gives way: without that, a few
+        silent connections from anyone on the host locked the control plane out."""
         with self.connections_lock:
             if self.connections >= self.max_connections:
-                self.refused_connections += 1
-                return False
+                if not self.waiting:
+                    self.refused_connections += 1
+                    return False
+                oldest = next(iter(self.waiting))
+                del self.waiting[oldest]
+                self.evicted.add(oldest)
+                self.connections -= 1
+                with contextlib.suppress(OSError):
+                    oldest.shutdown(socket.SHUT_RDWR)  # its handler's read ends; it closes the socket
             self.connections += 1
+            if self.secret is not None:
+                self.waiting[request] = None
             return True
+
+    def authenticated(self, request: Any) -> None:
+        with self.connections_lock:
+            self.waiting.pop(request, None)
+
+    def release(self, request: Any) -> None:
+        with self.connections_lock:
+            self.waiting.pop(request, None)
+            if request in self.evicted:
+                self.evicted.discard(request)  # already given back when it gave way
+            else:
+                self.connections -= 1
 
 
 class _TcpControlServer(_ControlServerMixin, socketserver.ThreadingTCPServer):
@@ -432,5 +460,6 @@ def serve_control(
     server.secret = secret.encode() if secret else None
     server.max_connections = max_connections
     server.connections_lock = threading.Lock()
+    server.waiting, server.evicted = {}, set()
     threading.Thread(target=server.serve_forever, name="relay-control", daemon=True).start()
     return server

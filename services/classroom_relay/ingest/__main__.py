@@ -9,11 +9,8 @@ data plane's control secret (RELAY_CONTROL_SECRET, else RELAY_CONTROL_SECRET_FIL
 from __future__ import annotations
 
 import argparse
-import logging
 import shutil
-import signal
 import sys
-import threading
 
 from services.classroom_relay import ingest_settings, settings, sidecar
 
@@ -25,10 +22,7 @@ from .supervisor import Supervisor
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m services.classroom_relay.ingest", description=__doc__)
-    parser.add_argument("--control-host", default="127.0.0.1")
-    parser.add_argument("--control-port", type=int, default=ingest_settings.CONTROL_PORT.get())
-    parser.add_argument("--metrics-host", default="127.0.0.1")
-    parser.add_argument("--metrics-port", type=int, default=ingest_settings.METRICS_PORT.get(), help="0: no /metrics")
+    sidecar.add_control_arguments(parser, ingest_settings.CONTROL_PORT.get(), ingest_settings.METRICS_PORT.get())
     parser.add_argument("--rtmp-listen", default="0.0.0.0", help="address nginx-rtmp listens on")
     parser.add_argument("--rtmp-port", type=int, default=ingest_settings.RTMP_PORT.get())
     parser.add_argument("--rtmp-public-url", default=None,
@@ -37,19 +31,14 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-rtmp", action="store_true", help="RTSP pull only: no RTMP server")
     parser.add_argument("--relay-bind-host", default="127.0.0.1",
                         help="the address the hops send to the data plane from")
-    parser.add_argument("--control-secret-file", default=None, help="default: RELAY_CONTROL_SECRET_FILE")
     parser.add_argument("--ffmpeg", default=shutil.which("ffmpeg") or "ffmpeg")
     return parser.parse_args(argv)
 
 
-def control_secret(path: str) -> str:
-    return sidecar.control_secret(path, "relay-ingest")
-
-
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    sidecar.start_logging()
     arguments = parse_arguments(argv)
-    secret = control_secret(arguments.control_secret_file or settings.CONTROL_SECRET_FILE.get())
+    secret = sidecar.control_secret(arguments.control_secret_file or settings.CONTROL_SECRET_FILE.get(), "relay-ingest")
     rtmp_server: RtmpServer | None = None
     rtmp_url = None
     supervisor = Supervisor(arguments.ffmpeg, None, arguments.relay_bind_host)
@@ -64,14 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     if arguments.metrics_port:
         serve_metrics(IngestCollector(supervisor.snapshot, lambda: rtmp_server.alive() if rtmp_server else None),
                       arguments.metrics_port, arguments.metrics_host)
-    stopping = threading.Event()
-
-    def request_stop(_signal: int, _frame: object) -> None:
-        stopping.set()
-        supervisor.stop()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    sidecar.on_stop_signal(supervisor.stop)
     print(f"relay-ingest ready control={control.server_address[1]} metrics={arguments.metrics_port} "
           f"rtmp={arguments.rtmp_port if rtmp_server else 0}", flush=True)
     try:

@@ -19,6 +19,7 @@ from typing import Any
 
 from services.classroom_relay import sidecar
 from services.classroom_relay.dataplane.admission import TRACK_NAME
+from services.classroom_relay.sidecar import BadRequest
 
 from .keys import token_binding
 from .pipelines import AUDIO_ENCODERS
@@ -28,10 +29,6 @@ MAX_INGESTS = 256
 MAX_TRACKS = 8
 KEY_PART = re.compile(r"[A-Za-z0-9_-]{1,64}")
 AUDIO_CODECS = ("aac", *AUDIO_ENCODERS)
-
-
-class BadRequest(Exception):
-    pass
 
 
 def _track(value: Any) -> dict:
@@ -98,31 +95,29 @@ class IngestControl:
         self.instance = uuid.uuid4().hex
 
     def handle(self, request: Any) -> dict:
-        if not isinstance(request, dict):
-            return {"ok": False, "error": "bad_request", "message": "a request is a JSON object"}
-        op = request.get("op")
-        try:
-            if op == "hello":
-                return {"ok": True, "instance": self.instance, "rtmp_url": self.rtmp_url}
-            if op == "get_stats":
-                return {"ok": True, "stats": self.supervisor.snapshot()}
-            if op == "set_state":
-                ingests = request.get("ingests")
-                if not isinstance(ingests, list) or len(ingests) > MAX_INGESTS:
-                    raise BadRequest(f"ingests must be a list of at most {MAX_INGESTS}")
-                specs = [_spec(entry) for entry in ingests]
-                if len({(spec.session, spec.classroom) for spec in specs}) != len(specs):
-                    raise BadRequest("one ingest per (session, classroom)")
-                if any(spec.kind == "rtmp" for spec in specs) and self.rtmp_url is None:
-                    raise BadRequest("this ingest process runs no RTMP server (--no-rtmp)")
-                replies = self.supervisor.set_state(specs)
-                for reply in replies:
-                    if reply["kind"] == "rtmp":
-                        reply["rtmp_url"] = self.rtmp_url
-                return {"ok": True, "ingests": replies}
-        except BadRequest as error:
-            return {"ok": False, "error": "bad_request", "message": str(error)}
-        return {"ok": False, "error": "unknown_op", "message": f"unknown op {op!r}"}
+        return sidecar.answer(request, {"hello": self._hello, "get_stats": self._get_stats,
+                                        "set_state": self._set_state})
+
+    def _hello(self, _request: dict) -> dict:
+        return {"ok": True, "instance": self.instance, "rtmp_url": self.rtmp_url}
+
+    def _get_stats(self, _request: dict) -> dict:
+        return {"ok": True, "stats": self.supervisor.snapshot()}
+
+    def _set_state(self, request: dict) -> dict:
+        ingests = request.get("ingests")
+        if not isinstance(ingests, list) or len(ingests) > MAX_INGESTS:
+            raise BadRequest(f"ingests must be a list of at most {MAX_INGESTS}")
+        specs = [_spec(entry) for entry in ingests]
+        if len({(spec.session, spec.classroom) for spec in specs}) != len(specs):
+            raise BadRequest("one ingest per (session, classroom)")
+        if any(spec.kind == "rtmp" for spec in specs) and self.rtmp_url is None:
+            raise BadRequest("this ingest process runs no RTMP server (--no-rtmp)")
+        replies = self.supervisor.set_state(specs)
+        for reply in replies:
+            if reply["kind"] == "rtmp":
+                reply["rtmp_url"] = self.rtmp_url
+        return {"ok": True, "ingests": replies}
 
 
 def serve_control(control: IngestControl, host: str, port: int, secret: str) -> socketserver.ThreadingTCPServer:

@@ -10,9 +10,7 @@ else RELAY_CONTROL_SECRET_FILE, which the data plane creates).
 from __future__ import annotations
 
 import argparse
-import logging
 import shutil
-import signal
 import sys
 
 from services.classroom_relay import recorder_settings as rs
@@ -27,14 +25,10 @@ from .supervisor import Supervisor
 
 def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m services.classroom_relay.recorder", description=__doc__)
-    parser.add_argument("--control-host", default="127.0.0.1")
-    parser.add_argument("--control-port", type=int, default=rs.CONTROL_PORT.get())
-    parser.add_argument("--metrics-host", default="127.0.0.1")
-    parser.add_argument("--metrics-port", type=int, default=rs.METRICS_PORT.get(), help="0: no /metrics")
+    sidecar.add_control_arguments(parser, rs.CONTROL_PORT.get(), rs.METRICS_PORT.get())
     parser.add_argument("--media-host", default=rs.MEDIA_HOST.get(), help="where the data plane sends RTP")
     parser.add_argument("--media-ports", type=rs.port_range, default=rs.MEDIA_PORTS.get(), help="lo-hi")
     parser.add_argument("--root", default=config.RECORDINGS_ROOT.get(), help="the recordings' folder")
-    parser.add_argument("--control-secret-file", default=None, help="default: RELAY_CONTROL_SECRET_FILE")
     parser.add_argument("--control-secret", default=None, help="default: RELAY_CONTROL_SECRET (tests, benchmarks)")
     parser.add_argument("--segment-seconds", type=int, default=rs.SEGMENT_SECONDS.get())
     parser.add_argument("--stall-seconds", type=int, default=rs.STALL_SECONDS.get())
@@ -45,7 +39,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    sidecar.start_logging()
     arguments = parse_arguments(argv)
     secret = arguments.control_secret or sidecar.control_secret(
         arguments.control_secret_file or settings.CONTROL_SECRET_FILE.get(), "relay-recorder")
@@ -57,12 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         arguments.control_host, arguments.control_port, secret, "recorder-control")
     if arguments.metrics_port:
         sidecar.serve_metrics(RecorderCollector(supervisor.snapshot), arguments.metrics_port, arguments.metrics_host)
-
-    def request_stop(_signal: int, _frame: object) -> None:
-        supervisor.request_stop()
-
-    signal.signal(signal.SIGTERM, request_stop)
-    signal.signal(signal.SIGINT, request_stop)
+    sidecar.on_stop_signal(supervisor.request_stop)
     print(f"relay-recorder ready control={control.server_address[1]} metrics={arguments.metrics_port} "
           f"root={supervisor.storage.root}", flush=True)
     try:

@@ -14,7 +14,9 @@ import re
 import uuid
 from typing import Any
 
+from services.classroom_relay import sidecar
 from services.classroom_relay.dataplane.admission import TRACK_NAME
+from services.classroom_relay.sidecar import BadRequest
 from services.common.playback_urls import KEY_PATTERN
 from services.common.storage import BadKey
 
@@ -28,10 +30,6 @@ MAX_TRACKS = 8
 MAX_SDP_BYTES = 16_384
 SESSION = re.compile(r"[A-Za-z0-9_-]{1,64}")
 CODECS = {"video": ("h264",), "audio": ("opus", "aac")}
-
-
-class BadRequest(Exception):
-    pass
 
 
 def _track(value: Any, ports: tuple[int, int], key: str) -> dict:
@@ -103,38 +101,35 @@ class RecorderControl:
         self.instance = uuid.uuid4().hex
 
     def handle(self, request: Any) -> dict:
-        """One reply per request, whatever arrives: never an exception out of here."""
-        if not isinstance(request, dict):
-            return {"ok": False, "error": "bad_request", "message": "a request is a JSON object"}
-        op = request.get("op")
-        try:
-            if op == "hello":
-                return {"ok": True, "instance": self.instance, "protocol": PROTOCOL, "media_host": self.media_host,
-                        "media_ports": list(self.media_ports), "storage": self.supervisor.storage_info(),
-                        "guard": self.supervisor.guard}
-            if op == "get_stats":
-                snapshot = self.supervisor.snapshot()
-                return {"ok": True, "instance": self.instance, "guard": snapshot["guard"],
-                        "storage": snapshot["storage"], "recordings": snapshot["recordings"]}
-            if op == "set_state":
-                recordings = request.get("recordings")
-                if not isinstance(recordings, list) or len(recordings) > MAX_RECORDINGS:
-                    raise BadRequest(f"recordings must be a list of at most {MAX_RECORDINGS}")
-                specs = [parse_recording(entry, self.media_ports) for entry in recordings]
-                if len({spec.key for spec in specs}) != len(specs):
-                    raise BadRequest("one entry per recording key")
-                ports = [track["port"] for spec in specs for track in spec.tracks]
-                if len(set(ports)) != len(ports):
-                    raise BadRequest("two recordings cannot receive on the same port")
-                return {"ok": True, "refused": self.supervisor.set_state(specs)}
-            if op == "forget":
-                keys = request.get("keys")
-                if not isinstance(keys, list) or len(keys) > 4096 or not all(
-                        isinstance(key, str) and KEY_PATTERN.fullmatch(key) for key in keys):
-                    raise BadRequest(f"keys must be a list of recording keys ({KEY_PATTERN.pattern})")
-                return {"ok": True, "forgotten": self.supervisor.forget(keys)}
-        except BadRequest as error:
-            return {"ok": False, "error": "bad_request", "message": str(error)}
-        except (OSError, BadKey) as error:  # the storage failed under us (permissions, a mount, a planted link)
-            return {"ok": False, "error": "storage_error", "message": str(error)}
-        return {"ok": False, "error": "unknown_op", "message": f"unknown op {op!r}"}
+        # the storage failing under us (permissions, a mount, a planted link) is a storage_error reply
+        return sidecar.answer(request, {"hello": self._hello, "get_stats": self._get_stats,
+                                        "set_state": self._set_state, "forget": self._forget}, (OSError, BadKey))
+
+    def _hello(self, _request: dict) -> dict:
+        return {"ok": True, "instance": self.instance, "protocol": PROTOCOL, "media_host": self.media_host,
+                "media_ports": list(self.media_ports), "storage": self.supervisor.storage_info(),
+                "guard": self.supervisor.guard}
+
+    def _get_stats(self, _request: dict) -> dict:
+        snapshot = self.supervisor.snapshot()
+        return {"ok": True, "instance": self.instance, "guard": snapshot["guard"],
+                "storage": snapshot["storage"], "recordings": snapshot["recordings"]}
+
+    def _set_state(self, request: dict) -> dict:
+        recordings = request.get("recordings")
+        if not isinstance(recordings, list) or len(recordings) > MAX_RECORDINGS:
+            raise BadRequest(f"recordings must be a list of at most {MAX_RECORDINGS}")
+        specs = [parse_recording(entry, self.media_ports) for entry in recordings]
+        if len({spec.key for spec in specs}) != len(specs):
+            raise BadRequest("one entry per recording key")
+        ports = [track["port"] for spec in specs for track in spec.tracks]
+        if len(set(ports)) != len(ports):
+            raise BadRequest("two recordings cannot receive on the same port")
+        return {"ok": True, "refused": self.supervisor.set_state(specs)}
+
+    def _forget(self, request: dict) -> dict:
+        keys = request.get("keys")
+        if not isinstance(keys, list) or len(keys) > 4096 or not all(
+                isinstance(key, str) and KEY_PATTERN.fullmatch(key) for key in keys):
+            raise BadRequest(f"keys must be a list of recording keys ({KEY_PATTERN.pattern})")
+        return {"ok": True, "forgotten": self.supervisor.forget(keys)}

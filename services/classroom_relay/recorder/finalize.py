@@ -9,11 +9,14 @@ last ended — gaps take no time in the MP4, as in the HLS playlist (the manifes
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
 import subprocess
 from pathlib import Path
+
+from services.common.storage import remove_tree
 
 from .playlist import ComposedPart
 
@@ -42,19 +45,24 @@ def remux(ffmpeg: str, folder: Path, parts: list[ComposedPart], output: str, fre
     if free_bytes < 2 * size + 64 * 1024**2:  # the joined parts and the MP4 both, with room to spare
         return "not enough free disk for the MP4"
     work = folder / ".finalize"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir()
+    remove_tree(work)
     try:
+        work.mkdir()
         listing = []
         for number, part in enumerate(parts):
             joined = work / f"part-{number:03d}.mp4"
             with open(joined, "wb") as sink:
                 for uri in (part.init, *(segment.uri for segment in part.segments)):
                     try:
-                        with open(folder / uri, "rb") as source:
+                        # Never through a link: a planted one would copy a file from outside into the MP4.
+                        with os.fdopen(os.open(folder / uri, os.O_RDONLY | os.O_NOFOLLOW), "rb") as source:
                             shutil.copyfileobj(source, sink, 1024 * 1024)
                     except FileNotFoundError:
                         log.warning("recording %s: %s is missing; left out of %s", folder.name, uri, output)
+                    except OSError as error:
+                        if error.errno != errno.ELOOP:
+                            raise
+                        log.warning("recording %s: %s is a link; left out of %s", folder.name, uri, output)
             listing.append(f"file '{joined.name}'")
         (work / "parts.txt").write_text("\n".join(listing) + "\n")
         temporary = work / output
@@ -71,4 +79,4 @@ def remux(ffmpeg: str, folder: Path, parts: list[ComposedPart], output: str, fre
     except (OSError, subprocess.TimeoutExpired) as error:
         return f"remux failed: {error}"
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        remove_tree(work)

@@ -5,9 +5,10 @@ finds half of it."""
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
+
+from services.common.storage import write_file
 
 MANIFEST = "manifest.json"
 LIVE_STATES = ("recording", "finalizing")
@@ -15,12 +16,7 @@ FINAL_STATES = ("finished", "failed", "stopped_disk_full")
 
 
 def write(folder: Path, manifest: dict[str, Any]) -> None:
-    temporary = folder / f".{MANIFEST}.tmp"
-    with open(temporary, "w") as handle:
-        json.dump(manifest, handle, indent=1, sort_keys=True)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, folder / MANIFEST)
+    write_file(folder / MANIFEST, json.dumps(manifest, indent=1, sort_keys=True))
 
 
 def read(folder: Path) -> dict[str, Any] | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import ipaddress
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,10 @@ def parse_sdp(text: str) -> tuple[tuple[str, ...], tuple[SdpSection, ...]]:
     """The session lines and the media sections of an SDP (RFC 8866), checked for what ffmpeg will read."""
     if not text.isascii() or "\x00" in text:
         raise BadSdp("sdp must be ASCII text")
-    lines = [line for line in text.replace("\r\n", "\n").split("\n") if line]
+    text = text.replace("\r\n", "\n")
+    if "\r" in text:  # ffmpeg ends a line at a lone CR too: a line hidden behind one would go unchecked
+        raise BadSdp("sdp lines end with CRLF or LF, not a lone CR")
+    lines = [line for line in text.split("\n") if line]
     if not lines or lines[0] != "v=0":
         raise BadSdp("sdp must start with v=0")
     session: list[str] = []
@@ -49,9 +53,10 @@ def parse_sdp(text: str) -> tuple[tuple[str, ...], tuple[SdpSection, ...]]:
     for line in lines:
         if len(line) < 2 or line[1] != "=":
             raise BadSdp(f"sdp line {line[:40]!r} is not <type>=<value>")
+        _check_addresses(line)
         if line.startswith("m="):
             fields = line[2:].split()
-            if len(fields) < 4 or fields[0] not in ("audio", "video") or not fields[1].isdigit():
+            if len(fields) < 4 or fields[0] not in ("audio", "video") or not _port(fields[1]):
                 raise BadSdp(f"sdp media line {line[:60]!r} must be m=<audio|video> <port> RTP/AVP <pt>")
             media.append([line])
         elif media:
@@ -62,6 +67,39 @@ def parse_sdp(text: str) -> tuple[tuple[str, ...], tuple[SdpSection, ...]]:
     if not sections:
         raise BadSdp("sdp has no m= sections")
     return tuple(session), tuple(sections)
+
+
+def _port(text: str) -> bool:
+    # The length first: int() of thousands of digits is itself a ValueError.
+    return text.isdigit() and len(text) <= 5 and 0 < int(text) < 65536
+
+
+def _unicast(line: str, family: str, address: str) -> None:
+    try:
+        parsed = ipaddress.ip_address(address)
+    except ValueError:
+        raise BadSdp(f"sdp line {line[:60]!r}: the address must be an IP address, not a host name") from None
+    if family != f"IP{parsed.version}" or parsed.is_multicast:
+        raise BadSdp(f"sdp line {line[:60]!r}: the address must be a unicast IPv4 or IPv6 address")
+
+
+def _check_addresses(line: str) -> None:
+    """ffmpeg sends RTCP to the `c=` (or `a=rtcp:`) address and joins it when it is multicast, and it would
+    resolve a host name: only the relay's own unicast address, as an IP literal, is accepted (sdp.py writes
+    nothing else)."""
+    if line.startswith("c="):
+        fields = line[2:].split()
+        if len(fields) != 3 or fields[0] != "IN":
+            raise BadSdp(f"sdp line {line[:60]!r} must be c=IN IP4|IP6 <address>")
+        _unicast(line, fields[1], fields[2])
+    elif line.startswith("a=rtcp:"):
+        fields = line[7:].split()
+        if not fields or not _port(fields[0]):
+            raise BadSdp(f"sdp line {line[:60]!r}: the RTCP port must be 1-65535")
+        if len(fields) > 1:
+            if len(fields) != 4 or fields[1] != "IN":
+                raise BadSdp(f"sdp line {line[:60]!r} must be a=rtcp:<port> [IN IP4|IP6 <address>]")
+            _unicast(line, fields[2], fields[3])
 
 
 def stream_sdp(session: tuple[str, ...], sections: list[SdpSection]) -> str:

@@ -10,9 +10,10 @@ so everything composed here is playable as it is.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from services.common.storage import write_file
 
 LIVE_WINDOW_SEGMENTS = 6
 
@@ -99,6 +100,4 @@ def compose(parts: list[ComposedPart], *, ended: bool, keep: bool, segment_secon
 
 def write_atomically(path: Path, text: str) -> None:
     """Readers (nginx, a player polling the live playlist) see the old file or the new one, never half."""
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    write_file(path, text)

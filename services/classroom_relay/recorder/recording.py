@@ -10,7 +10,6 @@ time). A part that wrote no segment is reused, so waiting for media never piles 
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tempfile
 import time
@@ -18,6 +17,8 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import IO, Any
+
+from services.common.storage import remove_tree
 
 from . import manifest as manifest_file
 from .pipeline import PART_FOLDERS, PART_PLAYLIST, PLAYLISTS, PROGRAM
@@ -150,13 +151,13 @@ class Recording:
         """The folder the next ffmpeg run writes; an earlier part that wrote nothing is reused."""
         if stream.parts and not stream.parts[-1].playlist.segments:
             part = stream.parts.pop()
-            shutil.rmtree(self.folder / part.folder, ignore_errors=True)
+            remove_tree(self.folder / part.folder)
             index = part.index
         else:
             index = stream.parts[-1].index + 1 if stream.parts else 0
         part = Part(index, f"{PART_FOLDERS[stream.name]}-{index:03d}", time.time())
         # Whatever is there is stale (a run an earlier recorder began but that wrote no segment).
-        shutil.rmtree(self.folder / part.folder, ignore_errors=True)
+        remove_tree(self.folder / part.folder)
         (self.folder / part.folder).mkdir(parents=True)
         stream.parts.append(part)
         stream.process_started = stream.last_progress = now
@@ -254,7 +255,7 @@ class Recording:
     def _drop_old_parts(self, stream: Stream) -> None:
         """keep: false: earlier parts' files go once the live window has moved past them."""
         while len(stream.parts) > 1 and stream.segments() - len(stream.parts[0].playlist.segments) >= 6:
-            shutil.rmtree(self.folder / stream.parts.pop(0).folder, ignore_errors=True)
+            remove_tree(self.folder / stream.parts.pop(0).folder)
 
     def composed_parts(self, stream: str) -> list[ComposedPart]:
         return [part.composed() for part in self.streams[stream].parts] if stream in self.streams else []

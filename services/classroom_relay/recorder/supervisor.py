@@ -15,7 +15,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from services.common.storage import FilesystemStorage, Usage
+from services.common.storage import BadKey, FilesystemStorage, Usage, write_file
 
 from . import finalize
 from . import manifest as manifest_file
@@ -49,6 +49,7 @@ class Supervisor:
         self.usage = Usage(0, 0)
         self.guard = "ok"
         self._guard_checked = 0.0
+        self.troubles: dict[str, str] = {}  # key → the error its supervision last failed with
         self.counters: dict[str, Any] = {"segments": {PROGRAM: 0, COURSEWARE: 0}, "gaps": {}, "restarts": 0,
                                          "bytes": 0, "refused": {}, "latency_buckets": [0] * len(LATENCY_BUCKETS),
                                          "latency_count": 0, "latency_sum": 0.0}
@@ -100,7 +101,12 @@ class Supervisor:
             for key in [key for key in self.orphans if key not in wanted]:
                 self._finalize_orphan(key, self.orphans.pop(key))
             for key, spec in wanted.items():
-                problem = self._apply(spec, guard)
+                try:
+                    problem = self._apply(spec, guard)
+                except (OSError, BadKey) as error:
+                    # One key's folder failing (a file or a link planted in its place, a permission) refuses
+                    # that key only: the lessons after it in the list are still recorded.
+                    problem = ("storage_error", f"{key}: {error}")
                 if problem is not None:
                     refused.append({"key": key, "error": problem[0], "message": problem[1]})
                     self.counters["refused"][problem[0]] = self.counters["refused"].get(problem[0], 0) + 1
@@ -180,10 +186,18 @@ class Supervisor:
             for recording in list(self.recordings.values()):
                 if recording.state != "recording":
                     continue
-                for stream in list(recording.streams.values()):
-                    if stream.name in recording.spec.streams:
-                        self._supervise(recording, stream, now)
-                self._count(recording)
+                try:
+                    for stream in list(recording.streams.values()):
+                        if stream.name in recording.spec.streams:
+                            self._supervise(recording, stream, now)
+                    self._count(recording)
+                    self.troubles.pop(recording.spec.key, None)
+                except Exception as error:
+                    # One recording's trouble (its folder gone, a disk error) is logged once and retried on the
+                    # next tick; before, it ended the loop and the process with it: every lesson got a gap.
+                    if self.troubles.get(recording.spec.key) != repr(error):
+                        self.troubles[recording.spec.key] = repr(error)
+                        log.error("recording %s: supervising failed (%r); trying again", recording.spec.key, error)
             self.finalizers = [thread for thread in self.finalizers if thread.is_alive()]
 
     def _supervise(self, recording: Recording, stream: Stream, now: float) -> None:
@@ -226,7 +240,7 @@ class Supervisor:
             self.counters["restarts"] += 1
         part = recording.new_part(stream, now)
         sdp_path = recording.folder / f".{stream.name}.sdp"
-        sdp_path.write_text(stream.sdp)
+        write_file(sdp_path, stream.sdp)
         stream.error_file.seek(0)
         stream.error_file.truncate()
         stream.process = subprocess.Popen(
