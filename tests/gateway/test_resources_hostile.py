@@ -18,9 +18,10 @@ import requests
 from nameko.runners import ServiceRunner
 
 from services.resources.service import ResourcesService
+from tests.activities.broker import wait_for
 
 from .gateway_support import City, bearer, running
-from .test_gateway_resources import PROBLEM, SECRET, TIMEOUT, available, call, eventually, problem, recording
+from .test_gateway_resources import PROBLEM, SECRET, TIMEOUT, available, call, problem, recording
 
 MISSING = 2_000_000_000
 
@@ -61,7 +62,7 @@ def publish_resources(city: City, uri: str, url: str, *bodies: tuple[dict[str, A
                     found[session_id] = item["id"]
         return len(found) == len(wanted)
 
-    eventually("the resources", all_there)
+    wait_for(all_there, 20.0, "the resources", interval=0.3)
     return found
 
 
@@ -117,8 +118,8 @@ def test_a_hostile_tenant_gets_clear_refusals_and_no_one_elses_resources(
     assert made.status_code == 201, made.text
     shared = call("PATCH", f"{url}/v1/resources/{neighbour_id}", tokens["bureau_write"], {"shared": True})
     assert shared.status_code == 200 and shared.json()["shared"] is True
-    eventually("the partner sees it", lambda: call(
-        "GET", f"{url}/v1/resources/{neighbour_id}", school).status_code == 200)
+    wait_for(lambda: call("GET", f"{url}/v1/resources/{neighbour_id}", school).status_code == 200,
+             20.0, "the partner sees it", interval=0.3)
     assert call("GET", f"{url}/v1/resources/{neighbour_id}/playback", school).status_code == 200
     for method, path, body in (("PATCH", "", {"title": "伙伴改名"}), ("PATCH", "", {"shared": False}),
                                ("PATCH", "", {"kept": True}),
@@ -282,8 +283,8 @@ def test_live_lessons_are_patrolled_only_in_scope(library: str, city: City, plat
         assert response.status_code == 200, response.text
         return {item["session_id"] for item in response.json()["items"]}
 
-    eventually("both live", lambda: neighbour["session_id"] in patrolled("bureau_read")
-               and foreign["session_id"] in patrolled("other_bureau_write"))
+    wait_for(lambda: neighbour["session_id"] in patrolled("bureau_read")
+             and foreign["session_id"] in patrolled("other_bureau_write"), 20.0, "both live", interval=0.3)
     assert foreign["session_id"] not in patrolled("bureau_read") | patrolled("east_read") | patrolled("school_read")
     assert neighbour["session_id"] not in patrolled("other_bureau_write") | patrolled("school_read")
     assert neighbour["session_id"] in patrolled("east_read")
