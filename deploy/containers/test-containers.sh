@@ -12,7 +12,7 @@ NGINX_IMAGE=${LIANXIAO_NGINX_IMAGE:-localhost/lianxiao-nginx:local}
 INGEST_IMAGE=${LIANXIAO_INGEST_IMAGE:-localhost/lianxiao-ingest:local}
 RUN_ID=${LIANXIAO_CONTAINERS_RUN:-$(head -c4 /dev/urandom | od -An -tx1 | tr -d ' \n')}
 export LIANXIAO_IMAGE=$APP_IMAGE LIANXIAO_INFRA_IMAGE=$INFRA_IMAGE LIANXIAO_NGINX_IMAGE=$NGINX_IMAGE \
-  LIANXIAO_CONTAINERS_RUN=$RUN_ID
+  LIANXIAO_INGEST_IMAGE=$INGEST_IMAGE LIANXIAO_CONTAINERS_RUN=$RUN_ID
 figures=$(mktemp)
 
 # Whatever happens (a failure, the time limit), this run's containers and volumes go.

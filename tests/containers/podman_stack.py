@@ -5,6 +5,7 @@ and is removed by `remove()`."""
 
 from __future__ import annotations
 
+import random
 import re
 import secrets
 import socket
@@ -20,8 +21,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE: dict[str, Any] = yaml.safe_load((REPO / "deploy" / "docker-compose.yml").read_text())["services"]
 APP_SERVICES = ("migrate", "accounts", "activities", "reporting", "classroom-relay", "resources", "relay-dataplane",
-                "gateway")
+                "recorder", "gateway")
 NAMEKO_SERVICES = ("accounts", "activities", "reporting", "classroom-relay", "resources")
+# Processes beside the data plane, from the ingest image (the application image plus ffmpeg).
+INGEST_IMAGE_SERVICES = ("recorder",)
+# The recordings volume: written by the recorder, read (and deleted on retention) by resources.
+RECORDINGS_ROOT: str = COMPOSE["recorder"]["environment"]["RECORDINGS_ROOT"]
 LOCALHOST = "127.0.0.1"
 
 
@@ -54,14 +59,19 @@ class Stack:
     app_image: str
     infra_image: str
     nginx_image: str
+    ingest_image: str
     ports: dict[str, int] = field(default_factory=dict)
     secrets: dict[str, str] = field(default_factory=dict)
     containers: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         for name in ("amqp", "rabbitmq_management", "rabbitmq_prometheus", "epmd", "erlang_dist", "postgres",
-                     "gateway", "gunicorn", "media", "control", "dataplane_metrics", "prometheus", *NAMEKO_SERVICES):
+                     "gateway", "gunicorn", "media", "control", "dataplane_metrics", "prometheus", "recorder_control",
+                     "recorder_metrics", *NAMEKO_SERVICES):
             self.ports[name] = free_port()
+        # RTP from the data plane to the recorder's ffmpeg (bound only while recording): a block of its own
+        # per run, away from the recorder's default 42000-42999 that other recorders on this machine use.
+        self.recorder_media_ports = (base := 43000 + 64 * random.randrange(200), base + 63)
         for name in ("rabbitmq", "postgres", "join", "control", "scope", "playback"):
             self.secrets[name] = secrets.token_hex(16)
 
@@ -126,16 +136,21 @@ class Stack:
         targets = {service: f"{LOCALHOST}:{self.ports[service]}" for service in NAMEKO_SERVICES}
         targets["gateway"] = f"{LOCALHOST}:{self.ports['gunicorn']}"
         targets["relay-dataplane"] = f"{LOCALHOST}:{self.ports['dataplane_metrics']}"
+        targets["recorder"] = f"{LOCALHOST}:{self.ports['recorder_metrics']}"
         return targets
 
     def app_command(self, service: str) -> list[str]:
-        """The compose command, with the data plane's addresses and ports those of this run."""
+        """The compose command, with the data plane's (the recorder's) addresses and ports those of this run."""
         command = list(COMPOSE[service]["command"])
-        if service != "relay-dataplane":
+        if service == "relay-dataplane":
+            values = {"media-host": LOCALHOST, "control-host": LOCALHOST, "metrics-host": LOCALHOST,
+                      "media-port": self.ports["media"], "control-port": self.ports["control"],
+                      "metrics-port": self.ports["dataplane_metrics"]}
+        elif service == "recorder":
+            values = {"control-host": LOCALHOST, "metrics-host": LOCALHOST,
+                      "control-port": self.ports["recorder_control"], "metrics-port": self.ports["recorder_metrics"]}
+        else:
             return command
-        values = {"media-host": LOCALHOST, "control-host": LOCALHOST, "metrics-host": LOCALHOST,
-                  "media-port": self.ports["media"], "control-port": self.ports["control"],
-                  "metrics-port": self.ports["dataplane_metrics"]}
         rewritten = [re.sub(r"^--([a-z-]+)=.*$", lambda match: f"--{match[1]}={values[match[1]]}", part)
                      if part.startswith("--") else part for part in command]
         assert all(f"--{key}={value}" in rewritten for key, value in values.items()), rewritten
@@ -143,25 +158,37 @@ class Stack:
 
     def start_applications(self) -> None:
         base = self.app_environment()
+        podman("volume", "create", f"--label={self.label}", self.name("recordings"))
+        recordings = f"--volume={self.name('recordings')}:{RECORDINGS_ROOT}"
         for service in APP_SERVICES:
             env = dict(base)
+            options = lock_down(COMPOSE[service])
             if service in NAMEKO_SERVICES:
                 env["METRICS_PORT"] = str(self.ports[service])
             if service == "classroom-relay":
                 env |= {"RELAY_DATAPLANES": f"relay-0={LOCALHOST}:{self.ports['control']}",
                         "RELAY_DATAPLANE_PUBLIC_HOSTS": f"relay-0={LOCALHOST}",
-                        "RELAY_JOIN_SECRETS": self.secrets["join"], "RELAY_CONTROL_SECRET": self.secrets["control"]}
-            if service == "resources":  # no recordings volume here: retention finds nothing to delete
-                env |= {"PLAYBACK_SECRET": self.secrets["playback"], "RECORDINGS_ROOT": "/tmp/recordings"}
+                        "RELAY_JOIN_SECRETS": self.secrets["join"], "RELAY_CONTROL_SECRET": self.secrets["control"],
+                        "RELAY_RECORDERS": f"relay-0={LOCALHOST}:{self.ports['recorder_control']}"}
+            if service == "resources":
+                env |= {"PLAYBACK_SECRET": self.secrets["playback"], "RECORDINGS_ROOT": RECORDINGS_ROOT}
+                options.append(recordings)
             if service == "relay-dataplane":
                 env = {"RELAY_CONTROL_SECRET": self.secrets["control"]}
+            if service == "recorder":
+                low, high = self.recorder_media_ports
+                env = {**COMPOSE["recorder"]["environment"], "RELAY_CONTROL_SECRET": self.secrets["control"],
+                       "RECORDER_MEDIA_PORTS": f"{low}-{high}"}
+                options.append(recordings)
             if service == "gateway":
                 env |= {"GATEWAY_BIND": f"{LOCALHOST}:{self.ports['gunicorn']}",
                         "PROMETHEUS_MULTIPROC_DIR": COMPOSE["gateway"]["environment"]["PROMETHEUS_MULTIPROC_DIR"]}
-            self._run(service, self.app_image, lock_down(COMPOSE[service]), env, self.app_command(service))
+            image = self.ingest_image if service in INGEST_IMAGE_SERVICES else self.app_image
+            self._run(service, image, options, env, self.app_command(service))
 
     def start_nginx(self, config_dir: Path) -> None:
-        """nginx in front of gunicorn as compose has it, its nginx.conf with this run's two ports."""
+        """nginx in front of gunicorn as compose has it, its nginx.conf with this run's two ports (after
+        start_applications, which creates the recordings volume)."""
         config = (REPO / "deploy" / "nginx" / "nginx.conf").read_text()
         ported = config.replace("server 127.0.0.1:8081;", f"server {LOCALHOST}:{self.ports['gunicorn']};")
         ported = ported.replace("listen 8080;", f"listen {LOCALHOST}:{self.ports['gateway']};")
@@ -170,7 +197,11 @@ class Stack:
         (config_dir / "nginx.conf").write_text(ported)
         (config_dir / "nginx.conf").chmod(0o644)
         options = [*lock_down(COMPOSE["nginx"]), f"--volume={config_dir / 'nginx.conf'}:/etc/nginx/nginx.conf:ro"]
-        self._run("nginx", self.nginx_image, options, {}, [])
+        # /media/ serves the recordings volume read-only, its URLs signed with the resources service's secret.
+        options += [f"--volume={self.name('recordings')}:{volume.partition(':')[2]}"
+                    for volume in COMPOSE["nginx"].get("volumes", []) if volume.startswith("recordings:")]
+        env = {**COMPOSE["nginx"].get("environment", {}), "PLAYBACK_SECRET": self.secrets["playback"]}
+        self._run("nginx", self.nginx_image, options, env, [])
 
     def run_once(self, command: list[str]) -> str:
         """A one-off command in the application image (like `podman-compose run`), its stdout."""

@@ -1,9 +1,12 @@
 """The whole platform in containers: RabbitMQ and PostgreSQL from the infrastructure image, migrations,
-the four services, the relay data plane and the gateway from the application image, nginx in front of
-it from its own image — all started at once
+the five services, the relay data plane and the gateway from the application image, the recorder from the
+ingest image (ffmpeg), nginx in front of the gateway from its own image — all started at once
 (as podman-compose does, without waiting), read-only, every process as its own user without capabilities.
-Then: /readyz, the demo bureau, teachers through the gateway, an RTP stream from an ffmpeg encoder
-through the containerised data plane to an ffmpeg receiver at a branch. Everything on 127.0.0.1."""
+Then: /readyz, the demo bureau, teachers and the resource library through the gateway, the recorder's
+control channel and its write access to the recordings volume, an RTP stream from an ffmpeg encoder
+through the containerised data plane to an ffmpeg receiver at a branch, recorded: live on the patrol list
+and its HLS through nginx's /media/, then a resource of the library whose MP4 and HLS nginx serves.
+Everything on 127.0.0.1."""
 
 from __future__ import annotations
 
@@ -18,6 +21,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urljoin
 
 import pytest
 import requests
@@ -26,7 +30,7 @@ from tests.ops.ops_helpers import wait_until
 from tests.relay.relay_harness import free_udp_port_pair
 from tests.relay.test_end_to_end_ffmpeg import FULL_FRAME_BYTES, HIGH_SSRC, _decoded_frame_sizes, _encoder_output
 
-from .podman_stack import APP_SERVICES, REPO, Stack
+from .podman_stack import APP_SERVICES, RECORDINGS_ROOT, REPO, Stack, podman
 
 FFMPEG = shutil.which("ffmpeg")
 pytestmark = pytest.mark.timeout(420)
@@ -34,11 +38,12 @@ pytestmark = pytest.mark.timeout(420)
 APP_IMAGE = os.environ.get("LIANXIAO_IMAGE", "localhost/lianxiao:local")
 INFRA_IMAGE = os.environ.get("LIANXIAO_INFRA_IMAGE", "localhost/lianxiao-infra:local")
 NGINX_IMAGE = os.environ.get("LIANXIAO_NGINX_IMAGE", "localhost/lianxiao-nginx:local")
+INGEST_IMAGE = os.environ.get("LIANXIAO_INGEST_IMAGE", "localhost/lianxiao-ingest:local")
 CONTAINERS = ("rabbitmq", "postgres", "prometheus", *APP_SERVICES, "nginx")
 READY_SECONDS = 150
 # The application first, then what it uses; Kubernetes' default grace period is 30 s.
-STOP_ORDER = ("nginx", "gateway", "accounts", "activities", "reporting", "classroom-relay", "relay-dataplane",
-              "prometheus", "rabbitmq", "postgres")
+STOP_ORDER = ("nginx", "gateway", "accounts", "activities", "reporting", "resources", "classroom-relay", "recorder",
+              "relay-dataplane", "prometheus", "rabbitmq", "postgres")
 STOP_GRACE_SECONDS = 20
 # What no process may log in a read-only container without capabilities (gunicorn's control socket was one).
 FORBIDDEN_IN_LOGS = ("Read-only file system", "[Errno 30]", "Permission denied", "[Errno 13]",
@@ -52,7 +57,8 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     assert FFMPEG, "ffmpeg is not installed: make system-deps"
     # The run id labels everything the run creates (deploy/containers/test-containers.sh cleans up by it too).
     run = os.environ.get("LIANXIAO_CONTAINERS_RUN") or uuid.uuid4().hex[:8]
-    running = Stack(run=run, app_image=APP_IMAGE, infra_image=INFRA_IMAGE, nginx_image=NGINX_IMAGE)
+    running = Stack(run=run, app_image=APP_IMAGE, infra_image=INFRA_IMAGE, nginx_image=NGINX_IMAGE,
+                    ingest_image=INGEST_IMAGE)
     try:
         yield running
     finally:
@@ -90,13 +96,57 @@ def call(method: str, url: str, token: str, body: Any = None) -> requests.Respon
     return requests.request(method, url, json=body, headers={"Authorization": f"Bearer {token}"}, timeout=15)
 
 
+def recorder_hello(stack: Stack) -> dict[str, Any]:
+    """The recorder's control channel as the relay's control plane opens it: `hello` with the control secret."""
+    with socket.create_connection(("127.0.0.1", stack.ports["recorder_control"]), timeout=10) as connection:
+        connection.sendall(json.dumps({"op": "hello", "secret": stack.secrets["control"]}).encode() + b"\n")
+        return json.loads(connection.makefile("rb").readline())
+
+
 def created(response: requests.Response) -> dict[str, Any]:
     assert response.status_code in (200, 201), response.text
     return response.json()
 
 
-def stream_to_a_branch(gateway: str, tokens: dict[str, Any], tmp_path: Path) -> list[int]:
-    """A lesson from the master school QS-01 to QS-02 set up through the gateway; the decoded frame sizes."""
+def live_recording(gateway: str, token: str, session_id: int) -> str:
+    """The live lesson on the patrol list (the resources service heard recording.started) and its HLS playlist
+    through nginx's /media/ once the recorder has written a segment (signed URL, the recordings volume)."""
+    deadline = time.monotonic() + 25
+    while True:
+        items = [item for item in created(call("GET", f"{gateway}/v1/patrol/sessions", token))["items"]
+                 if item["session_id"] == session_id]
+        playlist = requests.get(urljoin(gateway, items[0]["live_url"]), timeout=5) if items else None
+        if playlist is not None and playlist.status_code == 200 and "#EXTINF" in playlist.text:
+            return playlist.text
+        assert time.monotonic() < deadline, f"no live recording: {items} {playlist and playlist.status_code}"
+        time.sleep(0.5)
+
+
+def recorded_and_played(gateway: str, token: str, session_id: int) -> dict[str, Any]:
+    """The ended lesson as a resource of the library (recording.available) and its MP4 and HLS through nginx."""
+    deadline = time.monotonic() + 60
+    while not (found := [item for item in created(call("GET", f"{gateway}/v1/resources", token))["items"]
+                         if item["session_id"] == session_id]):
+        assert time.monotonic() < deadline, "the recording never became a resource"
+        time.sleep(1)
+    resource = found[0]
+    assert resource["duration_seconds"] > 1, resource
+    urls = created(call("GET", f"{gateway}/v1/resources/{resource['id']}/playback", token))
+    mp4 = requests.get(urljoin(gateway, urls["mp4_url"]), headers={"Range": "bytes=0-1023"}, timeout=10)
+    assert mp4.status_code == 206 and mp4.headers["Content-Type"] == "video/mp4", (mp4.status_code, mp4.headers)
+    assert mp4.content[4:8] == b"ftyp", mp4.content[:16]
+    hls = requests.get(urljoin(gateway, urls["hls_url"]), timeout=10)
+    assert hls.status_code == 200 and "#EXT-X-ENDLIST" in hls.text, hls.text
+    # The patrol page that plays them, with hls.js (make web-deps put it in the nginx image).
+    for path, kind in (("/patrol/", "text/html"), ("/patrol/vendor/hls.min.js", "javascript")):
+        page = requests.get(urljoin(gateway, path), timeout=10)
+        assert page.status_code == 200 and kind in page.headers["Content-Type"], (path, page.status_code, page.headers)
+    return resource
+
+
+def stream_to_a_branch(gateway: str, tokens: dict[str, Any], tmp_path: Path) -> tuple[list[int], int]:
+    """A lesson from the master school QS-01 to QS-02 set up through the gateway, recorded: the decoded frame
+    sizes at the branch and the lesson's id. The master sends until the recorder's live playlist has a segment."""
     token, schools = tokens["bureau_token"], tokens["schools"]
     room = {"bureau_id": tokens["bureau_id"]}
     # The school's link comes from accounts; the master publishes one camera track (one m= section to play).
@@ -133,19 +183,20 @@ def stream_to_a_branch(gateway: str, tokens: dict[str, Any], tmp_path: Path) -> 
         hello.sendto(join["hellos"]["camera"].encode("ascii"), media)  # pins the camera track's sender
     time.sleep(0.5)  # the hello is handled before the encoder binds the same port
     sender = subprocess.Popen(
-        [FFMPEG, "-nostdin", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25", "-t", "7",
+        [FFMPEG, "-nostdin", "-v", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=25", "-t", "40",
          *_encoder_output(HIGH_SSRC, "1200k", media[1], source_port, "640x360")],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
         framecrc, errors = receiver.communicate(timeout=20)
+        assert receiver.returncode == 0 and not errors.strip(), errors.decode(errors="replace")
+        live_recording(gateway, token, lesson["id"])
     finally:
         for process in (receiver, sender):
             if process.poll() is None:
                 process.kill()
             process.communicate(timeout=10)
-    assert receiver.returncode == 0 and not errors.strip(), errors.decode(errors="replace")
     created(call("POST", f"{session}/end", token))
-    return _decoded_frame_sizes(framecrc.decode())
+    return _decoded_frame_sizes(framecrc.decode()), lesson["id"]
 
 
 @pytest.mark.containers
@@ -166,8 +217,14 @@ def test_the_platform_runs_in_containers(stack: Stack, tmp_path: Path) -> None:
           f"{time.monotonic() - started:.1f} s")
 
     assert stack.exit_code("migrate", timeout=30) == 0, stack.logs("migrate")
-    for service in ("accounts", "gateway", "relay-dataplane"):
+    for service in ("accounts", "resources", "gateway", "relay-dataplane", "recorder"):
         assert stack.user(service) == "10001", service  # the image's unprivileged user
+    for service in ("recorder", "resources"):  # the recordings volume: the recorder writes, retention deletes
+        probe = f"{RECORDINGS_ROOT}/write-probe-{service}"
+        podman("exec", stack.name(service), "sh", "-c", f"touch {probe} && rm {probe}")
+    hello = recorder_hello(stack)
+    assert hello["ok"] and hello["media_ports"] == list(stack.recorder_media_ports), hello
+    assert hello["storage"]["root"] == RECORDINGS_ROOT and hello["storage"]["free_bytes"] > 0, hello
     for service in ("rabbitmq", "postgres", "nginx"):
         assert stack.user(service) != "0", service  # the Debian package's user (nginx: the image's)
 
@@ -176,9 +233,16 @@ def test_the_platform_runs_in_containers(stack: Stack, tmp_path: Path) -> None:
                             headers={"Authorization": f"Bearer {tokens['school_token_QS-02']}"}, timeout=15)
     assert teachers.status_code == 200, teachers.text
     assert {teacher["staff_number"] for teacher in teachers.json()["items"]} == {"T0201", "T0202"}
+    # The resource library answers through the gateway (the resources service, its database): empty so far.
+    library = call("GET", f"{stack.gateway}/v1/resources", tokens["bureau_token"])
+    assert library.status_code == 200 and library.json()["items"] == [], library.text
 
-    sizes = stream_to_a_branch(stack.gateway, tokens, tmp_path)
+    sizes, lesson_id = stream_to_a_branch(stack.gateway, tokens, tmp_path)
     assert len(sizes) >= 25 and set(sizes) == {FULL_FRAME_BYTES}, f"{len(sizes)} frames, sizes {set(sizes)}"
+    ended = time.monotonic()
+    resource = recorded_and_played(stack.gateway, tokens["bureau_token"], lesson_id)
+    print(f"containers: the recording ({resource['duration_seconds']:.1f} s) a resource, played through nginx, "
+          f"{time.monotonic() - ended:.1f} s after the lesson ended")
     metrics = requests.get(f"http://127.0.0.1:{stack.ports['dataplane_metrics']}/metrics", timeout=5).text
     assert "lianxiao_relay_" in metrics
 
